@@ -1,0 +1,121 @@
+//! Static configuration of one Raft node, with every limit the core enforces.
+//!
+//! Time is measured in ticks: the driver calls `Raft::tick` at a fixed rate (the server, say, every
+//! 100 ms), so `election_timeout_ticks = 10` means about a second. Every queue the core owns is
+//! bounded here, and `validate` refuses configurations that would break a Raft rule.
+
+use thiserror::Error;
+
+use crate::message::NodeId;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id; must be one of `voters`.
+    pub id: NodeId,
+    /// The full, fixed voter set (membership changes are not implemented).
+    pub voters: Vec<NodeId>,
+    /// Followers wait a random `[election_timeout_ticks, 2 * election_timeout_ticks)` ticks without
+    /// hearing from a leader before campaigning (Raft §5.2). Also the CheckQuorum period and the
+    /// leadership-transfer deadline. Default 10.
+    pub election_timeout_ticks: u32,
+    /// A leader sends heartbeats every this many ticks; must be below the election timeout.
+    /// Default 2.
+    pub heartbeat_interval_ticks: u32,
+    /// Unacknowledged `AppendEntries` per follower in the replicate state. Default 16.
+    pub max_inflight_appends: usize,
+    /// Entries per `AppendEntries` (at least one is always sent). Default 64.
+    pub max_entries_per_append: usize,
+    /// Approximate bytes per `AppendEntries` (a single larger entry is still sent). Default 1 MiB.
+    pub max_bytes_per_append: usize,
+    /// Committed entries handed out per `Ready`; the rest follow in the next one. Default 1024.
+    pub max_committed_entries_per_ready: usize,
+    /// Proposals are refused with `ProposeError::Backpressure` while the leader holds this many
+    /// uncommitted entries. Default 10 000.
+    pub max_uncommitted_entries: u64,
+    /// ReadIndex requests waiting for a heartbeat quorum. Default 4096.
+    pub max_pending_reads: usize,
+    /// Run a PreVote round before incrementing the term (thesis §9.6). Default true.
+    pub pre_vote: bool,
+    /// Leaders step down without a quorum's word for an election timeout, and followers that
+    /// heard from a leader within it refuse to vote (thesis §6.2, §4.2.3). Default true.
+    pub check_quorum: bool,
+    /// Answer ReadIndex from a leader lease (thesis §6.4.1); needs `check_quorum`. Assumes bounded
+    /// clock drift, see `read.rs`. Default false.
+    pub lease_reads: bool,
+    /// The lease lasts `election_timeout_ticks - lease_margin_ticks` ticks from the heartbeat's
+    /// send time. Default 2.
+    pub lease_margin_ticks: u32,
+    /// Seeds the election-timeout PRNG; give every node a different seed. Default: the id.
+    pub seed: u64,
+}
+
+impl Config {
+    /// A configuration with the documented defaults.
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            voters,
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 2,
+            max_inflight_appends: 16,
+            max_entries_per_append: 64,
+            max_bytes_per_append: 1 << 20,
+            max_committed_entries_per_ready: 1024,
+            max_uncommitted_entries: 10_000,
+            max_pending_reads: 4096,
+            pre_vote: true,
+            check_quorum: true,
+            lease_reads: false,
+            lease_margin_ticks: 2,
+            seed: id,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut sorted = self.voters.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != self.voters.len() {
+            return Err(ConfigError::DuplicateVoter);
+        }
+        if !self.voters.contains(&self.id) {
+            return Err(ConfigError::NotAVoter { id: self.id });
+        }
+        if self.heartbeat_interval_ticks == 0
+            || self.heartbeat_interval_ticks >= self.election_timeout_ticks
+        {
+            return Err(ConfigError::Timing {
+                reason: "need 0 < heartbeat_interval_ticks < election_timeout_ticks",
+            });
+        }
+        if self.lease_reads
+            && (!self.check_quorum || self.lease_margin_ticks >= self.election_timeout_ticks)
+        {
+            return Err(ConfigError::Timing {
+                reason:
+                    "lease_reads needs check_quorum and lease_margin_ticks < election_timeout_ticks",
+            });
+        }
+        if self.max_inflight_appends == 0
+            || self.max_entries_per_append == 0
+            || self.max_bytes_per_append == 0
+            || self.max_committed_entries_per_ready == 0
+            || self.max_uncommitted_entries == 0
+        {
+            return Err(ConfigError::ZeroLimit);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("voters contain a duplicate id")]
+    DuplicateVoter,
+    #[error("node {id} is not in its own voter set")]
+    NotAVoter { id: NodeId },
+    #[error("bad timing configuration: {reason}")]
+    Timing { reason: &'static str },
+    #[error("a batching or queue limit is zero")]
+    ZeroLimit,
+}
