@@ -121,6 +121,9 @@ pub fn search<M: Model>(
 
 const NIL: usize = 0;
 
+/// Configurations already explored: (model state, canonical linearized-set key).
+type Cache<S> = HashSet<(S, Box<[u64]>), BuildHasherDefault<FxHasher>>;
+
 struct Search<'a, M: Model> {
     model: &'a M,
     ops: &'a [ModelOp<M::Input, M::Output>],
@@ -136,7 +139,7 @@ struct Search<'a, M: Model> {
     set: LinearizedSet,
     state: M::State,
     stack: Vec<(usize, M::State)>,
-    cache: HashSet<(M::State, Box<[u64]>), BuildHasherDefault<FxHasher>>,
+    cache: Cache<M::State>,
     definite_remaining: usize,
     steps: u64,
     /// Deepest stack seen (operation numbers) and how much of it the current stack shares.
