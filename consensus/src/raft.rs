@@ -1095,6 +1095,7 @@ impl Raft {
                     );
                     return;
                 }
+                let was_paused = pr.is_paused(self.config.max_inflight_appends);
                 let updated = pr.maybe_update(match_index);
                 match pr.state {
                     ReplicationState::Probe => pr.become_replicate(),
@@ -1108,6 +1109,9 @@ impl Raft {
                 }
                 if updated && self.maybe_commit() {
                     self.broadcast_append(true);
+                } else if was_paused {
+                    // It was waiting on this answer and may have missed commit updates meanwhile.
+                    self.send_append(from, true);
                 }
                 // Keep the pipeline full.
                 while self.send_append(from, false) {}

@@ -1,0 +1,448 @@
+//! One deterministic test per Raft rule, on an in-memory network driven message by message.
+//! Every test also runs the harness's safety checker after each phase.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::Cluster;
+use consensus::{Config, EntryPayload, ProposeError, ReadError, Role};
+
+fn groups(spec: &[&[u64]]) -> Vec<BTreeSet<u64>> {
+    spec.iter().map(|g| g.iter().copied().collect()).collect()
+}
+
+fn classic(config: &mut Config) {
+    config.pre_vote = false;
+    config.check_quorum = false;
+}
+
+/// Elects `id` and lets the noop commit everywhere.
+fn elect(cluster: &mut Cluster, id: u64) {
+    cluster.campaign(id);
+    cluster.settle();
+    assert_eq!(cluster.raft(id).role(), Role::Leader);
+    cluster.check().unwrap();
+}
+
+fn tick_and_settle(cluster: &mut Cluster, ticks: usize) {
+    for _ in 0..ticks {
+        cluster.tick_all();
+        cluster.settle();
+        cluster.check().unwrap();
+    }
+}
+
+#[test]
+fn a_candidate_with_a_majority_becomes_the_only_leader() {
+    let mut cluster = Cluster::new(3, classic);
+    elect(&mut cluster, 1);
+    for id in [2, 3] {
+        assert_eq!(cluster.raft(id).role(), Role::Follower);
+        assert_eq!(cluster.raft(id).leader(), Some(1));
+        assert_eq!(cluster.raft(id).term(), 1);
+    }
+    // The leader's noop committed and was applied everywhere.
+    for id in 1..=3 {
+        assert_eq!(cluster.nodes[&id].sm.applied_index, 1);
+    }
+}
+
+#[test]
+fn split_votes_are_resolved_by_randomized_timeouts() {
+    let mut cluster = Cluster::new(4, classic);
+    // 1 and 2 campaign at once; 3 hears only 1 and 4 hears only 2: two votes each, no quorum of 3.
+    cluster.partition(groups(&[&[1, 3], &[2, 4]]));
+    cluster.campaign(1);
+    cluster.campaign(2);
+    cluster.settle();
+    assert!(cluster.leaders().is_empty(), "a 2-2 split elects nobody");
+    cluster.heal();
+    tick_and_settle(&mut cluster, 40);
+    let leaders = cluster.leaders();
+    assert_eq!(
+        leaders.len(),
+        1,
+        "exactly one leader after the timeouts diverge"
+    );
+    assert!(cluster.raft(leaders[0]).term() >= 2);
+}
+
+#[test]
+fn replication_commits_and_applies_everywhere_in_order() {
+    let mut cluster = Cluster::new(3, |c| c.max_entries_per_append = 2);
+    elect(&mut cluster, 1);
+    for i in 0..5 {
+        let index = cluster.propose(1, &format!("put k{i}=v")).unwrap();
+        assert_eq!(index, 2 + i);
+    }
+    cluster.settle();
+    cluster.check().unwrap();
+    let leader_sm = cluster.nodes[&1].sm.clone();
+    assert_eq!(leader_sm.applied_index, 6);
+    for id in [2, 3] {
+        assert_eq!(cluster.nodes[&id].sm, leader_sm);
+    }
+    assert_eq!(
+        cluster.propose(2, "nope"),
+        Err(ProposeError::NotLeader {
+            leader_hint: Some(1)
+        })
+    );
+}
+
+#[test]
+fn conflicting_suffix_is_replaced_with_one_round_of_backtracking() {
+    let mut cluster = Cluster::new(3, classic);
+    elect(&mut cluster, 1);
+    // The old leader, cut off, piles up entries nobody else has.
+    cluster.partition(groups(&[&[1], &[2, 3]]));
+    for i in 0..20 {
+        cluster.propose(1, &format!("lost{i}")).unwrap();
+    }
+    cluster.settle();
+    elect(&mut cluster, 2);
+    for i in 0..3 {
+        cluster.propose(2, &format!("kept{i}")).unwrap();
+    }
+    cluster.settle();
+    cluster.heal();
+    // n2's next heartbeat tells n1 of term 2; the append that follows hits the conflict.
+    let mut rejects = 0;
+    for _ in 0..6 {
+        cluster.tick(2);
+        let lines = cluster.deliver_all(1000);
+        rejects += lines.iter().filter(|l| l.contains("reject=")).count();
+        cluster.check().unwrap();
+    }
+    assert_eq!(cluster.raft(1).role(), Role::Follower);
+    assert_eq!(
+        cluster.raft(1).log().entries(),
+        cluster.raft(2).log().entries()
+    );
+    assert!(
+        rejects <= 2,
+        "20 conflicting entries must be skipped by term, not one by one ({rejects} rejects)"
+    );
+    assert!(cluster
+        .raft(1)
+        .log()
+        .entries()
+        .iter()
+        .all(|e| e.payload != EntryPayload::Command(b"lost0".to_vec())));
+}
+
+/// Raft Figure 8: an entry from an old term stored on a majority is not committed by counting.
+#[test]
+fn figure_8_old_term_entries_do_not_commit_by_counting() {
+    let mut cluster = Cluster::new(5, |c| {
+        classic(c);
+        c.max_entries_per_append = 1;
+    });
+    elect(&mut cluster, 1); // term 1, noop 1@1 everywhere
+                            // (a) n1 replicates 2@1 to n2 only.
+    cluster.partition(groups(&[&[1, 2], &[3, 4, 5]]));
+    cluster.propose(1, "x").unwrap();
+    cluster.settle();
+    // (b) n1 crashes; n5 is elected in term 2 by n3, n4 but its noop 2@2 reaches nobody.
+    cluster.crash(1);
+    cluster.partition(groups(&[&[2], &[3, 4, 5]]));
+    cluster.campaign(5);
+    cluster.deliver_round(); // RequestVote
+    cluster.deliver_round(); // votes: n5 leads term 2
+    assert_eq!(cluster.raft(5).role(), Role::Leader);
+    cluster.network.clear(); // its appends are lost
+    cluster.crash(5);
+    // (c) n1 restarts and is elected in term 3 by n2, n3; it re-replicates 2@1 to n3.
+    cluster.restart(1);
+    cluster.partition(groups(&[&[1, 2, 3], &[4, 5]]));
+    cluster.campaign(1);
+    cluster.settle();
+    if cluster.raft(1).role() != Role::Leader {
+        cluster.campaign(1); // the first attempt met n3 at term 2
+        cluster.deliver_round();
+        cluster.deliver_round();
+    }
+    assert_eq!(cluster.raft(1).role(), Role::Leader);
+    let term = cluster.raft(1).term();
+    while cluster.raft(3).log().last_index() < 2 {
+        assert!(!cluster.network.is_empty());
+        cluster.deliver_round();
+    }
+    // n1 now learns n3 holds 2@1 (one entry per append, so 3@3 is not there yet).
+    cluster.network.retain(|m| m.to == 1);
+    cluster.deliver_round();
+    cluster.check().unwrap();
+    for id in [1, 2, 3] {
+        assert_eq!(cluster.raft(id).log().term(2), Some(1), "2@1 on n{id}");
+    }
+    assert_eq!(
+        cluster.raft(1).log().commit_index(),
+        1,
+        "2@1 is on a majority but is from term 1 < {term}: it must not commit by counting"
+    );
+    // (d) n1 crashes before its term-3 entry spreads; n5 wins term 4 and overwrites index 2.
+    cluster.crash(1);
+    cluster.network.clear();
+    cluster.restart(5);
+    cluster.partition(groups(&[&[2, 3, 4, 5]]));
+    for _ in 0..3 {
+        if cluster.raft(5).role() != Role::Leader {
+            cluster.campaign(5);
+            cluster.settle();
+        }
+    }
+    assert_eq!(cluster.raft(5).role(), Role::Leader);
+    cluster.settle();
+    cluster.check().unwrap();
+    for id in [3, 4, 5] {
+        assert_eq!(cluster.raft(id).log().term(2), Some(2), "n{id} holds 2@2");
+        assert!(cluster.nodes[&id].sm.applied_index >= 2);
+    }
+}
+
+#[test]
+fn pre_vote_keeps_a_partitioned_node_from_disrupting_the_leader() {
+    let mut cluster = Cluster::new(3, |c| {
+        c.pre_vote = true;
+        c.check_quorum = true;
+    });
+    elect(&mut cluster, 1);
+    cluster.partition(groups(&[&[1, 2], &[3]]));
+    tick_and_settle(&mut cluster, 100);
+    assert_eq!(
+        cluster.raft(3).term(),
+        1,
+        "pre-votes never win, so the term stays"
+    );
+    assert_ne!(cluster.raft(3).role(), Role::Leader);
+    cluster.heal();
+    tick_and_settle(&mut cluster, 50);
+    assert_eq!(cluster.raft(1).role(), Role::Leader);
+    assert_eq!(
+        cluster.raft(1).term(),
+        1,
+        "the healthy leader was never deposed"
+    );
+    assert_eq!(cluster.raft(3).leader(), Some(1));
+}
+
+#[test]
+fn leader_stickiness_ignores_an_inflated_term_vote_request() {
+    // Without PreVote the isolated node inflates its term; CheckQuorum stickiness makes the
+    // others ignore its RequestVote while they hear from the leader.
+    let mut cluster = Cluster::new(3, |c| {
+        c.pre_vote = false;
+        c.check_quorum = true;
+    });
+    elect(&mut cluster, 1);
+    cluster.partition(groups(&[&[1, 2], &[3]]));
+    tick_and_settle(&mut cluster, 60);
+    let inflated = cluster.raft(3).term();
+    assert!(inflated > 2);
+    cluster.heal();
+    cluster.tick(3);
+    cluster.tick(3); // keep ticking only n3: its RequestVote reaches n1 and n2
+    for _ in 0..30 {
+        cluster.tick(3);
+    }
+    let lines = cluster.deliver_all(1000);
+    assert!(lines.iter().any(|l| l.starts_with("3->2 RequestVote")));
+    assert_eq!(
+        cluster.raft(2).term(),
+        1,
+        "n2 heard the leader recently: vote ignored"
+    );
+    assert_eq!(cluster.raft(1).role(), Role::Leader);
+}
+
+#[test]
+fn check_quorum_makes_an_isolated_leader_step_down() {
+    let mut cluster = Cluster::new(3, |c| c.check_quorum = true);
+    elect(&mut cluster, 1);
+    tick_and_settle(&mut cluster, 30);
+    assert_eq!(
+        cluster.raft(1).role(),
+        Role::Leader,
+        "connected: stays leader"
+    );
+    cluster.partition(groups(&[&[1], &[2, 3]]));
+    for _ in 0..20 {
+        cluster.tick(1);
+        cluster.settle();
+    }
+    assert_eq!(cluster.raft(1).role(), Role::Follower);
+    assert_eq!(cluster.raft(1).leader(), None);
+}
+
+#[test]
+fn read_index_waits_for_the_noop_and_a_heartbeat_quorum() {
+    let mut cluster = Cluster::new(3, |c| c.pre_vote = false);
+    cluster.campaign(1);
+    cluster.deliver_round();
+    cluster.deliver_round();
+    assert_eq!(cluster.raft(1).role(), Role::Leader);
+    assert_eq!(cluster.read_index(1, 7), Err(ReadError::LeaderNotReady));
+    cluster.settle();
+    cluster.propose(1, "put x=1").unwrap();
+    cluster.settle();
+    assert_eq!(
+        cluster.read_index(2, 8),
+        Err(ReadError::NotLeader {
+            leader_hint: Some(1)
+        })
+    );
+    cluster.partition(groups(&[&[1], &[2, 3]]));
+    cluster.read_index(1, 9).unwrap();
+    cluster.settle();
+    assert!(
+        cluster.read_results.is_empty(),
+        "no quorum confirmed leadership"
+    );
+    cluster.heal();
+    cluster.read_index(1, 10).unwrap();
+    assert!(
+        cluster.read_results.is_empty(),
+        "needs the heartbeat round first"
+    );
+    cluster.settle();
+    let ids: Vec<u64> = cluster
+        .read_results
+        .iter()
+        .map(|(_, r)| r.request_id)
+        .collect();
+    assert_eq!(
+        ids,
+        vec![9, 10],
+        "one later confirmation releases both, in order"
+    );
+    assert!(cluster.read_results.iter().all(|(_, r)| r.index == 2));
+}
+
+#[test]
+fn lease_reads_answer_immediately_only_while_the_lease_holds() {
+    let mut cluster = Cluster::new(3, |c| {
+        c.check_quorum = true;
+        c.lease_reads = true;
+    });
+    tick_and_settle(&mut cluster, 40);
+    let leader = cluster.leader().expect("a leader");
+    tick_and_settle(&mut cluster, 3);
+    cluster.read_index(leader, 1).unwrap();
+    assert_eq!(
+        cluster.read_results.len(),
+        1,
+        "lease held: answered without a round trip"
+    );
+    cluster.read_results.clear();
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&i| i != leader).collect();
+    cluster.partition(groups(&[&[leader], &others]));
+    for _ in 0..9 {
+        cluster.tick(leader);
+        cluster.network.clear();
+    }
+    cluster.read_index(leader, 2).unwrap();
+    assert!(
+        cluster.read_results.is_empty(),
+        "acks older than the lease must not answer a read"
+    );
+}
+
+#[test]
+fn leadership_transfer_hands_over_and_refuses_proposals_meanwhile() {
+    let mut cluster = Cluster::new(3, |c| c.check_quorum = true);
+    elect(&mut cluster, 1);
+    // A lagging target is first brought up to date.
+    cluster.partition(groups(&[&[1, 2], &[3]]));
+    cluster.propose(1, "put a=1").unwrap();
+    cluster.settle();
+    cluster.heal();
+    assert_eq!(cluster.transfer(1, 3), "ok");
+    assert_eq!(
+        cluster.propose(1, "put b=2"),
+        Err(ProposeError::TransferInProgress)
+    );
+    cluster.settle();
+    assert_eq!(cluster.raft(3).role(), Role::Leader);
+    assert_eq!(cluster.raft(1).role(), Role::Follower);
+    assert_eq!(cluster.raft(3).term(), 2);
+    cluster.check().unwrap();
+
+    // A transfer to an unreachable node is abandoned after an election timeout.
+    cluster.partition(groups(&[&[1, 3], &[2]]));
+    assert_eq!(cluster.transfer(3, 2), "ok");
+    assert_eq!(
+        cluster.propose(3, "x"),
+        Err(ProposeError::TransferInProgress)
+    );
+    for _ in 0..10 {
+        cluster.tick(3);
+        cluster.settle();
+    }
+    assert!(cluster.propose(3, "x").is_ok());
+}
+
+#[test]
+fn a_follower_behind_compaction_gets_an_install_snapshot() {
+    let mut cluster = Cluster::new(3, |_| {});
+    elect(&mut cluster, 1);
+    cluster.crash(3);
+    for i in 0..10 {
+        cluster.propose(1, &format!("put k{i}=v")).unwrap();
+    }
+    cluster.settle();
+    assert_eq!(cluster.compact(1), "compacted to 11");
+    assert_eq!(cluster.raft(1).log().first_index(), 12);
+    cluster.restart(3);
+    let mut lines = Vec::new();
+    for _ in 0..5 {
+        cluster.tick_all();
+        lines.extend(cluster.deliver_all(1000));
+    }
+    assert!(lines.iter().any(|l| l.starts_with("1->3 InstallSnapshot")));
+    cluster.propose(1, "put after=1").unwrap();
+    cluster.settle();
+    cluster.check().unwrap();
+    assert_eq!(cluster.nodes[&3].sm, cluster.nodes[&1].sm);
+    assert_eq!(cluster.nodes[&3].sm.applied_index, 12);
+    assert_eq!(cluster.raft(3).log().first_index(), 12);
+}
+
+#[test]
+fn a_single_node_cluster_elects_itself_and_commits_alone() {
+    let mut cluster = Cluster::new(1, |_| {});
+    for _ in 0..20 {
+        cluster.tick(1);
+    }
+    assert_eq!(cluster.raft(1).role(), Role::Leader);
+    let index = cluster.propose(1, "put x=1").unwrap();
+    assert_eq!(cluster.nodes[&1].sm.applied_index, index);
+    cluster.read_index(1, 5).unwrap();
+    assert_eq!(cluster.read_results.len(), 1);
+    // Restart from disk: everything committed is re-applied.
+    cluster.crash(1);
+    cluster.restart(1);
+    assert_eq!(cluster.nodes[&1].sm.applied_index, index);
+}
+
+#[test]
+fn appends_in_flight_per_follower_are_bounded() {
+    let mut cluster = Cluster::new(3, |c| {
+        c.max_inflight_appends = 3;
+        c.max_entries_per_append = 1;
+    });
+    elect(&mut cluster, 1);
+    cluster.propose(1, "warm").unwrap();
+    cluster.settle(); // followers are now in the replicate state
+    for i in 0..10 {
+        cluster.propose(1, &format!("e{i}")).unwrap();
+    }
+    let to_two = cluster
+        .network
+        .iter()
+        .filter(|m| m.to == 2 && m.to_string().contains("AppendEntries"))
+        .count();
+    assert_eq!(to_two, 3);
+    cluster.settle();
+    assert_eq!(cluster.nodes[&2].sm.applied_index, 12);
+}
