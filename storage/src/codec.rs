@@ -1,0 +1,42 @@
+//! The one place that turns log records and snapshots into bytes and back.
+//!
+//! bincode 2.0.1 (final; the crate is no longer developed) behind two functions, with a decode
+//! size limit so a damaged length can never make it allocate without bound. Every file format
+//! that uses it carries its own version byte (segment and snapshot headers), so the encoding can
+//! be replaced (postcard, say) without touching callers.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Result, StorageError};
+
+/// No encoded record or snapshot may claim more than this many bytes.
+pub const MAX_DECODE_BYTES: usize = 1 << 30;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_DECODE_BYTES>()
+}
+
+/// Encodes `value`; `what` names it in the error.
+pub fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| StorageError::Decode {
+        what,
+        reason: format!("encoding failed: {e}"),
+    })
+}
+
+/// Decodes a whole `T` from `bytes`; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T> {
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| StorageError::Decode {
+            what,
+            reason: e.to_string(),
+        })?;
+    if used != bytes.len() {
+        return Err(StorageError::Decode {
+            what,
+            reason: format!("{} trailing bytes", bytes.len() - used),
+        });
+    }
+    Ok(value)
+}

@@ -1,0 +1,62 @@
+//! Typed errors of the storage engine, each carrying the file (and offset) it concerns, so that
+//! an operator reading "corrupt record" knows exactly where to look.
+
+use std::io;
+use std::path::PathBuf;
+
+/// What can go wrong in the WAL or the snapshot store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// An I/O call failed; `action` says which one ("append to", "fdatasync", ...).
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Damaged data before the log's tail: a checksum mismatch or an impossible length. The log
+    /// refuses to open rather than drop records that may have been acknowledged.
+    #[error("corrupt {path} at byte offset {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// A record larger than the configured limit was offered for appending.
+    #[error("record of {len} bytes exceeds the limit of {max} bytes")]
+    RecordTooLarge { len: usize, max: usize },
+    /// An earlier write or fsync failed, so the log's on-disk state is unknown; it refuses further
+    /// appends until it is reopened (and recovered). Retrying fsync after a failure can report
+    /// success for data that never reached the disk, so the log does not try.
+    #[error("the log at {dir} stopped accepting writes after an earlier I/O failure; reopen it to recover")]
+    Poisoned { dir: PathBuf },
+    /// A record or snapshot decoded from disk was not valid for its type.
+    #[error("cannot decode {what}: {reason}")]
+    Decode { what: &'static str, reason: String },
+}
+
+impl StorageError {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        StorageError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True when the error is a full disk (ENOSPC).
+    pub fn is_disk_full(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        let StorageError::Io { source, .. } = self else {
+            return false;
+        };
+        // turmoil's simulated disk reports ENOSPC as an `Other` error carrying the C library's text.
+        source.kind() == io::ErrorKind::StorageFull
+            || source.raw_os_error() == Some(ENOSPC)
+            || source.to_string().contains("No space left on device")
+    }
+}
+
+/// The storage engine's result type.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -1,0 +1,288 @@
+//! The replicated key-value state machine: an ordered map of key → (value, version), and the
+//! client sessions that make retried writes apply exactly once.
+//!
+//! It is a pure function of the log: [`StateMachine::apply`] takes a committed entry's index and
+//! its [`Proposal`] and returns the [`Outcome`], touching no clock, no randomness and no I/O, so
+//! that every replica that applies the same log from the same snapshot reaches the same state
+//! (checked by [`StateMachine::digest`]). A key's version is the log index of the write that last
+//! set it, so versions strictly increase across the whole store.
+//!
+//! Sessions (Raft thesis §6.3): a proposal may carry a client id and a sequence number. The
+//! machine caches each session's outcomes until the client acknowledges them (via
+//! `first_unacked_seq`), so a write retried after a lost reply returns the cached outcome instead
+//! of applying twice. Sessions expire deterministically: at most [`MAX_SESSIONS`] are kept, and
+//! the one least recently used (by log index) is evicted first.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::Result;
+
+/// Sessions kept at most; the least recently used is evicted beyond this.
+pub const MAX_SESSIONS: usize = 10_000;
+/// Outcomes a session may hold unacknowledged (a client's writes in flight at once).
+pub const MAX_SESSION_WINDOW: u64 = 1024;
+
+/// A value and the version (log index) of the write that set it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Versioned {
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+/// What a compare-and-swap requires of the key's current state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expectation {
+    /// The key holds exactly this value.
+    Value(Vec<u8>),
+    /// The key exists at exactly this version.
+    Version(u64),
+    /// The key does not exist.
+    Absent,
+}
+
+/// An operation on the store, as it is written into the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Read a key through the log (a linearizable read without ReadIndex).
+    Get {
+        key: Vec<u8>,
+    },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// Set `key` to `new_value` if `expect` holds.
+    Cas {
+        key: Vec<u8>,
+        expect: Expectation,
+        new_value: Vec<u8>,
+    },
+}
+
+impl Command {
+    /// Whether applying the command can change the state.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Command::Get { .. })
+    }
+}
+
+/// A client's identity for exactly-once writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    /// Chosen by the client, unique among live clients (random 64 bits).
+    pub client_id: u64,
+    /// This request's number; a retry reuses it.
+    pub seq: u64,
+    /// Every request below this number has been answered to the client: forget their outcomes.
+    pub first_unacked_seq: u64,
+}
+
+/// One log entry's worth of work for the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub session: Option<SessionRef>,
+    pub command: Command,
+}
+
+/// The result of applying a command.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A get's answer.
+    Value(Option<Versioned>),
+    /// A put or successful cas; the key's new version.
+    Written { version: u64 },
+    /// A delete; whether the key existed.
+    Deleted { existed: bool },
+    /// A cas whose expectation did not hold; the key's current state.
+    CasMismatch { current: Option<Versioned> },
+    /// The session's outcome for this sequence number was already acknowledged and forgotten,
+    /// or the session expired: the request cannot be answered exactly once.
+    SessionExpired,
+    /// The client has more than [`MAX_SESSION_WINDOW`] writes in flight.
+    SessionWindowFull,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct Session {
+    /// Outcomes not yet acknowledged, by sequence number.
+    outcomes: BTreeMap<u64, Outcome>,
+    /// Requests below this were acknowledged.
+    first_unacked_seq: u64,
+    /// The log index of the session's last request (for least-recently-used eviction).
+    last_active_index: u64,
+}
+
+/// The key-value state machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMachine {
+    data: BTreeMap<Vec<u8>, Versioned>,
+    sessions: BTreeMap<u64, Session>,
+    applied_index: u64,
+}
+
+impl StateMachine {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Reads a key from the local state (no consensus involved).
+    pub fn get(&self, key: &[u8]) -> Option<&Versioned> {
+        self.data.get(key)
+    }
+
+    /// How many keys the store holds.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the store holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Records that the entry at `index` carried no command (a leader's no-op).
+    pub fn apply_noop(&mut self, index: u64) {
+        debug_assert!(
+            index > self.applied_index,
+            "entries apply in order, exactly once"
+        );
+        self.applied_index = index;
+    }
+
+    /// Applies the committed entry at `index`. Entries must be applied in increasing order.
+    pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Outcome {
+        debug_assert!(
+            index > self.applied_index,
+            "entry {index} applied after {}: entries apply in order, exactly once",
+            self.applied_index
+        );
+        self.applied_index = index;
+        let Some(session_ref) = proposal.session else {
+            return self.execute(index, &proposal.command);
+        };
+        if !proposal.command.is_write() {
+            return self.execute(index, &proposal.command);
+        }
+        let session = match self.sessions.get_mut(&session_ref.client_id) {
+            Some(session) => session,
+            None if session_ref.first_unacked_seq <= 1 => {
+                self.evict_sessions_beyond(MAX_SESSIONS - 1);
+                self.sessions
+                    .entry(session_ref.client_id)
+                    .or_insert(Session {
+                        outcomes: BTreeMap::new(),
+                        first_unacked_seq: 1,
+                        last_active_index: index,
+                    })
+            }
+            None => return Outcome::SessionExpired,
+        };
+        session.last_active_index = index;
+        if session_ref.first_unacked_seq > session.first_unacked_seq {
+            session.first_unacked_seq = session_ref.first_unacked_seq;
+            session.outcomes = session.outcomes.split_off(&session_ref.first_unacked_seq);
+        }
+        if session_ref.seq < session.first_unacked_seq {
+            return Outcome::SessionExpired;
+        }
+        if let Some(cached) = session.outcomes.get(&session_ref.seq) {
+            return cached.clone();
+        }
+        if session_ref.seq >= session.first_unacked_seq + MAX_SESSION_WINDOW {
+            return Outcome::SessionWindowFull;
+        }
+        let outcome = self.execute(index, &proposal.command);
+        if let Some(session) = self.sessions.get_mut(&session_ref.client_id) {
+            session.outcomes.insert(session_ref.seq, outcome.clone());
+        }
+        outcome
+    }
+
+    fn evict_sessions_beyond(&mut self, keep: usize) {
+        while self.sessions.len() > keep {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|(client_id, session)| (session.last_active_index, **client_id))
+                .map(|(client_id, _)| *client_id);
+            match oldest {
+                Some(client_id) => self.sessions.remove(&client_id),
+                None => break,
+            };
+        }
+    }
+
+    fn execute(&mut self, index: u64, command: &Command) -> Outcome {
+        match command {
+            Command::Get { key } => Outcome::Value(self.data.get(key).cloned()),
+            Command::Put { key, value } => self.write(index, key, value),
+            Command::Delete { key } => Outcome::Deleted {
+                existed: self.data.remove(key).is_some(),
+            },
+            Command::Cas {
+                key,
+                expect,
+                new_value,
+            } => {
+                let current = self.data.get(key);
+                let holds = match (expect, current) {
+                    (Expectation::Absent, None) => true,
+                    (Expectation::Value(expected), Some(current)) => *expected == current.value,
+                    (Expectation::Version(expected), Some(current)) => *expected == current.version,
+                    _ => false,
+                };
+                if holds {
+                    self.write(index, key, new_value)
+                } else {
+                    Outcome::CasMismatch {
+                        current: current.cloned(),
+                    }
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, index: u64, key: &[u8], value: &[u8]) -> Outcome {
+        let versioned = Versioned {
+            value: value.to_vec(),
+            version: index,
+        };
+        if let Some(previous) = self.data.insert(key.to_vec(), versioned) {
+            debug_assert!(previous.version < index, "versions strictly increase");
+        }
+        Outcome::Written { version: index }
+    }
+
+    /// Serializes the whole state (data, sessions, applied index) for a snapshot.
+    pub fn to_snapshot(&self) -> Result<Vec<u8>> {
+        codec::encode(self, "state machine snapshot")
+    }
+
+    /// Restores a state serialized by [`StateMachine::to_snapshot`].
+    pub fn from_snapshot(bytes: &[u8]) -> Result<StateMachine> {
+        codec::decode(bytes, "state machine snapshot")
+    }
+
+    /// A digest of the whole state, equal on replicas that applied the same log.
+    pub fn digest(&self) -> u64 {
+        // DefaultHasher::new() is SipHash with fixed keys: the same in every process of one build.
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.applied_index.hash(&mut hasher);
+        self.data.hash(&mut hasher);
+        self.sessions.hash(&mut hasher);
+        hasher.finish()
+    }
+}
