@@ -36,6 +36,9 @@ pub(crate) struct Progress {
     pub(crate) ticks_since_heard: u32,
     /// Leader ticks spent in the current state (detects a lost `InstallSnapshot`).
     pub(crate) ticks_in_state: u32,
+    /// Highest commit index sent to this peer, so a peer that missed commit updates while paused
+    /// gets one (and one only) when it unpauses.
+    pub(crate) commit_sent: Index,
     /// Highest leader tick (`Heartbeat::sent_tick`) this peer acknowledged; dates the lease.
     pub(crate) lease_ack_tick: Option<u64>,
 }
@@ -50,6 +53,7 @@ impl Progress {
             inflight: VecDeque::new(),
             ticks_since_heard: 0,
             ticks_in_state: 0,
+            commit_sent: 0,
             lease_ack_tick: None,
         }
     }
@@ -93,12 +97,15 @@ impl Progress {
         self.set_state(ReplicationState::Snapshot { pending_index });
     }
 
-    /// Records an append of entries up to `last_index` just sent.
+    /// Records an append just sent, carrying entries up to `last_index` (an empty append, which
+    /// only probes or carries the commit index, does not take a pipeline slot).
     pub(crate) fn sent_entries(&mut self, last_index: Index) {
         match self.state {
             ReplicationState::Replicate => {
-                self.next_index = last_index + 1;
-                self.inflight.push_back(last_index);
+                if last_index >= self.next_index {
+                    self.next_index = last_index + 1;
+                    self.inflight.push_back(last_index);
+                }
             }
             ReplicationState::Probe => self.probe_sent = true,
             ReplicationState::Snapshot { .. } => {

@@ -1003,8 +1003,12 @@ impl Raft {
         let sent_tick = self.leader_ticks;
         let peers: Vec<(NodeId, Index)> = self
             .progress
-            .iter()
-            .map(|(&id, pr)| (id, pr.match_index.min(commit_index)))
+            .iter_mut()
+            .map(|(&id, pr)| {
+                let commit = pr.match_index.min(commit_index);
+                pr.commit_sent = pr.commit_sent.max(commit);
+                (id, commit)
+            })
             .collect();
         for (to, commit) in peers {
             self.send(
@@ -1046,10 +1050,11 @@ impl Raft {
             return false;
         }
         let last_index = entries.last().map_or(prev_index, |e| e.index);
+        let commit = self.log.commit_index();
         if let Some(pr) = self.progress.get_mut(&to) {
             pr.sent_entries(last_index);
+            pr.commit_sent = pr.commit_sent.max(commit);
         }
-        let commit = self.log.commit_index();
         self.send(
             to,
             MessageBody::AppendEntries {
@@ -1109,7 +1114,7 @@ impl Raft {
                 }
                 if updated && self.maybe_commit() {
                     self.broadcast_append(true);
-                } else if was_paused {
+                } else if was_paused && self.commit_unknown_to(from) {
                     // It was waiting on this answer and may have missed commit updates meanwhile.
                     self.send_append(from, true);
                 }
@@ -1199,6 +1204,12 @@ impl Raft {
         } else {
             false
         }
+    }
+
+    fn commit_unknown_to(&self, peer: NodeId) -> bool {
+        self.progress
+            .get(&peer)
+            .is_some_and(|pr| pr.commit_sent < self.log.commit_index())
     }
 
     fn maybe_send_timeout_now(&mut self, to: NodeId) {

@@ -477,7 +477,10 @@ impl Cluster {
     pub fn deliver_all(&mut self, limit: usize) -> Vec<String> {
         let mut lines = Vec::new();
         while !self.network.is_empty() {
-            assert!(lines.len() < limit, "network did not quiesce");
+            if lines.len() >= limit {
+                let tail = lines[lines.len() - 20..].join("\n");
+                panic!("network did not quiesce; last messages:\n{tail}");
+            }
             let msg = self.network.remove(0);
             let line = msg.to_string();
             if self.deliver(msg) {
