@@ -5,7 +5,7 @@
 //! faults stop and a leader must be elected and commit a proposal within a bound (liveness).
 //!
 //! A failure prints its seed. Replay one seed with `RAFT_SEED=<seed>`; run more seeds with
-//! `RAFT_SEEDS=<count>` (default 200) and longer runs with `RAFT_STEPS=<steps>` (default 1500).
+//! `RAFT_SEEDS=<count>` (default 1000) and longer runs with `RAFT_STEPS=<steps>` (default 1500).
 
 mod common;
 
@@ -220,7 +220,7 @@ fn randomized_clusters_keep_raft_safety_and_recover_liveness() {
     let steps = env_u64("RAFT_STEPS").unwrap_or(1500) as usize;
     let seeds: Vec<u64> = match env_u64("RAFT_SEED") {
         Some(seed) => vec![seed],
-        None => (0..env_u64("RAFT_SEEDS").unwrap_or(200)).collect(),
+        None => (0..env_u64("RAFT_SEEDS").unwrap_or(1000)).collect(),
     };
     for seed in seeds {
         let outcome = catch_unwind(AssertUnwindSafe(|| run_seed(seed, steps)));
