@@ -1,1 +1,35 @@
-//! placeholder
+//! The async Rust client for ringleader.
+//!
+//! Give it any node addresses; it finds the leader, follows redirects, retries through elections
+//! until a per-request deadline, and makes writes exactly-once with a session id and sequence
+//! numbers, so a retried write is never applied twice.
+//!
+//! ```no_run
+//! use ringleader_client::{Client, ClientConfig, Expect, CasOutcome};
+//!
+//! # async fn example() -> Result<(), ringleader_client::Error> {
+//! let client = Client::new(ClientConfig::new(vec![
+//!     "127.0.0.1:7001".into(), "127.0.0.1:7002".into(), "127.0.0.1:7003".into(),
+//! ]))?;
+//! let version = client.put("greeting", "hello").await?;
+//! let current = client.get("greeting").await?.expect("just written");
+//! assert_eq!(current.value, b"hello");
+//! assert_eq!(current.version, version);
+//! match client.cas("greeting", Expect::Version(version), "hello again").await? {
+//!     CasOutcome::Swapped { version } => println!("now at version {version}"),
+//!     CasOutcome::Mismatch { current } => println!("someone else wrote first: {current:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod client;
+mod connection;
+mod error;
+pub mod net;
+pub mod protocol;
+
+pub use client::{CasOutcome, Client, ClientConfig};
+pub use error::{Error, Result};
+pub use net::{Connector, TokioConnector};
+pub use protocol::{Expect, NodeStatus, ReadConsistency, Versioned};

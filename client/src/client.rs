@@ -1,0 +1,379 @@
+//! The client: finds the leader, retries, and makes writes exactly-once.
+//!
+//! Every write carries a session (a random client id and a per-client sequence number), so the
+//! client can resend a write after a timeout or a lost connection, to the same node or to a new
+//! leader, and the replicated state machine applies it once (Raft thesis §6.3). A redirect
+//! (`NotLeader` with the leader's address) is followed at once; "no leader yet" is retried with a
+//! short backoff; everything stops at the per-request deadline.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::net::{Connector, TokioConnector};
+use crate::protocol::{
+    ErrorKind, Expect, Limits, NodeStatus, ReadConsistency, Request, Response, Session, Versioned,
+};
+
+/// How a client behaves.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Node addresses (`host:port`); any of them will do, the client finds the leader.
+    pub endpoints: Vec<String>,
+    /// A call gives up after this long, retries included.
+    pub request_timeout: Duration,
+    /// One connection attempt gives up after this long.
+    pub connect_timeout: Duration,
+    /// Pause before retrying when no leader is known.
+    pub retry_backoff: Duration,
+    /// Request size limits, checked before sending.
+    pub limits: Limits,
+    /// The session id for exactly-once writes; random when `None`. Set it only in simulations.
+    pub client_id: Option<u64>,
+}
+
+impl ClientConfig {
+    /// Defaults: 5 s request timeout, 1 s connect timeout, 50 ms retry backoff.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        ClientConfig {
+            endpoints,
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            retry_backoff: Duration::from_millis(50),
+            limits: Limits::default(),
+            client_id: None,
+        }
+    }
+}
+
+/// The result of a compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The expectation held; the key now has this version.
+    Swapped { version: u64 },
+    /// The expectation did not hold; the key's current state.
+    Mismatch { current: Option<Versioned> },
+}
+
+struct Routing {
+    /// The address believed to lead.
+    leader: Option<String>,
+    /// Next endpoint to try when no leader is known.
+    next_endpoint: usize,
+    connections: BTreeMap<String, Connection>,
+}
+
+/// A ringleader client. Cheap to clone; clones share connections and the session.
+#[derive(Clone)]
+pub struct Client<C: Connector = TokioConnector> {
+    config: Arc<ClientConfig>,
+    connector: C,
+    routing: Arc<Mutex<Routing>>,
+    client_id: u64,
+    next_seq: Arc<AtomicU64>,
+    /// Sequence numbers of writes not yet answered: the smallest is `first_unacked_seq`.
+    unacked: Arc<Mutex<BTreeSet<u64>>>,
+}
+
+fn random_u64() -> u64 {
+    // RandomState is seeded from the OS once per process, and differently per instance.
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+impl Client<TokioConnector> {
+    /// A client over real TCP. Connections are opened lazily, on the first request.
+    pub fn new(config: ClientConfig) -> Result<Self> {
+        Self::with_connector(config, TokioConnector)
+    }
+}
+
+impl<C: Connector> Client<C> {
+    /// A client over any [`Connector`] (turmoil's simulated network, say).
+    pub fn with_connector(config: ClientConfig, connector: C) -> Result<Self> {
+        if config.endpoints.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        let client_id = config.client_id.unwrap_or_else(random_u64);
+        Ok(Client {
+            config: Arc::new(config),
+            connector,
+            routing: Arc::new(Mutex::new(Routing {
+                leader: None,
+                next_endpoint: 0,
+                connections: BTreeMap::new(),
+            })),
+            client_id,
+            next_seq: Arc::new(AtomicU64::new(1)),
+            unacked: Arc::new(Mutex::new(BTreeSet::new())),
+        })
+    }
+
+    /// Reads a key, linearizably.
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<Versioned>> {
+        self.get_with(key, ReadConsistency::Linearizable).await
+    }
+
+    /// Reads a key at the given consistency.
+    pub async fn get_with(
+        &self,
+        key: impl Into<Vec<u8>>,
+        consistency: ReadConsistency,
+    ) -> Result<Option<Versioned>> {
+        let request = Request::Get {
+            key: key.into(),
+            consistency,
+        };
+        match self.call(request).await? {
+            Response::Value(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sets a key; returns its new version.
+    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
+        let (key, value) = (key.into(), value.into());
+        let response = self
+            .write(|session| Request::Put {
+                key: key.clone(),
+                value: value.clone(),
+                session: Some(session),
+            })
+            .await?;
+        match response {
+            Response::Written { version } => Ok(version),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes a key; returns whether it existed.
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<bool> {
+        let key = key.into();
+        match self
+            .write(|session| Request::Delete {
+                key: key.clone(),
+                session: Some(session),
+            })
+            .await?
+        {
+            Response::Deleted { existed } => Ok(existed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sets `key` to `new_value` if `expect` holds.
+    pub async fn cas(
+        &self,
+        key: impl Into<Vec<u8>>,
+        expect: Expect,
+        new_value: impl Into<Vec<u8>>,
+    ) -> Result<CasOutcome> {
+        let (key, new_value) = (key.into(), new_value.into());
+        match self
+            .write(|session| Request::Cas {
+                key: key.clone(),
+                expect: expect.clone(),
+                new_value: new_value.clone(),
+                session: Some(session),
+            })
+            .await?
+        {
+            Response::Written { version } => Ok(CasOutcome::Swapped { version }),
+            Response::CasMismatch { current } => Ok(CasOutcome::Mismatch { current }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks one node (not the leader) for its status.
+    pub async fn status_of(&self, addr: &str) -> Result<NodeStatus> {
+        let response = tokio::time::timeout(self.config.request_timeout, async {
+            let connection = self.connection(addr).await?;
+            connection.call(Request::Status).await
+        })
+        .await;
+        match response {
+            Ok(Ok(Response::Status(status))) => Ok(*status),
+            Ok(Ok(other)) => Err(unexpected(other)),
+            Ok(Err(problem)) => Err(Error::Timeout {
+                timeout: self.config.request_timeout,
+                maybe_applied: false,
+                last_problem: problem,
+            }),
+            Err(_) => Err(Error::Timeout {
+                timeout: self.config.request_timeout,
+                maybe_applied: false,
+                last_problem: format!("{addr} did not answer"),
+            }),
+        }
+    }
+
+    /// The session id writes carry.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    async fn write(&self, make: impl Fn(Session) -> Request) -> Result<Response> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let first_unacked_seq = {
+            let mut unacked = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
+            unacked.insert(seq);
+            *unacked.first().unwrap_or(&seq)
+        };
+        let session = Session {
+            client_id: self.client_id,
+            seq,
+            first_unacked_seq,
+        };
+        let result = self.call(make(session)).await;
+        // An answered write is acknowledged; an unknown one stays unacknowledged so that its
+        // outcome stays cached for a retry the application might still make... but the client
+        // does not retry across calls, so it is released too (bounded memory).
+        self.unacked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq);
+        result
+    }
+
+    async fn connection(&self, addr: &str) -> std::result::Result<Connection, String> {
+        if let Some(existing) = self
+            .routing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .connections
+            .get(addr)
+        {
+            if !existing.is_closed() {
+                return Ok(existing.clone());
+            }
+        }
+        let opened = tokio::time::timeout(
+            self.config.connect_timeout,
+            Connection::open(&self.connector, addr, self.config.limits.max_frame_bytes),
+        )
+        .await
+        .map_err(|_| format!("connect to {addr} timed out"))??;
+        self.routing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .connections
+            .insert(addr.to_string(), opened.clone());
+        Ok(opened)
+    }
+
+    fn target(&self) -> String {
+        let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(leader) = &routing.leader {
+            return leader.clone();
+        }
+        let endpoints = &self.config.endpoints;
+        let addr = endpoints[routing.next_endpoint % endpoints.len()].clone();
+        routing.next_endpoint += 1;
+        addr
+    }
+
+    fn forget(&self, addr: &str, drop_connection: bool) {
+        let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
+        if routing.leader.as_deref() == Some(addr) {
+            routing.leader = None;
+        }
+        if drop_connection {
+            routing.connections.remove(addr);
+        }
+    }
+
+    /// Sends `request` to the leader, following redirects and retrying until the deadline.
+    async fn call(&self, request: Request) -> Result<Response> {
+        request.check(&self.config.limits).map_err(Error::Invalid)?;
+        let timeout = self.config.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut maybe_applied = false;
+        let mut last_problem = String::from("no attempt finished");
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout {
+                    timeout,
+                    maybe_applied: maybe_applied && request.is_write(),
+                    last_problem,
+                });
+            }
+            let addr = self.target();
+            let attempt = tokio::time::timeout(deadline - now, async {
+                let connection = self.connection(&addr).await.map_err(|e| (false, e))?;
+                connection
+                    .call(request.clone())
+                    .await
+                    .map_err(|e| (true, e))
+            })
+            .await;
+            let response = match attempt {
+                Err(_elapsed) => {
+                    maybe_applied = true;
+                    last_problem = format!("{addr} did not answer in time");
+                    continue;
+                }
+                Ok(Err((sent, problem))) => {
+                    maybe_applied |= sent;
+                    last_problem = problem;
+                    self.forget(&addr, true);
+                    tokio::time::sleep(self.config.retry_backoff).await;
+                    continue;
+                }
+                Ok(Ok(response)) => response,
+            };
+            match response {
+                Response::NotLeader {
+                    leader_addr,
+                    leader,
+                } => {
+                    last_problem = format!("{addr} is not the leader (leader: {leader:?})");
+                    let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
+                    match leader_addr {
+                        Some(leader_addr) if leader_addr != addr => {
+                            routing.leader = Some(leader_addr)
+                        }
+                        _ => {
+                            routing.leader = None;
+                            drop(routing);
+                            tokio::time::sleep(self.config.retry_backoff).await;
+                        }
+                    }
+                }
+                Response::Error { kind, message } => match kind {
+                    ErrorKind::Unavailable | ErrorKind::ShuttingDown => {
+                        last_problem = format!("{addr}: {message}");
+                        self.forget(&addr, kind == ErrorKind::ShuttingDown);
+                        tokio::time::sleep(self.config.retry_backoff).await;
+                    }
+                    ErrorKind::Unknown => {
+                        // Proposed but not known to commit: resend with the same session.
+                        maybe_applied = true;
+                        last_problem = format!("{addr}: {message}");
+                        self.forget(&addr, false);
+                        tokio::time::sleep(self.config.retry_backoff).await;
+                    }
+                    ErrorKind::Invalid => return Err(Error::Invalid(message)),
+                    ErrorKind::SessionExpired => return Err(Error::SessionExpired),
+                    ErrorKind::Internal => return Err(Error::Server(message)),
+                },
+                answer => {
+                    self.routing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .leader = Some(addr);
+                    return Ok(answer);
+                }
+            }
+        }
+    }
+}
+
+fn unexpected(response: Response) -> Error {
+    Error::Server(format!("unexpected response {response:?}"))
+}

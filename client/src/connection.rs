@@ -1,0 +1,119 @@
+//! One pipelined connection to a node: many requests in flight, matched to responses by id.
+//!
+//! A task owns the socket; callers hand it a request and a oneshot for the answer through a
+//! bounded channel, so a slow node pushes back on callers instead of growing a queue. When the
+//! socket fails, every waiting caller sees its oneshot closed and treats the outcome as unknown.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+use crate::net::Connector;
+use crate::protocol::{
+    decode_frame, encode_frame, frame_codec, Handshake, Request, RequestFrame, Response,
+    ResponseFrame, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION,
+};
+
+/// Requests a connection holds in flight at most; callers wait for room beyond it.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+type Pending = (Request, oneshot::Sender<Response>);
+
+/// A handle to a connection task. Cheap to clone.
+#[derive(Clone)]
+pub struct Connection {
+    requests: mpsc::Sender<Pending>,
+}
+
+impl Connection {
+    /// Connects, performs the handshake and starts the connection task.
+    pub async fn open<C: Connector>(
+        connector: &C,
+        addr: &str,
+        max_frame_bytes: usize,
+    ) -> Result<Connection, String> {
+        let mut stream = connector
+            .connect(addr)
+            .await
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        stream
+            .write_all(&Handshake::new(Role::Client).encode())
+            .await
+            .map_err(|e| format!("handshake with {addr}: {e}"))?;
+        let mut reply = [0u8; HANDSHAKE_BYTES];
+        stream
+            .read_exact(&mut reply)
+            .await
+            .map_err(|e| format!("handshake with {addr}: {e}"))?;
+        let handshake =
+            Handshake::decode(&reply).map_err(|e| format!("handshake with {addr}: {e}"))?;
+        if handshake.version != PROTOCOL_VERSION {
+            return Err(format!(
+                "{addr} speaks protocol version {}, this client {PROTOCOL_VERSION}",
+                handshake.version
+            ));
+        }
+        let (sender, receiver) = mpsc::channel(MAX_IN_FLIGHT);
+        tokio::spawn(run(
+            Framed::new(stream, frame_codec(max_frame_bytes)),
+            receiver,
+        ));
+        Ok(Connection { requests: sender })
+    }
+
+    /// Sends a request and waits for its response; `Err` when the connection is gone (the
+    /// request may or may not have reached the node).
+    pub async fn call(&self, request: Request) -> Result<Response, String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send((request, reply))
+            .await
+            .map_err(|_| "connection closed".to_string())?;
+        answer
+            .await
+            .map_err(|_| "connection lost before the answer".to_string())
+    }
+
+    /// Whether the connection task has ended.
+    pub fn is_closed(&self) -> bool {
+        self.requests.is_closed()
+    }
+}
+
+async fn run<S>(
+    mut framed: Framed<S, tokio_util::codec::LengthDelimitedCodec>,
+    mut requests: mpsc::Receiver<Pending>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut waiting: BTreeMap<u64, oneshot::Sender<Response>> = BTreeMap::new();
+    let mut next_id = 0u64;
+    loop {
+        tokio::select! {
+            biased;
+            frame = framed.next() => {
+                let Some(Ok(bytes)) = frame else { break };
+                let Ok(ResponseFrame { id, response }) = decode_frame::<ResponseFrame>(&bytes) else {
+                    tracing::warn!("undecodable response frame: closing the connection");
+                    break;
+                };
+                if let Some(reply) = waiting.remove(&id) {
+                    let _ = reply.send(response);
+                }
+            }
+            pending = requests.recv(), if waiting.len() < MAX_IN_FLIGHT => {
+                let Some((request, reply)) = pending else { break };
+                next_id += 1;
+                let Ok(body) = encode_frame(&RequestFrame { id: next_id, request }) else { continue };
+                if framed.send(Bytes::from(body)).await.is_err() {
+                    break;
+                }
+                waiting.insert(next_id, reply);
+            }
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The client's typed errors.
+
+use std::time::Duration;
+
+/// What a client call can fail with.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// No answer within the request timeout. For a write, `maybe_applied` says whether it was
+    /// sent at least once: then it may have taken effect (its session makes a retry safe).
+    #[error("no answer within {timeout:?} (last problem: {last_problem}){}", if *.maybe_applied { "; the write may have been applied" } else { "" })]
+    Timeout {
+        timeout: Duration,
+        maybe_applied: bool,
+        last_problem: String,
+    },
+    /// The request breaks a limit or is malformed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The write's session expired before a retry reached the cluster: outcome unknown.
+    #[error("the session expired; the write's outcome is unknown")]
+    SessionExpired,
+    /// The node reported an internal failure.
+    #[error("server error: {0}")]
+    Server(String),
+    /// No endpoint was given.
+    #[error("no endpoints configured")]
+    NoEndpoints,
+}
+
+impl Error {
+    /// Whether the operation may have taken effect although it returned an error.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout {
+                maybe_applied: true,
+                ..
+            } | Error::SessionExpired
+        )
+    }
+}
+
+/// The client's result type.
+pub type Result<T> = std::result::Result<T, Error>;

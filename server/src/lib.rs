@@ -1,0 +1,90 @@
+//! The ringleader node and the library behind the `ringleader` binary.
+//!
+//! A node is three tasks' worth of work around one owner: the [`service`] accepts client and
+//! peer connections, the [`node`] task owns Raft, the log and the state machine, and [`peer`]
+//! tasks carry Raft messages to the other nodes. Networking goes through [`network::Network`],
+//! so the jepsen-like simulation runs this same code on turmoil's network and disk.
+//! Replication is explained in `docs/replication.md`.
+
+pub mod network;
+pub mod node;
+pub mod peer;
+pub mod service;
+
+use std::io;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::network::Network;
+use crate::node::{Node, NodeConfig, NodeError, NodeInput, NODE_INPUT_QUEUE};
+use crate::peer::PeerSenders;
+
+/// A running node: its tasks, and the handle to stop it.
+pub struct RunningNode {
+    shutdown: watch::Sender<bool>,
+    node_inputs: mpsc::Sender<NodeInput>,
+    node_task: tokio::task::JoinHandle<()>,
+}
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: io::Error },
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// Opens the node's storage, binds its address and starts its tasks.
+pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<RunningNode, StartError> {
+    let addr = config.addr();
+    let listener = network
+        .bind(&addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    let peers = PeerSenders::start(network.clone(), config.id, &config.peers);
+    let node = Node::open(config.clone(), peers)?;
+    let (inputs_sender, inputs) = mpsc::channel(NODE_INPUT_QUEUE);
+    let (shutdown, shutdown_receiver) = watch::channel(false);
+    let node_task = tokio::spawn(node.run(inputs));
+    tokio::spawn(service::accept_loop(
+        network,
+        listener,
+        config.id,
+        config.limits,
+        inputs_sender.clone(),
+        shutdown_receiver,
+    ));
+    tracing::info!(id = config.id, %addr, dir = %config.data_dir.display(), "node serving");
+    Ok(RunningNode {
+        shutdown,
+        node_inputs: inputs_sender,
+        node_task,
+    })
+}
+
+impl RunningNode {
+    /// Graceful stop: stop accepting, let connections finish what is in flight, hand over
+    /// leadership, sync the log.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let (done, stopped) = oneshot::channel();
+        if self
+            .node_inputs
+            .send(NodeInput::Shutdown { done })
+            .await
+            .is_ok()
+        {
+            let _ = stopped.await;
+        }
+        let _ = self.node_task.await;
+    }
+
+    /// Resolves when the node task ends on its own (a storage failure).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.node_task).await;
+    }
+}

@@ -1,0 +1,651 @@
+//! The node: one task that owns a Raft group's consensus state, its durable log and its
+//! key-value state machine, and drives them with the loop the consensus crate prescribes.
+//!
+//! Data flows one way: requests and peer messages arrive on one bounded channel
+//! ([`NodeInput`]); the task feeds them to [`consensus::Raft`]; each `Ready` is persisted to the
+//! [`storage::LogStore`] with one write and one fsync (so every request that arrived while the
+//! previous fsync ran shares the next one: group commit), then its messages go to the peers, its
+//! committed entries are applied to the [`StateMachine`], and waiting clients get their answers.
+//! A write is answered only after its entry is committed by a quorum of durable logs and applied.
+//!
+//! Nothing here reads a clock directly: ticks come from `tokio::time`, which turmoil simulates.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use consensus::{
+    Config as RaftConfig, Entry, EntryPayload, Message, NodeId, ProposeError, Raft, ReadError,
+    Restored, Role, Snapshot, SnapshotMeta,
+};
+use ringleader_client::protocol::{
+    ErrorKind, Expect, Limits, NodeStatus, ReadConsistency, ReplicaStatus, Request, Response,
+    Versioned,
+};
+use storage::kv::{Command, Expectation, Outcome, Proposal, SessionRef, StateMachine};
+use storage::{codec, LogStore, SharedFs, SnapshotPoint, StoredEntry, WalOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::peer::PeerSenders;
+
+/// Inputs queued for the node at most; senders wait beyond it.
+pub const NODE_INPUT_QUEUE: usize = 4096;
+/// Inputs handled before the node processes a Ready: the upper bound of one group commit.
+const MAX_INPUTS_PER_ROUND: usize = 1024;
+
+/// Everything a node needs to start.
+#[derive(Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Every voter's address, this node's included.
+    pub peers: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    pub fs: SharedFs,
+    pub wal: WalOptions,
+    pub limits: Limits,
+    /// The length of one Raft tick.
+    pub tick: Duration,
+    pub election_timeout_ticks: u32,
+    pub heartbeat_interval_ticks: u32,
+    /// Take a snapshot (and compact the log) after this many applied entries.
+    pub snapshot_every_entries: u64,
+    /// Seeds Raft's election timer.
+    pub seed: u64,
+}
+
+impl NodeConfig {
+    /// A single-node or static-cluster configuration with the default timings: 50 ms ticks,
+    /// elections after 0.5–1 s of silence, heartbeats every 100 ms.
+    pub fn new(
+        id: NodeId,
+        peers: BTreeMap<NodeId, String>,
+        data_dir: PathBuf,
+        fs: SharedFs,
+    ) -> Self {
+        NodeConfig {
+            id,
+            peers,
+            data_dir,
+            fs,
+            wal: WalOptions::default(),
+            limits: Limits::default(),
+            tick: Duration::from_millis(50),
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 2,
+            snapshot_every_entries: 10_000,
+            seed: id,
+        }
+    }
+
+    /// This node's own address.
+    pub fn addr(&self) -> String {
+        self.peers.get(&self.id).cloned().unwrap_or_default()
+    }
+}
+
+/// What the node is asked to do.
+pub enum NodeInput {
+    /// A client request and where to send the answer.
+    Client {
+        request: Request,
+        reply: oneshot::Sender<Response>,
+    },
+    /// A Raft message from a peer.
+    Peer(Message),
+    /// Stop: hand leadership over if leading, sync the log, answer what is pending, exit.
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage: {0}")]
+    Storage(#[from] storage::StorageError),
+    #[error("raft configuration: {0}")]
+    Config(#[from] consensus::ConfigError),
+}
+
+struct PendingWrite {
+    term: u64,
+    reply: oneshot::Sender<Response>,
+}
+
+struct PendingRead {
+    key: Vec<u8>,
+    reply: oneshot::Sender<Response>,
+    /// Set once Raft confirmed the read: serve when applied reaches it.
+    read_index: Option<u64>,
+}
+
+/// A running node's state, owned by its task.
+pub struct Node {
+    config: NodeConfig,
+    raft: Raft,
+    log: LogStore,
+    machine: StateMachine,
+    peers: PeerSenders,
+    pending_writes: BTreeMap<u64, PendingWrite>,
+    pending_reads: BTreeMap<u64, PendingRead>,
+    next_read_id: u64,
+    last_snapshot_index: u64,
+    was_leader: bool,
+}
+
+fn to_stored(entry: &Entry) -> Result<StoredEntry, storage::StorageError> {
+    Ok(StoredEntry {
+        index: entry.index,
+        term: entry.term,
+        payload: codec::encode(&entry.payload, "entry payload")?,
+    })
+}
+
+impl Node {
+    /// Opens the node's storage, recovers its state and prepares Raft. Does not start the loop.
+    pub fn open(config: NodeConfig, peers: PeerSenders) -> Result<Node, NodeError> {
+        let (log, recovered) =
+            LogStore::open(config.fs.clone(), &config.data_dir, config.wal.clone())?;
+        if let Some(bytes) = recovered.torn_tail_bytes {
+            tracing::warn!(bytes, "recovered the log after truncating a torn tail");
+        }
+        let voters: Vec<NodeId> = config.peers.keys().copied().collect();
+        let (machine, snapshot) = match &recovered.snapshot {
+            Some(loaded) => {
+                let data = loaded.data().to_vec();
+                let machine = StateMachine::from_snapshot(&data)?;
+                let meta = SnapshotMeta {
+                    last_index: loaded.point.last_index,
+                    last_term: loaded.point.last_term,
+                    voters: voters.clone(),
+                };
+                (machine, Some(Snapshot { meta, data }))
+            }
+            None => (StateMachine::new(), None),
+        };
+        let mut entries = Vec::with_capacity(recovered.entries.len());
+        for stored in &recovered.entries {
+            entries.push(Entry {
+                index: stored.index,
+                term: stored.term,
+                payload: codec::decode(&stored.payload, "entry payload")?,
+            });
+        }
+        let hard_state = consensus::HardState {
+            term: recovered.hard_state.term,
+            vote: recovered.hard_state.vote,
+            commit: recovered.hard_state.commit,
+        };
+        let mut raft_config = RaftConfig::new(config.id, voters);
+        raft_config.election_timeout_ticks = config.election_timeout_ticks;
+        raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
+        raft_config.seed = config.seed;
+        raft_config.lease_reads = true;
+        let last_snapshot_index = snapshot.as_ref().map_or(0, |s| s.meta.last_index);
+        let raft = Raft::new(
+            raft_config,
+            Restored {
+                hard_state,
+                snapshot,
+                entries,
+                applied_index: 0,
+            },
+        )?;
+        tracing::info!(
+            id = config.id,
+            term = hard_state.term,
+            commit = hard_state.commit,
+            last_snapshot_index,
+            "node recovered"
+        );
+        Ok(Node {
+            config,
+            raft,
+            log,
+            machine,
+            peers,
+            pending_writes: BTreeMap::new(),
+            pending_reads: BTreeMap::new(),
+            next_read_id: 0,
+            last_snapshot_index,
+            was_leader: false,
+        })
+    }
+
+    /// Runs the node until a [`NodeInput::Shutdown`] arrives or every sender is gone.
+    pub async fn run(mut self, mut inputs: mpsc::Receiver<NodeInput>) {
+        let mut ticker = tokio::time::interval(self.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if self.config.peers.len() == 1 {
+            // A single voter need not wait out an election timeout.
+            self.raft.campaign();
+        }
+        loop {
+            if let Err(error) = self.process_ready() {
+                // The disk failed: nothing more can be made durable. Stop rather than lie.
+                tracing::error!(%error, "storage failure: the node stops");
+                self.fail_all_pending(ErrorKind::Internal, &format!("storage failure: {error}"));
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = ticker.tick() => self.raft.tick(),
+                input = inputs.recv() => {
+                    let Some(input) = input else { return };
+                    if let Some(done) = self.handle(input) {
+                        self.shut_down(&mut inputs, &mut ticker).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    // Take whatever else is already queued: it all shares the next fsync.
+                    for _ in 0..MAX_INPUTS_PER_ROUND {
+                        let Ok(input) = inputs.try_recv() else { break };
+                        if let Some(done) = self.handle(input) {
+                            self.shut_down(&mut inputs, &mut ticker).await;
+                            let _ = done.send(());
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one input; returns the shutdown acknowledgement if it was a shutdown.
+    fn handle(&mut self, input: NodeInput) -> Option<oneshot::Sender<()>> {
+        match input {
+            NodeInput::Peer(message) => self.raft.step(message),
+            NodeInput::Client { request, reply } => self.handle_request(request, reply),
+            NodeInput::Shutdown { done } => return Some(done),
+        }
+        None
+    }
+
+    fn not_leader(&self) -> Response {
+        let leader = self.raft.leader();
+        Response::NotLeader {
+            leader,
+            leader_addr: leader.and_then(|id| self.config.peers.get(&id).cloned()),
+        }
+    }
+
+    fn handle_request(&mut self, request: Request, reply: oneshot::Sender<Response>) {
+        if let Err(message) = request.check(&self.config.limits) {
+            let _ = reply.send(Response::Error {
+                kind: ErrorKind::Invalid,
+                message,
+            });
+            return;
+        }
+        let (command, session) = match request {
+            Request::Status => {
+                let _ = reply.send(Response::Status(Box::new(self.status())));
+                return;
+            }
+            Request::Get { key, consistency } => {
+                self.start_read(key, consistency, reply);
+                return;
+            }
+            Request::Put {
+                key,
+                value,
+                session,
+            } => (Command::Put { key, value }, session),
+            Request::Delete { key, session } => (Command::Delete { key }, session),
+            Request::Cas {
+                key,
+                expect,
+                new_value,
+                session,
+            } => {
+                let expect = match expect {
+                    Expect::Value(value) => Expectation::Value(value),
+                    Expect::Version(version) => Expectation::Version(version),
+                    Expect::Absent => Expectation::Absent,
+                };
+                (
+                    Command::Cas {
+                        key,
+                        expect,
+                        new_value,
+                    },
+                    session,
+                )
+            }
+        };
+        let proposal = Proposal {
+            session: session.map(|s| SessionRef {
+                client_id: s.client_id,
+                seq: s.seq,
+                first_unacked_seq: s.first_unacked_seq,
+            }),
+            command,
+        };
+        let bytes = match codec::encode(&proposal, "proposal") {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                let _ = reply.send(internal(error));
+                return;
+            }
+        };
+        match self.raft.propose(bytes) {
+            Ok(index) => {
+                let term = self.raft.term();
+                self.pending_writes
+                    .insert(index, PendingWrite { term, reply });
+            }
+            Err(ProposeError::NotLeader { .. }) => {
+                let _ = reply.send(self.not_leader());
+            }
+            Err(error) => {
+                let _ = reply.send(Response::Error {
+                    kind: ErrorKind::Unavailable,
+                    message: error.to_string(),
+                });
+            }
+        }
+    }
+
+    fn start_read(
+        &mut self,
+        key: Vec<u8>,
+        consistency: ReadConsistency,
+        reply: oneshot::Sender<Response>,
+    ) {
+        if consistency == ReadConsistency::Stale {
+            let _ = reply.send(Response::Value(self.machine.get(&key).map(to_versioned)));
+            return;
+        }
+        self.next_read_id += 1;
+        let id = self.next_read_id;
+        match self.raft.read_index(id) {
+            Ok(()) => {
+                self.pending_reads.insert(
+                    id,
+                    PendingRead {
+                        key,
+                        reply,
+                        read_index: None,
+                    },
+                );
+            }
+            Err(ReadError::NotLeader { .. }) => {
+                let _ = reply.send(self.not_leader());
+            }
+            Err(error) => {
+                let _ = reply.send(Response::Error {
+                    kind: ErrorKind::Unavailable,
+                    message: error.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Persists, sends, applies and answers everything Raft has ready.
+    fn process_ready(&mut self) -> Result<(), storage::StorageError> {
+        while self.raft.has_ready() {
+            let ready = self.raft.ready();
+            // 1. Durability first: a message may promise that this state is on disk.
+            if let Some(snapshot) = &ready.snapshot {
+                let point = SnapshotPoint {
+                    last_index: snapshot.meta.last_index,
+                    last_term: snapshot.meta.last_term,
+                };
+                self.log.save_snapshot(point, &snapshot.data, true)?;
+                self.last_snapshot_index = point.last_index;
+            }
+            let entries = ready
+                .entries
+                .iter()
+                .map(to_stored)
+                .collect::<Result<Vec<_>, _>>()?;
+            let hard_state = ready.hard_state.map(|h| storage::HardState {
+                term: h.term,
+                vote: h.vote,
+                commit: h.commit,
+            });
+            self.log.append(hard_state, &entries)?;
+            // 2. Then the messages.
+            for message in ready.messages {
+                self.peers.send(message);
+            }
+            // 3. Then the state machine.
+            if let Some(snapshot) = ready.snapshot {
+                self.machine = StateMachine::from_snapshot(&snapshot.data)?;
+            }
+            for entry in &ready.committed_entries {
+                self.apply(entry)?;
+            }
+            // 4. Reads confirmed by a heartbeat quorum (or the lease).
+            for read in ready.read_states {
+                if let Some(pending) = self.pending_reads.get_mut(&read.request_id) {
+                    pending.read_index = Some(read.index);
+                }
+            }
+            self.raft.advance();
+            self.serve_confirmed_reads();
+            self.maybe_snapshot()?;
+        }
+        self.notice_leadership_change();
+        Ok(())
+    }
+
+    fn apply(&mut self, entry: &Entry) -> Result<(), storage::StorageError> {
+        if entry.index <= self.machine.applied_index() {
+            return Ok(()); // covered by an installed snapshot
+        }
+        let outcome = match &entry.payload {
+            EntryPayload::Noop => {
+                self.machine.apply_noop(entry.index);
+                None
+            }
+            EntryPayload::Command(bytes) => {
+                let proposal: Proposal = codec::decode(bytes, "proposal")?;
+                Some(self.machine.apply(entry.index, &proposal))
+            }
+        };
+        if let Some(pending) = self.pending_writes.remove(&entry.index) {
+            let response = match outcome {
+                // The entry we proposed is the one that committed here.
+                Some(outcome) if pending.term == entry.term => to_response(outcome),
+                // Another leader's entry took the index: ours was lost (or will be retried).
+                _ => Response::Error {
+                    kind: ErrorKind::Unknown,
+                    message: "leadership changed before the write committed".into(),
+                },
+            };
+            let _ = pending.reply.send(response);
+        }
+        Ok(())
+    }
+
+    fn serve_confirmed_reads(&mut self) {
+        let applied = self.machine.applied_index();
+        let ready: Vec<u64> = self
+            .pending_reads
+            .iter()
+            .filter(|(_, read)| read.read_index.is_some_and(|index| index <= applied))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            if let Some(read) = self.pending_reads.remove(&id) {
+                let value = self.machine.get(&read.key).map(to_versioned);
+                let _ = read.reply.send(Response::Value(value));
+            }
+        }
+    }
+
+    /// When this node stops leading, answer its waiting clients: their writes' fate is unknown
+    /// to it, and its reads can no longer be confirmed.
+    fn notice_leadership_change(&mut self) {
+        let is_leader = self.raft.role() == Role::Leader;
+        if self.was_leader && !is_leader {
+            for (_, write) in std::mem::take(&mut self.pending_writes) {
+                let _ = write.reply.send(Response::Error {
+                    kind: ErrorKind::Unknown,
+                    message: "this node lost leadership before the write committed".into(),
+                });
+            }
+            for (_, read) in std::mem::take(&mut self.pending_reads) {
+                let _ = read.reply.send(self.not_leader());
+            }
+        }
+        self.was_leader = is_leader;
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), storage::StorageError> {
+        let applied = self.machine.applied_index();
+        if applied < self.last_snapshot_index + self.config.snapshot_every_entries {
+            return Ok(());
+        }
+        let Some(term) = self.raft.log().term(applied) else {
+            return Ok(());
+        };
+        let data = self.machine.to_snapshot()?;
+        self.log.save_snapshot(
+            SnapshotPoint {
+                last_index: applied,
+                last_term: term,
+            },
+            &data,
+            false,
+        )?;
+        let meta = SnapshotMeta {
+            last_index: applied,
+            last_term: term,
+            voters: self.config.peers.keys().copied().collect(),
+        };
+        if let Err(error) = self.raft.compact(Snapshot { meta, data }) {
+            tracing::warn!(%error, "raft refused the snapshot");
+        }
+        self.last_snapshot_index = applied;
+        tracing::info!(index = applied, "snapshot taken, log compacted");
+        Ok(())
+    }
+
+    fn fail_all_pending(&mut self, kind: ErrorKind, message: &str) {
+        for (_, write) in std::mem::take(&mut self.pending_writes) {
+            let _ = write.reply.send(Response::Error {
+                kind: if kind == ErrorKind::ShuttingDown {
+                    ErrorKind::Unknown
+                } else {
+                    kind
+                },
+                message: message.into(),
+            });
+        }
+        for (_, read) in std::mem::take(&mut self.pending_reads) {
+            let _ = read.reply.send(Response::Error {
+                kind,
+                message: message.into(),
+            });
+        }
+    }
+
+    /// Graceful stop: hand leadership to the most caught-up peer (so the cluster does not wait
+    /// out an election timeout), keep serving for up to two election timeouts while it happens,
+    /// then sync the log and answer what is left.
+    async fn shut_down(
+        &mut self,
+        inputs: &mut mpsc::Receiver<NodeInput>,
+        ticker: &mut tokio::time::Interval,
+    ) {
+        if self.raft.role() == Role::Leader && self.config.peers.len() > 1 {
+            let status = self.raft.status();
+            let target = status
+                .progress
+                .iter()
+                .filter(|(id, _)| **id != self.config.id)
+                .max_by_key(|(id, peer)| (peer.match_index, std::cmp::Reverse(**id)))
+                .map(|(id, _)| *id);
+            if let Some(target) = target {
+                let _ = self.raft.transfer_leadership(target);
+                tracing::info!(to = target, "transferring leadership before shutdown");
+                let deadline = tokio::time::Instant::now()
+                    + self.config.tick * self.config.election_timeout_ticks * 2;
+                while self.raft.role() == Role::Leader && tokio::time::Instant::now() < deadline {
+                    if self.process_ready().is_err() {
+                        break;
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = ticker.tick() => self.raft.tick(),
+                        Some(input) = inputs.recv() => {
+                            if let NodeInput::Peer(message) = input {
+                                self.raft.step(message);
+                            } else if let NodeInput::Client { reply, .. } = input {
+                                let _ = reply.send(Response::Error { kind: ErrorKind::ShuttingDown, message: "the node is shutting down".into() });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let _ = self.process_ready();
+        if let Err(error) = self.log.sync() {
+            tracing::error!(%error, "final log sync failed");
+        }
+        self.fail_all_pending(ErrorKind::ShuttingDown, "the node is shutting down");
+        tracing::info!(id = self.config.id, "node stopped");
+    }
+
+    fn status(&self) -> NodeStatus {
+        let status = self.raft.status();
+        let tick_ms = self.config.tick.as_millis() as u64;
+        let mut replicas: Vec<ReplicaStatus> = status
+            .progress
+            .iter()
+            .map(|(node, peer)| ReplicaStatus {
+                node: *node,
+                match_index: peer.match_index,
+                last_heard_ms: (*node != self.config.id)
+                    .then_some(peer.last_heard_ticks as u64 * tick_ms),
+            })
+            .collect();
+        replicas.sort_by_key(|r| r.node);
+        NodeStatus {
+            id: self.config.id,
+            addr: self.config.addr(),
+            data_dir: self.config.data_dir.display().to_string(),
+            role: format!("{:?}", status.role).to_lowercase(),
+            term: status.term,
+            leader: status.leader,
+            commit_index: status.commit_index,
+            applied_index: self.machine.applied_index(),
+            log_bytes: self.log.wal().size_bytes(),
+            keys: self.machine.len() as u64,
+            replicas,
+        }
+    }
+}
+
+fn to_versioned(value: &storage::kv::Versioned) -> Versioned {
+    Versioned {
+        value: value.value.clone(),
+        version: value.version,
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> Response {
+    Response::Error {
+        kind: ErrorKind::Internal,
+        message: error.to_string(),
+    }
+}
+
+fn to_response(outcome: Outcome) -> Response {
+    match outcome {
+        Outcome::Value(value) => Response::Value(value.as_ref().map(to_versioned)),
+        Outcome::Written { version } => Response::Written { version },
+        Outcome::Deleted { existed } => Response::Deleted { existed },
+        Outcome::CasMismatch { current } => Response::CasMismatch {
+            current: current.as_ref().map(to_versioned),
+        },
+        Outcome::SessionExpired => Response::Error {
+            kind: ErrorKind::SessionExpired,
+            message: "the session expired".into(),
+        },
+        Outcome::SessionWindowFull => Response::Error {
+            kind: ErrorKind::Unavailable,
+            message: "too many writes in flight for this session".into(),
+        },
+    }
+}
