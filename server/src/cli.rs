@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ringleader::node::NodeConfig;
 use ringleader_client::protocol::Expect;
 use ringleader_client::{CasOutcome, Client, ClientConfig, TokioConnector};
+use ringleader_node::node::NodeConfig;
 use storage::{StdFs, SyncPolicy};
 
 use crate::cluster;
@@ -299,7 +299,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     if sync_interval.is_some() {
         tracing::warn!("--wal-sync interval: acknowledged writes may be lost by a power failure");
     }
-    let mut node = ringleader::start(TokioConnector, config).await?;
+    let mut node = ringleader_node::start(TokioConnector, config).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

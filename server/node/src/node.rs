@@ -51,6 +51,19 @@ pub struct NodeConfig {
     pub snapshot_every_entries: u64,
     /// Seeds Raft's election timer.
     pub seed: u64,
+    /// A deliberate bug, for proving that the jepsen-like simulation catches one. Never set
+    /// outside tests.
+    pub planted_bug: PlantedBug,
+}
+
+/// Deliberate bugs the simulation's own tests plant to show its checker is not vacuous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlantedBug {
+    #[default]
+    None,
+    /// Every node, leader or not, answers linearizable reads from its local state at once,
+    /// skipping ReadIndex: a partitioned old leader or a lagging follower serves stale values.
+    LocalReads,
 }
 
 impl NodeConfig {
@@ -74,6 +87,7 @@ impl NodeConfig {
             heartbeat_interval_ticks: 2,
             snapshot_every_entries: 10_000,
             seed: id,
+            planted_bug: PlantedBug::None,
         }
     }
 
@@ -350,7 +364,9 @@ impl Node {
         consistency: ReadConsistency,
         reply: oneshot::Sender<Response>,
     ) {
-        if consistency == ReadConsistency::Stale {
+        if consistency == ReadConsistency::Stale
+            || self.config.planted_bug == PlantedBug::LocalReads
+        {
             let _ = reply.send(Response::Value(self.machine.get(&key).map(to_versioned)));
             return;
         }
