@@ -144,7 +144,7 @@ impl Progress {
                 true
             }
             ReplicationState::Probe => {
-                if rejected_index + 1 != self.next_index {
+                if rejected_index.saturating_add(1) != self.next_index {
                     return false; // Not the probe we are waiting for.
                 }
                 self.next_index = probe_from.min(rejected_index).max(self.match_index + 1);
