@@ -48,11 +48,11 @@ pub fn render_violation_html(history: &History, violation: &Violation) -> String
         "<h1>Not linearizable: key {}</h1>\n<p class=\"summary\">",
         escape(&violation.key)
     );
-    let _ = write!(
+    let _ = writeln!(
         body,
         "After a longest linearizable prefix of {} operation(s), leaving the value {}, \
          operation <b class=\"failed-text\">{}</b> (process {}, invoked at line {}) could not be \
-         linearized.</p>\n",
+         linearized.</p>",
         violation.longest_prefix.len(),
         escape(&display_optional(&replay(
             history,
@@ -90,9 +90,9 @@ pub fn render_violation_html(history: &History, violation: &Violation) -> String
         failed: Some(violation.failed_op),
         cut_seq: None,
     };
-    let _ = write!(
+    let _ = writeln!(
         body,
-        "<h2>History of key {} ({} operations)</h2>\n",
+        "<h2>History of key {} ({} operations)</h2>",
         escape(&violation.key),
         violation.ops.len()
     );
