@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a frame's encoding changes; a peer speaking another version is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 const MAGIC: &[u8; 3] = b"RLG";
 /// Bytes of a handshake.
 pub const HANDSHAKE_BYTES: usize = 13;
@@ -245,6 +245,9 @@ pub struct NodeStatus {
     pub applied_index: u64,
     pub log_bytes: u64,
     pub keys: u64,
+    /// A digest of the state machine at `applied_index`: replicas that applied the same log
+    /// report the same digest (the simulation compares them after healing).
+    pub digest: u64,
     /// Filled in by the leader only.
     pub replicas: Vec<ReplicaStatus>,
 }

@@ -628,6 +628,7 @@ impl Node {
             applied_index: self.machine.applied_index(),
             log_bytes: self.log.wal().size_bytes(),
             keys: self.machine.len() as u64,
+            digest: self.machine.digest(),
             replicas,
         }
     }
