@@ -25,3 +25,4 @@ pub mod model;
 pub mod report;
 pub mod search;
 pub mod shrink;
+pub mod sim;

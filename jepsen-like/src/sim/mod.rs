@@ -1,0 +1,229 @@
+//! A deterministic simulation of a ringleader cluster: the real node code ([`ringleader_node`])
+//! and the real client, on turmoil's simulated network and disk, under a nemesis, with every
+//! client operation recorded and checked for linearizability.
+//!
+//! One run, [`run`]:
+//! 1. start `nodes` nodes (hosts `n1`…, each with its own simulated disk) and one client host;
+//! 2. run the [`workload`]: `clients` concurrent clients invoke `ops` reads, writes and
+//!    compare-and-sets on a few keys, while the [`nemesis`] partitions, crashes, slows, pauses
+//!    and restarts nodes on a schedule drawn from the seed;
+//! 3. heal: release every link, restart every crashed node; within
+//!    [`workload::RECOVERY_BOUND`] a write must succeed and every node must reach the same
+//!    applied index, and then their state-machine digests must be equal;
+//! 4. check the history with [`crate::checker::check`].
+//!
+//! Determinism: everything random comes from [`SimOptions::seed`] (turmoil's own generator,
+//! which also seeds each host's tokio runtime, and a ChaCha generator for the workload, the
+//! node seeds and the nemesis), the epoch is fixed, time is simulated and nothing here iterates
+//! a `HashMap`, so a seed replays the same run, byte for byte of history.
+//!
+//! Files: [`network`] (turmoil's TCP behind the node's `Network` trait), [`nemesis`] (faults
+//! and their schedule), [`workload`] (clients, history recording, the recovery check), [`run`]
+//! (the driver that builds the simulation, applies faults and assembles the report).
+
+pub mod nemesis;
+pub mod network;
+pub mod run;
+pub mod workload;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use nemesis::{parse_nemeses, FaultEvent, Nemesis};
+pub use network::TurmoilNetwork;
+pub use ringleader_node::node::PlantedBug;
+pub use run::run;
+pub use workload::{NodeState, OpCounts, Recovery};
+
+use crate::checker::CheckReport;
+
+/// What to simulate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimOptions {
+    /// Every random choice of the run derives from it.
+    pub seed: u64,
+    /// Nodes in the cluster (3 or 5 are the usual sizes).
+    pub nodes: usize,
+    /// Client operations invoked in total.
+    pub ops: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Keys the clients contend on.
+    pub keys: usize,
+    /// Faults to inject, alone or together; empty for a fault-free run.
+    pub nemeses: Vec<Nemesis>,
+    /// If set, [`run`] writes `history.jsonl` (and `report.html` on a violation) there.
+    pub out_dir: Option<PathBuf>,
+    /// A deliberate bug in every node, for testing the checker; [`PlantedBug::None`] normally.
+    pub planted_bug: PlantedBug,
+}
+
+impl SimOptions {
+    /// Five nodes, 300 operations by 5 clients on 3 keys, every nemesis.
+    pub fn new(seed: u64) -> SimOptions {
+        SimOptions {
+            seed,
+            nodes: 5,
+            ops: 300,
+            clients: 5,
+            keys: 3,
+            nemeses: Nemesis::ALL.to_vec(),
+            out_dir: None,
+            planted_bug: PlantedBug::None,
+        }
+    }
+
+    /// Refuses options no run can satisfy.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let problem = if self.nodes == 0 || self.nodes > 9 {
+            "nodes must be between 1 and 9"
+        } else if self.clients == 0 || self.clients > 64 {
+            "clients must be between 1 and 64"
+        } else if self.keys == 0 || self.keys > 64 {
+            "keys must be between 1 and 64"
+        } else if self.ops > 100_000 {
+            "ops must be at most 100000"
+        } else {
+            return Ok(());
+        };
+        Err(SimError::Invalid(problem.to_string()))
+    }
+}
+
+/// How a run ended, most serious first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The history is linearizable, the cluster recovered and the replicas agree.
+    Linearizable,
+    /// The history is not linearizable: on `key`, operation `failed_op` (its label, e.g.
+    /// `r → 3`, and history process) could not be placed. See the HTML report.
+    Violation {
+        key: String,
+        failed_op: String,
+        process: u64,
+    },
+    /// A host's software stopped with an error or a panic (e.g. a node that could not recover
+    /// its disk).
+    HostFailed { message: String },
+    /// Every node reached the same applied index but their state machines differ.
+    Diverged { nodes: Vec<NodeState> },
+    /// After the heal, writes did not succeed or the nodes did not converge within
+    /// [`workload::RECOVERY_BOUND`]. Not a linearizability violation: a liveness failure.
+    DidNotRecover { reason: String },
+    /// No violation found, but the checker ran out of budget on these keys.
+    CheckerGaveUp { keys: Vec<String> },
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone)]
+pub struct SimReport {
+    pub options: SimOptions,
+    pub verdict: Verdict,
+    pub counts: OpCounts,
+    /// Faults injected, in order (starts and ends).
+    pub faults: Vec<FaultEvent>,
+    /// The history in the JSONL format of [`crate::history`].
+    pub history_jsonl: String,
+    /// A self-contained HTML page drawing the violation, if there is one.
+    pub html_report: Option<String>,
+    /// Every node answered after the heal with the same applied index and the same digest.
+    pub digests_match: bool,
+    pub recovery: Recovery,
+    /// Simulated time the run took.
+    pub sim_elapsed: Duration,
+    /// The checker's full report.
+    pub check: CheckReport,
+    /// Wall-clock time the checker took (informational; not part of the deterministic output).
+    pub check_wall_time: Duration,
+}
+
+impl SimReport {
+    /// Whether the run found nothing wrong.
+    pub fn passed(&self) -> bool {
+        self.verdict == Verdict::Linearizable
+    }
+
+    /// A few lines for a terminal or a test failure message.
+    pub fn summary(&self) -> String {
+        let o = &self.options;
+        let nemeses: Vec<&str> = o.nemeses.iter().map(|n| n.name()).collect();
+        let faults = self.faults.iter().filter(|f| f.starts).count();
+        let mut text = format!(
+            "seed {} · {} nodes · {} ops by {} clients on {} keys · nemeses [{}]\n\
+             verdict: {:?}\n\
+             ops: {} ok, {} fail, {} info · {} faults injected · {:.1} s simulated · checked {} ops in {:?}\n\
+             recovery: write after {:?} ms, converged after {:?} ms, digests match: {}",
+            o.seed,
+            o.nodes,
+            o.ops,
+            o.clients,
+            o.keys,
+            nemeses.join(","),
+            self.verdict,
+            self.counts.ok,
+            self.counts.fail,
+            self.counts.info,
+            faults,
+            self.sim_elapsed.as_secs_f64(),
+            self.check.ops_checked,
+            self.check_wall_time,
+            self.recovery.write_after_ms,
+            self.recovery.converged_after_ms,
+            self.digests_match,
+        );
+        if o.planted_bug != PlantedBug::None {
+            text.push_str(&format!("\nplanted bug: {:?}", o.planted_bug));
+        }
+        text
+    }
+
+    /// The fault log, one line per event.
+    pub fn fault_log(&self) -> String {
+        let mut text = String::new();
+        for f in &self.faults {
+            let edge = if f.starts { "+" } else { "-" };
+            text.push_str(&format!(
+                "{:>8} ms {edge}{:<9} {}\n",
+                f.at_ms, f.nemesis, f.description
+            ));
+        }
+        text
+    }
+}
+
+/// Why a run could not be made (as opposed to a run that found a problem).
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("invalid simulation options: {0}")]
+    Invalid(String),
+    #[error("cannot write the simulation's output to {path}: {source}")]
+    Output { path: PathBuf, source: io::Error },
+    #[error("the recorded history does not parse (a bug in the simulation): {0}")]
+    History(#[from] crate::history::ParseError),
+}
+
+/// Writes `history.jsonl`, `faults.txt` and, on a violation, `report.html` into `dir`
+/// (created if missing). Returns the paths written.
+pub fn write_outputs(report: &SimReport, dir: &Path) -> Result<Vec<PathBuf>, SimError> {
+    let output = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SimError::Output { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(output(dir))?;
+    let mut files = vec![
+        (dir.join("history.jsonl"), report.history_jsonl.as_str()),
+        (dir.join("faults.txt"), ""),
+    ];
+    let fault_log = report.fault_log();
+    files[1].1 = fault_log.as_str();
+    if let Some(html) = &report.html_report {
+        files.push((dir.join("report.html"), html.as_str()));
+    }
+    let mut written = Vec::new();
+    for (path, text) in files {
+        std::fs::write(&path, text).map_err(output(&path))?;
+        written.push(path);
+    }
+    Ok(written)
+}

@@ -1,0 +1,232 @@
+//! The simulation driver: builds the turmoil world from [`SimOptions`], steps it one simulated
+//! millisecond at a time, applies the nemesis's actions between steps, heals when the workload
+//! asks, then checks the history and assembles the [`SimReport`].
+//!
+//! Each node host's software opens its data directory on the host's simulated disk and starts
+//! [`ringleader_node::start`]; turmoil calls it again on every restart, so a crashed node comes
+//! back from whatever its disk kept, exactly like a real process after power loss.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use ringleader_node::node::NodeConfig;
+use storage::fs::SimFs;
+
+use crate::checker::{self, CheckOptions, KeyOutcome};
+use crate::report::render_violation_html;
+use crate::sim::nemesis::{node_host, Action, ClusterView, Nemeses, CLIENT_HOST};
+use crate::sim::network::TurmoilNetwork;
+use crate::sim::workload::{self, Phase, Shared, WorkloadConfig};
+use crate::sim::{write_outputs, SimError, SimOptions, SimReport, Verdict};
+
+/// The port every node listens on (each node is its own host).
+const NODE_PORT: u16 = 7001;
+/// Where each node keeps its data on its simulated disk.
+const DATA_DIR: &str = "/data";
+/// A healthy link's maximum one-way latency (a LAN with some jitter).
+const NORMAL_MAX_LATENCY: Duration = Duration::from_millis(10);
+/// A client call's deadline: longer than an election (0.5–1 s), so most calls survive one.
+const OP_TIMEOUT: Duration = Duration::from_millis(1_500);
+/// Mean pause between one client's operations.
+const THINK_TIME_MEAN: Duration = Duration::from_millis(40);
+/// Segments and snapshots are kept small so that a short run rotates segments, compacts the
+/// log and sends snapshots to lagging followers.
+const SEGMENT_MAX_BYTES: u64 = 16 * 1024;
+const SNAPSHOT_EVERY_ENTRIES: u64 = 150;
+/// The simulated time a run may take at most; a run is bounded well below it (every operation
+/// has a deadline, and so does recovery), so reaching it is a bug in the simulation.
+const SIMULATION_LIMIT: Duration = Duration::from_secs(6 * 3600);
+/// turmoil's epoch: fixed, so that nothing depends on when the run happens.
+const EPOCH_SECS: u64 = 1_700_000_000;
+
+/// Runs one simulation to the end and checks it. Synchronous: it builds and drives its own
+/// turmoil world on the calling thread. Problems the run finds are in the report's
+/// [`Verdict`]; an `Err` means the run could not be made or its output not written.
+pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
+    options.validate()?;
+    let mut seeds = ChaCha8Rng::seed_from_u64(options.seed);
+    let ids: Vec<u64> = (1..=options.nodes as u64).collect();
+    let peers: BTreeMap<u64, String> = ids
+        .iter()
+        .map(|&id| (id, format!("{}:{NODE_PORT}", node_host(id))))
+        .collect();
+
+    let mut builder = turmoil::Builder::new();
+    builder
+        .rng_seed(options.seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
+        .simulation_duration(SIMULATION_LIMIT)
+        .min_message_latency(Duration::ZERO)
+        .max_message_latency(NORMAL_MAX_LATENCY)
+        // Connections pile up behind held links; a bounded but generous backlog.
+        .tcp_capacity(4096);
+    builder.fs().block_size(512);
+    let mut sim = builder.build();
+
+    for &id in &ids {
+        let mut config =
+            NodeConfig::new(id, peers.clone(), PathBuf::from(DATA_DIR), SimFs::shared());
+        config.seed = seeds.next_u64();
+        config.planted_bug = options.planted_bug;
+        config.wal.segment_max_bytes = SEGMENT_MAX_BYTES;
+        config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
+        sim.host(node_host(id).as_str(), move || {
+            let config = config.clone();
+            async move {
+                let mut node = ringleader_node::start(TurmoilNetwork, config).await?;
+                node.stopped().await;
+                Err("the node task stopped on its own (storage failure or panic)".into())
+            }
+        });
+    }
+
+    let shared = Rc::new(RefCell::new(Shared::new()));
+    let workload_config = WorkloadConfig {
+        endpoints: peers.values().cloned().collect(),
+        clients: options.clients,
+        keys: options.keys,
+        ops: options.ops,
+        op_timeout: OP_TIMEOUT,
+        think_time_mean: THINK_TIME_MEAN,
+    };
+    let workload_rng = ChaCha8Rng::seed_from_u64(seeds.next_u64());
+    sim.client(
+        CLIENT_HOST,
+        workload::client_host(shared.clone(), workload_config, workload_rng),
+    );
+
+    let mut nemeses = Nemeses::new(
+        ChaCha8Rng::seed_from_u64(seeds.next_u64()),
+        ids.clone(),
+        &options.nemeses,
+        NORMAL_MAX_LATENCY,
+    );
+    let mut host_failure = None;
+    loop {
+        let finished = match sim.step() {
+            Ok(finished) => finished,
+            Err(error) => {
+                host_failure = Some(error.to_string());
+                break;
+            }
+        };
+        let now_ms = sim.elapsed().as_millis() as u64;
+        let phase = shared.borrow().phase;
+        let actions = match phase {
+            Phase::Workload => {
+                let view = ClusterView {
+                    leader: shared.borrow().leader.map(|(_, id)| id),
+                };
+                nemeses.poll(now_ms, &view)
+            }
+            Phase::HealRequested => {
+                shared.borrow_mut().phase = Phase::Healed;
+                nemeses.heal(now_ms)
+            }
+            Phase::Healed => Vec::new(),
+        };
+        for action in actions {
+            apply(&mut sim, action);
+        }
+        if finished {
+            break;
+        }
+    }
+    let sim_elapsed = sim.elapsed();
+    drop(sim);
+
+    let shared = shared.borrow();
+    let history_jsonl = shared.recorder.to_jsonl();
+    let history = shared.recorder.to_history()?;
+    // The checker is deterministic; its wall time is reported, never used.
+    let check_started = std::time::Instant::now();
+    let check = checker::check(&history, &CheckOptions::default());
+    let check_wall_time = check_started.elapsed();
+
+    let recovery = shared.recovery.clone().unwrap_or_default();
+    let nodes = &recovery.nodes;
+    let converged = recovery.converged_after_ms.is_some();
+    let digests_match = converged
+        && nodes.len() == options.nodes
+        && nodes.windows(2).all(|w| w[0].digest == w[1].digest);
+
+    let violation = check.violations().next();
+    let html_report = violation.map(|v| render_violation_html(&history, v));
+    let verdict = if let Some(v) = violation {
+        let op = &history.ops[v.failed_op];
+        Verdict::Violation {
+            key: v.key.clone(),
+            failed_op: op.label(),
+            process: op.process,
+        }
+    } else if let Some(message) = host_failure {
+        Verdict::HostFailed { message }
+    } else if converged && !digests_match {
+        Verdict::Diverged {
+            nodes: nodes.clone(),
+        }
+    } else if recovery.write_after_ms.is_none() {
+        Verdict::DidNotRecover {
+            reason: format!(
+                "no write succeeded within {:?} of the heal",
+                workload::RECOVERY_BOUND
+            ),
+        }
+    } else if !converged {
+        Verdict::DidNotRecover {
+            reason: format!(
+                "the nodes did not reach the same applied index within {:?} of the heal \
+                 (last seen: {:?})",
+                workload::RECOVERY_BOUND,
+                nodes
+            ),
+        }
+    } else if check.verdict == checker::Verdict::Unknown {
+        Verdict::CheckerGaveUp {
+            keys: check
+                .per_key
+                .iter()
+                .filter(|k| k.outcome == KeyOutcome::Unknown)
+                .map(|k| k.key.clone())
+                .collect(),
+        }
+    } else {
+        Verdict::Linearizable
+    };
+
+    let report = SimReport {
+        options: options.clone(),
+        verdict,
+        counts: shared.counts,
+        faults: nemeses.log().to_vec(),
+        history_jsonl,
+        html_report,
+        digests_match,
+        recovery,
+        sim_elapsed,
+        check,
+        check_wall_time,
+    };
+    if let Some(dir) = &options.out_dir {
+        write_outputs(&report, dir)?;
+    }
+    Ok(report)
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, action: Action) {
+    match action {
+        Action::Hold(a, b) => sim.hold(a.as_str(), b.as_str()),
+        Action::Release(a, b) => sim.release(a.as_str(), b.as_str()),
+        Action::SetMaxLatency(a, b, latency) => {
+            sim.set_link_max_message_latency(a.as_str(), b.as_str(), latency)
+        }
+        Action::Crash(id) => sim.crash(node_host(id).as_str()),
+        // A crashed host's software is started again by bouncing it; a running one restarts.
+        Action::Restart(id) | Action::Bounce(id) => sim.bounce(node_host(id).as_str()),
+    }
+}

@@ -1,0 +1,431 @@
+//! The workload: concurrent clients doing reads, writes and compare-and-sets on a few keys, each
+//! operation recorded in the history as invoked and then `ok`, `fail` or `info`; then, once the
+//! nemesis has healed the cluster, the recovery check.
+//!
+//! Keys are few so that operations contend; every write writes a value never written before
+//! (a counter, stored as its decimal text and recorded as a JSON integer), so the checker can
+//! tell writes apart. How client results map to the history (see `crate::history`):
+//! - a read that errs had no effect: `fail`;
+//! - a write or cas that errs is `info` when the client says its outcome is unknown
+//!   ([`ringleader_client::Error::outcome_unknown`]), `fail` otherwise;
+//! - a cas that finds another value is `fail` with `"error": "mismatch"`.
+//!
+//! Everything here runs inside the turmoil client host, on one thread; the state it shares with
+//! the simulation driver lives in [`Shared`] behind an `Rc<RefCell<_>>`, never borrowed across
+//! an `.await`.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use ringleader_client::{CasOutcome, Client, ClientConfig, Error, Expect, NodeStatus};
+use serde_json::Value as Json;
+
+use crate::history::{CompletionType, Function, HistoryRecorder};
+use crate::sim::network::TurmoilNetwork;
+
+/// How long after the heal writes must succeed again and every node must agree.
+pub const RECOVERY_BOUND: Duration = Duration::from_secs(10);
+/// How often the leader monitor asks every node for its status.
+const MONITOR_INTERVAL: Duration = Duration::from_millis(200);
+/// The key the recovery check writes (not part of the checked history).
+const PROBE_KEY: &str = "recovery-probe";
+
+/// What the workload does.
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    /// Every node's client address.
+    pub endpoints: Vec<String>,
+    /// Concurrent clients (history processes).
+    pub clients: usize,
+    /// Keys operated on.
+    pub keys: usize,
+    /// Operations invoked in total.
+    pub ops: usize,
+    /// A client call gives up after this long (retries included): then its outcome is unknown.
+    pub op_timeout: Duration,
+    /// Mean pause between one client's operations.
+    pub think_time_mean: Duration,
+}
+
+/// Where the run is: the driver heals the cluster when the workload asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Clients run; the nemesis injects faults.
+    Workload,
+    /// The workload is done: the driver must heal everything and flip to `Healed`.
+    HealRequested,
+    /// Faults are over; the recovery check runs.
+    Healed,
+}
+
+/// Operation outcomes, counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    pub ok: usize,
+    pub fail: usize,
+    pub info: usize,
+}
+
+/// One node as the recovery check last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeState {
+    pub id: u64,
+    pub role: String,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub digest: u64,
+}
+
+impl NodeState {
+    fn from_status(status: &NodeStatus) -> NodeState {
+        NodeState {
+            id: status.id,
+            role: status.role.clone(),
+            term: status.term,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            digest: status.digest,
+        }
+    }
+}
+
+/// What the recovery check found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recovery {
+    /// Simulated milliseconds from the heal to the first successful write, if any.
+    pub write_after_ms: Option<u64>,
+    /// Simulated milliseconds from the heal until every node reported the same applied index.
+    pub converged_after_ms: Option<u64>,
+    /// Every node's last answer (a node that never answered is missing).
+    pub nodes: Vec<NodeState>,
+}
+
+/// State shared by the client host and the simulation driver.
+#[derive(Debug)]
+pub struct Shared {
+    pub recorder: HistoryRecorder,
+    pub counts: OpCounts,
+    pub phase: Phase,
+    /// The highest-term leader any node reported: `(term, id)`.
+    pub leader: Option<(u64, u64)>,
+    /// Set when the recovery check is over.
+    pub recovery: Option<Recovery>,
+    /// Operations invoked so far.
+    issued: usize,
+    /// The next value to write; every write writes a fresh one.
+    next_value: i64,
+    /// The last value each key was seen to hold, for cas expectations.
+    last_seen: BTreeMap<String, Option<i64>>,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared {
+            recorder: HistoryRecorder::new(),
+            counts: OpCounts::default(),
+            phase: Phase::Workload,
+            leader: None,
+            recovery: None,
+            issued: 0,
+            next_value: 1,
+            last_seen: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::new()
+    }
+}
+
+/// Simulated time since the start, in nanoseconds.
+fn now_ns() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn now_ms() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The client host's whole life: the workload with a leader monitor beside it, then the
+/// recovery check. `rng` seeds every client's choices.
+pub async fn client_host(
+    shared: Rc<RefCell<Shared>>,
+    config: WorkloadConfig,
+    mut rng: ChaCha8Rng,
+) -> turmoil::Result {
+    let monitor = tokio::task::spawn_local(monitor_leader(
+        shared.clone(),
+        config.endpoints.clone(),
+        rng.next_u64(),
+    ));
+    let mut workers = Vec::with_capacity(config.clients);
+    for process in 0..config.clients as u64 {
+        let client_config = ClientConfig {
+            request_timeout: config.op_timeout,
+            connect_timeout: Duration::from_millis(500),
+            client_id: Some(rng.next_u64()),
+            ..ClientConfig::new(config.endpoints.clone())
+        };
+        let client = Client::with_connector(client_config, TurmoilNetwork)?;
+        let worker_rng = ChaCha8Rng::seed_from_u64(rng.next_u64());
+        workers.push(tokio::task::spawn_local(worker(
+            shared.clone(),
+            config.clone(),
+            process,
+            client,
+            worker_rng,
+        )));
+    }
+    for worker in workers {
+        worker.await?;
+    }
+    monitor.abort();
+    shared.borrow_mut().phase = Phase::HealRequested;
+    while shared.borrow().phase != Phase::Healed {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let recovery = check_recovery(&config.endpoints, rng.next_u64()).await?;
+    shared.borrow_mut().recovery = Some(recovery);
+    Ok(())
+}
+
+/// Keeps `Shared::leader` up to date for the nemesis, from every node's status.
+async fn monitor_leader(shared: Rc<RefCell<Shared>>, endpoints: Vec<String>, client_id: u64) {
+    let config = ClientConfig {
+        request_timeout: MONITOR_INTERVAL,
+        connect_timeout: MONITOR_INTERVAL,
+        client_id: Some(client_id),
+        ..ClientConfig::new(endpoints.clone())
+    };
+    let Ok(client) = Client::with_connector(config, TurmoilNetwork) else {
+        return;
+    };
+    loop {
+        let mut polls = Vec::with_capacity(endpoints.len());
+        for addr in &endpoints {
+            let (client, addr) = (client.clone(), addr.clone());
+            polls.push(tokio::task::spawn_local(async move {
+                client.status_of(&addr).await
+            }));
+        }
+        for poll in polls {
+            if let Ok(Ok(status)) = poll.await {
+                if status.role == "leader" {
+                    let mut shared = shared.borrow_mut();
+                    if shared.leader.is_none_or(|(term, _)| term <= status.term) {
+                        shared.leader = Some((status.term, status.id));
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(MONITOR_INTERVAL).await;
+    }
+}
+
+/// An operation about to be invoked.
+enum Op {
+    Read,
+    Write(i64),
+    Cas { expected: Option<i64>, new: i64 },
+}
+
+/// Picks the next operation of a client, or `None` when all operations have been issued.
+fn next_op(
+    shared: &mut Shared,
+    config: &WorkloadConfig,
+    rng: &mut ChaCha8Rng,
+) -> Option<(String, Op)> {
+    if shared.issued >= config.ops {
+        return None;
+    }
+    shared.issued += 1;
+    let key = format!("k{}", rng.random_range(0..config.keys.max(1)));
+    let op = match rng.random_range(0..10u32) {
+        0..=3 => Op::Read,
+        4..=6 => {
+            let value = shared.next_value;
+            shared.next_value += 1;
+            Op::Write(value)
+        }
+        _ => {
+            let new = shared.next_value;
+            shared.next_value += 1;
+            // Mostly the value last seen (a cas that may succeed), sometimes an older one.
+            let expected = match shared.last_seen.get(&key) {
+                Some(&seen) if rng.random_bool(0.8) => seen,
+                _ if rng.random_bool(0.5) => None,
+                _ => Some(rng.random_range(1..new.max(2))),
+            };
+            Op::Cas { expected, new }
+        }
+    };
+    Some((key, op))
+}
+
+fn json_of(value: Option<i64>) -> Json {
+    value.map_or(Json::Null, Json::from)
+}
+
+/// A stored value as recorded: the integer it spells, or the raw text if it is not one.
+fn decode_value(bytes: &[u8]) -> (Json, Option<i64>) {
+    let text = String::from_utf8_lossy(bytes);
+    match text.parse::<i64>() {
+        Ok(i) => (Json::from(i), Some(i)),
+        Err(_) => (Json::from(text.into_owned()), None),
+    }
+}
+
+/// A short reason for the history's `error` field.
+fn error_label(error: &Error) -> String {
+    match error {
+        Error::Timeout {
+            maybe_applied: true,
+            ..
+        } => "timeout, maybe applied".into(),
+        Error::Timeout { .. } => "timeout, not sent".into(),
+        Error::SessionExpired => "session expired".into(),
+        Error::Invalid(message) => format!("invalid: {message}"),
+        Error::Server(message) => format!("server: {message}"),
+        Error::NoEndpoints => "no endpoints".into(),
+    }
+}
+
+/// The completion of a write or cas that returned an error.
+fn write_error(error: &Error) -> (CompletionType, Json, Option<String>) {
+    let kind = if error.outcome_unknown() {
+        CompletionType::Info
+    } else {
+        CompletionType::Fail
+    };
+    (kind, Json::Null, Some(error_label(error)))
+}
+
+async fn worker(
+    shared: Rc<RefCell<Shared>>,
+    config: WorkloadConfig,
+    process: u64,
+    client: Client<TurmoilNetwork>,
+    mut rng: ChaCha8Rng,
+) {
+    let think_ms_max = 2 * config.think_time_mean.as_millis() as u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..=think_ms_max))).await;
+        let (key, op, id) = {
+            let mut shared = shared.borrow_mut();
+            let Some((key, op)) = next_op(&mut shared, &config, &mut rng) else {
+                return;
+            };
+            let (f, value) = match &op {
+                Op::Read => (Function::Read, Json::Null),
+                Op::Write(v) => (Function::Write, Json::from(*v)),
+                Op::Cas { expected, new } => (
+                    Function::Cas,
+                    Json::Array(vec![json_of(*expected), Json::from(*new)]),
+                ),
+            };
+            let id = shared.recorder.invoke_at(process, f, &key, value, now_ns());
+            (key, op, id)
+        };
+        let mut seen: Option<Option<i64>> = None;
+        let (kind, value, error) = match op {
+            Op::Read => match client.get(key.as_str()).await {
+                Ok(found) => {
+                    let (json, parsed) = match found {
+                        Some(v) => decode_value(&v.value),
+                        None => (Json::Null, None),
+                    };
+                    seen = Some(parsed);
+                    (CompletionType::Ok, json, None)
+                }
+                Err(error) => (CompletionType::Fail, Json::Null, Some(error_label(&error))),
+            },
+            Op::Write(v) => match client.put(key.as_str(), v.to_string()).await {
+                Ok(_) => {
+                    seen = Some(Some(v));
+                    (CompletionType::Ok, Json::Null, None)
+                }
+                Err(error) => write_error(&error),
+            },
+            Op::Cas { expected, new } => {
+                let expect = match expected {
+                    Some(e) => Expect::Value(e.to_string().into_bytes()),
+                    None => Expect::Absent,
+                };
+                match client.cas(key.as_str(), expect, new.to_string()).await {
+                    Ok(CasOutcome::Swapped { .. }) => {
+                        seen = Some(Some(new));
+                        (CompletionType::Ok, Json::Null, None)
+                    }
+                    Ok(CasOutcome::Mismatch { current }) => {
+                        seen = Some(current.and_then(|c| decode_value(&c.value).1));
+                        (CompletionType::Fail, Json::Null, Some("mismatch".into()))
+                    }
+                    Err(error) => write_error(&error),
+                }
+            }
+        };
+        let mut shared = shared.borrow_mut();
+        if let Some(seen) = seen {
+            shared.last_seen.insert(key, seen);
+        }
+        match kind {
+            CompletionType::Ok => shared.counts.ok += 1,
+            CompletionType::Fail => shared.counts.fail += 1,
+            CompletionType::Info => shared.counts.info += 1,
+        }
+        shared
+            .recorder
+            .complete_at(id, kind, value, error.as_deref(), now_ns());
+    }
+}
+
+/// After the heal: a write must succeed, then every node must report the same applied index,
+/// all within [`RECOVERY_BOUND`].
+async fn check_recovery(endpoints: &[String], client_id: u64) -> turmoil::Result<Recovery> {
+    let healed_ms = now_ms();
+    let deadline = tokio::time::Instant::now() + RECOVERY_BOUND;
+    let config = ClientConfig {
+        request_timeout: Duration::from_secs(1),
+        client_id: Some(client_id),
+        ..ClientConfig::new(endpoints.to_vec())
+    };
+    let client = Client::with_connector(config, TurmoilNetwork)?;
+    let mut recovery = Recovery::default();
+    let mut probe = 0u64;
+    while tokio::time::Instant::now() < deadline {
+        probe += 1;
+        if client.put(PROBE_KEY, probe.to_string()).await.is_ok() {
+            recovery.write_after_ms = Some(now_ms() - healed_ms);
+            break;
+        }
+    }
+    if recovery.write_after_ms.is_none() {
+        return Ok(recovery);
+    }
+    while tokio::time::Instant::now() < deadline {
+        let mut nodes = Vec::with_capacity(endpoints.len());
+        for addr in endpoints {
+            if let Ok(status) = client.status_of(addr).await {
+                nodes.push(NodeState::from_status(&status));
+            }
+        }
+        let agreed = nodes.len() == endpoints.len()
+            && nodes
+                .windows(2)
+                .all(|w| w[0].applied_index == w[1].applied_index);
+        recovery.nodes = nodes;
+        if agreed {
+            recovery.converged_after_ms = Some(now_ms() - healed_ms);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(recovery)
+}
