@@ -247,6 +247,18 @@ impl<R: RngCore> Nemeses<R> {
         &self.crashed
     }
 
+    /// Whether some active fault holds the link between two hosts.
+    pub fn is_held(&self, a: &str, b: &str) -> bool {
+        self.holds.contains_key(&link(a, b))
+    }
+
+    /// Every host of the simulation: the nodes, then the client host.
+    pub fn hosts(&self) -> Vec<Host> {
+        let mut hosts: Vec<Host> = self.nodes.iter().map(|&id| node_host(id)).collect();
+        hosts.push(CLIENT_HOST.to_string());
+        hosts
+    }
+
     /// Starts and ends the faults due at `now_ms`, in track order.
     pub fn poll(&mut self, now_ms: u64, view: &ClusterView) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -397,8 +409,7 @@ impl<R: RngCore> Nemeses<R> {
                 )
             }
             Nemesis::Loss => {
-                let mut hosts: Vec<Host> = self.nodes.iter().map(|&id| node_host(id)).collect();
-                hosts.push(CLIENT_HOST.to_string());
+                let hosts = self.hosts();
                 let mut links = Vec::new();
                 for i in 0..hosts.len() {
                     for j in (i + 1)..hosts.len() {

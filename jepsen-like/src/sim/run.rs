@@ -131,7 +131,7 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
             Phase::Healed => Vec::new(),
         };
         for action in actions {
-            apply(&mut sim, action);
+            apply(&mut sim, &nemeses, action);
         }
         if finished {
             break;
@@ -218,15 +218,53 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
     Ok(report)
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, action: Action) {
+fn apply<R: rand::RngCore>(sim: &mut turmoil::Sim<'_>, nemeses: &Nemeses<R>, action: Action) {
     match action {
         Action::Hold(a, b) => sim.hold(a.as_str(), b.as_str()),
         Action::Release(a, b) => sim.release(a.as_str(), b.as_str()),
         Action::SetMaxLatency(a, b, latency) => {
             sim.set_link_max_message_latency(a.as_str(), b.as_str(), latency)
         }
-        Action::Crash(id) => sim.crash(node_host(id).as_str()),
-        // A crashed host's software is started again by bouncing it; a running one restarts.
-        Action::Restart(id) | Action::Bounce(id) => sim.bounce(node_host(id).as_str()),
+        Action::Crash(id) => {
+            stop_silently(sim, nemeses, &node_host(id), |sim, host| sim.crash(host))
+        }
+        Action::Bounce(id) => {
+            stop_silently(sim, nemeses, &node_host(id), |sim, host| sim.bounce(host))
+        }
+        // The host has no software running: bouncing it starts it again, from its disk.
+        Action::Restart(id) => sim.bounce(node_host(id).as_str()),
+    }
+}
+
+/// Kills (and for a bounce, restarts) a host's software while every one of its links drops
+/// messages, then puts the links back as the nemesis wants them.
+///
+/// Why: killing a host drops its tokio runtime, whose tasks are dropped in an order that
+/// depends on process-global task ids (tokio shards its task list by id), and each dropped
+/// socket sends a FIN or RST that draws its latency from the simulation's random generator.
+/// Dropping those segments instead keeps a seed's run independent of whatever else ran in the
+/// process. For a crash this is also the faithful model (power loss sends no FIN); for a
+/// restart the peers learn of it by RST on their next write, as after a crash.
+fn stop_silently<R: rand::RngCore>(
+    sim: &mut turmoil::Sim<'_>,
+    nemeses: &Nemeses<R>,
+    host: &str,
+    stop: impl FnOnce(&mut turmoil::Sim<'_>, &str),
+) {
+    let others: Vec<String> = nemeses
+        .hosts()
+        .into_iter()
+        .filter(|other| other != host)
+        .collect();
+    for other in &others {
+        sim.partition(host, other.as_str());
+    }
+    stop(sim, host);
+    for other in &others {
+        if nemeses.is_held(host, other) {
+            sim.hold(host, other.as_str());
+        } else {
+            sim.repair(host, other.as_str());
+        }
     }
 }
