@@ -6,7 +6,8 @@
 //! ```
 //!
 //! A failing seed's history, fault log and (on a violation) HTML report go to OUT_DIR/seed-N/.
-//! Exits non-zero if any seed failed.
+//! Exits non-zero if any seed failed. With `RUST_LOG` set (e.g. `RUST_LOG=info`), the nodes'
+//! logs are printed, each line tagged with its simulated host.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,6 +15,12 @@ use std::time::Instant;
 use jepsen_like::sim::{parse_nemeses, run, write_outputs, SimOptions};
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .without_time()
+            .init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
     let first: u64 = arg(0, "0").parse().expect("FIRST_SEED");

@@ -152,7 +152,7 @@ impl SimReport {
         let mut text = format!(
             "seed {} · {} nodes · {} ops by {} clients on {} keys · nemeses [{}]\n\
              verdict: {:?}\n\
-             ops: {} ok, {} fail, {} info · {} faults injected · {:.1} s simulated · checked {} ops in {:?}\n\
+             ops: {} ok, {} fail, {} info, {} sessions renewed · {} faults injected · {:.1} s simulated · checked {} ops in {:?}\n\
              recovery: write after {:?} ms, converged after {:?} ms, digests match: {}",
             o.seed,
             o.nodes,
@@ -164,6 +164,7 @@ impl SimReport {
             self.counts.ok,
             self.counts.fail,
             self.counts.info,
+            self.counts.sessions_renewed,
             faults,
             self.sim_elapsed.as_secs_f64(),
             self.check.ops_checked,

@@ -173,8 +173,10 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
     } else if recovery.write_after_ms.is_none() {
         Verdict::DidNotRecover {
             reason: format!(
-                "no write succeeded within {:?} of the heal",
-                workload::RECOVERY_BOUND
+                "no write succeeded within {:?} of the heal (last error: {:?}; nodes then: {:?})",
+                workload::RECOVERY_BOUND,
+                recovery.last_write_error,
+                nodes
             ),
         }
     } else if !converged {

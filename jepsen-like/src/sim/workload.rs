@@ -68,6 +68,8 @@ pub struct OpCounts {
     pub ok: usize,
     pub fail: usize,
     pub info: usize,
+    /// Writes answered `SessionExpired`, after which the client started a new session.
+    pub sessions_renewed: usize,
 }
 
 /// One node as the recovery check last saw it.
@@ -103,6 +105,8 @@ pub struct Recovery {
     pub converged_after_ms: Option<u64>,
     /// Every node's last answer (a node that never answered is missing).
     pub nodes: Vec<NodeState>,
+    /// Why the last failed recovery write failed, if one did.
+    pub last_write_error: Option<String>,
 }
 
 /// State shared by the client host and the simulation driver.
@@ -167,24 +171,16 @@ pub async fn client_host(
     ));
     let mut workers = Vec::with_capacity(config.clients);
     for process in 0..config.clients as u64 {
-        let client_config = ClientConfig {
-            request_timeout: config.op_timeout,
-            connect_timeout: Duration::from_millis(500),
-            client_id: Some(rng.next_u64()),
-            ..ClientConfig::new(config.endpoints.clone())
-        };
-        let client = Client::with_connector(client_config, TurmoilNetwork)?;
         let worker_rng = ChaCha8Rng::seed_from_u64(rng.next_u64());
         workers.push(tokio::task::spawn_local(worker(
             shared.clone(),
             config.clone(),
             process,
-            client,
             worker_rng,
         )));
     }
     for worker in workers {
-        worker.await?;
+        worker.await??;
     }
     monitor.abort();
     shared.borrow_mut().phase = Phase::HealRequested;
@@ -282,6 +278,8 @@ fn decode_value(bytes: &[u8]) -> (Json, Option<i64>) {
     }
 }
 
+const SESSION_EXPIRED: &str = "session expired";
+
 /// A short reason for the history's `error` field.
 fn error_label(error: &Error) -> String {
     match error {
@@ -290,7 +288,7 @@ fn error_label(error: &Error) -> String {
             ..
         } => "timeout, maybe applied".into(),
         Error::Timeout { .. } => "timeout, not sent".into(),
-        Error::SessionExpired => "session expired".into(),
+        Error::SessionExpired => SESSION_EXPIRED.into(),
         Error::Invalid(message) => format!("invalid: {message}"),
         Error::Server(message) => format!("server: {message}"),
         Error::NoEndpoints => "no endpoints".into(),
@@ -307,20 +305,35 @@ fn write_error(error: &Error) -> (CompletionType, Json, Option<String>) {
     (kind, Json::Null, Some(error_label(error)))
 }
 
+/// A client with a new session (its id drawn from `rng`).
+fn new_client(
+    endpoints: &[String],
+    request_timeout: Duration,
+    rng: &mut ChaCha8Rng,
+) -> Result<Client<TurmoilNetwork>, Error> {
+    let config = ClientConfig {
+        request_timeout,
+        connect_timeout: Duration::from_millis(500),
+        client_id: Some(rng.next_u64()),
+        ..ClientConfig::new(endpoints.to_vec())
+    };
+    Client::with_connector(config, TurmoilNetwork)
+}
+
 async fn worker(
     shared: Rc<RefCell<Shared>>,
     config: WorkloadConfig,
     process: u64,
-    client: Client<TurmoilNetwork>,
     mut rng: ChaCha8Rng,
-) {
+) -> Result<(), Error> {
+    let mut client = new_client(&config.endpoints, config.op_timeout, &mut rng)?;
     let think_ms_max = 2 * config.think_time_mean.as_millis() as u64;
     loop {
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..=think_ms_max))).await;
         let (key, op, id) = {
             let mut shared = shared.borrow_mut();
             let Some((key, op)) = next_op(&mut shared, &config, &mut rng) else {
-                return;
+                return Ok(());
             };
             let (f, value) = match &op {
                 Op::Read => (Function::Read, Json::Null),
@@ -371,7 +384,17 @@ async fn worker(
                 }
             }
         };
+        // A session the cluster does not know (its first write was lost, or it was evicted)
+        // can never write again: start a new one, as an application must.
+        // TODO(ringleader-client): the client could do this itself; see the simulation report.
+        let session_expired = error.as_deref() == Some(SESSION_EXPIRED);
+        if session_expired {
+            client = new_client(&config.endpoints, config.op_timeout, &mut rng)?;
+        }
         let mut shared = shared.borrow_mut();
+        if session_expired {
+            shared.counts.sessions_renewed += 1;
+        }
         if let Some(seen) = seen {
             shared.last_seen.insert(key, seen);
         }
@@ -388,28 +411,30 @@ async fn worker(
 
 /// After the heal: a write must succeed, then every node must report the same applied index,
 /// all within [`RECOVERY_BOUND`].
-async fn check_recovery(endpoints: &[String], client_id: u64) -> turmoil::Result<Recovery> {
+async fn check_recovery(endpoints: &[String], seed: u64) -> turmoil::Result<Recovery> {
     let healed_ms = now_ms();
     let deadline = tokio::time::Instant::now() + RECOVERY_BOUND;
-    let config = ClientConfig {
-        request_timeout: Duration::from_secs(1),
-        client_id: Some(client_id),
-        ..ClientConfig::new(endpoints.to_vec())
-    };
-    let client = Client::with_connector(config, TurmoilNetwork)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut client = new_client(endpoints, Duration::from_secs(1), &mut rng)?;
     let mut recovery = Recovery::default();
     let mut probe = 0u64;
     while tokio::time::Instant::now() < deadline {
         probe += 1;
-        if client.put(PROBE_KEY, probe.to_string()).await.is_ok() {
-            recovery.write_after_ms = Some(now_ms() - healed_ms);
-            break;
+        // A fresh session for each attempt: a session whose first write was lost is refused.
+        if probe > 1 {
+            client = new_client(endpoints, Duration::from_secs(1), &mut rng)?;
+        }
+        match client.put(PROBE_KEY, probe.to_string()).await {
+            Ok(_) => {
+                recovery.write_after_ms = Some(now_ms() - healed_ms);
+                break;
+            }
+            Err(error) => recovery.last_write_error = Some(error.to_string()),
         }
     }
-    if recovery.write_after_ms.is_none() {
-        return Ok(recovery);
-    }
-    while tokio::time::Instant::now() < deadline {
+    // Then every node must reach the same applied index. Polled even when no write succeeded,
+    // so that the report shows where each node was stuck.
+    loop {
         let mut nodes = Vec::with_capacity(endpoints.len());
         for addr in endpoints {
             if let Ok(status) = client.status_of(addr).await {
@@ -421,8 +446,11 @@ async fn check_recovery(endpoints: &[String], client_id: u64) -> turmoil::Result
                 .windows(2)
                 .all(|w| w[0].applied_index == w[1].applied_index);
         recovery.nodes = nodes;
-        if agreed {
+        if agreed && recovery.write_after_ms.is_some() {
             recovery.converged_after_ms = Some(now_ms() - healed_ms);
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
