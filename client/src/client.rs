@@ -230,9 +230,8 @@ impl<C: Connector> Client<C> {
             first_unacked_seq,
         };
         let result = self.call(make(session)).await;
-        // An answered write is acknowledged; an unknown one stays unacknowledged so that its
-        // outcome stays cached for a retry the application might still make... but the client
-        // does not retry across calls, so it is released too (bounded memory).
+        // The call is over (answered, or given up after its own retries): later writes may tell
+        // the cluster to forget this outcome. A given-up write is reported as outcome-unknown.
         self.unacked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -333,16 +332,13 @@ impl<C: Connector> Client<C> {
                     leader,
                 } => {
                     last_problem = format!("{addr} is not the leader (leader: {leader:?})");
-                    let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
-                    match leader_addr {
-                        Some(leader_addr) if leader_addr != addr => {
-                            routing.leader = Some(leader_addr)
-                        }
-                        _ => {
-                            routing.leader = None;
-                            drop(routing);
-                            tokio::time::sleep(self.config.retry_backoff).await;
-                        }
+                    let redirected = {
+                        let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
+                        routing.leader = leader_addr.filter(|leader_addr| *leader_addr != addr);
+                        routing.leader.is_some()
+                    };
+                    if !redirected {
+                        tokio::time::sleep(self.config.retry_backoff).await;
                     }
                 }
                 Response::Error { kind, message } => match kind {

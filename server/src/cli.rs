@@ -121,6 +121,9 @@ pub struct ServeArgs {
     /// Length of one Raft tick in milliseconds (elections after 10-20 ticks of silence).
     #[arg(long, default_value_t = 50)]
     tick_ms: u64,
+    /// Snapshot the state machine and compact the log after this many applied entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every_entries: u64,
 }
 
 #[derive(Args)]
@@ -292,6 +295,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let mut config = NodeConfig::new(args.id, peers, args.dir.clone(), StdFs::shared());
     config.wal.sync = parse_sync(&args.wal_sync)?;
     config.tick = Duration::from_millis(args.tick_ms.max(1));
+    config.snapshot_every_entries = args.snapshot_every_entries.max(1);
     let sync_interval = match config.wal.sync {
         SyncPolicy::Interval(interval) => Some(interval),
         _ => None,

@@ -23,6 +23,9 @@ pub struct UpArgs {
     /// Node 1's port; node i gets base_port + i - 1.
     #[arg(long, default_value_t = 7001)]
     base_port: u16,
+    /// Passed to each node: snapshot after this many applied entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every_entries: u64,
 }
 
 pub async fn up(args: UpArgs) -> Result<ExitCode> {
@@ -52,6 +55,10 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
             .arg(args.dir.join(format!("node-{i}")))
             .args(["--listen", &addr(i)])
             .args(["--peers", &peers.join(",")])
+            .args([
+                "--snapshot-every-entries",
+                &args.snapshot_every_entries.to_string(),
+            ])
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)

@@ -1,0 +1,127 @@
+//! Helpers for tests that drive the real `ringleader` binary as child processes.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ringleader_client::{Client, ClientConfig, NodeStatus};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_ringleader");
+
+/// A base port with `count` consecutive free ports after it.
+pub fn free_ports(count: u16) -> u16 {
+    // Tests of one binary run in parallel: give each call its own region.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = 20_000 + (std::process::id() % 1000) as u16 * 30 + call * 10;
+    for base in (start..60_000).step_by(count as usize + 1) {
+        let all_free =
+            (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free ports");
+}
+
+pub fn addr(base: u16, id: u64) -> String {
+    format!("127.0.0.1:{}", base as u64 + id - 1)
+}
+
+pub fn peers_arg(base: u16, nodes: u64) -> String {
+    (1..=nodes)
+        .map(|i| format!("{i}={}", addr(base, i)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Starts `ringleader serve` for node `id` of a `nodes`-node cluster.
+pub fn serve(dir: &Path, base: u16, id: u64, nodes: u64, extra: &[&str]) -> Child {
+    let log = std::fs::File::create(dir.join(format!(
+        "serve-{id}-{}.log",
+        Instant::now().elapsed().as_nanos()
+    )))
+    .unwrap();
+    let mut command = Command::new(BINARY);
+    command
+        .arg("serve")
+        .args(["--id", &id.to_string()])
+        .arg("--dir")
+        .arg(dir.join(format!("node-{id}")))
+        .args(["--listen", &addr(base, id)])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log);
+    if nodes > 1 {
+        command.args(["--peers", &peers_arg(base, nodes)]);
+    }
+    command.spawn().expect("start ringleader serve")
+}
+
+pub fn client(endpoints: Vec<String>, timeout: Duration) -> Client {
+    let mut config = ClientConfig::new(endpoints);
+    config.request_timeout = timeout;
+    Client::new(config).unwrap()
+}
+
+/// Polls the endpoints until one reports itself leader (with a term above `above_term`).
+pub async fn wait_for_leader(
+    endpoints: &[String],
+    above_term: u64,
+    within: Duration,
+) -> NodeStatus {
+    let probe = client(endpoints.to_vec(), Duration::from_millis(300));
+    let deadline = Instant::now() + within;
+    loop {
+        for endpoint in endpoints {
+            if let Ok(status) = probe.status_of(endpoint).await {
+                if status.role == "leader" && status.term > above_term {
+                    return status;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs `ringleader ARGS` and returns (exit code, stdout, stderr).
+pub fn cli(args: &[&str], endpoints: &str) -> (i32, String, String) {
+    let output = Command::new(BINARY)
+        .args(args)
+        .env("RINGLEADER_ENDPOINTS", endpoints)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+pub fn kill_9(child: &mut Child) {
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+pub fn kill_9_pid(pid: u32) {
+    // SAFETY: kill(2) on a process this test started (through `cluster up`).
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+pub fn data_dir(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("node-{id}"))
+}
+
+/// Kills (SIGKILL) the child when dropped, so a failing test leaves no process behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
