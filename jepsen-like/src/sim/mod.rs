@@ -60,12 +60,13 @@ pub struct SimOptions {
 }
 
 impl SimOptions {
-    /// Five nodes, 300 operations by 5 clients on 3 keys, every nemesis.
+    /// Five nodes, 500 operations by 5 clients on 3 keys (about 20 simulated seconds), every
+    /// nemesis.
     pub fn new(seed: u64) -> SimOptions {
         SimOptions {
             seed,
             nodes: 5,
-            ops: 300,
+            ops: 500,
             clients: 5,
             keys: 3,
             nemeses: Nemesis::ALL.to_vec(),

@@ -33,7 +33,7 @@ const NORMAL_MAX_LATENCY: Duration = Duration::from_millis(10);
 /// A client call's deadline: longer than an election (0.5–1 s), so most calls survive one.
 const OP_TIMEOUT: Duration = Duration::from_millis(1_500);
 /// Mean pause between one client's operations.
-const THINK_TIME_MEAN: Duration = Duration::from_millis(40);
+const THINK_TIME_MEAN: Duration = Duration::from_millis(100);
 /// Segments and snapshots are kept small so that a short run rotates segments, compacts the
 /// log and sends snapshots to lagging followers.
 const SEGMENT_MAX_BYTES: u64 = 16 * 1024;
