@@ -13,11 +13,13 @@
 //! - [`search`]: the Wing–Gong/Lowe search with memoization, generic over the model;
 //! - [`shrink`]: sound shrinking of a violating history;
 //! - [`checker`]: per-key partitioning of a [`history::History`] and the report types;
-//! - [`report`]: the HTML visualisation.
+//! - [`report`]: the HTML visualisation;
+//! - [`sim`]: the deterministic turmoil simulation of a real ringleader cluster under a
+//!   nemesis, whose histories this checker checks (`docs/simulation.md`).
 //!
-//! Nothing here reads a clock or a random-number generator: verdicts are a pure function of the
-//! history and the options (budgets are counted in search steps). The design chapter lives in
-//! docs/ (the history format section of [`history`] is meant to move there).
+//! Nothing in the checker reads a clock or a random-number generator: verdicts are a pure
+//! function of the history and the options (budgets are counted in search steps). The design
+//! chapter lives in docs/ (the history format section of [`history`] is meant to move there).
 
 pub mod checker;
 pub mod history;
