@@ -192,7 +192,9 @@ impl Node {
         raft_config.election_timeout_ticks = config.election_timeout_ticks;
         raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
         raft_config.seed = config.seed;
-        raft_config.lease_reads = true;
+        // Linearizable reads use ReadIndex (no clock assumption); leases come with per-request
+        // consistency levels.
+        raft_config.lease_reads = false;
         let last_snapshot_index = snapshot.as_ref().map_or(0, |s| s.meta.last_index);
         let raft = Raft::new(
             raft_config,
