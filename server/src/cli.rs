@@ -84,6 +84,10 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Check a history (JSONL) for linearizability. Exit 0 yes, 1 no, 2 malformed, 3 unknown.
+    Check(crate::verify::CheckArgs),
+    /// Run the deterministic simulation of a cluster under faults and check its history.
+    Sim(crate::verify::SimArgs),
     /// Show every node: role, term, leader, commit and applied index, follower lag.
     Status {
         /// One JSON object on stdout.
@@ -190,6 +194,15 @@ fn parse_sync(value: &str) -> Result<SyncPolicy> {
     })
 }
 
+/// Runs the commands that must not run inside tokio; gives the others back.
+pub fn run_sync(cli: Cli) -> Result<Result<ExitCode>, Cli> {
+    match cli.command {
+        Command::Check(args) => Ok(crate::verify::check_command(args)),
+        Command::Sim(args) => Ok(crate::verify::sim_command(args)),
+        command => Err(Cli { command, ..cli }),
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
@@ -267,6 +280,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Status { json, target } => status(json, target).await,
+        Command::Check(_) | Command::Sim(_) => bail!("check and sim run outside the async runtime"),
     }
 }
 
