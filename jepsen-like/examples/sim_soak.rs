@@ -1,7 +1,7 @@
 //! Runs many simulation seeds and prints one line per seed: the long run behind the CI seed set.
 //!
 //! ```text
-//! cargo run --release -p jepsen-like --example sim_soak -- [FIRST_SEED] [SEEDS] [OPS] [NODES] [NEMESES] [OUT_DIR]
+//! cargo run --release -p jepsen-like --example sim_soak -- [FIRST_SEED] [SEEDS] [OPS] [NODES] [NEMESES] [OUT_DIR] [CLIENTS] [KEYS]
 //! cargo run --release -p jepsen-like --example sim_soak -- 0 200 300 5 all target/sim-soak
 //! ```
 //!
@@ -29,6 +29,11 @@ fn main() {
     let nodes: usize = arg(3, "5").parse().expect("NODES");
     let nemeses = parse_nemeses(&arg(4, "all")).expect("NEMESES");
     let out_dir = PathBuf::from(arg(5, "target/sim-soak"));
+    let defaults = SimOptions::new(0);
+    let clients: usize = arg(6, &defaults.clients.to_string())
+        .parse()
+        .expect("CLIENTS");
+    let keys: usize = arg(7, &defaults.keys.to_string()).parse().expect("KEYS");
 
     let started = Instant::now();
     let mut failed = Vec::new();
@@ -38,6 +43,8 @@ fn main() {
         let options = SimOptions {
             ops,
             nodes,
+            clients,
+            keys,
             nemeses: nemeses.clone(),
             ..SimOptions::new(seed)
         };
