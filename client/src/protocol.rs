@@ -243,6 +243,12 @@ pub struct NodeStatus {
     pub leader: Option<u64>,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// The index of the last entry in this node's log.
+    pub last_index: u64,
+    /// The index the node's newest snapshot covers (taken locally or installed from the leader).
+    pub snapshot_index: u64,
+    /// Snapshots received from a leader (InstallSnapshot) since this node started.
+    pub snapshots_installed: u64,
     pub log_bytes: u64,
     pub keys: u64,
     /// A digest of the state machine at `applied_index`: replicas that applied the same log

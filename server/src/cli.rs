@@ -353,9 +353,11 @@ async fn status(json: bool, target: Target) -> Result<ExitCode> {
         .iter()
         .map(|s| {
             let seen_by_leader = leader.and_then(|l| l.replicas.iter().find(|r| r.node == s.id));
+            let is_leader = leader.is_some_and(|l| l.id == s.id);
+            let match_index = if is_leader { Some(s.last_index) } else { seen_by_leader.map(|r| r.match_index) };
             serde_json::json!({
                 "node": s.id, "role": s.role, "term": s.term,
-                "match_index": seen_by_leader.map(|r| r.match_index),
+                "match_index": match_index, "last_index": s.last_index, "snapshot_index": s.snapshot_index,
                 "applied_index": s.applied_index, "commit_index": s.commit_index,
                 "lag": leader.map(|l| l.commit_index.saturating_sub(s.applied_index)),
                 "last_heard_ms": seen_by_leader.and_then(|r| r.last_heard_ms),

@@ -149,6 +149,12 @@ async fn cluster_survives_kill_9_of_its_leader_and_the_node_catches_up() {
         if let Ok(status) = probe.status_of(&addr(base, leader.id)).await {
             if status.applied_index >= target {
                 assert_eq!(status.keys, 13_000, "the restarted node holds every key");
+                // The leader compacted its log past where this node's ended: it had to send a snapshot.
+                assert!(
+                    status.snapshots_installed >= 1,
+                    "caught up by InstallSnapshot: {status:?}"
+                );
+                assert!(status.snapshot_index > leader.last_index);
                 break;
             }
         }

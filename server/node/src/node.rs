@@ -142,6 +142,8 @@ pub struct Node {
     pending_reads: BTreeMap<u64, PendingRead>,
     next_read_id: u64,
     last_snapshot_index: u64,
+    /// Snapshots received from a leader since start (for status).
+    snapshots_installed: u64,
     was_leader: bool,
 }
 
@@ -222,6 +224,7 @@ impl Node {
             pending_reads: BTreeMap::new(),
             next_read_id: 0,
             last_snapshot_index,
+            snapshots_installed: 0,
             was_leader: false,
         })
     }
@@ -409,6 +412,7 @@ impl Node {
                 };
                 self.log.save_snapshot(point, &snapshot.data, true)?;
                 self.last_snapshot_index = point.last_index;
+                self.snapshots_installed += 1;
             }
             let entries = ready
                 .entries
@@ -628,6 +632,9 @@ impl Node {
             leader: status.leader,
             commit_index: status.commit_index,
             applied_index: self.machine.applied_index(),
+            last_index: status.last_index,
+            snapshot_index: self.last_snapshot_index,
+            snapshots_installed: self.snapshots_installed,
             log_bytes: self.log.wal().size_bytes(),
             keys: self.machine.len() as u64,
             digest: self.machine.digest(),
