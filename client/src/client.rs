@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,10 +72,38 @@ pub struct Client<C: Connector = TokioConnector> {
     config: Arc<ClientConfig>,
     connector: C,
     routing: Arc<Mutex<Routing>>,
+    session: Arc<Mutex<SessionState>>,
+}
+
+/// Writes whose outcome stayed unknown are remembered (so the cluster keeps their outcome, and so
+/// a session whose first write never arrived still gets created) for at most this many.
+const MAX_UNKNOWN_WRITES_REMEMBERED: usize = 256;
+
+/// The exactly-once session: an id, the next sequence number, and the writes not yet answered.
+struct SessionState {
     client_id: u64,
-    next_seq: Arc<AtomicU64>,
-    /// Sequence numbers of writes not yet answered: the smallest is `first_unacked_seq`.
-    unacked: Arc<Mutex<BTreeSet<u64>>>,
+    next_seq: u64,
+    /// Sequence numbers not yet answered definitely; the smallest is `first_unacked_seq`.
+    unacked: BTreeSet<u64>,
+}
+
+impl SessionState {
+    fn new(client_id: u64) -> Self {
+        SessionState {
+            client_id,
+            next_seq: 1,
+            unacked: BTreeSet::new(),
+        }
+    }
+}
+
+/// The next session id after an expired one: a bijective mix, so a seeded client stays
+/// deterministic and two clients never collide by renewing.
+fn next_client_id(id: u64) -> u64 {
+    let mut z = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn random_u64() -> u64 {
@@ -108,9 +135,7 @@ impl<C: Connector> Client<C> {
                 next_endpoint: 0,
                 connections: BTreeMap::new(),
             })),
-            client_id,
-            next_seq: Arc::new(AtomicU64::new(1)),
-            unacked: Arc::new(Mutex::new(BTreeSet::new())),
+            session: Arc::new(Mutex::new(SessionState::new(client_id))),
         })
     }
 
@@ -214,28 +239,42 @@ impl<C: Connector> Client<C> {
 
     /// The session id writes carry.
     pub fn client_id(&self) -> u64 {
-        self.client_id
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .client_id
     }
 
     async fn write(&self, make: impl Fn(Session) -> Request) -> Result<Response> {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let first_unacked_seq = {
-            let mut unacked = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
-            unacked.insert(seq);
-            *unacked.first().unwrap_or(&seq)
-        };
-        let session = Session {
-            client_id: self.client_id,
-            seq,
-            first_unacked_seq,
+        let session = {
+            let mut state = self.session.lock().unwrap_or_else(|p| p.into_inner());
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            state.unacked.insert(seq);
+            Session {
+                client_id: state.client_id,
+                seq,
+                first_unacked_seq: *state.unacked.first().unwrap_or(&seq),
+            }
         };
         let result = self.call(make(session)).await;
-        // The call is over (answered, or given up after its own retries): later writes may tell
-        // the cluster to forget this outcome. A given-up write is reported as outcome-unknown.
-        self.unacked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&seq);
+        let mut state = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        if state.client_id == session.client_id {
+            // A definite answer lets the cluster forget this write's outcome; an unknown one is
+            // kept unacknowledged, so that the cluster keeps the outcome (and creates the session
+            // if this was its first write), up to a bound.
+            if !result.as_ref().is_err_and(Error::outcome_unknown) {
+                state.unacked.remove(&session.seq);
+            }
+            while state.unacked.len() > MAX_UNKNOWN_WRITES_REMEMBERED {
+                state.unacked.pop_first();
+            }
+            if matches!(result, Err(Error::SessionExpired)) {
+                // The cluster forgot this session: continue under a new one.
+                let renewed = next_client_id(state.client_id);
+                *state = SessionState::new(renewed);
+            }
+        }
         result
     }
 
