@@ -15,7 +15,7 @@
 //! - [`checker`]: per-key partitioning of a [`history::History`] and the report types;
 //! - [`report`]: the HTML visualisation;
 //! - [`sim`]: the deterministic turmoil simulation of a real ringleader cluster under a
-//!   nemesis, whose histories this checker checks (`docs/simulation.md`).
+//!   nemesis, whose histories this checker checks (`docs/testing.md`).
 //!
 //! Nothing in the checker reads a clock or a random-number generator: verdicts are a pure
 //! function of the history and the options (budgets are counted in search steps). The design

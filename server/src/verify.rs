@@ -11,7 +11,7 @@ use clap::Args;
 use jepsen_like::checker::{check, CheckOptions, KeyOutcome, Verdict as CheckVerdict};
 use jepsen_like::history::parse_jsonl;
 use jepsen_like::report::render_violation_html;
-use jepsen_like::sim::{parse_nemeses, write_outputs, SimOptions, Verdict};
+use jepsen_like::sim::{parse_nemeses, write_outputs, PlantedBug, SimOptions, Verdict};
 
 #[derive(Args)]
 pub struct CheckArgs {
@@ -124,6 +124,10 @@ pub struct SimArgs {
     /// Where to write history.jsonl, faults.txt and report.html [default: ./ringleader-sim/seed-S].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Plant a deliberate bug in every node to watch the checker catch it (`local-reads`:
+    /// linearizable reads answered from local state). For demonstrations only.
+    #[arg(long, hide = true)]
+    plant_bug: Option<String>,
 }
 
 fn parse_range(text: &str) -> Result<std::ops::Range<u64>> {
@@ -144,10 +148,16 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
     } else {
         parse_nemeses(&args.nemesis).map_err(anyhow::Error::msg)?
     };
+    let planted_bug = match args.plant_bug.as_deref() {
+        None => PlantedBug::None,
+        Some("local-reads") => PlantedBug::LocalReads,
+        Some(other) => bail!("--plant-bug {other:?}: the only planted bug is local-reads"),
+    };
     let options_for = |seed: u64| SimOptions {
         nodes: args.nodes,
         ops: args.ops,
         nemeses: nemeses.clone(),
+        planted_bug,
         ..SimOptions::new(seed)
     };
     let out_for = |seed: u64| {
