@@ -7,13 +7,33 @@ use std::time::Duration;
 
 use common::*;
 
+/// A raw TCP connection to a node, past the client handshake.
+async fn handshaken_connection(addr: &str) -> tokio::net::TcpStream {
+    use ringleader_client::protocol::{Handshake, Role, HANDSHAKE_BYTES};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(&Handshake::new(Role::Client).encode())
+        .await
+        .unwrap();
+    let mut reply = [0u8; HANDSHAKE_BYTES];
+    stream.read_exact(&mut reply).await.unwrap();
+    stream
+}
+
+/// Starts a single node in `dir` and waits until it leads; the node dies with the guard.
+async fn start_single(dir: &std::path::Path) -> (KillOnDrop, u16, Vec<String>) {
+    let base = free_ports(1);
+    let node = KillOnDrop(serve(dir, base, 1, 1, &[]));
+    let endpoints = vec![addr(base, 1)];
+    wait_for_leader(&endpoints, 0, Duration::from_secs(10)).await;
+    (node, base, endpoints)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_puts_survive_kill_9_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_ports(1);
-    let mut node = serve(dir.path(), base, 1, 1, &[]);
-    let endpoints = vec![addr(base, 1)];
-    wait_for_leader(&endpoints, 0, Duration::from_secs(10)).await;
+    let (mut node, base, endpoints) = start_single(dir.path()).await;
 
     // Concurrent writers; remember what was acknowledged.
     let mut writers = Vec::new();
@@ -39,8 +59,8 @@ async fn acknowledged_puts_survive_kill_9_and_restart() {
     }
     assert_eq!(latest.len(), 8 * 40, "every write was acknowledged");
 
-    kill_9(&mut node);
-    let mut node = serve(dir.path(), base, 1, 1, &[]);
+    kill_9(&mut node.0);
+    let _restarted = KillOnDrop(serve(dir.path(), base, 1, 1, &[]));
     wait_for_leader(&endpoints, 0, Duration::from_secs(10)).await;
     let reader = client(endpoints.clone(), Duration::from_secs(5));
     for (key, value) in &latest {
@@ -51,16 +71,13 @@ async fn acknowledged_puts_survive_kill_9_and_restart() {
             "key {key}"
         );
     }
-    kill_9(&mut node);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_exit_codes_stdin_values_limits_and_the_directory_lock() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_ports(1);
-    let mut node = serve(dir.path(), base, 1, 1, &[]);
-    let endpoints = addr(base, 1);
-    wait_for_leader(&[endpoints.clone()], 0, Duration::from_secs(10)).await;
+    let (_node, _, endpoints) = start_single(dir.path()).await;
+    let endpoints = endpoints.join(",");
 
     assert_eq!(cli(&["put", "k", "v1"], &endpoints).0, 0);
     let (code, stdout, _) = cli(&["get", "k"], &endpoints);
@@ -134,29 +151,18 @@ async fn cli_exit_codes_stdin_values_limits_and_the_directory_lock() {
         stderr.contains("in use by another running node"),
         "{stderr}"
     );
-    kill_9(&mut node);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_frames_get_an_error_and_change_nothing() {
-    use ringleader_client::protocol::{Handshake, Role, HANDSHAKE_BYTES};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let base = free_ports(1);
-    let mut node = serve(dir.path(), base, 1, 1, &[]);
-    let endpoints = vec![addr(base, 1)];
-    wait_for_leader(&endpoints, 0, Duration::from_secs(10)).await;
+    let (_node, _, endpoints) = start_single(dir.path()).await;
     let good = client(endpoints.clone(), Duration::from_secs(5));
     good.put("stable", "before").await.unwrap();
 
     for body in [vec![0xFFu8; 37], Vec::new()] {
-        let mut stream = tokio::net::TcpStream::connect(&endpoints[0]).await.unwrap();
-        stream
-            .write_all(&Handshake::new(Role::Client).encode())
-            .await
-            .unwrap();
-        let mut reply = [0u8; HANDSHAKE_BYTES];
-        stream.read_exact(&mut reply).await.unwrap();
+        let mut stream = handshaken_connection(&endpoints[0]).await;
         stream
             .write_all(&(body.len() as u32).to_be_bytes())
             .await
@@ -170,13 +176,7 @@ async fn malformed_and_oversized_frames_get_an_error_and_change_nothing() {
         );
     }
     // A length prefix far above the limit: refused before any of it is read.
-    let mut stream = tokio::net::TcpStream::connect(&endpoints[0]).await.unwrap();
-    stream
-        .write_all(&Handshake::new(Role::Client).encode())
-        .await
-        .unwrap();
-    let mut reply = [0u8; HANDSHAKE_BYTES];
-    stream.read_exact(&mut reply).await.unwrap();
+    let mut stream = handshaken_connection(&endpoints[0]).await;
     stream.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await.unwrap();
@@ -195,5 +195,4 @@ async fn malformed_and_oversized_frames_get_an_error_and_change_nothing() {
         value.version + 1,
         "the node kept serving"
     );
-    kill_9(&mut node);
 }
