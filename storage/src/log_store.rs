@@ -79,39 +79,42 @@ impl LogStore {
         let snapshot_point = snapshot.as_ref().map(|s| s.point).unwrap_or_default();
         let (wal, recovered) = Wal::open(fs, &dir.join("wal"), options)?;
         let mut hard_state = HardState::default();
-        let mut entries: Vec<StoredEntry> = Vec::new();
+        // Replay by index: an entry replaces the one at its index and every later one. The oldest
+        // segment kept after a purge may begin with dead entries (overwritten later by a new
+        // leader) whose indexes lie past the snapshot; they are replaced in turn, so contiguity
+        // is checked only once replay is done.
+        let mut by_index: BTreeMap<u64, StoredEntry> = BTreeMap::new();
         let mut entry_lsns = BTreeMap::new();
         for (lsn, bytes) in recovered.records {
             match codec::decode::<LogRecord>(&bytes, "log record")? {
                 LogRecord::HardState(state) => hard_state = state,
                 LogRecord::TruncateAfter { index } => {
-                    entries.retain(|entry| entry.index <= index);
+                    by_index.split_off(&(index + 1));
                     entry_lsns.split_off(&(index + 1));
                 }
                 LogRecord::Entry(entry) => {
                     if entry.index <= snapshot_point.last_index {
                         continue;
                     }
-                    let first_index = entries
-                        .first()
-                        .map_or(snapshot_point.last_index + 1, |e| e.index);
-                    let next_index = first_index + entries.len() as u64;
-                    if entry.index > next_index {
-                        return Err(StorageError::Corrupt {
-                            path: wal.dir().to_path_buf(),
-                            offset: 0,
-                            reason: format!(
-                                "log record {lsn} holds entry {} but the log ends at {}",
-                                entry.index,
-                                next_index - 1
-                            ),
-                        });
-                    }
-                    entries.truncate((entry.index - first_index) as usize);
+                    by_index.split_off(&entry.index);
                     entry_lsns.split_off(&entry.index);
                     entry_lsns.insert(entry.index, lsn);
-                    entries.push(entry);
+                    by_index.insert(entry.index, entry);
                 }
+            }
+        }
+        let entries: Vec<StoredEntry> = by_index.into_values().collect();
+        for (position, entry) in entries.iter().enumerate() {
+            let expected = snapshot_point.last_index + 1 + position as u64;
+            if entry.index != expected {
+                return Err(StorageError::Corrupt {
+                    path: wal.dir().to_path_buf(),
+                    offset: 0,
+                    reason: format!(
+                        "the log is missing entry {expected} (next present: {})",
+                        entry.index
+                    ),
+                });
             }
         }
         let last_index = entries

@@ -209,7 +209,7 @@ impl Wal {
         let mut next_lsn: Option<Lsn> = None;
         let mut sealed_bytes = 0u64;
         let mut active_len = 0u64;
-        let mut kept = Vec::with_capacity(segments.len());
+        let mut kept: Vec<Segment> = Vec::with_capacity(segments.len());
         let segment_count = segments.len();
         for (position, mut segment) in segments.into_iter().enumerate() {
             let is_newest = position + 1 == segment_count;
@@ -235,6 +235,12 @@ impl Wal {
                     fs.sync_dir(dir)
                         .map_err(|e| StorageError::io("sync directory", dir, e))?;
                     next_lsn.get_or_insert(segment.first_lsn);
+                    // The previous segment, scanned as sealed, becomes the active one again.
+                    if let Some(previous) = kept.last_mut() {
+                        active_len = previous.sealed_bytes;
+                        sealed_bytes -= previous.sealed_bytes;
+                        previous.sealed_bytes = 0;
+                    }
                     continue;
                 }
                 Err(reason) => return Err(corrupt(0, reason)),

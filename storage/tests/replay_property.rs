@@ -176,3 +176,44 @@ fn a_replaced_log_is_not_resurrected_by_replay() {
     assert_eq!(recovered.snapshot.as_ref().unwrap().data(), b"state");
     assert_eq!(recovered.entries, vec![entry(6, 3)]);
 }
+
+#[test]
+fn a_purge_that_keeps_overwritten_entries_still_reopens() {
+    // Found in review: the oldest segment kept after a snapshot can start with entries a new
+    // leader overwrote later, at indexes past the snapshot. Replay must not call that a gap.
+    let dir = tempfile::tempdir().unwrap();
+    let entry = |index, term| StoredEntry {
+        index,
+        term,
+        payload: vec![7u8; 40],
+    };
+    let options = || WalOptions {
+        segment_max_bytes: 200,
+        ..WalOptions::default()
+    };
+    {
+        let (mut log, _) = LogStore::open(StdFs::shared(), dir.path(), options()).unwrap();
+        for index in 1..=10 {
+            log.append(None, &[entry(index, 1)]).unwrap();
+        }
+        // One at a time, so the segment holding entry 10 (dead) also holds the new entry 3.
+        for index in 3..=5 {
+            log.append(None, &[entry(index, 2)]).unwrap();
+        }
+        log.save_snapshot(
+            SnapshotPoint {
+                last_index: 2,
+                last_term: 1,
+            },
+            b"state",
+            false,
+        )
+        .unwrap();
+        assert!(log.wal().segment_count() > 1);
+    }
+    let (_, recovered) = LogStore::open(StdFs::shared(), dir.path(), options()).unwrap();
+    assert_eq!(
+        recovered.entries,
+        vec![entry(3, 2), entry(4, 2), entry(5, 2)]
+    );
+}

@@ -237,3 +237,33 @@ fn purge_removes_only_segments_wholly_below_the_lsn() {
     );
     assert_eq!(records.last().unwrap().0, 10);
 }
+
+#[test]
+fn a_torn_new_segment_header_makes_the_previous_segment_active_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || WalOptions {
+        segment_max_bytes: 300,
+        max_record_bytes: 1 << 20,
+        sync: SyncPolicy::Always,
+    };
+    let (mut wal, _) = Wal::open(StdFs::shared(), dir.path(), options()).unwrap();
+    for i in 0..4 {
+        wal.append(&[payload(i, 100)]).unwrap(); // two records fill a 300-byte segment
+    }
+    assert_eq!(wal.segment_count(), 2);
+    let next = wal.next_lsn();
+    drop(wal);
+    // A crash right after creating the next segment: its header never reached the disk.
+    std::fs::write(dir.path().join(format!("{next:020}.wal")), [0u8; 10]).unwrap();
+    let (mut wal, recovered) = Wal::open(StdFs::shared(), dir.path(), options()).unwrap();
+    assert_eq!(recovered.records.len(), 4);
+    assert_eq!(wal.segment_count(), 2, "the torn segment is gone");
+    // The previous segment is full: the next record must start a new segment, not grow it.
+    wal.append(&[payload(9, 100)]).unwrap();
+    assert_eq!(wal.segment_count(), 3);
+    let on_disk: u64 = segments(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(wal.size_bytes(), on_disk);
+}
