@@ -12,11 +12,15 @@
 //! - `info` ops (and ops never completed) may be linearized anywhere after their invocation, or
 //!   not at all; unknown-outcome reads constrain nothing and are dropped.
 //!
+//! Other models (the public histories' key-value store, mutex, multi-register; see
+//! [`crate::formats`]) come as [`Partition`]s of search operations and go through
+//! [`check_partitions`], which stops at the first violating partition as Porcupine does.
+//!
 //! Per-key verdicts are deterministic: the search is bounded by a step budget, not a clock, so
 //! the same history and options always give the same report. Timing is the caller's business.
 
 use crate::history::{History, Input, OpId, Outcome};
-use crate::model::{Interner, RegisterInput, RegisterModel, RegisterOutput};
+use crate::model::{Interner, Model, RegisterInput, RegisterModel, RegisterOutput};
 use crate::search::{search, ModelOp, SearchOutcome};
 use crate::shrink::shrink;
 
@@ -222,5 +226,130 @@ fn check_key(history: &History, key: &str, ids: &[OpId], options: &CheckOptions)
         ops_checked: ops.len(),
         steps: result.steps,
         outcome,
+    }
+}
+
+/// One independently checked part of a history for a model other than the register: a key's
+/// operations (or the whole history, for a single object).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition<I, O> {
+    pub key: String,
+    pub ops: Vec<ModelOp<I, O>>,
+    /// The 1-based file line of each op's invocation, for reports.
+    pub lines: Vec<usize>,
+}
+
+/// The result of [`check_partitions`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionsReport {
+    pub verdict: Verdict,
+    /// One entry per partition, in the order given; after a violation, the partitions that
+    /// follow it are left out (some were never searched).
+    pub per_partition: Vec<PartitionResult>,
+    pub ops_checked: usize,
+}
+
+/// The verdict for one [`Partition`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionResult {
+    pub key: String,
+    /// Index of the partition in the slice given to [`check_partitions`].
+    pub partition: usize,
+    pub steps: u64,
+    pub outcome: PartitionOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartitionOutcome {
+    Linearizable,
+    /// Indexes into the partition's `ops`, as in [`SearchOutcome::NotLinearizable`].
+    Violation {
+        longest_prefix: Vec<usize>,
+        failed_op: usize,
+    },
+    Unknown,
+}
+
+/// Search steps a partition gets in the first round of [`check_partitions`].
+pub const FIRST_ROUND_STEPS: u64 = 100_000;
+
+/// Checks each partition against `model` with at most `max_steps_per_partition` search steps
+/// each, stopping at the first violation: one proves the history is not linearizable, and
+/// refuting every other failing partition can cost far more (Porcupine cancels the rest too).
+///
+/// Budgets grow in rounds, [`FIRST_ROUND_STEPS`] then ten times more each round up to the
+/// maximum, and each round retries only the partitions still undecided. Porcupine checks
+/// partitions in parallel and the first to fail wins; rounds give that effect deterministically:
+/// in its c50-bad kv file, key "0" exhausts ten million steps while key "1" fails in
+/// thousands. A linearizable history pays at most the smaller budgets again on its hardest keys.
+pub fn check_partitions<M: Model>(
+    model: &M,
+    partitions: &[Partition<M::Input, M::Output>],
+    max_steps_per_partition: u64,
+) -> PartitionsReport {
+    let mut per_partition: Vec<PartitionResult> = partitions
+        .iter()
+        .enumerate()
+        .map(|(index, partition)| PartitionResult {
+            key: partition.key.clone(),
+            partition: index,
+            steps: 0,
+            outcome: PartitionOutcome::Unknown,
+        })
+        .collect();
+    let mut budget = max_steps_per_partition.min(FIRST_ROUND_STEPS);
+    let mut violation = None;
+    'rounds: loop {
+        for (index, partition) in partitions.iter().enumerate() {
+            debug_assert_eq!(partition.ops.len(), partition.lines.len());
+            let result = &mut per_partition[index];
+            if result.outcome != PartitionOutcome::Unknown {
+                continue;
+            }
+            let searched = search(model, &partition.ops, budget);
+            result.steps += searched.steps;
+            result.outcome = match searched.outcome {
+                SearchOutcome::Linearizable { .. } => PartitionOutcome::Linearizable,
+                SearchOutcome::Unknown { .. } => PartitionOutcome::Unknown,
+                SearchOutcome::NotLinearizable {
+                    longest_prefix,
+                    failed_op,
+                } => {
+                    violation = Some(index);
+                    PartitionOutcome::Violation {
+                        longest_prefix,
+                        failed_op,
+                    }
+                }
+            };
+            if violation.is_some() {
+                break 'rounds;
+            }
+        }
+        if budget >= max_steps_per_partition {
+            break;
+        }
+        budget = budget.saturating_mul(10).min(max_steps_per_partition);
+    }
+    // Partitions after the violation were not necessarily searched: leave them out.
+    if let Some(index) = violation {
+        per_partition.truncate(index + 1);
+    }
+    let outcomes = || per_partition.iter().map(|r| &r.outcome);
+    let verdict = if violation.is_some() {
+        Verdict::NotLinearizable
+    } else if outcomes().any(|o| *o == PartitionOutcome::Unknown) {
+        Verdict::Unknown
+    } else {
+        Verdict::Linearizable
+    };
+    let ops_checked = per_partition
+        .iter()
+        .map(|r| partitions[r.partition].ops.len())
+        .sum();
+    PartitionsReport {
+        verdict,
+        per_partition,
+        ops_checked,
     }
 }

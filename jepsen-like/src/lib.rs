@@ -9,7 +9,8 @@
 //!
 //! Design, bottom up:
 //! - [`model`]: sequential specifications behind a [`model::Model`] trait (ringleader's
-//!   register; tests plug in others);
+//!   register, and the models of the public Knossos and Porcupine histories);
+//! - [`formats`]: readers for those public histories (EDN), beside our JSONL in [`history`];
 //! - [`search`]: the Wing–Gong/Lowe search with memoization, generic over the model;
 //! - [`shrink`]: sound shrinking of a violating history;
 //! - [`checker`]: per-key partitioning of a [`history::History`] and the report types;
@@ -22,6 +23,7 @@
 //! chapter lives in docs/ (the history format section of [`history`] is meant to move there).
 
 pub mod checker;
+pub mod formats;
 pub mod history;
 pub mod model;
 pub mod report;

@@ -2,19 +2,30 @@
 //! verdicts.tsv): every linearizability verdict there must be reproduced. Wall time per file
 //! is printed (run with `--nocapture` to see it), never asserted.
 
-mod support;
-
 use std::fs;
+use std::path::PathBuf;
 use std::time::Instant;
 
-use jepsen_like::checker::{check, CheckOptions, CheckReport, KeyOutcome, Verdict};
-use jepsen_like::history::{parse_jsonl, History, Input, Outcome, Value};
-use jepsen_like::model::Model;
-use jepsen_like::search::{search, ModelOp, SearchOutcome};
-use support::*;
+use jepsen_like::checker::{
+    check, check_partitions, CheckOptions, CheckReport, Partition, PartitionOutcome, Verdict,
+};
+use jepsen_like::formats::knossos::{
+    multi_register_partition, mutex_partition, register_history, RegisterHistory,
+};
+use jepsen_like::formats::porcupine::kv_partitions;
+use jepsen_like::formats::{edn, pair_operations};
+use jepsen_like::history::{parse_jsonl, History, Input, Outcome, ParseError, Value};
+use jepsen_like::model::{KvModel, Model, MutexModel};
 
-const MAX_STEPS: u64 = 10_000_000;
 const MAX_STEPS_PER_PARTITION: u64 = 1_000_000;
+
+/// Root of the shared histories, relative to this crate (CI has `../shared` beside the checkout).
+fn histories_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/histories"
+    ))
+}
 
 struct Row {
     path: String,
@@ -42,24 +53,16 @@ fn read(path: &str) -> String {
     fs::read_to_string(histories_dir().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// Checks partitions with the generic search; `true` iff all are linearizable. Like Porcupine,
-/// stops at the first partition proven non-linearizable: proving a violation only needs one,
-/// and some failing partitions of c50-bad are expensive to refute exhaustively (Porcupine
-/// never finishes them either: it cancels the other partitions on the first failure).
-fn all_linearizable<M: Model>(model: &M, partitions: &[Vec<ModelOp<M::Input, M::Output>>]) -> bool {
-    let mut undecided = 0;
-    for ops in partitions {
-        match search(model, ops, MAX_STEPS_PER_PARTITION).outcome {
-            SearchOutcome::Linearizable { .. } => {}
-            SearchOutcome::NotLinearizable { .. } => return false,
-            SearchOutcome::Unknown { .. } => undecided += 1,
-        }
-    }
-    assert_eq!(
-        undecided, 0,
-        "step budget exhausted on a history with no violation found"
-    );
-    true
+fn entries(path: &str) -> Vec<edn::Entry> {
+    edn::parse_history(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// `true` iff every partition is linearizable; the library stops at the first violation (see
+/// `check_partitions`), and a run out of budget fails the test.
+fn all_linearizable<M: Model>(model: &M, partitions: &[Partition<M::Input, M::Output>]) -> bool {
+    let report = check_partitions(model, partitions, MAX_STEPS_PER_PARTITION);
+    assert_ne!(report.verdict, Verdict::Unknown, "step budget exhausted");
+    report.verdict == Verdict::Linearizable
 }
 
 fn check_register(history: &History) -> CheckReport {
@@ -68,26 +71,45 @@ fn check_register(history: &History) -> CheckReport {
     report
 }
 
+fn knossos_register(path: &str) -> RegisterHistory {
+    let entries = entries(path);
+    let ops = pair_operations(&entries).unwrap_or_else(|e| panic!("{path}: {e}"));
+    register_history(&ops).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn fail<T>(path: &str, error: ParseError) -> T {
+    panic!("{path}: {error}")
+}
+
 /// Runs one verdicts.tsv row; `None` if its model is not a linearizability model we handle.
 fn run(row: &Row) -> Option<bool> {
-    let text = read(&row.path);
-    let entries = || edn_history(&text);
+    let entries = entries(&row.path);
+    let ops = pair_operations(&entries).unwrap_or_else(|e| panic!("{}: {e}", row.path));
     if row.model.starts_with("kv get/put/append") {
-        let partitions: Vec<_> = porcupine_kv(&entries()).into_values().collect();
+        let partitions = kv_partitions(&ops).unwrap_or_else(|e| fail(&row.path, e));
         Some(all_linearizable(&KvModel, &partitions))
     } else if row.model.starts_with("knossos cas-register") {
-        let (history, _) = knossos_register_history(&entries());
+        let history = register_history(&ops)
+            .unwrap_or_else(|e| fail(&row.path, e))
+            .history;
         Some(check_register(&history).verdict == Verdict::Linearizable)
     } else if row.model.starts_with("knossos multi-register") {
-        let model = MultiRegisterModel {
-            initial: [("x".to_string(), 0), ("y".to_string(), 0)].into(),
-        };
-        Some(all_linearizable(
-            &model,
-            &[knossos_multi_register(&entries())],
-        ))
+        let (model, partition) =
+            multi_register_partition(&ops).unwrap_or_else(|e| fail(&row.path, e));
+        let initial: Vec<(&str, i64)> = model
+            .initial
+            .iter()
+            .map(|(r, v)| (r.as_str(), *v))
+            .collect();
+        assert_eq!(
+            initial,
+            [("x", 0), ("y", 0)],
+            "Knossos's (multi-register {{:x 0 :y 0}})"
+        );
+        Some(all_linearizable(&model, &[partition]))
     } else if row.model.starts_with("knossos mutex") {
-        Some(all_linearizable(&MutexModel, &[knossos_mutex(&entries())]))
+        let partition = mutex_partition(&ops).unwrap_or_else(|e| fail(&row.path, e));
+        Some(all_linearizable(&MutexModel, &[partition]))
     } else {
         None
     }
@@ -130,7 +152,10 @@ fn violation_of(
     std::collections::BTreeMap<usize, usize>,
     jepsen_like::checker::Violation,
 ) {
-    let (history, completion_index) = knossos_register_history(&edn_history(&read(path)));
+    let RegisterHistory {
+        history,
+        completion_index,
+    } = knossos_register(path);
     let report = check_register(&history);
     let violation = report.violations().next().expect("a violation").clone();
     (history, completion_index, violation)
@@ -203,7 +228,7 @@ fn knossos_histories_round_trip_through_jsonl() {
         .iter()
         .filter(|r| r.model.starts_with("knossos cas-register"))
     {
-        let (history, _) = knossos_register_history(&edn_history(&read(&row.path)));
+        let history = knossos_register(&row.path).history;
         let jsonl = history.to_jsonl();
         let reparsed = parse_jsonl(&jsonl).unwrap_or_else(|e| panic!("{}: {e}", row.path));
         assert_eq!(reparsed, history, "{}", row.path);
@@ -221,18 +246,23 @@ fn knossos_histories_round_trip_through_jsonl() {
 
 #[test]
 fn bad_kv_histories_report_a_failed_key() {
-    // Sanity that the per-key split finds the bad key and not all keys.
-    let entries = edn_history(&read("porcupine/test_data/kv/c10-bad.txt"));
-    let outcomes: Vec<bool> = porcupine_kv(&entries)
-        .values()
-        .map(|ops| {
-            matches!(
-                search(&KvModel, ops, MAX_STEPS).outcome,
-                SearchOutcome::Linearizable { .. }
-            )
+    // Sanity that the per-key split finds the bad key and not all keys: each key on its own.
+    let entries = entries("porcupine/test_data/kv/c10-bad.txt");
+    let partitions = kv_partitions(&pair_operations(&entries).expect("pairs")).expect("kv");
+    let verdicts: Vec<Verdict> = partitions
+        .iter()
+        .map(|p| {
+            check_partitions(&KvModel, std::slice::from_ref(p), MAX_STEPS_PER_PARTITION).verdict
         })
         .collect();
-    assert!(outcomes.iter().any(|&ok| ok));
-    assert!(outcomes.iter().any(|&ok| !ok));
-    let _ = KeyOutcome::Linearizable;
+    assert!(verdicts.contains(&Verdict::Linearizable));
+    assert!(verdicts.contains(&Verdict::NotLinearizable));
+    assert!(!verdicts.contains(&Verdict::Unknown));
+    // The whole history stops at the first bad key.
+    let report = check_partitions(&KvModel, &partitions, MAX_STEPS_PER_PARTITION);
+    assert_eq!(report.verdict, Verdict::NotLinearizable);
+    assert!(matches!(
+        report.per_partition.last().map(|r| &r.outcome),
+        Some(PartitionOutcome::Violation { .. })
+    ));
 }

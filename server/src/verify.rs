@@ -6,18 +6,37 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use jepsen_like::checker::{check, CheckOptions, KeyOutcome, Verdict as CheckVerdict};
-use jepsen_like::history::parse_jsonl;
+use jepsen_like::checker::{
+    check, check_partitions, CheckOptions, KeyOutcome, Partition, PartitionOutcome,
+    Verdict as CheckVerdict,
+};
+use jepsen_like::formats::knossos::{
+    multi_register_partition, mutex_partition, register_history, KnossosModel,
+};
+use jepsen_like::formats::porcupine::kv_partitions;
+use jepsen_like::formats::{edn, pair_operations, Format};
+use jepsen_like::history::{parse_jsonl, History, ParseError};
+use jepsen_like::model::{KvModel, Model, MutexModel};
 use jepsen_like::report::render_violation_html;
 use jepsen_like::sim::{parse_nemeses, write_outputs, PlantedBug, SimOptions, Verdict};
 
 #[derive(Args)]
 pub struct CheckArgs {
-    /// A history, one JSON object per line (format: docs/testing.md).
+    /// A history: ringleader's JSONL, a Knossos EDN history or a Porcupine kv file (formats:
+    /// docs/testing.md).
     history: PathBuf,
-    /// Where to write the HTML drawing of a violation [default: HISTORY with .html].
+    /// The file's format: jsonl, knossos or porcupine [default: from the extension: .jsonl,
+    /// .edn, .txt].
+    #[arg(long)]
+    format: Option<Format>,
+    /// For knossos histories, the model: cas-register (starting at 0), multi-register or mutex
+    /// [default: from the operations' :f].
+    #[arg(long)]
+    model: Option<KnossosModel>,
+    /// Where to write the HTML drawing of a violation [default: HISTORY with .html]. Register
+    /// histories (jsonl, knossos cas-register) only.
     #[arg(long)]
     html: Option<PathBuf>,
     /// Search steps per key before giving up (exit 3, "unknown").
@@ -25,25 +44,75 @@ pub struct CheckArgs {
     max_steps_per_key: u64,
 }
 
-/// Exit 0 linearizable, 1 not (naming the key), 2 malformed file (naming the line), 3 unknown.
+/// Exit 0 linearizable, 1 not (naming the key), 2 malformed file (naming the line) or usage
+/// error, 3 unknown.
 pub fn check_command(args: CheckArgs) -> Result<ExitCode> {
+    let Some(format) = args.format.or_else(|| Format::guess(&args.history)) else {
+        bail!(
+            "{}: cannot tell the format from the extension; give --format jsonl|knossos|porcupine",
+            args.history.display()
+        );
+    };
+    if args.model.is_some() && format != Format::Knossos {
+        bail!("--model applies to knossos histories only (this one is {format})");
+    }
     let text = std::fs::read_to_string(&args.history)
         .with_context(|| format!("reading {}", args.history.display()))?;
-    let history = match parse_jsonl(&text) {
-        Ok(history) => history,
-        Err(error) => bail!(
+    let malformed = |error: ParseError| {
+        anyhow!(
             "{}: line {}: {}",
             args.history.display(),
             error.line,
             error.reason
-        ),
+        )
     };
+    match format {
+        Format::Jsonl => {
+            let history = parse_jsonl(&text).map_err(malformed)?;
+            check_registers(&args, &history)
+        }
+        Format::Knossos => {
+            let entries = edn::parse_history(&text).map_err(malformed)?;
+            let ops = pair_operations(&entries).map_err(malformed)?;
+            let model = match args.model {
+                Some(model) => model,
+                None => KnossosModel::infer(&ops).map_err(malformed)?,
+            };
+            println!("knossos history, {model} model");
+            match model {
+                KnossosModel::CasRegister => {
+                    let converted = register_history(&ops).map_err(malformed)?;
+                    check_registers(&args, &converted.history)
+                }
+                KnossosModel::MultiRegister => {
+                    let (model, partition) = multi_register_partition(&ops).map_err(malformed)?;
+                    check_partitioned(&args, &model, &[partition])
+                }
+                KnossosModel::Mutex => {
+                    let partition = mutex_partition(&ops).map_err(malformed)?;
+                    check_partitioned(&args, &MutexModel, &[partition])
+                }
+            }
+        }
+        Format::Porcupine => {
+            let entries = edn::parse_history(&text).map_err(malformed)?;
+            let ops = pair_operations(&entries).map_err(malformed)?;
+            let partitions = kv_partitions(&ops).map_err(malformed)?;
+            println!("porcupine key-value history (get/put/append, keys start as \"\")");
+            check_partitioned(&args, &KvModel, &partitions)
+        }
+    }
+}
+
+/// A history of registers (ours, or Knossos's cas-register converted): checked per key, and
+/// a violation drawn as HTML.
+fn check_registers(args: &CheckArgs, history: &History) -> Result<ExitCode> {
     let options = CheckOptions {
         max_steps_per_key: args.max_steps_per_key,
         ..CheckOptions::default()
     };
     let started = Instant::now();
-    let report = check(&history, &options);
+    let report = check(history, &options);
     let elapsed = started.elapsed();
     println!(
         "{} operations on {} keys checked in {elapsed:?}",
@@ -83,10 +152,16 @@ pub fn check_command(args: CheckArgs) -> Result<ExitCode> {
             }
             let html_path = args
                 .html
+                .clone()
                 .unwrap_or_else(|| args.history.with_extension("html"));
-            std::fs::write(&html_path, render_violation_html(&history, violation))
-                .with_context(|| format!("writing {}", html_path.display()))?;
-            println!("drawn in {}", html_path.display());
+            // The verdict stands even if the drawing cannot be written (a read-only folder).
+            match std::fs::write(&html_path, render_violation_html(history, violation)) {
+                Ok(()) => println!("drawn in {}", html_path.display()),
+                Err(error) => eprintln!(
+                    "warning: cannot write the drawing to {}: {error}",
+                    html_path.display()
+                ),
+            }
             Ok(ExitCode::from(1))
         }
         CheckVerdict::Unknown => {
@@ -95,6 +170,78 @@ pub fn check_command(args: CheckArgs) -> Result<ExitCode> {
                 .iter()
                 .filter(|k| matches!(k.outcome, KeyOutcome::Unknown))
                 .map(|k| k.key.as_str())
+                .collect();
+            println!(
+                "unknown: the search budget ran out on keys {keys:?} (raise --max-steps-per-key)"
+            );
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
+/// A history for another model, in partitions (keys): checked until the first violation,
+/// which is reported with file lines (no drawing: that is for register histories).
+fn check_partitioned<M: Model>(
+    args: &CheckArgs,
+    model: &M,
+    partitions: &[Partition<M::Input, M::Output>],
+) -> Result<ExitCode> {
+    let started = Instant::now();
+    let report = check_partitions(model, partitions, args.max_steps_per_key);
+    let elapsed = started.elapsed();
+    println!(
+        "{} operations on {} of {} keys checked in {elapsed:?}",
+        report.ops_checked,
+        report.per_partition.len(),
+        partitions.len()
+    );
+    match report.verdict {
+        CheckVerdict::Linearizable => {
+            println!("linearizable");
+            Ok(ExitCode::SUCCESS)
+        }
+        CheckVerdict::NotLinearizable => {
+            let (result, longest_prefix, failed_op) = report
+                .per_partition
+                .iter()
+                .find_map(|r| match &r.outcome {
+                    PartitionOutcome::Violation {
+                        longest_prefix,
+                        failed_op,
+                    } => Some((r, longest_prefix, *failed_op)),
+                    _ => None,
+                })
+                .context("a violation without details")?;
+            let partition = &partitions[result.partition];
+            let describe = |i: usize| {
+                let op = &partition.ops[i];
+                model.describe(&op.input, op.output())
+            };
+            println!(
+                "NOT linearizable: key {:?}: `{}` (invoked on line {}) cannot be placed",
+                result.key,
+                describe(failed_op),
+                partition.lines[failed_op]
+            );
+            println!(
+                "after {} of the key's {} operations, linearized in this order:",
+                longest_prefix.len(),
+                partition.ops.len()
+            );
+            for &i in longest_prefix.iter().take(40) {
+                println!("  line {:>6}  {}", partition.lines[i], describe(i));
+            }
+            if args.html.is_some() {
+                println!("(no drawing: --html draws register histories only)");
+            }
+            Ok(ExitCode::from(1))
+        }
+        CheckVerdict::Unknown => {
+            let keys: Vec<&str> = report
+                .per_partition
+                .iter()
+                .filter(|r| r.outcome == PartitionOutcome::Unknown)
+                .map(|r| r.key.as_str())
                 .collect();
             println!(
                 "unknown: the search budget ran out on keys {keys:?} (raise --max-steps-per-key)"

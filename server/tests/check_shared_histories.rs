@@ -1,0 +1,153 @@
+//! `ringleader check`, the real binary, on every public history with a known linearizability
+//! verdict in `../shared/histories` (its README.md and verdicts.tsv): Porcupine's kv files and
+//! Knossos's cas-register, multi-register and mutex histories. The format comes from the file
+//! extension and the Knossos model from the operations, as a user would run it; the exit code
+//! must be 0 for every linearizable file and 1 for every other. Wall time is printed (run with
+//! `--nocapture`), never asserted.
+//!
+//! Skipped: the Elle list-append histories. They are multi-key transactions judged by Elle's
+//! isolation-anomaly checker (G2-item, snapshot isolation), not by linearizability against a
+//! sequential model, so they have no verdict `ringleader check` could agree with.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Root of the shared histories (CI has `../shared` beside the checkout).
+const HISTORIES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/histories");
+
+/// Processes run at once: a little parallelism, within the two cores CI has.
+const PARALLEL_RUNS: usize = 2;
+
+struct Row {
+    path: String,
+    model: String,
+    linearizable: bool,
+}
+
+fn verdicts() -> Vec<Row> {
+    let tsv = Path::new(HISTORIES_DIR).join("verdicts.tsv");
+    let text = std::fs::read_to_string(&tsv).unwrap_or_else(|e| panic!("{}: {e}", tsv.display()));
+    text.lines()
+        .skip(1)
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let columns: Vec<&str> = line.split('\t').collect();
+            assert!(columns.len() >= 3, "verdicts.tsv row {line:?}");
+            Row {
+                path: columns[0].to_string(),
+                model: columns[1].to_string(),
+                linearizable: columns[2] == "linearizable",
+            }
+        })
+        .collect()
+}
+
+/// Runs the binary on one file; returns its exit code and wall time.
+fn check(path: &Path, html: &Path) -> (Option<i32>, std::time::Duration, String) {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringleader"))
+        .arg("check")
+        .arg(path)
+        .arg("--html")
+        .arg(html)
+        .output()
+        .expect("the ringleader binary runs");
+    let elapsed = started.elapsed();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), elapsed, said)
+}
+
+#[test]
+fn ringleader_check_agrees_with_every_linearizability_verdict() {
+    let started = Instant::now();
+    let rows: Vec<Row> = verdicts()
+        .into_iter()
+        .filter(|row| {
+            let elle = row.model.starts_with("elle");
+            if elle {
+                println!("skipped (Elle, not linearizability): {}", row.path);
+            }
+            !elle
+        })
+        .collect();
+    assert_eq!(rows.len(), 6 + 120 + 1 + 1, "linearizability rows");
+    for row in &rows {
+        // `NOT_linearizable(folder convention only)`: the mutex file, invalid by its folder.
+        assert!(
+            row.linearizable || row.path.contains("/bad/") || row.path.ends_with("-bad.txt"),
+            "{}: not linearizable, yet not under bad/",
+            row.path
+        );
+    }
+    // Drawings of violations go here, not beside the (read-only) shared files.
+    let drawings = tempfile::tempdir().expect("a temporary directory");
+
+    let next = AtomicUsize::new(0);
+    let wrong = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..PARALLEL_RUNS {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(row) = rows.get(index) else { break };
+                let path = PathBuf::from(HISTORIES_DIR).join(&row.path);
+                let html = drawings.path().join(format!("{index}.html"));
+                let (code, elapsed, said) = check(&path, &html);
+                let expected = if row.linearizable { 0 } else { 1 };
+                println!(
+                    "{:>8.1} ms  exit {code:?}  {}",
+                    elapsed.as_secs_f64() * 1e3,
+                    row.path
+                );
+                if code != Some(expected) {
+                    wrong
+                        .lock()
+                        .expect("no panics while holding the lock")
+                        .push(format!(
+                            "{}: exit {code:?}, expected {expected}\n{said}",
+                            row.path
+                        ));
+                }
+            });
+        }
+    });
+    let wrong = wrong
+        .into_inner()
+        .expect("no panics while holding the lock");
+    println!("{} files in {:?}", rows.len(), started.elapsed());
+    assert!(wrong.is_empty(), "verdicts disagree:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn malformed_files_and_usage_errors_exit_2() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let bad_edn = dir.path().join("bad.edn");
+    std::fs::write(
+        &bad_edn,
+        "{:process 0 :type :invoke :f :read :value nil}\n{:process 0 :type :ok :f :frob}\n",
+    )
+    .expect("write");
+    let (code, _, said) = check(&bad_edn, &dir.path().join("x.html"));
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("line 2"), "{said}");
+
+    let unknown_extension = dir.path().join("history.log");
+    std::fs::write(&unknown_extension, "").expect("write");
+    let (code, _, said) = check(&unknown_extension, &dir.path().join("x.html"));
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("--format"), "{said}");
+
+    // An explicit --format wins over the extension: the same empty file, read as JSONL.
+    let output = Command::new(env!("CARGO_BIN_EXE_ringleader"))
+        .args(["check", "--format", "jsonl"])
+        .arg(&unknown_extension)
+        .output()
+        .expect("the ringleader binary runs");
+    assert_eq!(output.status.code(), Some(0));
+}
