@@ -25,6 +25,9 @@ pub struct ClientConfig {
     pub endpoints: Vec<String>,
     /// A call gives up after this long, retries included.
     pub request_timeout: Duration,
+    /// One attempt at one node gives up after this long; the client then drops that connection
+    /// and tries another node (a leader that went silent without closing the connection).
+    pub attempt_timeout: Duration,
     /// One connection attempt gives up after this long.
     pub connect_timeout: Duration,
     /// Pause before retrying when no leader is known.
@@ -36,11 +39,12 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults: 5 s request timeout, 1 s connect timeout, 50 ms retry backoff.
+    /// Defaults: 5 s request timeout, 2 s per attempt, 1 s connect timeout, 50 ms retry backoff.
     pub fn new(endpoints: Vec<String>) -> Self {
         ClientConfig {
             endpoints,
             request_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             retry_backoff: Duration::from_millis(50),
             limits: Limits::default(),
@@ -80,11 +84,14 @@ pub struct Client<C: Connector = TokioConnector> {
 const MAX_UNKNOWN_WRITES_REMEMBERED: usize = 256;
 
 /// The exactly-once session: an id, the next sequence number, and the writes not yet answered.
+/// `first_unacked_seq` is the smallest of `in_flight` and `unknown`.
 struct SessionState {
     client_id: u64,
     next_seq: u64,
-    /// Sequence numbers not yet answered definitely; the smallest is `first_unacked_seq`.
-    unacked: BTreeSet<u64>,
+    /// Writes being sent right now (never forgotten while in flight).
+    in_flight: BTreeSet<u64>,
+    /// Writes whose call ended with an unknown outcome, most recent last (bounded).
+    unknown: BTreeSet<u64>,
 }
 
 impl SessionState {
@@ -92,8 +99,15 @@ impl SessionState {
         SessionState {
             client_id,
             next_seq: 1,
-            unacked: BTreeSet::new(),
+            in_flight: BTreeSet::new(),
+            unknown: BTreeSet::new(),
         }
+    }
+
+    fn first_unacked_seq(&self) -> u64 {
+        let in_flight = self.in_flight.first().copied().unwrap_or(self.next_seq);
+        let unknown = self.unknown.first().copied().unwrap_or(self.next_seq);
+        in_flight.min(unknown)
     }
 }
 
@@ -250,11 +264,11 @@ impl<C: Connector> Client<C> {
             let mut state = self.session.lock().unwrap_or_else(|p| p.into_inner());
             let seq = state.next_seq;
             state.next_seq += 1;
-            state.unacked.insert(seq);
+            state.in_flight.insert(seq);
             Session {
                 client_id: state.client_id,
                 seq,
-                first_unacked_seq: *state.unacked.first().unwrap_or(&seq),
+                first_unacked_seq: state.first_unacked_seq(),
             }
         };
         let result = self.call(make(session)).await;
@@ -263,11 +277,12 @@ impl<C: Connector> Client<C> {
             // A definite answer lets the cluster forget this write's outcome; an unknown one is
             // kept unacknowledged, so that the cluster keeps the outcome (and creates the session
             // if this was its first write), up to a bound.
-            if !result.as_ref().is_err_and(Error::outcome_unknown) {
-                state.unacked.remove(&session.seq);
-            }
-            while state.unacked.len() > MAX_UNKNOWN_WRITES_REMEMBERED {
-                state.unacked.pop_first();
+            state.in_flight.remove(&session.seq);
+            if result.as_ref().is_err_and(Error::outcome_unknown) {
+                state.unknown.insert(session.seq);
+                while state.unknown.len() > MAX_UNKNOWN_WRITES_REMEMBERED {
+                    state.unknown.pop_first();
+                }
             }
             if matches!(result, Err(Error::SessionExpired)) {
                 // The cluster forgot this session: continue under a new one.
@@ -342,7 +357,8 @@ impl<C: Connector> Client<C> {
                 });
             }
             let addr = self.target();
-            let attempt = tokio::time::timeout(deadline - now, async {
+            let attempt_timeout = (deadline - now).min(self.config.attempt_timeout);
+            let attempt = tokio::time::timeout(attempt_timeout, async {
                 let connection = self.connection(&addr).await.map_err(|e| (false, e))?;
                 connection
                     .call(request.clone())
@@ -354,6 +370,7 @@ impl<C: Connector> Client<C> {
                 Err(_elapsed) => {
                     maybe_applied = true;
                     last_problem = format!("{addr} did not answer in time");
+                    self.forget(&addr, true);
                     continue;
                 }
                 Ok(Err((sent, problem))) => {
@@ -382,6 +399,8 @@ impl<C: Connector> Client<C> {
                 }
                 Response::Error { kind, message } => match kind {
                     ErrorKind::Unavailable | ErrorKind::ShuttingDown => {
+                        // A node shutting down may have had the write in flight.
+                        maybe_applied |= kind == ErrorKind::ShuttingDown;
                         last_problem = format!("{addr}: {message}");
                         self.forget(&addr, kind == ErrorKind::ShuttingDown);
                         tokio::time::sleep(self.config.retry_backoff).await;

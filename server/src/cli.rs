@@ -84,7 +84,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Check a history (JSONL) for linearizability. Exit 0 yes, 1 no, 2 malformed, 3 unknown.
+    /// Check a history for linearizability (JSONL, or Knossos EDN / Porcupine kv files). Exit 0
+    /// yes, 1 no, 2 malformed, 3 unknown.
     Check(crate::verify::CheckArgs),
     /// Run the deterministic simulation of a cluster under faults and check its history.
     Sim(crate::verify::SimArgs),

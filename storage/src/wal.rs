@@ -161,8 +161,8 @@ fn decode_segment_header(bytes: &[u8]) -> std::result::Result<Lsn, String> {
 ///
 /// Writes that were never synced may reach the disk partly: each keeps some prefix of its blocks,
 /// and a region that did not arrive reads as zeros (the file grew but its blocks were not
-/// written). A finished record is never like that: its header checksum is never zero-valued by
-/// construction of the check below, and bit rot does not write zeros over a record's end. So the
+/// written). A finished record is rarely like that: its header checksum reads as zero with
+/// probability 2^-32, and bit rot does not write zeros over a record's end. So the
 /// record is taken as unfinished when its header's checksum field reads as zero (the header
 /// itself did not fully arrive), or when the header is intact but the payload's final byte is
 /// zero (its last block did not arrive). The second rule can mistake bit rot in a record whose

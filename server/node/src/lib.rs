@@ -54,6 +54,7 @@ pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<Running
         network,
         listener,
         config.id,
+        config.peers.keys().copied().collect(),
         config.limits,
         inputs_sender.clone(),
         shutdown_receiver,

@@ -23,7 +23,7 @@ use ringleader_client::protocol::{
     Versioned,
 };
 use storage::kv::{Command, Expectation, Outcome, Proposal, SessionRef, StateMachine};
-use storage::{codec, LogStore, SharedFs, SnapshotPoint, StoredEntry, WalOptions};
+use storage::{codec, LogStore, SharedFs, SnapshotPoint, StoredEntry, SyncPolicy, WalOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::peer::PeerSenders;
@@ -194,8 +194,8 @@ impl Node {
         raft_config.election_timeout_ticks = config.election_timeout_ticks;
         raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
         raft_config.seed = config.seed;
-        // Linearizable reads use ReadIndex (no clock assumption); leases come with per-request
-        // consistency levels.
+        // Linearizable reads use ReadIndex (no clock assumption). `ReadConsistency::Lease` is
+        // served by ReadIndex too until per-request consistency levels arrive.
         raft_config.lease_reads = false;
         let last_snapshot_index = snapshot.as_ref().map_or(0, |s| s.meta.last_index);
         let raft = Raft::new(
@@ -233,6 +233,12 @@ impl Node {
     pub async fn run(mut self, mut inputs: mpsc::Receiver<NodeInput>) {
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Under `SyncPolicy::Interval` the log is synced on this timer instead of per Ready.
+        let sync_every = match self.config.wal.sync {
+            SyncPolicy::Interval(every) => Some(every),
+            SyncPolicy::Always | SyncPolicy::Never => None,
+        };
+        let mut sync_timer = tokio::time::interval(sync_every.unwrap_or(Duration::from_secs(3600)));
         if self.config.peers.len() == 1 {
             // A single voter need not wait out an election timeout.
             self.raft.campaign();
@@ -247,6 +253,13 @@ impl Node {
             tokio::select! {
                 biased;
                 _ = ticker.tick() => self.raft.tick(),
+                _ = sync_timer.tick(), if sync_every.is_some() => {
+                    if let Err(error) = self.log.sync() {
+                        tracing::error!(%error, "storage failure: the node stops");
+                        self.fail_all_pending(ErrorKind::Internal, &format!("storage failure: {error}"));
+                        return;
+                    }
+                }
                 input = inputs.recv() => {
                     let Some(input) = input else { return };
                     if let Some(done) = self.handle(input) {
@@ -543,14 +556,12 @@ impl Node {
         Ok(())
     }
 
+    /// Answers everything waiting. Writes get `Unknown` whatever the cause: their entries may
+    /// already sit on a quorum and commit without this node.
     fn fail_all_pending(&mut self, kind: ErrorKind, message: &str) {
         for (_, write) in std::mem::take(&mut self.pending_writes) {
             let _ = write.reply.send(Response::Error {
-                kind: if kind == ErrorKind::ShuttingDown {
-                    ErrorKind::Unknown
-                } else {
-                    kind
-                },
+                kind: ErrorKind::Unknown,
                 message: message.into(),
             });
         }

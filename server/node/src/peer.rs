@@ -24,6 +24,8 @@ pub const PEER_QUEUE_MESSAGES: usize = 4096;
 /// A peer frame may carry a whole snapshot.
 pub const MAX_PEER_FRAME_BYTES: usize = 512 * 1024 * 1024;
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+/// A send to a peer taking longer than this drops the connection.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The node's outbound side: a bounded queue per peer.
 #[derive(Clone, Default)]
@@ -92,9 +94,18 @@ async fn run_peer<N: Network>(
             let Ok(body) = encode_frame(&message) else {
                 continue;
             };
-            if let Err(error) = framed.send(Bytes::from(body)).await {
-                tracing::debug!(peer = peer_id, %error, "peer connection lost");
-                break;
+            // A silent partition can stall a send for the kernel's retransmission timeout:
+            // give up sooner and reconnect (Raft resends what matters).
+            match tokio::time::timeout(SEND_TIMEOUT, framed.send(Bytes::from(body))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = peer_id, %error, "peer connection lost");
+                    break;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = peer_id, "peer send timed out: reconnecting");
+                    break;
+                }
             }
         }
     }

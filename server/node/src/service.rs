@@ -5,6 +5,7 @@
 //! frame sizes by the codec. A malformed or oversized frame is answered with an `Invalid` error
 //! and the connection is closed; it never reaches the node, so it can never be half-applied.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,14 +36,21 @@ pub async fn accept_loop<N: Network>(
     network: N,
     mut listener: N::Listener,
     self_id: NodeId,
+    peer_ids: BTreeSet<NodeId>,
     limits: Limits,
     node: mpsc::Sender<NodeInput>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let peer_ids = Arc::new(peer_ids);
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
         };
         let stream = tokio::select! {
             biased;
@@ -58,8 +66,9 @@ pub async fn accept_loop<N: Network>(
         };
         let node = node.clone();
         let shutdown = shutdown.clone();
+        let peer_ids = peer_ids.clone();
         tokio::spawn(async move {
-            serve_connection(stream, self_id, limits, node, shutdown).await;
+            serve_connection(stream, self_id, &peer_ids, limits, node, shutdown).await;
             drop(permit);
         });
     }
@@ -68,6 +77,7 @@ pub async fn accept_loop<N: Network>(
 async fn serve_connection<S>(
     mut stream: S,
     self_id: NodeId,
+    peer_ids: &BTreeSet<NodeId>,
     limits: Limits,
     node: mpsc::Sender<NodeInput>,
     shutdown: watch::Receiver<bool>,
@@ -93,7 +103,13 @@ async fn serve_connection<S>(
     }
     match handshake.role {
         Role::Client => serve_client(stream, limits, node, shutdown).await,
-        Role::Peer { node_id } => serve_peer(stream, node_id, self_id, node).await,
+        // Only configured voters may speak Raft (and get the large peer frame limit).
+        Role::Peer { node_id } if node_id != self_id && peer_ids.contains(&node_id) => {
+            serve_peer(stream, node_id, self_id, node).await
+        }
+        Role::Peer { node_id } => {
+            tracing::warn!(node_id, "refused a peer connection from an unknown node")
+        }
     }
 }
 
@@ -153,7 +169,8 @@ async fn serve_client<S>(
             Some((id, answer)) = in_flight.next(), if !in_flight.is_empty() => {
                 let response = match answer {
                     Ok(response) => response,
-                    Err(_) => Response::Error { kind: ErrorKind::ShuttingDown, message: "the node stopped".into() },
+                    // The node dropped the request: it may have been proposed already.
+                    Err(_) => Response::Error { kind: ErrorKind::Unknown, message: "the node stopped before answering".into() },
                 };
                 let Ok(body) = encode_frame(&ResponseFrame { id, response }) else { break };
                 if framed.send(Bytes::from(body)).await.is_err() {
