@@ -277,6 +277,15 @@ pub struct SimArgs {
     plant_bug: Option<String>,
 }
 
+/// Writes a run's files into `dir` and prints its summary and where the files went.
+fn print_run(report: &jepsen_like::sim::SimReport, dir: &Path) -> Result<()> {
+    let written = write_outputs(report, dir)?;
+    println!("{}", report.summary());
+    let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    println!("wrote {}", names.join(", "));
+    Ok(())
+}
+
 fn parse_range(text: &str) -> Result<std::ops::Range<u64>> {
     let (start, end) = text
         .split_once("..")
@@ -336,16 +345,7 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
             checking += report.check_wall_time;
             if !report.passed() {
                 progress.abandon();
-                let written = write_outputs(&report, &out_for(seed))?;
-                println!("{}", report.summary());
-                println!(
-                    "wrote {}",
-                    written
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                print_run(&report, &out_for(seed))?;
                 println!("replay: {}", replay(seed));
                 return Ok(ExitCode::from(1));
             }
@@ -361,16 +361,7 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
 
     let seed = args.seed.unwrap_or(1);
     let report = jepsen_like::sim::run(&options_for(seed))?;
-    let written = write_outputs(&report, &out_for(seed))?;
-    println!("{}", report.summary());
-    println!(
-        "wrote {}",
-        written
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    print_run(&report, &out_for(seed))?;
     Ok(match report.verdict {
         Verdict::Linearizable => ExitCode::SUCCESS,
         _ => {
