@@ -38,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::new(ClientConfig::new(
         endpoints.split(',').map(String::from).collect(),
     ))?;
-    let key = format!("counter-{}", client.client_id());
+    let key = format!("counter-{}", std::process::id());
     let mut tasks = Vec::new();
     for _ in 0..TASKS {
         let (client, key) = (client.clone(), key.clone());

@@ -1,13 +1,13 @@
 //! The client: finds the leader, retries, and makes writes exactly-once.
 //!
-//! Every write carries a session (a random client id and a per-client sequence number), so the
-//! client can resend a write after a timeout or a lost connection, to the same node or to a new
-//! leader, and the replicated state machine applies it once (Raft thesis §6.3). A redirect
+//! Every write carries a session (an id the cluster assigns when the client registers, before its
+//! first write, and a per-client sequence number), so the client can resend a write after a
+//! timeout or a lost connection, to the same node or to a new leader, and the replicated state
+//! machine applies it once (Raft thesis §6.3). A redirect
 //! (`NotLeader` with the leader's address) is followed at once; "no leader yet" is retried with a
 //! short backoff; everything stops at the per-request deadline.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,8 +34,6 @@ pub struct ClientConfig {
     pub retry_backoff: Duration,
     /// Request size limits, checked before sending.
     pub limits: Limits,
-    /// The session id for exactly-once writes; random when `None`. Set it only in simulations.
-    pub client_id: Option<u64>,
 }
 
 impl ClientConfig {
@@ -48,7 +46,6 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(1),
             retry_backoff: Duration::from_millis(50),
             limits: Limits::default(),
-            client_id: None,
         }
     }
 }
@@ -83,10 +80,11 @@ pub struct Client<C: Connector = TokioConnector> {
 /// a session whose first write never arrived still gets created) for at most this many.
 const MAX_UNKNOWN_WRITES_REMEMBERED: usize = 256;
 
-/// The exactly-once session: an id, the next sequence number, and the writes not yet answered.
-/// `first_unacked_seq` is the smallest of `in_flight` and `unknown`.
+/// The exactly-once session: the id the cluster gave it (none until registered), the next
+/// sequence number, and the writes not yet answered. `first_unacked_seq` is the smallest of
+/// `in_flight` and `unknown`.
 struct SessionState {
-    client_id: u64,
+    client_id: Option<u64>,
     next_seq: u64,
     /// Writes being sent right now (never forgotten while in flight).
     in_flight: BTreeSet<u64>,
@@ -95,7 +93,7 @@ struct SessionState {
 }
 
 impl SessionState {
-    fn new(client_id: u64) -> Self {
+    fn new(client_id: Option<u64>) -> Self {
         SessionState {
             client_id,
             next_seq: 1,
@@ -111,22 +109,6 @@ impl SessionState {
     }
 }
 
-/// The next session id after an expired one: a bijective mix, so a seeded client stays
-/// deterministic and two clients never collide by renewing.
-fn next_client_id(id: u64) -> u64 {
-    let mut z = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn random_u64() -> u64 {
-    // RandomState is seeded from the OS once per process, and differently per instance.
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
-}
-
 impl Client<TokioConnector> {
     /// A client over real TCP. Connections are opened lazily, on the first request.
     pub fn new(config: ClientConfig) -> Result<Self> {
@@ -140,7 +122,6 @@ impl<C: Connector> Client<C> {
         if config.endpoints.is_empty() {
             return Err(Error::NoEndpoints);
         }
-        let client_id = config.client_id.unwrap_or_else(random_u64);
         Ok(Client {
             config: Arc::new(config),
             connector,
@@ -149,7 +130,7 @@ impl<C: Connector> Client<C> {
                 next_endpoint: 0,
                 connections: BTreeMap::new(),
             })),
-            session: Arc::new(Mutex::new(SessionState::new(client_id))),
+            session: Arc::new(Mutex::new(SessionState::new(None))),
         })
     }
 
@@ -251,32 +232,55 @@ impl<C: Connector> Client<C> {
         }
     }
 
-    /// The session id writes carry.
-    pub fn client_id(&self) -> u64 {
+    /// The session id writes carry; `None` before the first write registers one.
+    pub fn client_id(&self) -> Option<u64> {
         self.session
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .client_id
     }
 
+    /// Opens a session with the cluster (one log entry) unless one is open already.
+    async fn ensure_session(&self) -> Result<u64> {
+        if let Some(client_id) = self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .client_id
+        {
+            return Ok(client_id);
+        }
+        let client_id = match self.call(Request::RegisterSession).await? {
+            Response::SessionRegistered { client_id } => client_id,
+            other => return Err(unexpected(other)),
+        };
+        // Concurrent first writes may both register: the first id stored wins, the other
+        // session is simply never used (and expires).
+        let mut state = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(*state.client_id.get_or_insert(client_id))
+    }
+
     async fn write(&self, make: impl Fn(Session) -> Request) -> Result<Response> {
-        let session = {
+        let session = loop {
+            let client_id = self.ensure_session().await?;
             let mut state = self.session.lock().unwrap_or_else(|p| p.into_inner());
+            if state.client_id != Some(client_id) {
+                continue; // renewed meanwhile: register again
+            }
             let seq = state.next_seq;
             state.next_seq += 1;
             state.in_flight.insert(seq);
-            Session {
-                client_id: state.client_id,
+            break Session {
+                client_id,
                 seq,
                 first_unacked_seq: state.first_unacked_seq(),
-            }
+            };
         };
         let result = self.call(make(session)).await;
         let mut state = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        if state.client_id == session.client_id {
+        if state.client_id == Some(session.client_id) {
             // A definite answer lets the cluster forget this write's outcome; an unknown one is
-            // kept unacknowledged, so that the cluster keeps the outcome (and creates the session
-            // if this was its first write), up to a bound.
+            // kept unacknowledged (bounded), so the cluster keeps its outcome for a retry.
             state.in_flight.remove(&session.seq);
             if result.as_ref().is_err_and(Error::outcome_unknown) {
                 state.unknown.insert(session.seq);
@@ -285,9 +289,8 @@ impl<C: Connector> Client<C> {
                 }
             }
             if matches!(result, Err(Error::SessionExpired)) {
-                // The cluster forgot this session: continue under a new one.
-                let renewed = next_client_id(state.client_id);
-                *state = SessionState::new(renewed);
+                // The cluster forgot this session: the next write registers a new one.
+                *state = SessionState::new(None);
             }
         }
         result

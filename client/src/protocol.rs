@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a frame's encoding changes; a peer speaking another version is refused.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 const MAGIC: &[u8; 3] = b"RLG";
 /// Bytes of a handshake.
 pub const HANDSHAKE_BYTES: usize = 13;
@@ -149,6 +149,8 @@ pub enum Request {
     },
     /// The node's view of itself and its group.
     Status,
+    /// Open an exactly-once session (a log entry); the answer is `SessionRegistered`.
+    RegisterSession,
 }
 
 impl Request {
@@ -166,7 +168,7 @@ impl Request {
                 Expect::Value(expected) => (key, vec![new_value, expected]),
                 _ => (key, vec![new_value]),
             },
-            Request::Status => return Ok(()),
+            Request::Status | Request::RegisterSession => return Ok(()),
         };
         if key.is_empty() {
             return Err("the key is empty".into());
@@ -281,6 +283,10 @@ pub enum Response {
         message: String,
     },
     Status(Box<NodeStatus>),
+    /// A session was opened with this id.
+    SessionRegistered {
+        client_id: u64,
+    },
 }
 
 /// A request with its connection-local id.

@@ -7,10 +7,13 @@
 //! (checked by [`StateMachine::digest`]). A key's version is the log index of the write that last
 //! set it, so versions strictly increase across the whole store.
 //!
-//! Sessions (Raft thesis §6.3): a proposal may carry a client id and a sequence number. The
-//! machine caches each session's outcomes until the client acknowledges them (via
+//! Sessions (Raft thesis §6.3): a client first registers a session ([`Command::RegisterSession`];
+//! its id is the log index of that entry), then each write carries the id and a sequence number.
+//! The machine caches each session's outcomes until the client acknowledges them (via
 //! `first_unacked_seq`), so a write retried after a lost reply returns the cached outcome instead
-//! of applying twice. Sessions expire deterministically: at most [`MAX_SESSIONS`] are kept, and
+//! of applying twice. A write naming a session the machine does not hold is refused with
+//! [`Outcome::SessionExpired`], never executed: it may be the retry of a write applied before
+//! the session expired. Sessions expire deterministically: at most [`MAX_SESSIONS`] are kept, and
 //! the one least recently used (by log index) is evicted first.
 
 use std::collections::BTreeMap;
@@ -64,6 +67,8 @@ pub enum Command {
         expect: Expectation,
         new_value: Vec<u8>,
     },
+    /// Open a client session; its id is this entry's log index (unique, the same on every replica).
+    RegisterSession,
 }
 
 impl Command {
@@ -107,6 +112,8 @@ pub enum Outcome {
     SessionExpired,
     /// The client has more than [`MAX_SESSION_WINDOW`] writes in flight.
     SessionWindowFull,
+    /// A session was opened with this id.
+    SessionRegistered { client_id: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -176,19 +183,10 @@ impl StateMachine {
         if !proposal.command.is_write() {
             return self.execute(index, &proposal.command);
         }
-        let session = match self.sessions.get_mut(&session_ref.client_id) {
-            Some(session) => session,
-            None if session_ref.first_unacked_seq <= 1 => {
-                self.evict_sessions_beyond(MAX_SESSIONS - 1);
-                self.sessions
-                    .entry(session_ref.client_id)
-                    .or_insert(Session {
-                        outcomes: BTreeMap::new(),
-                        first_unacked_seq: 1,
-                        last_active_index: index,
-                    })
-            }
-            None => return Outcome::SessionExpired,
+        // Sessions exist only once registered: an unknown one was never opened or has expired,
+        // and executing the write could apply it a second time.
+        let Some(session) = self.sessions.get_mut(&session_ref.client_id) else {
+            return Outcome::SessionExpired;
         };
         session.last_active_index = index;
         if session_ref.first_unacked_seq > session.first_unacked_seq {
@@ -227,6 +225,18 @@ impl StateMachine {
 
     fn execute(&mut self, index: u64, command: &Command) -> Outcome {
         match command {
+            Command::RegisterSession => {
+                self.evict_sessions_beyond(MAX_SESSIONS - 1);
+                self.sessions.insert(
+                    index,
+                    Session {
+                        outcomes: BTreeMap::new(),
+                        first_unacked_seq: 1,
+                        last_active_index: index,
+                    },
+                );
+                Outcome::SessionRegistered { client_id: index }
+            }
             Command::Get { key } => Outcome::Value(self.data.get(key).cloned()),
             Command::Put { key, value } => self.write(index, key, value),
             Command::Delete { key } => Outcome::Deleted {

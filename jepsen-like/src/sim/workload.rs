@@ -164,11 +164,8 @@ pub async fn client_host(
     config: WorkloadConfig,
     mut rng: ChaCha8Rng,
 ) -> turmoil::Result {
-    let monitor = tokio::task::spawn_local(monitor_leader(
-        shared.clone(),
-        config.endpoints.clone(),
-        rng.next_u64(),
-    ));
+    let monitor =
+        tokio::task::spawn_local(monitor_leader(shared.clone(), config.endpoints.clone()));
     let mut workers = Vec::with_capacity(config.clients);
     for process in 0..config.clients as u64 {
         let worker_rng = ChaCha8Rng::seed_from_u64(rng.next_u64());
@@ -187,17 +184,16 @@ pub async fn client_host(
     while shared.borrow().phase != Phase::Healed {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let recovery = check_recovery(&config.endpoints, rng.next_u64()).await?;
+    let recovery = check_recovery(&config.endpoints).await?;
     shared.borrow_mut().recovery = Some(recovery);
     Ok(())
 }
 
 /// Keeps `Shared::leader` up to date for the nemesis, from every node's status.
-async fn monitor_leader(shared: Rc<RefCell<Shared>>, endpoints: Vec<String>, client_id: u64) {
+async fn monitor_leader(shared: Rc<RefCell<Shared>>, endpoints: Vec<String>) {
     let config = ClientConfig {
         request_timeout: MONITOR_INTERVAL,
         connect_timeout: MONITOR_INTERVAL,
-        client_id: Some(client_id),
         ..ClientConfig::new(endpoints.clone())
     };
     let Ok(client) = Client::with_connector(config, TurmoilNetwork) else {
@@ -305,16 +301,14 @@ fn write_error(error: &Error) -> (CompletionType, Json, Option<String>) {
     (kind, Json::Null, Some(error_label(error)))
 }
 
-/// A client with a new session (its id drawn from `rng`).
+/// A client; it registers its own session with the cluster before its first write.
 fn new_client(
     endpoints: &[String],
     request_timeout: Duration,
-    rng: &mut ChaCha8Rng,
 ) -> Result<Client<TurmoilNetwork>, Error> {
     let config = ClientConfig {
         request_timeout,
         connect_timeout: Duration::from_millis(500),
-        client_id: Some(rng.next_u64()),
         ..ClientConfig::new(endpoints.to_vec())
     };
     Client::with_connector(config, TurmoilNetwork)
@@ -326,7 +320,7 @@ async fn worker(
     process: u64,
     mut rng: ChaCha8Rng,
 ) -> Result<(), Error> {
-    let client = new_client(&config.endpoints, config.op_timeout, &mut rng)?;
+    let client = new_client(&config.endpoints, config.op_timeout)?;
     let think_ms_max = 2 * config.think_time_mean.as_millis() as u64;
     loop {
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..=think_ms_max))).await;
@@ -406,19 +400,14 @@ async fn worker(
 
 /// After the heal: a write must succeed, then every node must report the same applied index,
 /// all within [`RECOVERY_BOUND`].
-async fn check_recovery(endpoints: &[String], seed: u64) -> turmoil::Result<Recovery> {
+async fn check_recovery(endpoints: &[String]) -> turmoil::Result<Recovery> {
     let healed_ms = now_ms();
     let deadline = tokio::time::Instant::now() + RECOVERY_BOUND;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut client = new_client(endpoints, Duration::from_secs(1), &mut rng)?;
+    let client = new_client(endpoints, Duration::from_secs(1))?;
     let mut recovery = Recovery::default();
     let mut probe = 0u64;
     while tokio::time::Instant::now() < deadline {
         probe += 1;
-        // A fresh session for each attempt: a session whose first write was lost is refused.
-        if probe > 1 {
-            client = new_client(endpoints, Duration::from_secs(1), &mut rng)?;
-        }
         match client.put(PROBE_KEY, probe.to_string()).await {
             Ok(_) => {
                 recovery.write_after_ms = Some(now_ms() - healed_ms);

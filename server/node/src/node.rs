@@ -316,6 +316,7 @@ impl Node {
                 self.start_read(key, consistency, reply);
                 return;
             }
+            Request::RegisterSession => (Command::RegisterSession, None),
             Request::Put {
                 key,
                 value,
@@ -680,6 +681,7 @@ fn to_response(outcome: Outcome) -> Response {
             kind: ErrorKind::SessionExpired,
             message: "the session expired".into(),
         },
+        Outcome::SessionRegistered { client_id } => Response::SessionRegistered { client_id },
         Outcome::SessionWindowFull => Response::Error {
             kind: ErrorKind::Unavailable,
             message: "too many writes in flight for this session".into(),
