@@ -81,11 +81,12 @@ impl StdFs {
     }
 }
 
-/// Implements [`StorageFile`] and the calls of [`FileSystem`] that are spelled the same way for
-/// `std::fs` and turmoil's shim of it (`$fs` is the module path), so that the two back ends
-/// cannot drift apart.
+/// Implements [`StorageFile`] for `$file` and [`FileSystem`] for `$fs_type` from the calls that
+/// are spelled the same way in `std::fs` and in turmoil's shim of it (`$fs` is the module path),
+/// so that the two back ends cannot drift apart. The two calls that differ, reading a snapshot
+/// and syncing a directory, are passed in as functions.
 macro_rules! std_like_file_system {
-    ($file:ty, $fs:path) => {
+    ($fs_type:ty, $file:ty, $fs:path, read_immutable: $read_immutable:path, sync_dir: $sync_dir:path) => {
         impl StorageFile for $file {
             fn append(&mut self, buf: &[u8]) -> io::Result<()> {
                 use std::io::Write;
@@ -102,79 +103,79 @@ macro_rules! std_like_file_system {
             }
         }
 
-        fn open_append_with(path: &Path) -> io::Result<Box<dyn StorageFile>> {
-            use $fs as fs;
-            let file = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            Ok(Box::new(file))
-        }
-
-        fn create_with(path: &Path) -> io::Result<Box<dyn StorageFile>> {
-            use $fs as fs;
-            let file = fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .open(path)?;
-            Ok(Box::new(file))
-        }
-
-        fn list_dir_with(dir: &Path) -> io::Result<Vec<String>> {
-            use $fs as fs;
-            let mut names = Vec::new();
-            for entry in fs::read_dir(dir)? {
-                let entry = entry?;
-                if let Some(name) = entry.file_name().to_str() {
-                    names.push(name.to_owned());
-                }
+        impl FileSystem for $fs_type {
+            fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+                use $fs as fs;
+                fs::create_dir_all(dir)
             }
-            names.sort();
-            Ok(names)
+            fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+                use $fs as fs;
+                let mut names = Vec::new();
+                for entry in fs::read_dir(dir)? {
+                    let entry = entry?;
+                    if let Some(name) = entry.file_name().to_str() {
+                        names.push(name.to_owned());
+                    }
+                }
+                names.sort();
+                Ok(names)
+            }
+            fn open_append(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+                use $fs as fs;
+                let file = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
+                Ok(Box::new(file))
+            }
+            fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+                use $fs as fs;
+                let file = fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .open(path)?;
+                Ok(Box::new(file))
+            }
+            fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+                use $fs as fs;
+                fs::read(path)
+            }
+            fn read_immutable(&self, path: &Path) -> io::Result<FileBytes> {
+                $read_immutable(path)
+            }
+            fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+                use $fs as fs;
+                fs::rename(from, to)
+            }
+            fn remove_file(&self, path: &Path) -> io::Result<()> {
+                use $fs as fs;
+                fs::remove_file(path)
+            }
+            fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+                $sync_dir(dir)
+            }
         }
     };
 }
 
 mod std_impl {
     use super::*;
-    std_like_file_system!(std::fs::File, std::fs);
+    std_like_file_system!(StdFs, std::fs::File, std::fs, read_immutable: map_file, sync_dir: sync_directory);
 
-    impl FileSystem for StdFs {
-        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-            std::fs::create_dir_all(dir)
+    fn map_file(path: &Path) -> io::Result<FileBytes> {
+        let file = std::fs::File::open(path)?;
+        if file.metadata()?.len() == 0 {
+            return Ok(FileBytes::Owned(Vec::new()));
         }
-        fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-            list_dir_with(dir)
-        }
-        fn open_append(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-            open_append_with(path)
-        }
-        fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-            create_with(path)
-        }
-        fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-            std::fs::read(path)
-        }
-        fn read_immutable(&self, path: &Path) -> io::Result<FileBytes> {
-            let file = std::fs::File::open(path)?;
-            if file.metadata()?.len() == 0 {
-                return Ok(FileBytes::Owned(Vec::new()));
-            }
-            // SAFETY: snapshot files are written once to a temporary name, renamed into place and
-            // never modified afterwards; the map is read-only. Deleting the file keeps the pages.
-            let map = unsafe { memmap2::Mmap::map(&file)? };
-            Ok(FileBytes::Mapped(map))
-        }
-        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            std::fs::rename(from, to)
-        }
-        fn remove_file(&self, path: &Path) -> io::Result<()> {
-            std::fs::remove_file(path)
-        }
-        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-            std::fs::File::open(dir)?.sync_all()
-        }
+        // SAFETY: snapshot files are written once to a temporary name, renamed into place and
+        // never modified afterwards; the map is read-only. Deleting the file keeps the pages.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        Ok(FileBytes::Mapped(map))
+    }
+
+    fn sync_directory(dir: &Path) -> io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
     }
 }
 
@@ -195,37 +196,11 @@ impl SimFs {
 mod sim_impl {
     use super::*;
     use turmoil::fs::shim::std::fs as sim;
-    std_like_file_system!(sim::File, turmoil::fs::shim::std::fs);
+    std_like_file_system!(SimFs, sim::File, turmoil::fs::shim::std::fs, read_immutable: read_owned, sync_dir: sim::sync_dir);
 
-    impl FileSystem for SimFs {
-        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-            sim::create_dir_all(dir)
-        }
-        fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-            list_dir_with(dir)
-        }
-        fn open_append(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-            open_append_with(path)
-        }
-        fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-            create_with(path)
-        }
-        fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-            sim::read(path)
-        }
-        fn read_immutable(&self, path: &Path) -> io::Result<FileBytes> {
-            // turmoil does not simulate memory maps: read the snapshot into memory.
-            Ok(FileBytes::Owned(sim::read(path)?))
-        }
-        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            sim::rename(from, to)
-        }
-        fn remove_file(&self, path: &Path) -> io::Result<()> {
-            sim::remove_file(path)
-        }
-        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-            sim::sync_dir(dir)
-        }
+    /// turmoil does not simulate memory maps: read the snapshot into memory.
+    fn read_owned(path: &Path) -> io::Result<FileBytes> {
+        Ok(FileBytes::Owned(sim::read(path)?))
     }
 }
 
