@@ -187,6 +187,26 @@ async fn malformed_and_oversized_frames_get_an_error_and_change_nothing() {
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer).await;
     assert!(answer.is_empty());
+    // A "peer" that is not a configured voter: answered the handshake, then closed unheard.
+    {
+        use ringleader_client::protocol::{Handshake, Role, HANDSHAKE_BYTES};
+        let mut stream = tokio::net::TcpStream::connect(&endpoints[0]).await.unwrap();
+        stream
+            .write_all(&Handshake::new(Role::Peer { node_id: 99 }).encode())
+            .await
+            .unwrap();
+        let mut reply = [0u8; HANDSHAKE_BYTES];
+        stream.read_exact(&mut reply).await.unwrap();
+        // Closed at once, not left open waiting for Raft frames.
+        let mut answer = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
+        assert!(
+            closed.is_ok(),
+            "the node kept an unknown peer's connection open"
+        );
+        assert!(answer.is_empty(), "an unknown peer is not served");
+    }
 
     let value = good.get("stable").await.unwrap().unwrap();
     assert_eq!(value.value, b"before");
