@@ -64,6 +64,10 @@ pub enum PlantedBug {
     /// Every node, leader or not, answers linearizable reads from its local state at once,
     /// skipping ReadIndex: a partitioned old leader or a lagging follower serves stale values.
     LocalReads,
+    /// The node with the highest id applies each no-op entry as a write of a key no client
+    /// reads: its state machine silently diverges from the others' while every answer a client
+    /// sees stays right. Only the replicas' digests can tell.
+    DivergentApply,
 }
 
 impl NodeConfig {
@@ -469,6 +473,17 @@ impl Node {
             return Ok(()); // covered by an installed snapshot
         }
         let outcome = match &entry.payload {
+            EntryPayload::Noop if self.diverges() => {
+                let planted = Proposal {
+                    session: None,
+                    command: Command::Put {
+                        key: b"\0planted-divergence".to_vec(),
+                        value: entry.index.to_le_bytes().to_vec(),
+                    },
+                };
+                self.machine.apply(entry.index, &planted);
+                None
+            }
             EntryPayload::Noop => {
                 self.machine.apply_noop(entry.index);
                 None
@@ -491,6 +506,12 @@ impl Node {
             let _ = pending.reply.send(response);
         }
         Ok(())
+    }
+
+    /// Whether this node carries [`PlantedBug::DivergentApply`].
+    fn diverges(&self) -> bool {
+        self.config.planted_bug == PlantedBug::DivergentApply
+            && self.config.peers.keys().next_back() == Some(&self.config.id)
     }
 
     fn serve_confirmed_reads(&mut self) {
