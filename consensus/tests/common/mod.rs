@@ -599,22 +599,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// One line per node (or only `only`), from `describe` for a running node, "down" otherwise.
+    fn node_lines(&self, only: Option<NodeId>, describe: impl Fn(&Raft) -> String) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(id, _)| only.is_none_or(|o| o == **id))
+            .map(|(id, node)| match &node.raft {
+                Some(raft) => format!("n{id}: {}", describe(raft)),
+                None => format!("n{id}: down"),
+            })
+            .collect()
+    }
+
     /// One line per node: role, term, vote, commit, applied, log bounds; leaders add progress.
     pub fn status_lines(&self, only: Option<NodeId>) -> Vec<String> {
-        let mut lines = Vec::new();
-        for (&id, node) in &self.nodes {
-            if only.is_some_and(|o| o != id) {
-                continue;
-            }
-            let Some(raft) = &node.raft else {
-                lines.push(format!("n{id}: down"));
-                continue;
-            };
+        self.node_lines(only, |raft| {
             let s = raft.status();
             let vote = s.vote.map_or("-".to_string(), |v| v.to_string());
             let leader = s.leader.map_or("-".to_string(), |v| v.to_string());
             let mut line = format!(
-                "n{id}: {:?} term={} vote={vote} leader={leader} commit={} applied={} log={}..{}",
+                "{:?} term={} vote={vote} leader={leader} commit={} applied={} log={}..{}",
                 s.role, s.term, s.commit_index, s.applied_index, s.first_index, s.last_index
             )
             .to_lowercase();
@@ -631,25 +635,15 @@ impl Cluster {
                     p.match_index, p.next_index, p.last_heard_ticks
                 ));
             }
-            lines.push(line);
-        }
-        lines
+            line
+        })
     }
 
     /// One line per node with its whole retained log.
     pub fn log_lines(&self, only: Option<NodeId>) -> Vec<String> {
-        let mut lines = Vec::new();
-        for (&id, node) in &self.nodes {
-            if only.is_some_and(|o| o != id) {
-                continue;
-            }
-            let Some(raft) = &node.raft else {
-                lines.push(format!("n{id}: down"));
-                continue;
-            };
+        self.node_lines(only, |raft| {
             let entries: Vec<String> = raft.log().entries().iter().map(|e| e.to_string()).collect();
-            lines.push(format!("n{id}: [{}]", entries.join(" ")));
-        }
-        lines
+            format!("[{}]", entries.join(" "))
+        })
     }
 }
