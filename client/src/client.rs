@@ -418,6 +418,12 @@ impl<C: Connector> Client<C> {
                     ErrorKind::Invalid => return Err(Error::Invalid(message)),
                     ErrorKind::SessionExpired => return Err(Error::SessionExpired),
                     ErrorKind::Internal => return Err(Error::Server(message)),
+                    ErrorKind::DiskFull => {
+                        return Err(Error::DiskFull {
+                            node: addr,
+                            message,
+                        })
+                    }
                 },
                 answer => {
                     self.routing

@@ -22,6 +22,10 @@ pub enum Error {
     /// The node reported an internal failure.
     #[error("server error: {0}")]
     Server(String),
+    /// The node's disk is full: the write was certainly not applied. Reads keep working, and
+    /// writes succeed again once space is freed on that node.
+    #[error("disk full on node {node}: {message}")]
+    DiskFull { node: String, message: String },
     /// No endpoint was given.
     #[error("no endpoints configured")]
     NoEndpoints,

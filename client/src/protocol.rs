@@ -224,6 +224,9 @@ pub enum ErrorKind {
     ShuttingDown,
     /// A bug or a disk failure on the node.
     Internal,
+    /// The node's disk is full: the write was not applied (certainly), and writes will succeed
+    /// again once space is freed. Reads keep working.
+    DiskFull,
 }
 
 /// One peer's replication state as the leader sees it.
@@ -232,6 +235,9 @@ pub struct ReplicaStatus {
     pub node: u64,
     pub match_index: u64,
     pub last_heard_ms: Option<u64>,
+    /// The leader sees this replica falling further behind: its lag has grown over the last
+    /// several status checks and exceeds a snapshot's worth of entries (the group is degraded).
+    pub lagging: bool,
 }
 
 /// A node's answer to [`Request::Status`].

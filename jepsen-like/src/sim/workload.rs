@@ -287,6 +287,7 @@ fn error_label(error: &Error) -> String {
         Error::SessionExpired => SESSION_EXPIRED.into(),
         Error::Invalid(message) => format!("invalid: {message}"),
         Error::Server(message) => format!("server: {message}"),
+        Error::DiskFull { node, .. } => format!("disk full on {node}"),
         Error::NoEndpoints => "no endpoints".into(),
     }
 }

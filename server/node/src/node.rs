@@ -653,6 +653,7 @@ impl Node {
                 match_index: peer.match_index,
                 last_heard_ms: (*node != self.config.id)
                     .then_some(peer.last_heard_ticks as u64 * tick_ms),
+                lagging: false,
             })
             .collect();
         replicas.sort_by_key(|r| r.node);
