@@ -184,6 +184,11 @@ pub struct Raft {
     /// The hard state last handed out in a Ready.
     handed_hard_state: HardState,
     in_flight_ready: Option<ReadyRecord>,
+    /// Protocol-Aware Recovery (Alagappan et al., FAST 2018): this node cut its damaged log and
+    /// lost entries it had acknowledged, up to at most this commit index. Until its durable log
+    /// reaches the index again it must not vote (it could elect a leader missing a committed
+    /// entry it helped commit) nor campaign. See `start_repair`.
+    repair_until: Option<Index>,
 }
 
 impl Raft {
@@ -223,6 +228,7 @@ impl Raft {
             rng: Prng::new(config.seed),
             handed_hard_state: HardState::default(),
             in_flight_ready: None,
+            repair_until: None,
             config,
         };
         // What we restored is already durable: only changes to it need persisting.
@@ -249,9 +255,37 @@ impl Raft {
         }
     }
 
-    /// Starts an election now (a PreVote round first if configured). No-op on a leader.
+    /// Marks this node as repairing: its log was cut at damage and may lack entries up to
+    /// `until` (the highest commit index it had made durable) that it once acknowledged. Until
+    /// its durable log reaches `until` again (re-sent by the leader, entry by entry or as a
+    /// snapshot) it grants no vote or pre-vote and never campaigns, so it cannot help elect a
+    /// leader that lacks one of those entries.
+    ///
+    /// It needs no exclusion from commit quorums: an acknowledgement below `until` can only
+    /// vouch for entries already committed (every later leader's log holds `until`, and its own
+    /// first entry lies beyond it), and one at or above `until` proves, by Log Matching, that the
+    /// node holds everything up to it again.
+    pub fn start_repair(&mut self, until: Index) {
+        if until > self.log.persisted_index() {
+            tracing::warn!(
+                id = self.id,
+                until,
+                "repairing: not voting until the log is re-sent"
+            );
+            self.repair_until = Some(until);
+        }
+    }
+
+    /// Whether this node is still repairing (see [`Raft::start_repair`]).
+    pub fn is_repairing(&self) -> bool {
+        self.repair_until
+            .is_some_and(|until| self.log.persisted_index() < until)
+    }
+
+    /// Starts an election now (a PreVote round first if configured). No-op on a leader, and on a
+    /// node that is repairing its log.
     pub fn campaign(&mut self) {
-        if self.role == Role::Leader {
+        if self.role == Role::Leader || self.is_repairing() {
             return;
         }
         if self.config.pre_vote {
@@ -338,7 +372,8 @@ impl Raft {
                 }
             }
             MessageBody::TimeoutNow => {
-                if self.role == Role::Follower && self.leader == Some(from) {
+                if self.role == Role::Follower && self.leader == Some(from) && !self.is_repairing()
+                {
                     tracing::info!(id = self.id, term = self.term, "TimeoutNow: campaigning");
                     self.start_election(true);
                 }
@@ -803,7 +838,8 @@ impl Raft {
         let can_vote = self.vote == Some(from)
             || (self.vote.is_none() && self.leader.is_none())
             || (pre_vote && term > self.term);
-        let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
+        let granted =
+            can_vote && !self.is_repairing() && self.log.is_up_to_date(last_index, last_term);
         if granted && !pre_vote {
             debug_assert_eq!(term, self.term);
             self.vote = Some(from);

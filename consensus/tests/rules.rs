@@ -446,3 +446,47 @@ fn appends_in_flight_per_follower_are_bounded() {
     cluster.settle();
     assert_eq!(cluster.nodes[&2].sm.applied_index, 12);
 }
+
+#[test]
+fn a_repairing_node_neither_votes_nor_campaigns_until_its_log_is_resent() {
+    let mut cluster = Cluster::new(3, classic);
+    elect(&mut cluster, 1);
+    for i in 0..3 {
+        cluster.propose(1, &format!("w{i}")).unwrap();
+    }
+    cluster.settle();
+    let committed = cluster.raft(1).log().commit_index();
+    // Node 2 cut its log at damage: it once acknowledged entries up to three beyond what it holds
+    // now (the harness cannot cut a log, so the gap is the leader's next three entries instead).
+    cluster.raft_mut(2).start_repair(committed + 3);
+    assert!(cluster.raft(2).is_repairing());
+    // The leader goes away: node 3 campaigns, but node 2 refuses to vote, and never campaigns.
+    cluster.partition(groups(&[&[1], &[2, 3]]));
+    tick_and_settle(&mut cluster, 80);
+    assert!(
+        cluster.leaders().iter().all(|&id| id == 1),
+        "no leader may be elected with a repairing node's vote: {:?}",
+        cluster.leaders()
+    );
+    assert_eq!(cluster.raft(2).role(), Role::Follower);
+    // The old leader returns and re-sends the missing entries; the repair ends, voting resumes.
+    cluster.heal();
+    tick_and_settle(&mut cluster, 40);
+    let leader = cluster.leader().expect("a leader once healed");
+    for i in 0..3 {
+        cluster.propose(leader, &format!("again{i}")).unwrap();
+    }
+    cluster.settle();
+    assert!(
+        !cluster.raft(2).is_repairing(),
+        "the log reached the index again"
+    );
+    let old = leader;
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != old).collect();
+    cluster.partition(groups(&[&[old], &rest]));
+    tick_and_settle(&mut cluster, 80);
+    assert!(
+        cluster.leaders().iter().any(|id| rest.contains(id)),
+        "with the repair over, the other two elect a leader"
+    );
+}

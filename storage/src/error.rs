@@ -4,6 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::wal::Damage;
+
 /// What can go wrong in the WAL or the snapshot store.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -23,6 +25,10 @@ pub enum StorageError {
         offset: u64,
         reason: String,
     },
+    /// A WAL record that fails its checksum with valid records after it: damage, not a torn
+    /// write. The log refuses to open (unless repairing) and says what to do next.
+    #[error("{0}")]
+    Damaged(Box<DamageReport>),
     /// A record larger than the configured limit was offered for appending.
     #[error("record of {len} bytes exceeds the limit of {max} bytes")]
     RecordTooLarge { len: usize, max: usize },
@@ -34,6 +40,46 @@ pub enum StorageError {
     /// A record or snapshot decoded from disk was not valid for its type.
     #[error("cannot decode {what}: {reason}")]
     Decode { what: &'static str, reason: String },
+}
+
+/// Where a log is damaged, and enough context for an operator to act on it.
+#[derive(Debug)]
+pub struct DamageReport {
+    pub damage: Damage,
+    /// The raw record just before the damage, for a caller that can decode it.
+    pub previous_record: Option<Vec<u8>>,
+    /// The Raft index of the last entry before the damage, once a caller decoded it.
+    pub after_entry: Option<u64>,
+}
+
+impl std::fmt::Display for DamageReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Damage {
+            path,
+            offset,
+            lsn,
+            reason,
+        } = &self.damage;
+        write!(
+            f,
+            "damaged log record #{lsn} in {} at byte offset {offset}: {reason}",
+            path.display()
+        )?;
+        if let Some(index) = self.after_entry {
+            write!(
+                f,
+                "; it follows log entry {index}, so it is entry {} or a hard-state record",
+                index + 1
+            )?;
+        }
+        write!(
+            f,
+            ". Refusing to start rather than silently drop writes that may have been \
+             acknowledged. To recover: restart this node with `ringleader serve --repair` (it cuts \
+             its log at the damage and re-fetches the rest from the leader before it votes again; \
+             the other nodes must form a quorum), or restore its data directory from a backup"
+        )
+    }
 }
 
 impl StorageError {

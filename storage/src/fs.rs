@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// An open file, written only by appending at its end.
+// `len` is an I/O call (it can fail), not a collection size: an `is_empty` would add nothing.
+#[allow(clippy::len_without_is_empty)]
 pub trait StorageFile: Send {
     /// Appends `buf` at the end of the file. On error, part of `buf` may have been written: the
     /// caller restores the previous length with [`StorageFile::set_len`].

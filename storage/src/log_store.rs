@@ -12,13 +12,14 @@
 //! node maps between the two.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Result, StorageError};
-use crate::fs::SharedFs;
+use crate::fs::{FileSystem, SharedFs};
+use crate::record::{decode_record, encode_record, Decoded};
 use crate::snapshot::{LoadedSnapshot, SnapshotPoint, SnapshotStore};
 use crate::wal::{Lsn, Wal, WalOptions};
 
@@ -58,6 +59,23 @@ pub struct RecoveredLog {
     pub entries: Vec<StoredEntry>,
     /// Bytes truncated from a torn tail, if any.
     pub torn_tail_bytes: Option<u64>,
+    /// Set while this replica is repairing a damaged log (`serve --repair`): the highest commit
+    /// index it had made durable, which its log must reach again before it may vote. Kept in a
+    /// marker file until [`LogStore::finish_repair`], so a crash mid-repair cannot forget it.
+    pub repair_until: Option<u64>,
+}
+
+/// The marker file of a replica repairing its log: it must outlive crashes until the repair is
+/// done, and it is written before the log is cut.
+const REPAIR_MARKER: &str = "repair.marker";
+
+/// What a repair must never forget: the commit index to reach again, and the newest term and
+/// vote found anywhere in the damaged log (a vote cut away must not be given twice).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct RepairMarker {
+    until: u64,
+    term: u64,
+    vote: Option<u64>,
 }
 
 /// The durable log of one replica.
@@ -69,6 +87,8 @@ pub struct LogStore {
     /// The WAL position of each live entry's record, to know which segments a snapshot covers.
     entry_lsns: BTreeMap<u64, Lsn>,
     last_index: u64,
+    fs: SharedFs,
+    dir: PathBuf,
 }
 
 impl LogStore {
@@ -77,7 +97,46 @@ impl LogStore {
         let snapshots = SnapshotStore::open(fs.clone(), &dir.join("snap"))?;
         let snapshot = snapshots.load_latest()?;
         let snapshot_point = snapshot.as_ref().map(|s| s.point).unwrap_or_default();
-        let (wal, recovered) = Wal::open(fs, &dir.join("wal"), options)?;
+        let wal_dir = dir.join("wal");
+        let mut marker = read_repair_marker(&*fs, dir)?;
+        if options.repair {
+            let inspection = Wal::inspect(&*fs, &wal_dir, &options)?;
+            if let Some(damage) = &inspection.damage {
+                // Everything that passed its checksum, on both sides of the damage, counts: the
+                // marker must be durable before the log is cut.
+                let mut newest = marker.unwrap_or_default();
+                for bytes in &inspection.checksummed {
+                    if let Ok(LogRecord::HardState(state)) =
+                        codec::decode::<LogRecord>(bytes, "log record")
+                    {
+                        newest.until = newest.until.max(state.commit);
+                        if state.term >= newest.term {
+                            newest.term = state.term;
+                            newest.vote = state.vote;
+                        }
+                    }
+                }
+                tracing::warn!(path = %damage.path.display(), offset = damage.offset,
+                    until = newest.until, term = newest.term, "repair: cutting the log at the damage");
+                write_repair_marker(&*fs, dir, newest)?;
+                marker = Some(newest);
+            }
+        }
+        let (wal, recovered) = match Wal::open(fs.clone(), &wal_dir, options) {
+            Err(StorageError::Damaged(mut report)) => {
+                // Name the entry before the damage, so the operator knows which index it is.
+                report.after_entry = report
+                    .previous_record
+                    .as_deref()
+                    .and_then(|bytes| codec::decode::<LogRecord>(bytes, "log record").ok())
+                    .and_then(|record| match record {
+                        LogRecord::Entry(entry) => Some(entry.index),
+                        _ => None,
+                    });
+                return Err(StorageError::Damaged(report));
+            }
+            other => other?,
+        };
         let mut hard_state = HardState::default();
         // Replay by index: an entry replaces the one at its index and every later one. The oldest
         // segment kept after a purge may begin with dead entries (overwritten later by a new
@@ -120,19 +179,37 @@ impl LogStore {
         let last_index = entries
             .last()
             .map_or(snapshot_point.last_index, |e| e.index);
-        let store = LogStore {
+        let mut store = LogStore {
             wal,
             snapshots,
             hard_state,
             snapshot_point,
             entry_lsns,
             last_index,
+            fs,
+            dir: dir.to_path_buf(),
         };
+        if let Some(marker) = marker {
+            // A term or vote that lived only in the cut-away records is restored, durably,
+            // before Raft can act on an older one.
+            let mut repaired = store.hard_state;
+            if marker.term > repaired.term {
+                repaired.term = marker.term;
+                repaired.vote = marker.vote;
+            } else if marker.term == repaired.term && repaired.vote.is_none() {
+                repaired.vote = marker.vote;
+            }
+            repaired.commit = repaired.commit.min(store.last_index);
+            if repaired != store.hard_state {
+                store.append(Some(repaired), &[])?;
+            }
+        }
         let recovered_log = RecoveredLog {
-            hard_state,
+            hard_state: store.hard_state,
             snapshot,
             entries,
             torn_tail_bytes: recovered.torn_tail.map(|t| t.discarded_bytes),
+            repair_until: marker.map(|m| m.until),
         };
         Ok((store, recovered_log))
     }
@@ -238,8 +315,66 @@ impl LogStore {
         self.last_index
     }
 
+    /// Ends a repair (see [`RecoveredLog::repair_until`]): the caller made the log durable up to
+    /// the marker's index again. Removes the marker.
+    pub fn finish_repair(&mut self) -> Result<()> {
+        let path = self.dir.join(REPAIR_MARKER);
+        self.fs
+            .remove_file(&path)
+            .map_err(|e| StorageError::io("remove", &path, e))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| StorageError::io("sync directory", &self.dir, e))
+    }
+
     /// The WAL underneath, for status and sync policy.
     pub fn wal(&self) -> &Wal {
         &self.wal
     }
+}
+
+/// Reads the repair marker in `dir`, if a repair is under way.
+fn read_repair_marker(fs: &dyn FileSystem, dir: &Path) -> Result<Option<RepairMarker>> {
+    let path = dir.join(REPAIR_MARKER);
+    let present = fs
+        .list_dir(dir)
+        .map_err(|e| StorageError::io("list directory", dir, e))?
+        .iter()
+        .any(|name| name == REPAIR_MARKER);
+    if !present {
+        return Ok(None);
+    }
+    let bytes = fs
+        .read(&path)
+        .map_err(|e| StorageError::io("read", &path, e))?;
+    match decode_record(&bytes, 0, 4096) {
+        Decoded::Record { payload, .. } => Ok(Some(codec::decode(payload, "repair marker")?)),
+        _ => Err(StorageError::Corrupt {
+            path,
+            offset: 0,
+            reason: "the repair marker is damaged; keep the node stopped and restore its data \
+                     directory, or wipe it so that it rejoins as a new, empty replica"
+                .into(),
+        }),
+    }
+}
+
+/// Writes the repair marker durably: temporary file, fsync, rename, directory fsync.
+fn write_repair_marker(fs: &dyn FileSystem, dir: &Path, marker: RepairMarker) -> Result<()> {
+    fs.create_dir_all(dir)
+        .map_err(|e| StorageError::io("create directory", dir, e))?;
+    let mut bytes = Vec::new();
+    encode_record(&codec::encode(&marker, "repair marker")?, 0, &mut bytes);
+    let temp = dir.join(format!("{REPAIR_MARKER}.tmp"));
+    let path = dir.join(REPAIR_MARKER);
+    let mut file = fs
+        .create(&temp)
+        .map_err(|e| StorageError::io("create", &temp, e))?;
+    file.append(&bytes)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| StorageError::io("write", &temp, e))?;
+    fs.rename(&temp, &path)
+        .map_err(|e| StorageError::io("rename", &temp, e))?;
+    fs.sync_dir(dir)
+        .map_err(|e| StorageError::io("sync directory", dir, e))
 }

@@ -7,13 +7,16 @@
 //! [`crate::record`]. Only the newest segment is ever written; when it reaches
 //! `segment_max_bytes` it is synced and sealed, and a new one begins.
 //!
-//! Recovery ([`Wal::open`]) tells a torn tail from corruption:
-//! - an incomplete or zero-filled record at the end of the newest segment is a write that never
-//!   finished, so it was never acknowledged: it is truncated away (and reported in
-//!   [`Recovered::torn_tail`]);
-//! - a checksum mismatch or an impossible length anywhere else, or a gap between segments, is
-//!   corruption: open fails with [`StorageError::Corrupt`] naming the file and the offset, because
-//!   the damaged record may have been acknowledged and must not be silently dropped.
+//! Recovery ([`Wal::open`]) tells a torn tail from damage. Every batch is fsynced before the
+//! next is written, so only the last batch of the newest segment can be torn:
+//! - a record that fails to decode (cut short, zero-filled, checksum mismatch) with no valid
+//!   record after it in the newest segment is a write that never finished, so it was never
+//!   acknowledged: it is truncated away (and reported in [`Recovered::torn_tail`]);
+//! - the same with a valid record after it, or anywhere in a sealed segment, or a gap between
+//!   segments, is damage: open fails with [`StorageError::Damaged`] naming the file, the offset
+//!   and the record, because the damaged record may have been acknowledged and must not be
+//!   silently dropped. With [`WalOptions::repair`] the log is instead cut at the damage, for a
+//!   replica that re-fetches the rest from its peers (docs/storage.md, "Repair").
 //!
 //! After a failed write the log restores its previous length (so a full disk loses nothing and the
 //! log stays valid); after a failed fsync it refuses further writes until reopened, because the
@@ -23,9 +26,11 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::error::{Result, StorageError};
-use crate::fs::{join, SharedFs, StorageFile};
-use crate::record::{decode_record, encode_record, Decoded, RECORD_HEADER_BYTES};
+use crate::error::{DamageReport, Result, StorageError};
+use crate::fs::{join, FileSystem, SharedFs, StorageFile};
+use crate::record::{
+    decode_record, encode_record, intact_header_len, Decoded, RECORD_HEADER_BYTES,
+};
 
 /// A log sequence number: the position of a record in the log, starting at 1.
 pub type Lsn = u64;
@@ -34,7 +39,7 @@ pub type Lsn = u64;
 pub const SEGMENT_HEADER_BYTES: usize = 24;
 const SEGMENT_MAGIC: &[u8; 7] = b"RLGWAL\0";
 /// The segment format this code writes; a segment with another version is refused.
-pub const SEGMENT_FORMAT_VERSION: u8 = 1;
+pub const SEGMENT_FORMAT_VERSION: u8 = 2;
 
 /// When appended records are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +61,9 @@ pub struct WalOptions {
     pub max_record_bytes: usize,
     /// When appends are made durable.
     pub sync: SyncPolicy,
+    /// On damage (not a torn tail), cut the log at the damaged record instead of refusing to
+    /// open. Only for a replica that will re-fetch what it lost from its peers (`serve --repair`).
+    pub repair: bool,
 }
 
 impl Default for WalOptions {
@@ -64,6 +72,7 @@ impl Default for WalOptions {
             segment_max_bytes: 64 * 1024 * 1024,
             max_record_bytes: 32 * 1024 * 1024,
             sync: SyncPolicy::Always,
+            repair: false,
         }
     }
 }
@@ -81,6 +90,8 @@ pub struct TornTail {
 pub struct Recovered {
     pub records: Vec<(Lsn, Vec<u8>)>,
     pub torn_tail: Option<TornTail>,
+    /// Set when the log was damaged and opened with [`WalOptions::repair`]: where it was cut.
+    pub repaired: Option<Damage>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,7 +158,9 @@ fn decode_segment_header(bytes: &[u8]) -> std::result::Result<Lsn, String> {
     }
     if header[7] != SEGMENT_FORMAT_VERSION {
         return Err(format!(
-            "segment format version {} (this build reads {SEGMENT_FORMAT_VERSION})",
+            "segment format version {} (this build reads only {SEGMENT_FORMAT_VERSION}; version 1 \
+             logs were written before records carried a durability stamp: start this node from \
+             an empty data directory so that it re-fetches its state from the other replicas)",
             header[7]
         ));
     }
@@ -156,30 +169,112 @@ fn decode_segment_header(bytes: &[u8]) -> std::result::Result<Lsn, String> {
     Ok(u64::from_le_bytes(lsn))
 }
 
-/// Whether the undecodable record at `offset` of the newest segment is a write that never
-/// finished rather than damage to a finished one.
+/// Whether the undecodable record at `offset`, which would have had LSN `lsn`, is proven to have
+/// been durable: a valid record after it carries a durability stamp above `lsn`, so it was
+/// written after the bad record had been fsynced.
 ///
-/// Writes that were never synced may reach the disk partly: each keeps some prefix of its blocks,
-/// and a region that did not arrive reads as zeros (the file grew but its blocks were not
-/// written). A finished record is rarely like that: its header checksum reads as zero with
-/// probability 2^-32, and bit rot does not write zeros over a record's end. So the
-/// record is taken as unfinished when its header's checksum field reads as zero (the header
-/// itself did not fully arrive), or when the header is intact but the payload's final byte is
-/// zero (its last block did not arrive). The second rule can mistake bit rot in a record whose
-/// payload legitimately ends in a zero byte for a torn write; docs/storage.md discusses it.
-fn looks_unfinished(bytes: &[u8], offset: usize) -> bool {
-    let header = &bytes[offset..(offset + RECORD_HEADER_BYTES).min(bytes.len())];
-    if header.len() < RECORD_HEADER_BYTES || header[8..12] == [0, 0, 0, 0] {
-        return true;
+/// This is what tells a torn write from damage. Only records written after the last fsync can be
+/// torn, and every record says how far the log was synced when it was written. With the default
+/// sync-per-batch policy, a valid record after a bad one proves damage unless both belong to the
+/// same (last, unsynced) batch. When the bad record's own header is intact its length is trusted
+/// and the search starts past its end, so a value that happens to contain an encoded record
+/// cannot fool it; otherwise every later offset is tried.
+fn proven_durable(bytes: &[u8], offset: usize, lsn: Lsn, max_record_bytes: usize) -> bool {
+    let mut from = match intact_header_len(bytes, offset) {
+        Some(payload_len) => offset + RECORD_HEADER_BYTES + payload_len,
+        None => offset + 1,
+    };
+    while let Some(at) = first_valid_record(bytes, from, max_record_bytes) {
+        let Decoded::Record {
+            durable_before,
+            next,
+            ..
+        } = decode_record(bytes, at, max_record_bytes)
+        else {
+            return false;
+        };
+        if durable_before > lsn {
+            return true;
+        }
+        from = next;
     }
-    let payload_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let header_intact = crc32fast::hash(&header[0..8]).to_le_bytes() == header[8..12];
-    let record_end = offset + RECORD_HEADER_BYTES + payload_len;
-    header_intact && record_end <= bytes.len() && bytes[record_end - 1] == 0
+    false
+}
+
+/// The first offset at or after `from` where a whole, checksummed record starts.
+fn first_valid_record(bytes: &[u8], from: usize, max_record_bytes: usize) -> Option<usize> {
+    (from..bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1)).find(|&candidate| {
+        matches!(
+            decode_record(bytes, candidate, max_record_bytes),
+            Decoded::Record { .. }
+        )
+    })
+}
+
+/// Damage in the middle of the log: a record that fails its checksum although valid records
+/// follow it, so it cannot be a torn write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub path: PathBuf,
+    /// Byte offset of the damaged record (or 0 for a damaged segment header).
+    pub offset: u64,
+    /// The LSN the damaged record would have had.
+    pub lsn: Lsn,
+    pub reason: String,
+}
+
+/// What [`Wal::inspect`] found: the damage a repair would cut at, and every record that passed
+/// its checksum, before and after the damage, in log order. Those after it are not trusted to be
+/// contiguous, but each is what was written: the caller may salvage from them facts that must
+/// never go backwards (a term, a vote, a commit index).
+#[derive(Debug, Clone, Default)]
+pub struct Inspection {
+    pub damage: Option<Damage>,
+    pub checksummed: Vec<Vec<u8>>,
+}
+
+/// The outcome of reading every segment without changing anything.
+struct Scan {
+    /// Segments kept, oldest first, with their scanned lengths.
+    kept: Vec<Segment>,
+    records: Vec<(Lsn, Vec<u8>)>,
+    next_lsn: Option<Lsn>,
+    /// The newest segment's valid length (its records end there).
+    active_len: u64,
+    sealed_bytes: u64,
+    /// A torn tail in the newest segment: (path, offset, file length).
+    torn_tail: Option<(PathBuf, usize, usize)>,
+    /// A torn header of the newest segment: the file to remove.
+    torn_header: Option<PathBuf>,
+    damage: Option<Damage>,
+    /// Segments after the damaged one (removed by a repair).
+    after_damage: Vec<PathBuf>,
+    salvaged: Vec<Vec<u8>>,
+}
+
+/// Collects every checksummed record in `bytes` from `offset` on, skipping over damage.
+fn salvage(bytes: &[u8], mut offset: usize, max_record_bytes: usize, out: &mut Vec<Vec<u8>>) {
+    while offset < bytes.len() {
+        match decode_record(bytes, offset, max_record_bytes) {
+            Decoded::Record { payload, next, .. } => {
+                out.push(payload.to_vec());
+                offset = next;
+            }
+            _ => match first_valid_record(bytes, offset + 1, max_record_bytes) {
+                Some(next) => offset = next,
+                None => return,
+            },
+        }
+    }
 }
 
 impl Wal {
     /// Opens (or creates) the log in `dir`, recovering every intact record.
+    ///
+    /// A torn tail (the last batch, partly written) is truncated. Damage anywhere else fails with
+    /// [`StorageError::Damaged`], unless [`WalOptions::repair`] is set: then the log is cut at the
+    /// damage (everything from the damaged record on is removed) and [`Recovered::repair`] says
+    /// what was cut. Use [`Wal::inspect`] first to learn what a repair would discard.
     pub fn open(fs: SharedFs, dir: &Path, options: WalOptions) -> Result<(Wal, Recovered)> {
         fs.create_dir_all(dir)
             .map_err(|e| StorageError::io("create directory", dir, e))?;
@@ -190,139 +285,69 @@ impl Wal {
         fs.sync_dir(parent)
             .map_err(|e| StorageError::io("sync directory", parent, e))?;
 
-        let names = fs
-            .list_dir(dir)
-            .map_err(|e| StorageError::io("list directory", dir, e))?;
-        let mut segments: Vec<Segment> = names
-            .iter()
-            .filter_map(|name| {
-                parse_segment_name(name).map(|first_lsn| Segment {
-                    first_lsn,
-                    path: join(dir, name),
-                    sealed_bytes: 0,
-                })
-            })
-            .collect();
-        segments.sort_by_key(|segment| segment.first_lsn);
-
-        let mut recovered = Recovered::default();
-        let mut next_lsn: Option<Lsn> = None;
-        let mut sealed_bytes = 0u64;
-        let mut active_len = 0u64;
-        let mut kept: Vec<Segment> = Vec::with_capacity(segments.len());
-        let segment_count = segments.len();
-        for (position, mut segment) in segments.into_iter().enumerate() {
-            let is_newest = position + 1 == segment_count;
-            let bytes = fs
-                .read(&segment.path)
-                .map_err(|e| StorageError::io("read", &segment.path, e))?;
-            let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
-                path: segment.path.clone(),
-                offset: offset as u64,
-                reason,
-            };
-            let header_lsn = match decode_segment_header(&bytes) {
-                Ok(lsn) => lsn,
-                Err(_)
-                    if is_newest
-                        && (bytes.len() < SEGMENT_HEADER_BYTES
-                            || bytes.iter().all(|&b| b == 0)) =>
-                {
-                    // Created but its header never became durable: it holds no record.
-                    tracing::warn!(path = %segment.path.display(), "removing a segment whose header was torn");
-                    fs.remove_file(&segment.path)
-                        .map_err(|e| StorageError::io("remove", &segment.path, e))?;
-                    fs.sync_dir(dir)
-                        .map_err(|e| StorageError::io("sync directory", dir, e))?;
-                    next_lsn.get_or_insert(segment.first_lsn);
-                    // The previous segment, scanned as sealed, becomes the active one again.
-                    if let Some(previous) = kept.last_mut() {
-                        active_len = previous.sealed_bytes;
-                        sealed_bytes -= previous.sealed_bytes;
-                        previous.sealed_bytes = 0;
-                    }
-                    continue;
-                }
-                Err(reason) => return Err(corrupt(0, reason)),
-            };
-            if header_lsn != segment.first_lsn {
-                return Err(corrupt(
-                    0,
-                    format!(
-                        "header says first LSN {header_lsn}, file name says {}",
-                        segment.first_lsn
-                    ),
-                ));
+        let scan = scan(&*fs, dir, &options)?;
+        if let Some(damage) = &scan.damage {
+            if !options.repair {
+                return Err(StorageError::Damaged(Box::new(DamageReport {
+                    damage: damage.clone(),
+                    previous_record: scan.records.last().map(|(_, payload)| payload.clone()),
+                    after_entry: None,
+                })));
             }
-            if let Some(expected) = next_lsn {
-                if segment.first_lsn != expected {
-                    return Err(corrupt(
-                        0,
-                        format!("gap in the log: expected a segment starting at LSN {expected}"),
-                    ));
-                }
-            }
-            let mut lsn = segment.first_lsn;
-            let mut offset = SEGMENT_HEADER_BYTES;
-            while offset < bytes.len() {
-                match decode_record(&bytes, offset, options.max_record_bytes) {
-                    Decoded::Record { payload, next } => {
-                        recovered.records.push((lsn, payload.to_vec()));
-                        lsn += 1;
-                        offset = next;
-                    }
-                    Decoded::Incomplete | Decoded::ZeroTail if is_newest => break,
-                    Decoded::Invalid { .. } if is_newest && looks_unfinished(&bytes, offset) => {
-                        break
-                    }
-                    Decoded::Incomplete => {
-                        return Err(corrupt(
-                            offset,
-                            "record cut short in a sealed segment".into(),
-                        ))
-                    }
-                    Decoded::ZeroTail => {
-                        return Err(corrupt(
-                            offset,
-                            "zero-filled bytes in a sealed segment".into(),
-                        ))
-                    }
-                    Decoded::Invalid { reason } => return Err(corrupt(offset, reason)),
-                }
-            }
-            if offset < bytes.len() {
-                debug_assert!(is_newest);
-                let discarded_bytes = (bytes.len() - offset) as u64;
-                tracing::warn!(path = %segment.path.display(), offset, discarded_bytes, "truncating a torn tail");
-                let mut file = fs
-                    .open_append(&segment.path)
-                    .map_err(|e| StorageError::io("open", &segment.path, e))?;
-                file.set_len(offset as u64)
-                    .and_then(|()| file.sync_data())
-                    .map_err(|e| StorageError::io("truncate torn tail of", &segment.path, e))?;
-                recovered.torn_tail = Some(TornTail {
-                    path: segment.path.clone(),
-                    offset: offset as u64,
-                    discarded_bytes,
-                });
-            }
-            if is_newest {
-                active_len = offset as u64;
+        }
+        let mut recovered = Recovered {
+            records: scan.records,
+            torn_tail: None,
+            repaired: None,
+        };
+        if let Some(path) = &scan.torn_header {
+            // Created but its header never became durable: it holds no record.
+            tracing::warn!(path = %path.display(), "removing a segment whose header was torn");
+            fs.remove_file(path)
+                .map_err(|e| StorageError::io("remove", path, e))?;
+            fs.sync_dir(dir)
+                .map_err(|e| StorageError::io("sync directory", dir, e))?;
+        }
+        if let Some((path, offset, file_len)) = &scan.torn_tail {
+            let discarded_bytes = (file_len - offset) as u64;
+            tracing::warn!(path = %path.display(), offset, discarded_bytes, "truncating a torn tail");
+            truncate(&*fs, path, *offset as u64, "truncate torn tail of")?;
+            recovered.torn_tail = Some(TornTail {
+                path: path.clone(),
+                offset: *offset as u64,
+                discarded_bytes,
+            });
+        }
+        if let Some(damage) = scan.damage {
+            tracing::warn!(path = %damage.path.display(), offset = damage.offset, lsn = damage.lsn,
+                reason = %damage.reason, "repair: cutting the log at the damage");
+            if damage.offset == 0 {
+                fs.remove_file(&damage.path)
+                    .map_err(|e| StorageError::io("remove", &damage.path, e))?;
             } else {
-                segment.sealed_bytes = bytes.len() as u64;
-                sealed_bytes += segment.sealed_bytes;
+                truncate(&*fs, &damage.path, damage.offset, "truncate damaged")?;
             }
-            next_lsn = Some(lsn);
-            kept.push(segment);
+            for later in &scan.after_damage {
+                fs.remove_file(later)
+                    .map_err(|e| StorageError::io("remove", later, e))?;
+            }
+            fs.sync_dir(dir)
+                .map_err(|e| StorageError::io("sync directory", dir, e))?;
+            recovered.repaired = Some(damage);
         }
 
-        let next_lsn = next_lsn.unwrap_or(1);
-        let (active, segments) = match kept.last() {
+        let next_lsn = scan.next_lsn.unwrap_or(1);
+        let mut active_len = scan.active_len;
+        let (active, segments) = match scan.kept.last() {
             Some(newest) => {
-                let file = fs
+                let mut file = fs
                     .open_append(&newest.path)
                     .map_err(|e| StorageError::io("open", &newest.path, e))?;
-                (file, kept)
+                // What recovery read may still sit in the page cache (the process, not the
+                // machine, crashed): make it durable before new records claim it is.
+                file.sync_data()
+                    .map_err(|e| StorageError::io("fdatasync", &newest.path, e))?;
+                (file, scan.kept)
             }
             None => {
                 let segment = Segment {
@@ -335,6 +360,14 @@ impl Wal {
                 (file, vec![segment])
             }
         };
+        debug_assert_eq!(
+            recovered
+                .records
+                .last()
+                .map_or(next_lsn, |(lsn, _)| lsn + 1),
+            next_lsn,
+            "records end just before the next LSN"
+        );
         let wal = Wal {
             fs,
             dir: dir.to_path_buf(),
@@ -342,13 +375,32 @@ impl Wal {
             segments,
             active,
             active_len,
-            sealed_bytes,
+            sealed_bytes: scan.sealed_bytes,
             next_lsn,
             durable_before: next_lsn,
             poisoned: false,
             batch_buffer: Vec::new(),
         };
         Ok((wal, recovered))
+    }
+
+    /// Reads the log in `dir` without changing it and reports the damage a repair would cut
+    /// away, with every record that passed its checksum.
+    pub fn inspect(fs: &dyn FileSystem, dir: &Path, options: &WalOptions) -> Result<Inspection> {
+        if !fs.list_dir(dir).is_ok_and(|names| !names.is_empty()) {
+            return Ok(Inspection::default());
+        }
+        let scan = scan(fs, dir, options)?;
+        let mut checksummed: Vec<Vec<u8>> = scan
+            .records
+            .into_iter()
+            .map(|(_, payload)| payload)
+            .collect();
+        checksummed.extend(scan.salvaged);
+        Ok(Inspection {
+            damage: scan.damage,
+            checksummed,
+        })
     }
 
     /// Appends `payloads` as consecutive records with one write, then (under
@@ -373,7 +425,7 @@ impl Wal {
         let mut buffer = std::mem::take(&mut self.batch_buffer);
         buffer.clear();
         for payload in payloads {
-            encode_record(payload.as_ref(), &mut buffer);
+            encode_record(payload.as_ref(), self.durable_before, &mut buffer);
         }
         let result = self.write_batch(&buffer, payloads.len() as u64);
         self.batch_buffer = buffer;
@@ -499,6 +551,182 @@ impl Wal {
     pub fn sync_policy(&self) -> SyncPolicy {
         self.options.sync
     }
+}
+
+/// Cuts `path` to `len` bytes, durably.
+fn truncate(fs: &dyn FileSystem, path: &Path, len: u64, action: &'static str) -> Result<()> {
+    let mut file = fs
+        .open_append(path)
+        .map_err(|e| StorageError::io("open", path, e))?;
+    file.set_len(len)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| StorageError::io(action, path, e))
+}
+
+/// Reads every segment in `dir`, oldest first, and classifies what it finds without changing
+/// anything: intact records, a torn tail or torn header in the newest segment, or damage.
+fn scan(fs: &dyn FileSystem, dir: &Path, options: &WalOptions) -> Result<Scan> {
+    let names = fs
+        .list_dir(dir)
+        .map_err(|e| StorageError::io("list directory", dir, e))?;
+    let mut segments: Vec<Segment> = names
+        .iter()
+        .filter_map(|name| {
+            parse_segment_name(name).map(|first_lsn| Segment {
+                first_lsn,
+                path: join(dir, name),
+                sealed_bytes: 0,
+            })
+        })
+        .collect();
+    segments.sort_by_key(|segment| segment.first_lsn);
+
+    let mut scan = Scan {
+        kept: Vec::with_capacity(segments.len()),
+        records: Vec::new(),
+        next_lsn: None,
+        active_len: 0,
+        sealed_bytes: 0,
+        torn_tail: None,
+        torn_header: None,
+        damage: None,
+        after_damage: Vec::new(),
+        salvaged: Vec::new(),
+    };
+    // The previous segment, scanned as sealed, becomes the active one again when the segment
+    // after it goes away (a torn header, or a repair that removes it).
+    let reactivate_previous = |scan: &mut Scan| {
+        if let Some(previous) = scan.kept.last_mut() {
+            scan.active_len = previous.sealed_bytes;
+            scan.sealed_bytes -= previous.sealed_bytes;
+            previous.sealed_bytes = 0;
+        }
+    };
+    let segment_count = segments.len();
+    let mut remaining = segments.into_iter().enumerate();
+    while let Some((position, mut segment)) = remaining.next() {
+        let is_newest = position + 1 == segment_count;
+        let bytes = fs
+            .read(&segment.path)
+            .map_err(|e| StorageError::io("read", &segment.path, e))?;
+        let expected_lsn = scan.next_lsn.unwrap_or(segment.first_lsn);
+        let header_problem = match decode_segment_header(&bytes) {
+            Ok(lsn) if lsn != segment.first_lsn => Some(format!(
+                "header says first LSN {lsn}, file name says {}",
+                segment.first_lsn
+            )),
+            Ok(_) if segment.first_lsn != expected_lsn => Some(format!(
+                "gap in the log: expected a segment starting at LSN {expected_lsn}"
+            )),
+            Ok(_) => None,
+            // A header that never fully arrived, in a segment holding no valid record: a crash
+            // while the segment was being created (no record in it was ever acknowledged).
+            Err(_)
+                if is_newest
+                    && first_valid_record(
+                        &bytes,
+                        SEGMENT_HEADER_BYTES,
+                        options.max_record_bytes,
+                    )
+                    .is_none() =>
+            {
+                scan.torn_header = Some(segment.path.clone());
+                scan.next_lsn = Some(expected_lsn);
+                reactivate_previous(&mut scan);
+                continue;
+            }
+            Err(reason) => Some(reason),
+        };
+        if let Some(reason) = header_problem {
+            scan.damage = Some(Damage {
+                path: segment.path.clone(),
+                offset: 0,
+                lsn: expected_lsn,
+                reason,
+            });
+            scan.next_lsn = Some(expected_lsn);
+            reactivate_previous(&mut scan);
+            salvage(
+                &bytes,
+                SEGMENT_HEADER_BYTES,
+                options.max_record_bytes,
+                &mut scan.salvaged,
+            );
+            salvage_rest(fs, &mut remaining, options, &mut scan)?;
+            break;
+        }
+        let mut lsn = segment.first_lsn;
+        let mut offset = SEGMENT_HEADER_BYTES;
+        let mut damaged = false;
+        while offset < bytes.len() {
+            let problem = match decode_record(&bytes, offset, options.max_record_bytes) {
+                Decoded::Record { payload, next, .. } => {
+                    scan.records.push((lsn, payload.to_vec()));
+                    lsn += 1;
+                    offset = next;
+                    continue;
+                }
+                Decoded::Incomplete => "record cut short".to_string(),
+                Decoded::ZeroTail => "zero-filled bytes where a record should be".to_string(),
+                Decoded::Invalid { reason } => reason,
+            };
+            // Only the newest segment holds records written after the last fsync.
+            if is_newest && !proven_durable(&bytes, offset, lsn, options.max_record_bytes) {
+                scan.torn_tail = Some((segment.path.clone(), offset, bytes.len()));
+                break;
+            }
+            let why = if is_newest {
+                "a later record was written after it had been synced, so it is not a torn write"
+            } else {
+                "in a sealed segment, which was synced whole"
+            };
+            scan.damage = Some(Damage {
+                path: segment.path.clone(),
+                offset: offset as u64,
+                lsn,
+                reason: format!("{problem} ({why})"),
+            });
+            salvage(&bytes, offset, options.max_record_bytes, &mut scan.salvaged);
+            salvage_rest(fs, &mut remaining, options, &mut scan)?;
+            damaged = true;
+            break;
+        }
+        scan.next_lsn = Some(lsn);
+        if is_newest || damaged {
+            // The active segment: what a repair keeps of a damaged one ends at the damage.
+            scan.active_len = offset as u64;
+        } else {
+            segment.sealed_bytes = bytes.len() as u64;
+            scan.sealed_bytes += segment.sealed_bytes;
+        }
+        scan.kept.push(segment);
+        if damaged {
+            break;
+        }
+    }
+    Ok(scan)
+}
+
+/// After damage: notes every later segment for removal and salvages its valid records.
+fn salvage_rest(
+    fs: &dyn FileSystem,
+    remaining: &mut impl Iterator<Item = (usize, Segment)>,
+    options: &WalOptions,
+    scan: &mut Scan,
+) -> Result<()> {
+    for (_, later) in remaining {
+        let bytes = fs
+            .read(&later.path)
+            .map_err(|e| StorageError::io("read", &later.path, e))?;
+        salvage(
+            &bytes,
+            SEGMENT_HEADER_BYTES,
+            options.max_record_bytes,
+            &mut scan.salvaged,
+        );
+        scan.after_damage.push(later.path);
+    }
+    Ok(())
 }
 
 /// Creates a segment file with its header, durable together with its directory entry.

@@ -22,6 +22,7 @@ fn options(sync: SyncPolicy) -> WalOptions {
         segment_max_bytes: 4096,
         max_record_bytes: 1 << 16,
         sync,
+        repair: false,
     }
 }
 
@@ -152,7 +153,7 @@ fn full_disk_refuses_the_write_and_the_log_stays_valid() {
                 let mut full = false;
                 for i in 0..200 {
                     let record = vec![(i % 250 + 1) as u8; 700];
-                    match wal.append(&[record.clone()]) {
+                    match wal.append(std::slice::from_ref(&record)) {
                         Ok(_) => state.lock().unwrap().0.push(record),
                         Err(error) => {
                             assert!(error.is_disk_full(), "expected ENOSPC, got {error}");
