@@ -147,6 +147,18 @@ impl Progress {
                 if rejected_index.saturating_add(1) != self.next_index {
                     return false; // Not the probe we are waiting for.
                 }
+                if probe_from <= self.match_index {
+                    // The follower no longer holds entries it acknowledged. Only a replica that
+                    // cut a damaged log does that (`Raft::start_repair`): what it kept is a
+                    // prefix of what it acknowledged, so of our log. Lowering the match index is
+                    // always safe (commitment never moves back) and makes us re-send the rest.
+                    tracing::warn!(
+                        match_index = self.match_index,
+                        now_at_most = probe_from - 1,
+                        "a follower lost acknowledged entries (repaired log): re-sending them"
+                    );
+                    self.match_index = probe_from - 1;
+                }
                 self.next_index = probe_from.min(rejected_index).max(self.match_index + 1);
                 self.probe_sent = false;
                 true
@@ -204,5 +216,28 @@ mod tests {
         assert!(pr.maybe_decrease(7, 1));
         assert_eq!(pr.state, ReplicationState::Probe);
         assert_eq!(pr.next_index, 6);
+    }
+
+    #[test]
+    fn a_follower_that_lost_matched_entries_is_probed_below_its_old_match() {
+        // It matched 500, then cut a damaged log back to 75 and restarted.
+        let mut pr = Progress::new(1);
+        pr.maybe_update(500);
+        pr.become_replicate();
+        pr.sent_entries(510);
+        assert!(
+            pr.maybe_decrease(505, 76),
+            "a rejection above the match: probe"
+        );
+        assert_eq!(pr.next_index, 501);
+        assert!(
+            pr.maybe_decrease(500, 76),
+            "the probe at the old match is rejected too"
+        );
+        assert_eq!(pr.match_index, 75);
+        assert_eq!(
+            pr.next_index, 76,
+            "the next probe starts where its log ends"
+        );
     }
 }

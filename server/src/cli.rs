@@ -129,6 +129,11 @@ pub struct ServeArgs {
     /// Snapshot the state machine and compact the log after this many applied entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every_entries: u64,
+    /// Start even though the log is damaged (the node refused to start and said so): cut the log
+    /// at the damage and re-fetch the rest from the leader. Until it has it back, the node does
+    /// not vote or campaign. Needs the other nodes to form a quorum. See docs/storage.md.
+    #[arg(long)]
+    repair: bool,
 }
 
 #[derive(Args)]
@@ -196,11 +201,11 @@ fn parse_sync(value: &str) -> Result<SyncPolicy> {
 }
 
 /// Runs the commands that must not run inside tokio; gives the others back.
-pub fn run_sync(cli: Cli) -> Result<Result<ExitCode>, Cli> {
+pub fn run_sync(cli: Cli) -> Result<Result<ExitCode>, Box<Cli>> {
     match cli.command {
         Command::Check(args) => Ok(crate::verify::check_command(args)),
         Command::Sim(args) => Ok(crate::verify::sim_command(args)),
-        command => Err(Cli { command, ..cli }),
+        command => Err(Box::new(Cli { command, ..cli })),
     }
 }
 
@@ -309,6 +314,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     }
     let mut config = NodeConfig::new(args.id, peers, args.dir.clone(), StdFs::shared());
     config.wal.sync = parse_sync(&args.wal_sync)?;
+    config.wal.repair = args.repair;
     config.tick = Duration::from_millis(args.tick_ms.max(1));
     config.snapshot_every_entries = args.snapshot_every_entries.max(1);
     let sync_interval = match config.wal.sync {

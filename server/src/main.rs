@@ -37,5 +37,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    report(runtime.block_on(cli::run(args)))
+    report(runtime.block_on(cli::run(*args)))
 }

@@ -269,11 +269,14 @@ fn micro_ops(value: Option<&Edn>) -> Result<Vec<MicroOp>, String> {
         .collect()
 }
 
+/// A history of multi-register transactions: each operation's input and output are micro-ops.
+pub type MultiRegisterPartition = Partition<Vec<MicroOp>, Vec<MicroOp>>;
+
 /// A multi-register history, as one partition, and its model: every register named anywhere
 /// in the history starts at 0 (Knossos's tests start theirs at 0).
 pub fn multi_register_partition(
     ops: &[EdnOp<'_>],
-) -> Result<(MultiRegisterModel, Partition<Vec<MicroOp>, Vec<MicroOp>>), ParseError> {
+) -> Result<(MultiRegisterModel, MultiRegisterPartition), ParseError> {
     let input = |op: &EdnOp<'_>| {
         if op.f != "txn" {
             return Err(format!("a multi-register has no :f :{}", op.f));

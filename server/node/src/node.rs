@@ -149,6 +149,8 @@ pub struct Node {
     /// Snapshots received from a leader since start (for status).
     snapshots_installed: u64,
     was_leader: bool,
+    /// Repairing a damaged log (`serve --repair`) until Raft says the log is whole again.
+    repairing: bool,
 }
 
 fn to_stored(entry: &Entry) -> Result<StoredEntry, storage::StorageError> {
@@ -167,6 +169,7 @@ impl Node {
         if let Some(bytes) = recovered.torn_tail_bytes {
             tracing::warn!(bytes, "recovered the log after truncating a torn tail");
         }
+        let repair_until = recovered.repair_until;
         let voters: Vec<NodeId> = config.peers.keys().copied().collect();
         let (machine, snapshot) = match &recovered.snapshot {
             Some(loaded) => {
@@ -202,7 +205,7 @@ impl Node {
         // served by ReadIndex too until per-request consistency levels arrive.
         raft_config.lease_reads = false;
         let last_snapshot_index = snapshot.as_ref().map_or(0, |s| s.meta.last_index);
-        let raft = Raft::new(
+        let mut raft = Raft::new(
             raft_config,
             Restored {
                 hard_state,
@@ -211,6 +214,9 @@ impl Node {
                 applied_index: 0,
             },
         )?;
+        if let Some(until) = repair_until {
+            raft.start_repair(until);
+        }
         tracing::info!(
             id = config.id,
             term = hard_state.term,
@@ -230,6 +236,7 @@ impl Node {
             last_snapshot_index,
             snapshots_installed: 0,
             was_leader: false,
+            repairing: repair_until.is_some(),
         })
     }
 
@@ -463,6 +470,15 @@ impl Node {
             self.raft.advance();
             self.serve_confirmed_reads();
             self.maybe_snapshot()?;
+            if self.repairing && !self.raft.is_repairing() {
+                // Everything up to the old commit index is durable here again.
+                self.log.finish_repair()?;
+                self.repairing = false;
+                tracing::info!(
+                    last_index = self.log.last_index(),
+                    "repair complete: the log is whole again; voting resumes"
+                );
+            }
         }
         self.notice_leadership_change();
         Ok(())
