@@ -248,6 +248,23 @@ impl RaftLog {
         self.persisted_index = self.persisted_index.min(index - 1);
     }
 
+    /// The entries handed out from `first` on could not be persisted: drop them. A follower may
+    /// already have counted some as committed (it learned the leader's commit index); that
+    /// local knowledge goes too, and the leader will teach it again. Committed entries handed out
+    /// but not applied will be handed out again.
+    pub(crate) fn abandon_unpersisted(&mut self, first: Option<Index>) {
+        if let Some(first) = first.filter(|&first| first > self.snapshot_index) {
+            debug_assert!(first > self.applied_index, "applied entries were persisted");
+            let keep = (first - self.snapshot_index - 1) as usize;
+            self.entries.truncate(keep);
+        }
+        let last_index = self.last_index();
+        self.commit_index = self.commit_index.min(last_index).max(self.applied_index);
+        self.persisted_index = self.persisted_index.min(last_index);
+        self.unstable_from = last_index + 1;
+        self.applying_index = self.applied_index;
+    }
+
     pub(crate) fn commit_to(&mut self, index: Index) -> bool {
         if index <= self.commit_index {
             return false;

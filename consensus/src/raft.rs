@@ -112,8 +112,11 @@ impl Ready {
 /// What a handed-out Ready contained, to apply on `advance`.
 #[derive(Debug)]
 struct ReadyRecord {
+    first_entry: Option<Index>,
     last_entry: Option<(Index, Term)>,
     applied_to: Index,
+    /// The hard state handed out before this Ready, to hand it again if this one is abandoned.
+    previous_hard_state: HardState,
 }
 
 /// A leader's view of one peer, for `Status`.
@@ -510,6 +513,7 @@ impl Raft {
             self.in_flight_ready.is_none(),
             "ready() called again before advance()"
         );
+        let previous_hard_state = self.handed_hard_state;
         let hard_state = self.hard_state();
         let hard_state = (hard_state != self.handed_hard_state).then(|| {
             self.handed_hard_state = hard_state;
@@ -524,8 +528,10 @@ impl Raft {
             .log
             .take_committed(self.config.max_committed_entries_per_ready);
         self.in_flight_ready = Some(ReadyRecord {
+            first_entry: entries.first().map(|e| e.index),
             last_entry: entries.last().map(|e| (e.index, e.term)),
             applied_to: self.log.applying_index(),
+            previous_hard_state,
         });
         Ready {
             hard_state,
@@ -551,6 +557,38 @@ impl Raft {
         if self.role == Role::Leader && self.maybe_commit() {
             self.broadcast_append(true);
         }
+    }
+
+    /// The application could not persist the last `Ready` (its disk is full) and acted on none
+    /// of it: no message sent, nothing applied. Forgets what that Ready handed out so that
+    /// nothing unpersisted is ever counted durable: its entries leave the log (a leader's own
+    /// proposals are lost, and its clients must hear so; a follower's are re-sent by the leader),
+    /// its committed entries will be handed out again, and so will its hard state. A leader
+    /// re-probes every follower, since the appends it meant to send never left, and drops its
+    /// pending reads, whose confirming heartbeats never left either.
+    ///
+    /// Not for a Ready that carried a snapshot: an installed snapshot replaced the log in memory
+    /// and cannot be undone here.
+    pub fn abandon_ready(&mut self) {
+        let Some(record) = self.in_flight_ready.take() else {
+            debug_assert!(false, "abandon_ready() without a ready()");
+            return;
+        };
+        self.handed_hard_state = record.previous_hard_state;
+        self.log.abandon_unpersisted(record.first_entry);
+        if self.role == Role::Leader {
+            for pr in self.progress.values_mut() {
+                pr.become_probe();
+            }
+            self.reads.reset();
+            if self.log.last_term() < self.term {
+                // Its first entry of the term was abandoned: without one it can neither commit
+                // nor confirm reads (Raft §5.4.2, §8), so it appends another.
+                self.append_entry(EntryPayload::Noop);
+                self.broadcast_append(true);
+            }
+        }
+        debug_assert!(self.log.commit_index() <= self.log.last_index());
     }
 
     pub fn status(&self) -> Status {

@@ -490,3 +490,63 @@ fn a_repairing_node_neither_votes_nor_campaigns_until_its_log_is_resent() {
         "with the repair over, the other two elect a leader"
     );
 }
+
+#[test]
+fn an_abandoned_ready_is_forgotten_and_replication_resumes() {
+    let mut cluster = Cluster::new(3, classic);
+    elect(&mut cluster, 1);
+    let before = cluster.raft(1).log().last_index();
+    // The leader's disk is full: the Ready holding its new entry cannot be persisted.
+    cluster.auto_ready = false;
+    let index = cluster.propose(1, "lost").unwrap();
+    let ready = cluster.raft_mut(1).ready();
+    assert_eq!(ready.entries.last().map(|e| e.index), Some(index));
+    cluster.raft_mut(1).abandon_ready();
+    drop(ready); // nothing of it is sent or applied
+    cluster.auto_ready = true;
+    assert_eq!(
+        cluster.raft(1).log().last_index(),
+        before,
+        "the unpersisted entry is gone"
+    );
+    assert_eq!(
+        cluster.raft(1).role(),
+        Role::Leader,
+        "a full disk does not depose the leader"
+    );
+    // Space is back: the next proposal takes the same index and commits everywhere.
+    let again = cluster.propose(1, "kept").unwrap();
+    assert_eq!(again, index);
+    tick_and_settle(&mut cluster, 5);
+    for id in 1..=3 {
+        assert_eq!(cluster.raft(id).log().commit_index(), index, "node {id}");
+        let entry = cluster.raft(id).log().entry(index).unwrap();
+        assert_eq!(
+            entry.payload,
+            EntryPayload::Command(b"kept".to_vec()),
+            "node {id}"
+        );
+    }
+
+    // A follower's disk is full: the entries it received are dropped and sent again.
+    cluster.auto_ready = false;
+    cluster.propose(1, "to follower").unwrap();
+    cluster.handle_ready(1);
+    cluster.deliver_round();
+    let follower_ready = cluster.raft_mut(2).ready();
+    assert!(!follower_ready.entries.is_empty());
+    cluster.raft_mut(2).abandon_ready();
+    drop(follower_ready);
+    assert_eq!(cluster.raft(2).log().last_index(), index);
+    cluster.handle_ready(3);
+    cluster.auto_ready = true;
+    tick_and_settle(&mut cluster, 10);
+    let last = cluster.raft(1).log().last_index();
+    assert_eq!(last, index + 1);
+    assert_eq!(
+        cluster.raft(2).log().last_index(),
+        last,
+        "re-sent to the follower"
+    );
+    assert_eq!(cluster.raft(2).log().commit_index(), last);
+}

@@ -132,12 +132,17 @@ macro_rules! std_like_file_system {
             }
             fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
                 use $fs as fs;
-                let file = fs::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(true)
-                    .open(path)?;
-                Ok(Box::new(file))
+                // Truncate, then reopen in append mode: every write must land at the end of the
+                // file even after `set_len` shrank it (a rolled-back write on a full disk), and
+                // `append` cannot be combined with `truncate` in one open.
+                drop(
+                    fs::OpenOptions::new()
+                        .create(true)
+                        .write(true)
+                        .truncate(true)
+                        .open(path)?,
+                );
+                self.open_append(path)
             }
             fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
                 use $fs as fs;

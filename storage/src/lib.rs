@@ -16,6 +16,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod fault;
 pub mod fs;
 pub mod kv;
 pub mod log_store;

@@ -547,6 +547,12 @@ impl Wal {
         &self.dir
     }
 
+    /// Whether an earlier I/O failure stopped the log from accepting writes (see
+    /// [`StorageError::Poisoned`]). A write refused for lack of space does not poison it.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
     /// The sync policy this log was opened with.
     pub fn sync_policy(&self) -> SyncPolicy {
         self.options.sync

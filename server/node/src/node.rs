@@ -32,6 +32,10 @@ use crate::peer::PeerSenders;
 pub const NODE_INPUT_QUEUE: usize = 4096;
 /// Inputs handled before the node processes a Ready: the upper bound of one group commit.
 const MAX_INPUTS_PER_ROUND: usize = 1024;
+/// After a write failed for lack of disk space, new writes are refused at once for this long;
+/// then the next one tries the disk again (so writes resume, without a restart, once space is
+/// freed).
+const DISK_FULL_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Everything a node needs to start.
 #[derive(Clone)]
@@ -151,6 +155,10 @@ pub struct Node {
     was_leader: bool,
     /// Repairing a damaged log (`serve --repair`) until Raft says the log is whole again.
     repairing: bool,
+    /// Set when the disk was found full: writes are refused with `DiskFull` until then.
+    disk_full_until: Option<tokio::time::Instant>,
+    /// A snapshot postponed for lack of space is tried again once applied reaches this.
+    snapshot_retry_at: u64,
 }
 
 fn to_stored(entry: &Entry) -> Result<StoredEntry, storage::StorageError> {
@@ -237,6 +245,8 @@ impl Node {
             snapshots_installed: 0,
             was_leader: false,
             repairing: repair_until.is_some(),
+            disk_full_until: None,
+            snapshot_retry_at: 0,
         })
     }
 
@@ -355,6 +365,12 @@ impl Node {
                 )
             }
         };
+        if let Some(until) = self.disk_full_until {
+            if tokio::time::Instant::now() < until && self.raft.role() == Role::Leader {
+                let _ = reply.send(disk_full_response());
+                return;
+            }
+        }
         let proposal = Proposal {
             session: session.map(|s| SessionRef {
                 client_id: s.client_id,
@@ -449,7 +465,46 @@ impl Node {
                 vote: h.vote,
                 commit: h.commit,
             });
-            self.log.append(hard_state, &entries)?;
+            if let Err(error) = self.log.append(hard_state, &entries) {
+                let recoverable = error.is_disk_full()
+                    && !self.log.wal().is_poisoned()
+                    && ready.snapshot.is_none();
+                if !recoverable {
+                    return Err(error);
+                }
+                // The WAL put itself back as it was: nothing of this Ready is on disk. Forget
+                // it, tell its writers, and try the disk again on the next input or tick.
+                tracing::warn!(%error, "disk full: refusing writes, serving reads");
+                self.raft.abandon_ready();
+                for entry in &ready.entries {
+                    if let Some(write) = self.pending_writes.remove(&entry.index) {
+                        let _ = write.reply.send(disk_full_response());
+                    }
+                }
+                self.note_read_states(ready.read_states);
+                if self.raft.role() == Role::Leader {
+                    // Raft dropped reads whose confirming heartbeat was never sent: retry them.
+                    let unconfirmed: Vec<u64> = self
+                        .pending_reads
+                        .iter()
+                        .filter(|(_, read)| read.read_index.is_none())
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in unconfirmed {
+                        if let Some(read) = self.pending_reads.remove(&id) {
+                            let _ = read.reply.send(Response::Error {
+                                kind: ErrorKind::Unavailable,
+                                message: "the leader's disk is full; retry the read".into(),
+                            });
+                        }
+                    }
+                }
+                self.disk_full_until = Some(tokio::time::Instant::now() + DISK_FULL_BACKOFF);
+                break;
+            }
+            if self.disk_full_until.take().is_some() {
+                tracing::info!("the disk accepts writes again");
+            }
             // 2. Then the messages.
             for message in ready.messages {
                 self.peers.send(message);
@@ -462,11 +517,7 @@ impl Node {
                 self.apply(entry)?;
             }
             // 4. Reads confirmed by a heartbeat quorum (or the lease).
-            for read in ready.read_states {
-                if let Some(pending) = self.pending_reads.get_mut(&read.request_id) {
-                    pending.read_index = Some(read.index);
-                }
-            }
+            self.note_read_states(ready.read_states);
             self.raft.advance();
             self.serve_confirmed_reads();
             self.maybe_snapshot()?;
@@ -482,6 +533,15 @@ impl Node {
         }
         self.notice_leadership_change();
         Ok(())
+    }
+
+    /// Records the read index Raft confirmed for each pending read.
+    fn note_read_states(&mut self, read_states: Vec<consensus::ReadState>) {
+        for read in read_states {
+            if let Some(pending) = self.pending_reads.get_mut(&read.request_id) {
+                pending.read_index = Some(read.index);
+            }
+        }
     }
 
     fn apply(&mut self, entry: &Entry) -> Result<(), storage::StorageError> {
@@ -566,21 +626,33 @@ impl Node {
 
     fn maybe_snapshot(&mut self) -> Result<(), storage::StorageError> {
         let applied = self.machine.applied_index();
-        if applied < self.last_snapshot_index + self.config.snapshot_every_entries {
+        if applied < self.last_snapshot_index + self.config.snapshot_every_entries
+            || applied < self.snapshot_retry_at
+        {
             return Ok(());
         }
         let Some(term) = self.raft.log().term(applied) else {
             return Ok(());
         };
         let data = self.machine.to_snapshot()?;
-        self.log.save_snapshot(
+        let saved = self.log.save_snapshot(
             SnapshotPoint {
                 last_index: applied,
                 last_term: term,
             },
             &data,
             false,
-        )?;
+        );
+        match saved {
+            Ok(()) => {}
+            // Compaction can wait for space; the log stays whole meanwhile.
+            Err(error) if error.is_disk_full() && !self.log.wal().is_poisoned() => {
+                tracing::warn!(%error, "disk full: snapshot postponed");
+                self.snapshot_retry_at = applied + self.config.snapshot_every_entries / 10 + 1;
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        }
         let meta = SnapshotMeta {
             last_index: applied,
             last_term: term,
@@ -704,6 +776,14 @@ fn internal(error: impl std::fmt::Display) -> Response {
     Response::Error {
         kind: ErrorKind::Internal,
         message: error.to_string(),
+    }
+}
+
+fn disk_full_response() -> Response {
+    Response::Error {
+        kind: ErrorKind::DiskFull,
+        message: "no space left on the node's disk: the write was not applied; reads still work"
+            .into(),
     }
 }
 
