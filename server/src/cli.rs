@@ -243,8 +243,11 @@ pub fn parse_address(text: &str) -> std::result::Result<String, String> {
     if text.contains("://") {
         return Err("give HOST:PORT without a scheme (not a URL)".into());
     }
-    if text.parse::<std::net::SocketAddr>().is_ok() {
-        return Ok(text.to_string());
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return match addr.port() {
+            0 => Err("the port must be in 1-65535".into()),
+            _ => Ok(text.to_string()),
+        };
     }
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err("expected HOST:PORT".into());
