@@ -315,7 +315,7 @@ async fn status_exit_codes_follow_health() {
     let (code, stdout, _) = run(&["status", "--endpoints", &endpoints], &[]).await;
     assert_eq!(code, 1, "{stdout}");
     assert!(
-        stdout.contains(&format!("{down}")) && stdout.contains("DOWN: connection refused"),
+        stdout.contains(&down) && stdout.contains("DOWN: connection refused"),
         "{stdout}"
     );
     assert!(!stdout.contains("null"), "{stdout}");
