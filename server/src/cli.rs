@@ -355,18 +355,24 @@ pub fn run_sync(cli: Cli) -> Result<Result<ExitCode>, Box<Cli>> {
 }
 
 /// Stdout for results: every write reports its error (a closed pipe included) instead of
-/// panicking as `println!` does.
-struct Out(std::io::StdoutLock<'static>);
+/// panicking as `println!` does. It takes the stdout lock per write only, never across an
+/// `.await` (a task on another thread printing would otherwise wait forever).
+struct Out;
 
 impl Out {
     fn new() -> Self {
-        Out(std::io::stdout().lock())
+        Out
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(bytes)?;
+        stdout.flush()?;
+        Ok(())
     }
 
     fn line(&mut self, text: impl std::fmt::Display) -> Result<()> {
-        writeln!(self.0, "{text}")?;
-        self.0.flush()?;
-        Ok(())
+        self.bytes(format!("{text}\n").as_bytes())
     }
 
     fn json(&mut self, value: &serde_json::Value) -> Result<()> {
@@ -416,15 +422,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 out.json(&doc)?;
             } else if let Some(found) = &found {
+                let mut bytes = Vec::new();
                 if with_version {
-                    write!(out.0, "{}\t", found.version)?;
+                    bytes.extend_from_slice(format!("{}\t", found.version).as_bytes());
                 }
                 let encoding = target.encoding();
-                out.0.write_all(&encoding.encode(&found.value))?;
-                if out.0.is_terminal() || with_version || encoding != Encoding::Raw {
-                    writeln!(out.0)?;
+                bytes.extend_from_slice(&encoding.encode(&found.value));
+                if std::io::stdout().is_terminal() || with_version || encoding != Encoding::Raw {
+                    bytes.push(b'\n');
                 }
-                out.0.flush()?;
+                out.bytes(&bytes)?;
             }
             Ok(if found.is_some() {
                 ExitCode::SUCCESS

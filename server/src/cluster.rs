@@ -271,6 +271,14 @@ fn is_serve(pid: i32) -> bool {
     }
 }
 
+/// Whether `pid` runs `ringleader cluster up` (see [`is_serve`]).
+fn is_supervisor(pid: i32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => cmdline.split(|b| *b == 0).any(|arg| arg == b"cluster"),
+        Err(_) => alive(pid),
+    }
+}
+
 /// The pid written in a data directory's LOCK file, if a process holds that lock.
 fn lock_holder(node_dir: &Path) -> Option<i32> {
     let path = node_dir.join("LOCK");
@@ -417,15 +425,18 @@ impl Watched {
     }
 }
 
-/// Stops every watched node (and any other process found for a node) gracefully.
-async fn stop_all(layout: &Layout, watched: &mut BTreeMap<u64, Watched>) {
+/// Stops every watched node gracefully; with `sweep`, also any other process found for a node
+/// (one started by hand). A failed `up` does not sweep: a node it found running is not its own.
+async fn stop_all(layout: &Layout, watched: &mut BTreeMap<u64, Watched>, sweep: bool) {
     for (i, node) in watched.iter() {
         if let Some(pid) = node.pid() {
             signal(pid, libc::SIGTERM);
         }
-        for pid in node_pids(layout, *i) {
-            if Some(pid) != node.pid() {
-                signal(pid, libc::SIGTERM);
+        if sweep {
+            for pid in node_pids(layout, *i) {
+                if Some(pid) != node.pid() {
+                    signal(pid, libc::SIGTERM);
+                }
             }
         }
     }
@@ -455,8 +466,10 @@ async fn stop_all(layout: &Layout, watched: &mut BTreeMap<u64, Watched>) {
             }
             Watched::Gone => {}
         }
-        // Started by hand with a raw `serve` line, or not yet seen: found through its lock.
-        stop_node(layout, i, false);
+        if sweep {
+            // Started by hand with a raw `serve` line, or not yet seen: found through its lock.
+            stop_node(layout, i, false);
+        }
     }
 }
 
@@ -473,6 +486,21 @@ pub async fn up(args: UpArgs, log_format: LogFormat) -> Result<ExitCode> {
     );
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
+    // Handled from here on: a Ctrl-C while the nodes start stops them too (they run in their
+    // own process groups, so the terminal's signal does not reach them).
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let supervisor_pid_path = args.dir.join("supervisor.pid");
+    if let Some(pid) = read_pid(&supervisor_pid_path) {
+        if alive(pid) && is_supervisor(pid) {
+            bail!(
+                "a cluster is already running from {} (supervisor pid {pid}); stop it with \
+                 `ringleader cluster down --dir {}`",
+                args.dir.display(),
+                args.dir.display()
+            );
+        }
+    }
     let layout = Layout {
         dir: args.dir.clone(),
         nodes: args.nodes,
@@ -484,13 +512,15 @@ pub async fn up(args: UpArgs, log_format: LogFormat) -> Result<ExitCode> {
         ],
     };
     layout.save()?;
-    let supervisor_pid_path = layout.dir.join("supervisor.pid");
     std::fs::write(&supervisor_pid_path, format!("{}\n", std::process::id()))
         .with_context(|| format!("writing {}", supervisor_pid_path.display()))?;
     let exe = std::env::current_exe().context("finding this binary")?;
     let mut watched: BTreeMap<u64, Watched> = BTreeMap::new();
-    let result = async {
+    let starting = async {
         for i in 1..=layout.nodes {
+            // A node of this directory already running (started by hand): ours will fail on
+            // the data-directory lock and say so; its pid file is left to the running one.
+            let already_running = !node_pids(&layout, i).is_empty();
             let (log, log_from) = layout.open_log(i)?;
             let child = tokio::process::Command::new(&exe)
                 .args(layout.serve_args(i))
@@ -502,8 +532,10 @@ pub async fn up(args: UpArgs, log_format: LogFormat) -> Result<ExitCode> {
                 .spawn()
                 .with_context(|| format!("starting node {i}"))?;
             let pid = child.id().context("a child without a pid")? as i32;
-            std::fs::write(layout.pid_path(i), format!("{pid}\n"))
-                .with_context(|| format!("writing {}", layout.pid_path(i).display()))?;
+            if !already_running {
+                std::fs::write(layout.pid_path(i), format!("{pid}\n"))
+                    .with_context(|| format!("writing {}", layout.pid_path(i).display()))?;
+            }
             println!(
                 "node {i}: {} (pid {pid}) log {}",
                 layout.addr(i),
@@ -536,10 +568,14 @@ pub async fn up(args: UpArgs, log_format: LogFormat) -> Result<ExitCode> {
             .await?;
         }
         anyhow::Ok(())
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        result = starting => result,
+        _ = interrupt.recv() => Err(anyhow::anyhow!("interrupted while the nodes started")),
+        _ = terminate.recv() => Err(anyhow::anyhow!("terminated while the nodes started")),
+    };
     if let Err(error) = result {
-        stop_all(&layout, &mut watched).await;
+        stop_all(&layout, &mut watched, false).await;
         let _ = std::fs::remove_file(&supervisor_pid_path);
         return Err(error);
     }
@@ -551,8 +587,6 @@ pub async fn up(args: UpArgs, log_format: LogFormat) -> Result<ExitCode> {
         "press Ctrl-C to stop (or `ringleader cluster down --dir {}`)",
         layout.dir.display()
     );
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = interrupt.recv() => break,
@@ -562,7 +596,7 @@ pub async fn up(args: UpArgs, log_format: LogFormat) -> Result<ExitCode> {
         watch(&layout, &mut watched);
     }
     println!("stopping the cluster");
-    stop_all(&layout, &mut watched).await;
+    stop_all(&layout, &mut watched, true).await;
     let _ = std::fs::remove_file(&supervisor_pid_path);
     Ok(ExitCode::SUCCESS)
 }
@@ -677,10 +711,7 @@ pub fn down(args: DirArgs) -> Result<ExitCode> {
     let layout = Layout::load(&args.dir)?;
     let supervisor_pid_path = layout.dir.join("supervisor.pid");
     if let Some(pid) = read_pid(&supervisor_pid_path) {
-        let is_supervisor = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == b"cluster"))
-            .unwrap_or(true);
-        if alive(pid) && is_supervisor {
+        if alive(pid) && is_supervisor(pid) {
             signal(pid, libc::SIGTERM);
             if !wait_gone(&[pid], Duration::from_millis(STOP_TIMEOUT_MS + 5_000)).is_empty() {
                 eprintln!("the supervisor (pid {pid}) did not stop in time");

@@ -135,7 +135,7 @@ fn up_exits_with_the_nodes_own_error_when_a_node_cannot_start() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(dir.path().to_path_buf());
     let other = free_ports(1);
-    let _squatter = KillOnDrop(serve(dir.path(), other, 1, 1, &[]));
+    let mut squatter = KillOnDrop(serve(dir.path(), other, 1, 1, &[]));
     let endpoint = vec![addr(other, 1)];
     tokio::runtime::Runtime::new()
         .unwrap()
@@ -149,6 +149,32 @@ fn up_exits_with_the_nodes_own_error_when_a_node_cannot_start() {
         stderr.contains("in use by another running node"),
         "{stderr}"
     );
+    assert!(
+        squatter.0.try_wait().unwrap().is_none(),
+        "a failed `up` stops only the nodes it started"
+    );
+    // And a second `up` on a directory whose cluster runs is refused before it starts anything.
+    let running = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(running.path().to_path_buf());
+    let mut first = KillOnDrop(cluster_up(running.path(), free_ports(3), out.path(), &[]));
+    wait_for_text(&out.path().join("up.out"), "cluster of 3 up");
+    let second_out = tempfile::tempdir().unwrap();
+    let mut second = KillOnDrop(cluster_up(
+        running.path(),
+        free_ports(3),
+        second_out.path(),
+        &[],
+    ));
+    assert_eq!(wait_exit(&mut second.0).code(), Some(2));
+    let stderr = std::fs::read_to_string(second_out.path().join("up.err")).unwrap();
+    assert!(stderr.contains("already running"), "{stderr}");
+    assert!(
+        first.0.try_wait().unwrap().is_none(),
+        "the running cluster is untouched"
+    );
+    for id in 1..=3 {
+        assert!(running.path().join(format!("node-{id}.pid")).exists());
+    }
 
     // Ports past 65535.
     let mut up = KillOnDrop(cluster_up(dir.path(), 65_534, out.path(), &[]));
