@@ -507,3 +507,43 @@ impl<C: Connector> Client<C> {
 fn unexpected(response: Response) -> Error {
     Error::Server(format!("unexpected response {response:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An address where nothing listens.
+    fn refused_addr() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        addr
+    }
+
+    // Paused time: the deadline and the retry window are virtual, so "before the deadline" is
+    // exact and costs no wall-clock wait.
+    #[tokio::test(start_paused = true)]
+    async fn refused_everywhere_fails_within_the_retry_window_and_is_certainly_not_applied() {
+        let mut config = ClientConfig::new(vec![refused_addr(), refused_addr()]);
+        config.request_timeout = Duration::from_secs(600);
+        let client = Client::new(config).unwrap();
+        let started = tokio::time::Instant::now();
+        let error = client.put("k", "v").await.unwrap_err();
+        assert!(
+            matches!(error, Error::Unreachable { .. }),
+            "a typed error: {error:?}"
+        );
+        assert!(
+            !error.outcome_unknown(),
+            "never sent, so certainly not applied"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "failed fast, not at the request deadline"
+        );
+        assert!(
+            error.to_string().contains("certainly not applied"),
+            "{error}"
+        );
+    }
+}
