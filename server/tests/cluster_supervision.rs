@@ -107,6 +107,15 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
+/// Waits (a hang guard) until the node at `addr` answers a Status request.
+async fn wait_answering(probe: &ringleader_client::Client, addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe.status_of(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "{addr} never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[test]
 fn up_exits_with_the_nodes_own_error_when_a_node_cannot_start() {
     // Node 2's port is taken.
@@ -235,26 +244,31 @@ async fn supervisor_reports_exits_watches_restarts_and_down_stops_every_node() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    // Restarted by hand with a raw `serve` line: `cluster down` still stops it.
+    // Restarted by hand with a raw `serve` line: Ctrl-C of the supervisor stops it too.
     let mut by_hand = KillOnDrop(serve(d, base, leader.id, 3, &[]));
     let probe = client(endpoints.clone(), Duration::from_secs(5));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while probe.status_of(&addr(base, leader.id)).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the node started by hand never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_answering(&probe, &addr(base, leader.id)).await;
+    // SAFETY: kill(2) on the `cluster up` process this test started.
+    unsafe {
+        libc::kill(up.0.id() as libc::pid_t, libc::SIGINT);
     }
-    let (code, stdout, stderr) = cluster(&["down"], d);
-    assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(wait_exit(&mut up.0).success(), "the supervisor exits 0");
     wait_exit(&mut by_hand.0);
     for id in 1..=3 {
-        assert!(
-            !lock_held(d, id),
-            "node {id} still runs after `cluster down`"
-        );
+        assert!(!lock_held(d, id), "node {id} still runs after Ctrl-C");
+    }
+
+    // Without a supervisor: `cluster down` stops a node started with `cluster start` and one
+    // started by hand.
+    let (code, stdout, stderr) = cluster(&["start", "1"], d);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let mut by_hand = KillOnDrop(serve(d, base, 2, 3, &[]));
+    wait_answering(&probe, &addr(base, 2)).await;
+    let (code, stdout, stderr) = cluster(&["down"], d);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    wait_exit(&mut by_hand.0);
+    for id in 1..=3 {
+        assert!(!lock_held(d, id), "node {id} runs after `cluster down`");
         assert!(
             !d.join(format!("node-{id}.pid")).exists(),
             "node-{id}.pid left"
