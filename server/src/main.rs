@@ -70,3 +70,27 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of `NodeError::Storage` (`"storage: {0}"` with `#[from]`): its message already
+    /// holds its source's.
+    #[derive(Debug, thiserror::Error)]
+    #[error("storage: {0}")]
+    struct Repeats(#[from] std::io::Error);
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let source = std::io::Error::other("corrupt wal-1 at byte offset 42");
+        let error = anyhow::Error::new(Repeats(source)).context("starting node 2");
+        assert_eq!(
+            describe(&error),
+            "starting node 2: storage: corrupt wal-1 at byte offset 42"
+        );
+        // A cause that adds something is kept.
+        let error = anyhow::anyhow!("outer").context("context");
+        assert_eq!(describe(&error), "context: outer");
+    }
+}
