@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::connection::Connection;
+use crate::connection::{CallError, Connection};
 use crate::error::{Error, Result};
 use crate::net::{Connector, TokioConnector};
 use crate::protocol::{
@@ -32,12 +32,19 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Pause before retrying when no leader is known.
     pub retry_backoff: Duration,
+    /// When every endpoint refuses the connection (nothing listens, or the connect times out),
+    /// the client keeps trying for this long and then gives up with [`Error::Unreachable`]
+    /// instead of waiting out the whole request timeout: a request that was never sent cannot
+    /// have been applied, and a cluster whose every node is down will not answer soon. Long
+    /// enough to ride over a node restarting.
+    pub connect_retry_window: Duration,
     /// Request size limits, checked before sending.
     pub limits: Limits,
 }
 
 impl ClientConfig {
-    /// Defaults: 5 s request timeout, 2 s per attempt, 1 s connect timeout, 50 ms retry backoff.
+    /// Defaults: 5 s request timeout, 2 s per attempt, 1 s connect timeout, 50 ms retry backoff,
+    /// 1 s connect-retry window.
     pub fn new(endpoints: Vec<String>) -> Self {
         ClientConfig {
             endpoints,
@@ -45,6 +52,7 @@ impl ClientConfig {
             attempt_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             retry_backoff: Duration::from_millis(50),
+            connect_retry_window: Duration::from_secs(1),
             limits: Limits::default(),
         }
     }
@@ -209,23 +217,31 @@ impl<C: Connector> Client<C> {
         }
     }
 
-    /// Asks one node (not the leader) for its status.
+    /// Asks one node (not the leader) for its status. A node that refuses the connection gives
+    /// [`Error::Unreachable`]; one that does not answer in time, [`Error::Timeout`].
     pub async fn status_of(&self, addr: &str) -> Result<NodeStatus> {
-        let response = tokio::time::timeout(self.config.request_timeout, async {
-            let connection = self.connection(addr).await?;
-            connection.call(Request::Status).await
+        let timeout = self.config.request_timeout;
+        let response = tokio::time::timeout(timeout, async {
+            let connection = self
+                .connection(addr)
+                .await
+                .map_err(|last_problem| Error::Unreachable { last_problem })?;
+            connection
+                .call(Request::Status)
+                .await
+                .map_err(|e| Error::Timeout {
+                    timeout,
+                    maybe_applied: false,
+                    last_problem: format!("{addr}: {e}"),
+                })
         })
         .await;
         match response {
             Ok(Ok(Response::Status(status))) => Ok(*status),
             Ok(Ok(other)) => Err(unexpected(other)),
-            Ok(Err(problem)) => Err(Error::Timeout {
-                timeout: self.config.request_timeout,
-                maybe_applied: false,
-                last_problem: problem,
-            }),
+            Ok(Err(error)) => Err(error),
             Err(_) => Err(Error::Timeout {
-                timeout: self.config.request_timeout,
+                timeout,
                 maybe_applied: false,
                 last_problem: format!("{addr} did not answer"),
             }),
@@ -344,15 +360,28 @@ impl<C: Connector> Client<C> {
     }
 
     /// Sends `request` to the leader, following redirects and retrying until the deadline.
+    ///
+    /// `maybe_applied` stays false while every attempt failed before the request left this
+    /// process (a refused or timed-out connect, a connection closed before it took the request):
+    /// then the error says the request was certainly not applied. When every endpoint refuses
+    /// connections for [`ClientConfig::connect_retry_window`], the call fails early with
+    /// [`Error::Unreachable`] rather than waiting out the request timeout.
     async fn call(&self, request: Request) -> Result<Response> {
         request.check(&self.config.limits).map_err(Error::Invalid)?;
         let timeout = self.config.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut maybe_applied = false;
         let mut last_problem = String::from("no attempt finished");
+        // Endpoints that refused a connection since the last connection that worked, and since
+        // when every endpoint has been refusing (a whole round failed to connect).
+        let mut refused: BTreeSet<String> = BTreeSet::new();
+        let mut all_refusing_since: Option<tokio::time::Instant> = None;
         loop {
             let now = tokio::time::Instant::now();
             if now >= deadline {
+                if !maybe_applied && all_refusing_since.is_some() {
+                    return Err(Error::Unreachable { last_problem });
+                }
                 return Err(Error::Timeout {
                     timeout,
                     maybe_applied: maybe_applied && request.is_write(),
@@ -360,37 +389,75 @@ impl<C: Connector> Client<C> {
                 });
             }
             let addr = self.target();
-            let attempt_timeout = (deadline - now).min(self.config.attempt_timeout);
-            let attempt = tokio::time::timeout(attempt_timeout, async {
-                let connection = self.connection(&addr).await.map_err(|e| (false, e))?;
-                connection
-                    .call(request.clone())
-                    .await
-                    .map_err(|e| (true, e))
-            })
-            .await;
-            let response = match attempt {
-                Err(_elapsed) => {
-                    maybe_applied = true;
-                    last_problem = format!("{addr} did not answer in time");
-                    self.forget(&addr, true);
-                    continue;
+            let connected = tokio::time::timeout(deadline - now, self.connection(&addr))
+                .await
+                .unwrap_or_else(|_| Err(format!("connect to {addr} timed out")));
+            let connection = match connected {
+                Ok(connection) => {
+                    refused.clear();
+                    all_refusing_since = None;
+                    connection
                 }
-                Ok(Err((sent, problem))) => {
-                    maybe_applied |= sent;
+                Err(problem) => {
+                    // Nothing was sent: this attempt cannot have applied the request.
                     last_problem = problem;
                     self.forget(&addr, true);
+                    refused.insert(addr);
+                    if self.config.endpoints.iter().all(|e| refused.contains(e)) {
+                        let since = *all_refusing_since.get_or_insert(now);
+                        if !maybe_applied && now - since >= self.config.connect_retry_window {
+                            return Err(Error::Unreachable { last_problem });
+                        }
+                        refused.clear(); // the next round
+                    }
                     tokio::time::sleep(self.config.retry_backoff).await;
                     continue;
                 }
-                Ok(Ok(response)) => response,
             };
+            let now = tokio::time::Instant::now();
+            let attempt_timeout = deadline
+                .saturating_duration_since(now)
+                .min(self.config.attempt_timeout);
+            let response =
+                match tokio::time::timeout(attempt_timeout, connection.call(request.clone())).await
+                {
+                    Err(_elapsed) => {
+                        maybe_applied = true;
+                        last_problem = format!(
+                            "{addr} did not answer within {} ms",
+                            attempt_timeout.as_millis()
+                        );
+                        self.forget(&addr, true);
+                        continue;
+                    }
+                    Ok(Err(CallError::NotSent)) => {
+                        last_problem =
+                            format!("{addr}: connection closed before the request was sent");
+                        self.forget(&addr, true);
+                        tokio::time::sleep(self.config.retry_backoff).await;
+                        continue;
+                    }
+                    Ok(Err(CallError::Lost)) => {
+                        maybe_applied = true;
+                        last_problem = format!("{addr}: connection lost before the answer");
+                        self.forget(&addr, true);
+                        tokio::time::sleep(self.config.retry_backoff).await;
+                        continue;
+                    }
+                    Ok(Ok(response)) => response,
+                };
             match response {
                 Response::NotLeader {
                     leader_addr,
                     leader,
                 } => {
-                    last_problem = format!("{addr} is not the leader (leader: {leader:?})");
+                    last_problem = match (leader, &leader_addr) {
+                        (Some(id), Some(at)) => {
+                            format!("{addr} is not the leader (node {id} at {at} is)")
+                        }
+                        (Some(id), None) => format!("{addr} is not the leader (node {id} is)"),
+                        (None, _) => format!("{addr} knows no leader yet"),
+                    };
                     let redirected = {
                         let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
                         routing.leader = leader_addr.filter(|leader_addr| *leader_addr != addr);
@@ -439,4 +506,44 @@ impl<C: Connector> Client<C> {
 
 fn unexpected(response: Response) -> Error {
     Error::Server(format!("unexpected response {response:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An address where nothing listens.
+    fn refused_addr() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        addr
+    }
+
+    // Paused time: the deadline and the retry window are virtual, so "before the deadline" is
+    // exact and costs no wall-clock wait.
+    #[tokio::test(start_paused = true)]
+    async fn refused_everywhere_fails_within_the_retry_window_and_is_certainly_not_applied() {
+        let mut config = ClientConfig::new(vec![refused_addr(), refused_addr()]);
+        config.request_timeout = Duration::from_secs(600);
+        let client = Client::new(config).unwrap();
+        let started = tokio::time::Instant::now();
+        let error = client.put("k", "v").await.unwrap_err();
+        assert!(
+            matches!(error, Error::Unreachable { .. }),
+            "a typed error: {error:?}"
+        );
+        assert!(
+            !error.outcome_unknown(),
+            "never sent, so certainly not applied"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "failed fast, not at the request deadline"
+        );
+        assert!(
+            error.to_string().contains("certainly not applied"),
+            "{error}"
+        );
+    }
 }

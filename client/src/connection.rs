@@ -21,6 +21,17 @@ use crate::protocol::{
 /// Requests a connection holds in flight at most; callers wait for room beyond it.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
+/// Why [`Connection::call`] got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The connection had ended before it took the request: it never left this process.
+    #[error("connection closed before the request was sent")]
+    NotSent,
+    /// The connection ended after it took the request: it may have reached the node.
+    #[error("connection lost before the answer")]
+    Lost,
+}
+
 type Pending = (Request, oneshot::Sender<Response>);
 
 /// A handle to a connection task. Cheap to clone.
@@ -65,17 +76,15 @@ impl Connection {
         Ok(Connection { requests: sender })
     }
 
-    /// Sends a request and waits for its response; `Err` when the connection is gone (the
-    /// request may or may not have reached the node).
-    pub async fn call(&self, request: Request) -> Result<Response, String> {
+    /// Sends a request and waits for its response; `Err` when the connection is gone, saying
+    /// whether the request may have reached the node.
+    pub async fn call(&self, request: Request) -> Result<Response, CallError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send((request, reply))
             .await
-            .map_err(|_| "connection closed".to_string())?;
-        answer
-            .await
-            .map_err(|_| "connection lost before the answer".to_string())
+            .map_err(|_| CallError::NotSent)?;
+        answer.await.map_err(|_| CallError::Lost)
     }
 
     /// Whether the connection task has ended.

@@ -7,12 +7,16 @@ use std::time::Duration;
 pub enum Error {
     /// No answer within the request timeout. For a write, `maybe_applied` says whether it was
     /// sent at least once: then it may have taken effect (its session makes a retry safe).
-    #[error("no answer within {timeout:?} (last problem: {last_problem}){}", if *.maybe_applied { "; the write may have been applied" } else { "" })]
+    #[error("no answer within {} ms (last problem: {last_problem}){}", timeout.as_millis(), if *.maybe_applied { "; outcome unknown: the write may have been applied" } else { "" })]
     Timeout {
         timeout: Duration,
         maybe_applied: bool,
         last_problem: String,
     },
+    /// No endpoint accepted a connection, round after round, for the client's connect-retry
+    /// window: the request was never sent, so it was certainly not applied.
+    #[error("every endpoint refused the connection (last: {last_problem}); the request was not sent, so it was certainly not applied")]
+    Unreachable { last_problem: String },
     /// The request breaks a limit or is malformed.
     #[error("invalid request: {0}")]
     Invalid(String),

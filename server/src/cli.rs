@@ -1,7 +1,15 @@
 //! The command line: argument parsing (clap) and the client commands.
+//!
+//! Every address is checked when the arguments are parsed (`--endpoints`, `RINGLEADER_ENDPOINTS`,
+//! `serve --listen` and `--peers`): a typo is a usage error at once (exit 2), not seconds of
+//! retries against an address that cannot exist, nor a node that campaigns forever alone.
+//!
+//! Exit codes of the client commands: 0 success, 1 key absent or cas mismatch (for `status`:
+//! degraded), 2 any error, one line on stderr. Output goes through [`Out`], so a closed stdout
+//! (`get | head`) ends the command quietly instead of panicking in `println!`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,10 +17,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ringleader_client::protocol::Expect;
-use ringleader_client::{CasOutcome, Client, ClientConfig, TokioConnector};
+use ringleader_client::{CasOutcome, Client, ClientConfig, NodeStatus, TokioConnector};
 use ringleader_node::node::NodeConfig;
+use serde_json::json;
 use storage::{StdFs, SyncPolicy};
 
+use crate::binary::Encoding;
 use crate::cluster;
 
 const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
@@ -31,10 +41,19 @@ pub struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+pub enum LogFormat {
     Text,
     Json,
+}
+
+impl LogFormat {
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -68,7 +87,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Set KEY to NEW if an expectation holds. Exit 1 on mismatch.
+    /// Set KEY to NEW if an expectation holds (`-` reads NEW from stdin). Prints the new
+    /// version. Exit 1 on mismatch.
     Cas {
         key: String,
         new: String,
@@ -85,24 +105,43 @@ enum Command {
         target: Target,
     },
     /// Check a history for linearizability (JSONL, or Knossos EDN / Porcupine kv files). Exit 0
-    /// yes, 1 no, 2 malformed, 3 unknown.
+    /// yes, 1 no, 2 malformed or empty, 3 unknown.
     Check(crate::verify::CheckArgs),
     /// Run the deterministic simulation of a cluster under faults and check its history.
     Sim(crate::verify::SimArgs),
-    /// Show every node: role, term, leader, commit and applied index, follower lag.
+    /// Every node's own view (role, term, leader, commit, applied and last index); a node that
+    /// does not answer is shown as down, with why. Exit 0 healthy, 1 degraded (no leader, a node
+    /// down, or a node lagging), 2 no node answers: usable as a health check.
     Status {
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
+        /// A node whose applied index trails the leader's commit index by more than this many
+        /// entries counts as lagging (degraded), as does one the leader reports as lagging.
+        #[arg(long, default_value_t = DEFAULT_MAX_LAG_ENTRIES)]
+        max_lag_entries: u64,
         #[command(flatten)]
         target: Target,
     },
 }
 
+/// `status`: a node this far behind the leader's commit index is degraded. A follower that
+/// keeps up trails by a few batches at most; one that missed a snapshot's worth (the default
+/// `--snapshot-every-entries` is 10,000) or more is catching up or stuck.
+const DEFAULT_MAX_LAG_ENTRIES: u64 = 1_000;
+
+/// `status`: a voter missing from `--endpoints` counts as down when the leader has not heard from
+/// it for this long (heartbeats go every tick, 50 ms by default; elections start after 0.5-1 s).
+const NOT_HEARD_MS: u64 = 2_000;
+
 #[derive(Subcommand)]
 enum ClusterCommand {
-    /// Start a local cluster as child processes; Ctrl-C stops it. Rerun to recover from DIR.
+    /// Start a local cluster as child processes and watch it; Ctrl-C stops it. Rerun to recover
+    /// from DIR.
     Up(cluster::UpArgs),
+    /// Stop every node of the cluster in DIR (the `up` supervisor, and nodes started with `start`).
+    Down(cluster::DirArgs),
+    /// Stop one node of the cluster in DIR (gracefully, or with --kill as a crash).
+    Stop(cluster::StopArgs),
+    /// Start one node of the cluster in DIR again, with the arguments `up` gave it.
+    Start(cluster::StartArgs),
 }
 
 #[derive(Args)]
@@ -114,11 +153,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "./ringleader-data")]
     dir: PathBuf,
     /// Address to listen on for clients and peers.
-    #[arg(long, default_value = "127.0.0.1:7001")]
+    #[arg(long, default_value = "127.0.0.1:7001", value_parser = parse_address)]
     listen: String,
     /// Every voter as ID=ADDR, comma-separated, this node included. Omit for a single node.
-    #[arg(long, value_delimiter = ',')]
-    peers: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+    peers: Vec<(u64, String)>,
     /// When the WAL is fsynced: `always` (before acknowledging, the default), `never`, or a
     /// number of milliseconds between syncs.
     #[arg(long, default_value = "always")]
@@ -138,27 +177,138 @@ pub struct ServeArgs {
 
 #[derive(Args)]
 struct Target {
-    /// Node addresses, comma-separated; any node will do.
-    #[arg(long, env = "RINGLEADER_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, value_delimiter = ',')]
+    /// Node addresses (HOST:PORT), comma-separated; any node will do.
+    #[arg(long, env = "RINGLEADER_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, value_delimiter = ',', value_parser = parse_address)]
     endpoints: Vec<String>,
-    /// Give up after this many milliseconds.
-    #[arg(long, default_value_t = 5000)]
-    timeout_ms: u64,
+    /// Give up after this long: milliseconds, or with a unit (500ms, 5s).
+    #[arg(long = "timeout", visible_alias = "timeout-ms", env = "RINGLEADER_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
+    timeout: Duration,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Keys and values (arguments, stdin and `get`'s output) are hexadecimal.
+    #[arg(long, conflicts_with = "base64")]
+    hex: bool,
+    /// Keys and values (arguments, stdin and `get`'s output) are base64.
+    #[arg(long)]
+    base64: bool,
 }
 
 impl Target {
     fn client(&self) -> Result<Client<TokioConnector>> {
         let mut config = ClientConfig::new(self.endpoints.clone());
-        config.request_timeout = Duration::from_millis(self.timeout_ms);
+        config.request_timeout = self.timeout;
         Ok(Client::new(config)?)
+    }
+
+    fn encoding(&self) -> Encoding {
+        match (self.hex, self.base64) {
+            (true, _) => Encoding::Hex,
+            (_, true) => Encoding::Base64,
+            _ => Encoding::Raw,
+        }
+    }
+
+    /// A key or value from the command line: `-` (where allowed) reads stdin; `--hex` or
+    /// `--base64` decode it.
+    fn bytes(&self, what: &str, text: &str, stdin_allowed: bool) -> Result<Vec<u8>> {
+        let raw = if stdin_allowed && text == "-" {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .with_context(|| format!("reading the {what} from stdin"))?;
+            bytes
+        } else {
+            text.as_bytes().to_vec()
+        };
+        self.encoding()
+            .decode(&raw)
+            .with_context(|| format!("the {what} {text:?}"))
+    }
+
+    /// Bytes for a JSON document: a string when they are text (or an encoding was asked for),
+    /// else base64 under a `_base64` name.
+    fn json_bytes(&self, name: &str, bytes: &[u8]) -> (String, serde_json::Value) {
+        match (self.encoding(), std::str::from_utf8(bytes)) {
+            (Encoding::Raw, Ok(text)) => (name.to_string(), json!(text)),
+            (Encoding::Raw, Err(_)) => (
+                format!("{name}_base64"),
+                json!(crate::binary::encode_base64(bytes)),
+            ),
+            (encoding, _) => (
+                name.to_string(),
+                json!(String::from_utf8_lossy(&encoding.encode(bytes))),
+            ),
+        }
     }
 }
 
+/// `HOST:PORT` with a port in 1..=65535: `notanaddress`, `http://host:1`, `:99999` are refused.
+pub fn parse_address(text: &str) -> std::result::Result<String, String> {
+    if text.contains("://") {
+        return Err("give HOST:PORT without a scheme (not a URL)".into());
+    }
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return match addr.port() {
+            0 => Err("the port must be in 1-65535".into()),
+            _ => Ok(text.to_string()),
+        };
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err("expected HOST:PORT".into());
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("the port {port:?} is not a number in 1-65535"))?;
+    if port == 0 {
+        return Err("the port must be in 1-65535".into());
+    }
+    let valid_host = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+    if !valid_host {
+        return Err(format!("{host:?} is not a host name or IP address"));
+    }
+    Ok(text.to_string())
+}
+
+/// `ID=HOST:PORT` for `serve --peers`.
+fn parse_peer(text: &str) -> std::result::Result<(u64, String), String> {
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| "expected ID=HOST:PORT".to_string())?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| format!("the node id {id:?} is not a number"))?;
+    Ok((id, parse_address(addr)?))
+}
+
+/// `1500`, `1500ms`, `2s`, `1.5s`.
+fn parse_timeout(text: &str) -> std::result::Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (milliseconds, or 500ms, 2s, 1.5s)");
+    let duration = if let Some(ms) = text.strip_suffix("ms") {
+        Duration::from_millis(ms.trim().parse().map_err(|_| bad())?)
+    } else if let Some(seconds) = text.strip_suffix('s') {
+        let seconds: f64 = seconds.trim().parse().map_err(|_| bad())?;
+        Duration::try_from_secs_f64(seconds).map_err(|_| bad())?
+    } else {
+        Duration::from_millis(text.trim().parse().map_err(|_| bad())?)
+    };
+    if duration.is_zero() {
+        return Err("the timeout must be above zero".into());
+    }
+    Ok(duration)
+}
+
+/// Logs go to stderr; colour codes only when stderr is a terminal, so a node's log file (under
+/// `cluster up`) stays plain text.
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -166,17 +316,11 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Parses `--peers 1=ADDR,2=ADDR`.
-fn parse_peers(id: u64, listen: &str, peers: &[String]) -> Result<BTreeMap<u64, String>> {
+/// Builds the voter map from `--peers`; a single node when it is empty.
+fn parse_peers(id: u64, listen: &str, peers: &[(u64, String)]) -> Result<BTreeMap<u64, String>> {
     let mut map = BTreeMap::new();
-    for peer in peers {
-        let (peer_id, addr) = peer
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--peers entry {peer:?} is not ID=ADDR"))?;
-        let peer_id: u64 = peer_id
-            .parse()
-            .with_context(|| format!("--peers entry {peer:?}: bad id"))?;
-        if map.insert(peer_id, addr.to_string()).is_some() {
+    for (peer_id, addr) in peers {
+        if map.insert(*peer_id, addr.clone()).is_some() {
             bail!("--peers names node {peer_id} twice");
         }
     }
@@ -205,11 +349,44 @@ pub fn run_sync(cli: Cli) -> Result<Result<ExitCode>, Box<Cli>> {
     match cli.command {
         Command::Check(args) => Ok(crate::verify::check_command(args)),
         Command::Sim(args) => Ok(crate::verify::sim_command(args)),
+        Command::Cluster {
+            command: ClusterCommand::Stop(args),
+        } => Ok(cluster::stop(args)),
+        Command::Cluster {
+            command: ClusterCommand::Down(args),
+        } => Ok(cluster::down(args)),
         command => Err(Box::new(Cli { command, ..cli })),
     }
 }
 
+/// Stdout for results: every write reports its error (a closed pipe included) instead of
+/// panicking as `println!` does. It takes the stdout lock per write only, never across an
+/// `.await` (a task on another thread printing would otherwise wait forever).
+struct Out;
+
+impl Out {
+    fn new() -> Self {
+        Out
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(bytes)?;
+        stdout.flush()?;
+        Ok(())
+    }
+
+    fn line(&mut self, text: impl std::fmt::Display) -> Result<()> {
+        self.bytes(format!("{text}\n").as_bytes())
+    }
+
+    fn json(&mut self, value: &serde_json::Value) -> Result<()> {
+        self.line(value)
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let mut out = Out::new();
     match cli.command {
         Command::Serve(args) => {
             init_tracing(cli.log_format);
@@ -217,44 +394,69 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Cluster {
             command: ClusterCommand::Up(args),
-        } => cluster::up(args).await,
+        } => cluster::up(args, cli.log_format).await,
+        Command::Cluster {
+            command: ClusterCommand::Start(args),
+        } => cluster::start(args).await,
         Command::Put { key, value, target } => {
-            let value = if value == "-" {
-                let mut bytes = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut bytes)
-                    .context("reading the value from stdin")?;
-                bytes
+            let key_bytes = target.bytes("key", &key, false)?;
+            let value = target.bytes("value", &value, true)?;
+            let version = target.client()?.put(key_bytes.clone(), value).await?;
+            if target.json {
+                let (name, key) = target.json_bytes("key", &key_bytes);
+                out.json(&json!({ name: key, "version": version }))?;
             } else {
-                value.into_bytes()
-            };
-            let version = target.client()?.put(key, value).await?;
-            println!("{version}");
+                out.line(version)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Get {
             key,
             with_version,
             target,
-        } => match target.client()?.get(key).await? {
-            Some(found) => {
-                let mut out = std::io::stdout().lock();
+        } => {
+            let key_bytes = target.bytes("key", &key, true)?;
+            let found = target.client()?.get(key_bytes.clone()).await?;
+            if target.json {
+                let (key_name, key_json) = target.json_bytes("key", &key_bytes);
+                let mut doc = json!({ key_name: key_json, "found": found.is_some() });
+                if let Some(found) = &found {
+                    let (name, value) = target.json_bytes("value", &found.value);
+                    doc["version"] = json!(found.version);
+                    doc[name] = value;
+                }
+                out.json(&doc)?;
+            } else if let Some(found) = &found {
+                let mut bytes = Vec::new();
                 if with_version {
-                    write!(out, "{}\t", found.version)?;
+                    bytes.extend_from_slice(format!("{}\t", found.version).as_bytes());
                 }
-                out.write_all(&found.value)?;
-                if std::io::IsTerminal::is_terminal(&out) || with_version {
-                    writeln!(out)?;
+                let encoding = target.encoding();
+                bytes.extend_from_slice(&encoding.encode(&found.value));
+                if std::io::stdout().is_terminal() || with_version || encoding != Encoding::Raw {
+                    bytes.push(b'\n');
                 }
-                Ok(ExitCode::SUCCESS)
+                out.bytes(&bytes)?;
             }
-            None => Ok(ExitCode::from(1)),
-        },
-        Command::Delete { key, target } => Ok(if target.client()?.delete(key).await? {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        }),
+            Ok(if found.is_some() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Delete { key, target } => {
+            let key_bytes = target.bytes("key", &key, true)?;
+            let existed = target.client()?.delete(key_bytes.clone()).await?;
+            if target.json {
+                let (name, key) = target.json_bytes("key", &key_bytes);
+                out.json(&json!({ name: key, "existed": existed }))?;
+            }
+            Ok(if existed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Cas {
             key,
             new,
@@ -264,46 +466,71 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             target,
         } => {
             let expect = match (expect_value, expect_version, expect_absent) {
-                (Some(value), None, false) => Expect::Value(value.into_bytes()),
+                (Some(value), None, false) => {
+                    Expect::Value(target.bytes("expected value", &value, false)?)
+                }
                 (None, Some(version), false) => Expect::Version(version),
                 (None, None, true) => Expect::Absent,
                 _ => bail!(
                     "cas needs exactly one of --expect-value, --expect-version, --expect-absent"
                 ),
             };
-            match target.client()?.cas(key, expect, new).await? {
+            let key_bytes = target.bytes("key", &key, false)?;
+            let new = target.bytes("new value", &new, true)?;
+            let outcome = target.client()?.cas(key_bytes.clone(), expect, new).await?;
+            let (key_name, key_json) = target.json_bytes("key", &key_bytes);
+            match outcome {
                 CasOutcome::Swapped { version } => {
-                    println!("{version}");
+                    if target.json {
+                        out.json(
+                            &json!({ key_name: key_json, "swapped": true, "version": version }),
+                        )?;
+                    } else {
+                        out.line(version)?;
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 CasOutcome::Mismatch { current } => {
-                    match current {
-                        Some(current) => eprintln!("mismatch: current version {}", current.version),
-                        None => eprintln!("mismatch: the key is absent"),
+                    if target.json {
+                        out.json(&json!({
+                            key_name: key_json,
+                            "swapped": false,
+                            "current_version": current.as_ref().map(|c| c.version),
+                        }))?;
+                    } else {
+                        match current {
+                            Some(current) => {
+                                eprintln!("mismatch: current version {}", current.version)
+                            }
+                            None => eprintln!("mismatch: the key is absent"),
+                        }
                     }
                     Ok(ExitCode::from(1))
                 }
             }
         }
-        Command::Status { json, target } => status(json, target).await,
+        Command::Status {
+            max_lag_entries,
+            target,
+        } => status(&target, max_lag_entries, &mut out).await,
         Command::Check(_) | Command::Sim(_) => bail!("check and sim run outside the async runtime"),
+        Command::Cluster { .. } => bail!("cluster stop and down run outside the async runtime"),
     }
 }
 
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let peers = parse_peers(args.id, &args.listen, &args.peers)?;
-    if peers.get(&args.id) != Some(&args.listen) {
+    if let Some(listed) = peers.get(&args.id).filter(|listed| **listed != args.listen) {
         bail!(
-            "--listen {} differs from this node's address in --peers ({:?})",
-            args.listen,
-            peers.get(&args.id)
+            "--listen {} differs from this node's address in --peers ({listed})",
+            args.listen
         );
     }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     // One node per data directory: the lock is released when the process exits, however it exits.
     let lock_path = args.dir.join("LOCK");
-    let lock = std::fs::OpenOptions::new()
+    let mut lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
@@ -312,6 +539,11 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     if lock.try_lock().is_err() {
         bail!("{} is in use by another running node", args.dir.display());
     }
+    // The holder's pid, for `cluster down`/`stop` to find a node started by hand (the lock, not
+    // this number, says whether it is still running).
+    lock.set_len(0)
+        .and_then(|()| writeln!(lock, "{}", std::process::id()))
+        .with_context(|| format!("writing {}", lock_path.display()))?;
     let mut config = NodeConfig::new(args.id, peers, args.dir.clone(), StdFs::shared());
     config.wal.sync = parse_sync(&args.wal_sync)?;
     config.wal.repair = args.repair;
@@ -337,81 +569,177 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn status(json: bool, target: Target) -> Result<ExitCode> {
-    let client = target.client()?;
-    let mut nodes = Vec::new();
-    let mut statuses = Vec::new();
-    for addr in &target.endpoints {
-        match client.status_of(addr).await {
-            Ok(status) => {
-                nodes.push(serde_json::json!({"id": status.id, "addr": addr, "reachable": true, "data_dir": status.data_dir, "log_bytes": status.log_bytes}));
-                statuses.push(status);
-            }
-            Err(error) => nodes.push(
-                serde_json::json!({"addr": addr, "reachable": false, "error": error.to_string()}),
-            ),
+/// Why a node did not answer `status`, in a few words.
+fn why_down(error: &ringleader_client::Error) -> String {
+    match error {
+        ringleader_client::Error::Unreachable { last_problem } => {
+            // "connect to ADDR: Connection refused (os error 111)" -> "connection refused"
+            let reason = last_problem
+                .rsplit_once(": ")
+                .map_or(last_problem.as_str(), |(_, reason)| reason);
+            let reason = reason.split(" (os error").next().unwrap_or(reason);
+            reason.to_lowercase()
         }
+        ringleader_client::Error::Timeout { timeout, .. } => {
+            format!("no answer within {} ms", timeout.as_millis())
+        }
+        other => other.to_string(),
     }
-    let leader = statuses
+}
+
+/// `status`: asks every endpoint for its own view, then judges the whole.
+async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<ExitCode> {
+    let client = target.client()?;
+    let mut answers: Vec<(String, std::result::Result<NodeStatus, String>)> = Vec::new();
+    let queries = target.endpoints.iter().map(|addr| {
+        let client = client.clone();
+        async move { (addr.clone(), client.status_of(addr).await) }
+    });
+    // Concurrently: a node that does not answer costs one timeout, not one per node.
+    for (addr, answer) in futures::future::join_all(queries).await {
+        answers.push((addr, answer.map_err(|e| why_down(&e))));
+    }
+    let up: Vec<&NodeStatus> = answers
+        .iter()
+        .filter_map(|(_, a)| a.as_ref().ok())
+        .collect();
+    // The leader of the highest term (a deposed leader that has not heard yet is stale).
+    let leader = up
         .iter()
         .filter(|s| s.role == "leader")
-        .max_by_key(|s| s.term);
-    let replicas: Vec<serde_json::Value> = statuses
-        .iter()
-        .map(|s| {
-            let seen_by_leader = leader.and_then(|l| l.replicas.iter().find(|r| r.node == s.id));
-            let is_leader = leader.is_some_and(|l| l.id == s.id);
-            let match_index = if is_leader { Some(s.last_index) } else { seen_by_leader.map(|r| r.match_index) };
-            serde_json::json!({
-                "node": s.id, "role": s.role, "term": s.term,
-                "match_index": match_index, "last_index": s.last_index, "snapshot_index": s.snapshot_index,
-                "applied_index": s.applied_index, "commit_index": s.commit_index,
-                "lag": leader.map(|l| l.commit_index.saturating_sub(s.applied_index)),
-                "last_heard_ms": seen_by_leader.and_then(|r| r.last_heard_ms),
-            })
-        })
-        .collect();
-    let group = serde_json::json!({
-        "id": 0,
-        "leader": leader.map(|l| l.id),
-        "term": leader.map(|l| l.term).or_else(|| statuses.iter().map(|s| s.term).max()),
-        "commit_index": leader.map(|l| l.commit_index),
-        "replicas": replicas,
-    });
-    let report = serde_json::json!({"nodes": nodes, "groups": [group]});
-    if json {
-        println!("{report}");
-    } else {
-        for node in &nodes {
-            println!(
-                "node {} at {}: {}",
-                node["id"],
-                node["addr"].as_str().unwrap_or("?"),
-                if node["reachable"] == true {
-                    "reachable"
-                } else {
-                    "UNREACHABLE"
+        .max_by_key(|s| s.term)
+        .copied();
+    let mut problems: Vec<String> = Vec::new();
+    if up.is_empty() {
+        problems.push("no node answers".to_string());
+    } else if leader.is_none() {
+        problems.push("no leader".to_string());
+    }
+    let mut nodes = Vec::new();
+    for (addr, answer) in &answers {
+        match answer {
+            Err(why) => {
+                problems.push(format!("the node at {addr} is down: {why}"));
+                nodes.push(json!({"addr": addr, "up": false, "error": why}));
+            }
+            Ok(s) => {
+                let seen_by_leader =
+                    leader.and_then(|l| l.replicas.iter().find(|r| r.node == s.id));
+                let lag_entries = leader.map(|l| l.commit_index.saturating_sub(s.applied_index));
+                let lagging = seen_by_leader.is_some_and(|r| r.lagging)
+                    || lag_entries.is_some_and(|lag| lag > max_lag_entries);
+                if lagging {
+                    problems.push(format!(
+                        "node {} is lagging: applied {} of the leader's commit {}",
+                        s.id,
+                        s.applied_index,
+                        leader.map_or(0, |l| l.commit_index)
+                    ));
                 }
-            );
-        }
-        println!(
-            "group 0: leader {} term {} commit {}",
-            group["leader"], group["term"], group["commit_index"]
-        );
-        for replica in &replicas {
-            println!(
-                "  node {} {:9} applied {} lag {} last heard {} ms",
-                replica["node"],
-                replica["role"].as_str().unwrap_or("?"),
-                replica["applied_index"],
-                replica["lag"],
-                replica["last_heard_ms"]
-            );
+                nodes.push(json!({
+                    "addr": addr, "up": true, "id": s.id, "role": s.role, "term": s.term,
+                    "leader": s.leader, "commit_index": s.commit_index,
+                    "applied_index": s.applied_index, "last_index": s.last_index,
+                    "snapshot_index": s.snapshot_index, "log_bytes": s.log_bytes,
+                    "keys": s.keys, "data_dir": s.data_dir,
+                    "match_index": seen_by_leader.map(|r| r.match_index),
+                    "last_heard_ms": seen_by_leader.and_then(|r| r.last_heard_ms),
+                    "lag_entries": lag_entries, "lagging": lagging,
+                }));
+            }
         }
     }
-    Ok(if statuses.is_empty() {
-        ExitCode::from(2)
+    // Voters the leader knows of that no endpoint reached (not in --endpoints): judged by what
+    // the leader reports of them.
+    if let Some(leader) = leader {
+        let unreached = leader
+            .replicas
+            .iter()
+            .filter(|r| r.node != leader.id && !up.iter().any(|s| s.id == r.node));
+        for replica in unreached {
+            match replica.last_heard_ms {
+                Some(ms) if ms <= NOT_HEARD_MS => {}
+                Some(ms) => problems.push(format!(
+                    "node {} is not heard by the leader for {ms} ms",
+                    replica.node
+                )),
+                None => problems.push(format!(
+                    "node {} has not been heard by the leader",
+                    replica.node
+                )),
+            }
+            if replica.lagging {
+                problems.push(format!(
+                    "node {} is lagging (the leader says)",
+                    replica.node
+                ));
+            }
+        }
+    }
+    let (health, code) = if up.is_empty() {
+        ("error", 2)
+    } else if problems.is_empty() {
+        ("healthy", 0)
     } else {
-        ExitCode::SUCCESS
-    })
+        ("degraded", 1)
+    };
+    if target.json {
+        out.json(&json!({
+            "health": health,
+            "problems": problems,
+            "leader": leader.map(|l| l.id),
+            "term": leader.map(|l| l.term).or_else(|| up.iter().map(|s| s.term).max()),
+            "commit_index": leader.map(|l| l.commit_index),
+            "nodes": nodes,
+        }))?;
+    } else {
+        out.line(format!(
+            "{:<4} {:<22} {:<9} {:>6} {:>6} {:>10} {:>10} {:>10}  {}",
+            "NODE", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "HEARD"
+        ))?;
+        for node in &nodes {
+            let addr = node["addr"].as_str().unwrap_or_default();
+            if node["up"] == false {
+                out.line(format!(
+                    "{:<4} {:<22} DOWN: {}",
+                    "-",
+                    addr,
+                    node["error"].as_str().unwrap_or_default()
+                ))?;
+                continue;
+            }
+            let number = |name: &str| {
+                node[name]
+                    .as_u64()
+                    .map_or("-".to_string(), |n| n.to_string())
+            };
+            let heard = match (node["role"].as_str(), node["last_heard_ms"].as_u64()) {
+                (Some("leader"), _) => "-".to_string(),
+                (_, Some(ms)) => format!("{ms} ms ago"),
+                (_, None) => "-".to_string(),
+            };
+            out.line(format!(
+                "{:<4} {:<22} {:<9} {:>6} {:>6} {:>10} {:>10} {:>10}  {}{}",
+                number("id"),
+                addr,
+                node["role"].as_str().unwrap_or_default(),
+                number("term"),
+                number("leader"),
+                number("commit_index"),
+                number("applied_index"),
+                number("last_index"),
+                heard,
+                if node["lagging"] == true {
+                    "  LAGGING"
+                } else {
+                    ""
+                },
+            ))?;
+        }
+        match problems.is_empty() {
+            true => out.line(health)?,
+            false => out.line(format!("{health}: {}", problems.join("; ")))?,
+        }
+    }
+    Ok(ExitCode::from(code))
 }

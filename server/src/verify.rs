@@ -104,9 +104,21 @@ pub fn check_command(args: CheckArgs) -> Result<ExitCode> {
     }
 }
 
+/// An empty history is "linearizable" only vacuously: far more often it is the wrong file, or a
+/// test that recorded nothing, so it is an error (exit 2) rather than a pass.
+fn empty_history(args: &CheckArgs) -> String {
+    format!(
+        "{}: the history has no operations: nothing to check",
+        args.history.display()
+    )
+}
+
 /// A history of registers (ours, or Knossos's cas-register converted): checked per key, and
 /// a violation drawn as HTML.
 fn check_registers(args: &CheckArgs, history: &History) -> Result<ExitCode> {
+    if history.ops.is_empty() {
+        bail!(empty_history(args));
+    }
     let options = CheckOptions {
         max_steps_per_key: args.max_steps_per_key,
         ..CheckOptions::default()
@@ -186,6 +198,9 @@ fn check_partitioned<M: Model>(
     model: &M,
     partitions: &[Partition<M::Input, M::Output>],
 ) -> Result<ExitCode> {
+    if partitions.iter().all(|partition| partition.ops.is_empty()) {
+        bail!(empty_history(args));
+    }
     let started = Instant::now();
     let report = check_partitions(model, partitions, args.max_steps_per_key);
     let elapsed = started.elapsed();

@@ -143,11 +143,14 @@ fn malformed_files_and_usage_errors_exit_2() {
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("--format"), "{said}");
 
-    // An explicit --format wins over the extension: the same empty file, read as JSONL.
+    // An explicit --format wins over the extension: the same empty file, read as JSONL (and
+    // refused as empty, not for its extension: an empty history is an error, not a pass).
     let output = Command::new(env!("CARGO_BIN_EXE_ringleader"))
         .args(["check", "--format", "jsonl"])
         .arg(&unknown_extension)
         .output()
         .expect("the ringleader binary runs");
-    assert_eq!(output.status.code(), Some(0));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(said.contains("no operations"), "{said}");
 }

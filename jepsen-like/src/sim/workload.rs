@@ -284,6 +284,7 @@ fn error_label(error: &Error) -> String {
             ..
         } => "timeout, maybe applied".into(),
         Error::Timeout { .. } => "timeout, not sent".into(),
+        Error::Unreachable { .. } => "unreachable, not sent".into(),
         Error::SessionExpired => SESSION_EXPIRED.into(),
         Error::Invalid(message) => format!("invalid: {message}"),
         Error::Server(message) => format!("server: {message}"),
