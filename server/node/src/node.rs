@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use consensus::{
-    Config as RaftConfig, Entry, EntryPayload, Message, NodeId, ProposeError, Raft, ReadError,
-    Restored, Role, Snapshot, SnapshotMeta,
+    Config as RaftConfig, Entry, EntryPayload, Message, MessageBody, NodeId, ProposeError, Raft,
+    ReadError, Restored, Role, Snapshot, SnapshotMeta,
 };
 use ringleader_client::protocol::{
     ErrorKind, Expect, Limits, NodeStatus, ReadConsistency, ReplicaStatus, Request, Response,
@@ -159,6 +159,9 @@ pub struct Node {
     disk_full_until: Option<tokio::time::Instant>,
     /// A snapshot postponed for lack of space is tried again once applied reaches this.
     snapshot_retry_at: u64,
+    /// The newest snapshot received from a leader, already decoded and checked: its index and
+    /// state. Installed from here when Raft hands the snapshot out.
+    received_snapshot: Option<(u64, StateMachine)>,
 }
 
 fn to_stored(entry: &Entry) -> Result<StoredEntry, storage::StorageError> {
@@ -247,6 +250,7 @@ impl Node {
             repairing: repair_until.is_some(),
             disk_full_until: None,
             snapshot_retry_at: 0,
+            received_snapshot: None,
         })
     }
 
@@ -305,7 +309,22 @@ impl Node {
     /// Handles one input; returns the shutdown acknowledgement if it was a shutdown.
     fn handle(&mut self, input: NodeInput) -> Option<oneshot::Sender<()>> {
         match input {
-            NodeInput::Peer(message) => self.raft.step(message),
+            NodeInput::Peer(message) => {
+                if let MessageBody::InstallSnapshot { snapshot } = &message.body {
+                    match check_snapshot(snapshot) {
+                        Ok(machine) => {
+                            self.received_snapshot = Some((snapshot.meta.last_index, machine))
+                        }
+                        Err(reason) => {
+                            // Never saved, never installed: the leader will send it again.
+                            tracing::warn!(from = message.from, index = snapshot.meta.last_index,
+                                %reason, "refused a snapshot that does not decode to its state");
+                            return None;
+                        }
+                    }
+                }
+                self.raft.step(message)
+            }
             NodeInput::Client { request, reply } => self.handle_request(request, reply),
             NodeInput::Shutdown { done } => return Some(done),
         }
@@ -509,9 +528,12 @@ impl Node {
             for message in ready.messages {
                 self.peers.send(message);
             }
-            // 3. Then the state machine.
+            // 3. Then the state machine (decoded once, when the snapshot arrived).
             if let Some(snapshot) = ready.snapshot {
-                self.machine = StateMachine::from_snapshot(&snapshot.data)?;
+                self.machine = match self.received_snapshot.take() {
+                    Some((index, machine)) if index == snapshot.meta.last_index => machine,
+                    _ => StateMachine::from_snapshot(&snapshot.data)?,
+                };
             }
             for entry in &ready.committed_entries {
                 self.apply(entry)?;
@@ -779,6 +801,20 @@ fn internal(error: impl std::fmt::Display) -> Response {
     }
 }
 
+/// Decodes a snapshot received from a peer and checks that it is the state it claims to be
+/// (applied exactly up to its last index), before any of it is saved or installed.
+fn check_snapshot(snapshot: &Snapshot) -> Result<StateMachine, String> {
+    let machine = StateMachine::from_snapshot(&snapshot.data).map_err(|e| e.to_string())?;
+    if machine.applied_index() != snapshot.meta.last_index {
+        return Err(format!(
+            "the state is applied to index {}, the snapshot claims {}",
+            machine.applied_index(),
+            snapshot.meta.last_index
+        ));
+    }
+    Ok(machine)
+}
+
 fn disk_full_response() -> Response {
     Response::Error {
         kind: ErrorKind::DiskFull,
@@ -804,5 +840,64 @@ fn to_response(outcome: Outcome) -> Response {
             kind: ErrorKind::Unavailable,
             message: "too many writes in flight for this session".into(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follower(dir: &std::path::Path) -> Node {
+        let peers: BTreeMap<NodeId, String> = (1..=3)
+            .map(|id| (id, format!("127.0.0.1:{}", 1 + id)))
+            .collect();
+        let config = NodeConfig::new(2, peers, dir.to_path_buf(), storage::StdFs::shared());
+        Node::open(config, PeerSenders::default()).expect("open")
+    }
+
+    fn install_snapshot(last_index: u64, data: Vec<u8>) -> NodeInput {
+        NodeInput::Peer(Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::InstallSnapshot {
+                snapshot: Snapshot {
+                    meta: SnapshotMeta {
+                        last_index,
+                        last_term: 1,
+                        voters: vec![1, 2, 3],
+                    },
+                    data,
+                },
+            },
+        })
+    }
+
+    fn state_at(index: u64) -> Vec<u8> {
+        let mut machine = StateMachine::new();
+        machine.apply_noop(index);
+        machine.to_snapshot().expect("encode")
+    }
+
+    #[test]
+    fn a_snapshot_that_does_not_decode_to_its_state_is_refused_before_it_is_saved() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = follower(dir.path());
+        let mut garbage = state_at(7);
+        garbage.truncate(garbage.len() / 2);
+        for bad in [b"not a state machine".to_vec(), garbage, state_at(5)] {
+            assert!(node.handle(install_snapshot(7, bad)).is_none());
+            node.process_ready().expect("the node stays up");
+            assert_eq!(node.snapshots_installed, 0);
+            assert_eq!(node.machine.applied_index(), 0);
+            assert_eq!(node.log.snapshot_point().last_index, 0, "nothing saved");
+        }
+        // A sound one is installed, and the node stays a follower of the sender.
+        node.handle(install_snapshot(7, state_at(7)));
+        node.process_ready().expect("install");
+        assert_eq!(node.snapshots_installed, 1);
+        assert_eq!(node.machine.applied_index(), 7);
+        assert_eq!(node.log.snapshot_point().last_index, 7);
+        assert_eq!(node.raft.leader(), Some(1));
     }
 }
