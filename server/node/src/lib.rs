@@ -6,6 +6,7 @@
 //! so the jepsen-like simulation runs this same code on turmoil's network and disk.
 //! Replication is explained in `docs/replication.md`.
 
+pub mod lag;
 pub mod network;
 pub mod node;
 pub mod peer;

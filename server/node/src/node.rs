@@ -26,6 +26,7 @@ use storage::kv::{Command, Expectation, Outcome, Proposal, SessionRef, StateMach
 use storage::{codec, LogStore, SharedFs, SnapshotPoint, StoredEntry, SyncPolicy, WalOptions};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::lag::LagTracker;
 use crate::peer::PeerSenders;
 
 /// Inputs queued for the node at most; senders wait beyond it.
@@ -36,6 +37,8 @@ const MAX_INPUTS_PER_ROUND: usize = 1024;
 /// then the next one tries the disk again (so writes resume, without a restart, once space is
 /// freed).
 const DISK_FULL_BACKOFF: Duration = Duration::from_secs(1);
+/// Ticks between two samples of the followers' progress (see [`crate::lag`]).
+const LAG_SAMPLE_EVERY_TICKS: u64 = 20;
 
 /// Everything a node needs to start.
 #[derive(Clone)]
@@ -162,6 +165,9 @@ pub struct Node {
     /// The newest snapshot received from a leader, already decoded and checked: its index and
     /// state. Installed from here when Raft hands the snapshot out.
     received_snapshot: Option<(u64, StateMachine)>,
+    /// The leader's record of its followers' progress, for `status`.
+    lag: LagTracker,
+    ticks: u64,
 }
 
 fn to_stored(entry: &Entry) -> Result<StoredEntry, storage::StorageError> {
@@ -251,6 +257,8 @@ impl Node {
             disk_full_until: None,
             snapshot_retry_at: 0,
             received_snapshot: None,
+            lag: LagTracker::default(),
+            ticks: 0,
         })
     }
 
@@ -277,7 +285,7 @@ impl Node {
             }
             tokio::select! {
                 biased;
-                _ = ticker.tick() => self.raft.tick(),
+                _ = ticker.tick() => self.tick(),
                 _ = sync_timer.tick(), if sync_every.is_some() => {
                     if let Err(error) = self.log.sync() {
                         tracing::error!(%error, "storage failure: the node stops");
@@ -302,6 +310,26 @@ impl Node {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// One tick of the logical clock: Raft's timers, and the leader's lag samples.
+    fn tick(&mut self) {
+        self.raft.tick();
+        self.ticks += 1;
+        if self.ticks % LAG_SAMPLE_EVERY_TICKS != 0 {
+            return;
+        }
+        if self.raft.role() != Role::Leader {
+            self.lag.clear();
+            return;
+        }
+        let status = self.raft.status();
+        for (&peer, progress) in &status.progress {
+            if peer != self.config.id {
+                self.lag
+                    .record(peer, progress.match_index, status.last_index);
             }
         }
     }
@@ -763,7 +791,7 @@ impl Node {
                 match_index: peer.match_index,
                 last_heard_ms: (*node != self.config.id)
                     .then_some(peer.last_heard_ticks as u64 * tick_ms),
-                lagging: false,
+                lagging: self.lag.is_lagging(*node),
             })
             .collect();
         replicas.sort_by_key(|r| r.node);

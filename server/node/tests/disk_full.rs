@@ -137,7 +137,7 @@ fn client_for(endpoints: Vec<String>) -> Client<TokioConnector> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_with_a_full_disk_falls_behind_and_catches_up() {
+async fn a_follower_with_a_full_disk_falls_behind_is_reported_lagging_and_catches_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (nodes, faults, endpoints) = start_cluster(dir.path(), 3).await;
     let client = client(endpoints.clone());
@@ -164,6 +164,37 @@ async fn a_follower_with_a_full_disk_falls_behind_and_catches_up() {
         behind.applied_index < leading.commit_index,
         "the full follower cannot keep up"
     );
+    // The leader's status says so: the follower is lagging (the group is degraded).
+    let lagging = |status: &ringleader_client::NodeStatus| {
+        status
+            .replicas
+            .iter()
+            .any(|r| r.node == follower && r.lagging)
+    };
+    let mut reported = false;
+    for _ in 0..100 {
+        let leading = client
+            .status_of(&endpoints[(leader - 1) as usize])
+            .await
+            .unwrap();
+        assert!(
+            leading
+                .replicas
+                .iter()
+                .all(|r| r.node == follower || !r.lagging),
+            "only the full follower lags: {:?}",
+            leading.replicas
+        );
+        if lagging(&leading) {
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reported,
+        "the leader never reported the stuck follower as lagging"
+    );
 
     faults[&follower].set_full(false);
     for _ in 0..200 {
@@ -175,13 +206,16 @@ async fn a_follower_with_a_full_disk_falls_behind_and_catches_up() {
             .status_of(&endpoints[(leader - 1) as usize])
             .await
             .unwrap();
-        if caught_up.applied_index == leading.commit_index && caught_up.digest == leading.digest {
+        if caught_up.applied_index == leading.commit_index
+            && caught_up.digest == leading.digest
+            && !lagging(&leading)
+        {
             drop(nodes);
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the follower never caught up once space was back");
+    panic!("the follower never caught up (and stopped lagging) once space was back");
 }
 
 async fn wait_leader(client: &Client<TokioConnector>, endpoints: &[String]) -> u64 {
