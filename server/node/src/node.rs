@@ -318,7 +318,7 @@ impl Node {
     fn tick(&mut self) {
         self.raft.tick();
         self.ticks += 1;
-        if self.ticks % LAG_SAMPLE_EVERY_TICKS != 0 {
+        if !self.ticks.is_multiple_of(LAG_SAMPLE_EVERY_TICKS) {
             return;
         }
         if self.raft.role() != Role::Leader {
