@@ -549,7 +549,8 @@ impl Node {
                 self.disk_full_until = Some(tokio::time::Instant::now() + DISK_FULL_BACKOFF);
                 break;
             }
-            if self.disk_full_until.take().is_some() {
+            let wrote = hard_state.is_some() || !entries.is_empty();
+            if wrote && self.disk_full_until.take().is_some() {
                 tracing::info!("the disk accepts writes again");
             }
             // 2. Then the messages.
