@@ -544,6 +544,14 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     lock.set_len(0)
         .and_then(|()| writeln!(lock, "{}", std::process::id()))
         .with_context(|| format!("writing {}", lock_path.display()))?;
+    if args.repair && peers.len() < 3 {
+        bail!(
+            "--repair re-fetches what a damaged log lost from the other replicas, and needs at \
+             least two others to form a quorum without this node; with {} node(s) there is \
+             nothing to fetch it from: restore the data directory from a backup",
+            peers.len()
+        );
+    }
     let mut config = NodeConfig::new(args.id, peers, args.dir.clone(), StdFs::shared());
     config.wal.sync = parse_sync(&args.wal_sync)?;
     config.wal.repair = args.repair;

@@ -170,3 +170,24 @@ async fn a_follower_with_a_damaged_committed_entry_is_repaired_from_its_peers() 
         );
     }
 }
+
+#[test]
+fn repair_is_refused_without_replicas_to_fetch_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = cli(
+        &[
+            "serve",
+            "--repair",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:1",
+        ],
+        "127.0.0.1:1",
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("backup"),
+        "says what to do instead: {stderr}"
+    );
+}
