@@ -129,6 +129,11 @@ pub struct ServeArgs {
     /// Snapshot the state machine and compact the log after this many applied entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every_entries: u64,
+    /// A file holding the secret every node of the cluster shares (at least 16 bytes; peers
+    /// prove they know it before they may speak Raft). Required with --peers; `cluster up`
+    /// generates one in its data directory.
+    #[arg(long, env = "RINGLEADER_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -311,6 +316,8 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     config.wal.sync = parse_sync(&args.wal_sync)?;
     config.tick = Duration::from_millis(args.tick_ms.max(1));
     config.snapshot_every_entries = args.snapshot_every_entries.max(1);
+    config.net.cluster_secret =
+        ringleader_node::auth::load_secret(args.cluster_secret_file.as_deref())?;
     let sync_interval = match config.wal.sync {
         SyncPolicy::Interval(interval) => Some(interval),
         _ => None,

@@ -36,6 +36,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let exe = std::env::current_exe().context("finding this binary")?;
+    let secret_file = ringleader_node::auth::ensure_secret_file(&args.dir)?;
     let addr = |i: u64| format!("127.0.0.1:{}", args.base_port as u64 + i - 1);
     let peers: Vec<String> = (1..=args.nodes)
         .map(|i| format!("{i}={}", addr(i)))
@@ -55,6 +56,8 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
             .arg(args.dir.join(format!("node-{i}")))
             .args(["--listen", &addr(i)])
             .args(["--peers", &peers.join(",")])
+            .arg("--cluster-secret-file")
+            .arg(&secret_file)
             .args([
                 "--snapshot-every-entries",
                 &args.snapshot_every_entries.to_string(),
