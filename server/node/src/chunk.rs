@@ -289,7 +289,7 @@ mod tests {
             Err(ChunkError::Interleaved { .. })
         ));
         drop(r); // the connection closes on an error, dropping its partial message
-        // A chunk announcing another length.
+                 // A chunk announcing another length.
         let mut r = Reassembler::new(1, peer.clone(), total.clone());
         r.push(&frames[0]).unwrap();
         let mut other = frames[1].to_vec();
