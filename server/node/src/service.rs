@@ -415,3 +415,291 @@ async fn serve_client<S>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use consensus::{Message, MessageBody};
+    use ringleader_client::protocol::{Request, ResponseFrame};
+    use ringleader_client::TokioConnector;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::auth::{self, ClusterSecret};
+
+    const SECRET: &[u8] = b"the service tests' cluster secret";
+
+    struct Harness {
+        addr: String,
+        node_inputs: mpsc::Receiver<NodeInput>,
+        _shutdown: watch::Sender<bool>,
+    }
+
+    /// Node 1 of voters {1, 2}, listening on a free port, with `net`.
+    async fn start(net: NetConfig) -> Harness {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (inputs, node_inputs) = mpsc::channel(64);
+        let (shutdown, shutdown_receiver) = watch::channel(false);
+        tokio::spawn(accept_loop(
+            TokioConnector,
+            listener,
+            1,
+            [1, 2].into_iter().collect(),
+            Limits::default(),
+            net,
+            inputs,
+            shutdown_receiver,
+        ));
+        Harness {
+            addr,
+            node_inputs,
+            _shutdown: shutdown,
+        }
+    }
+
+    fn net() -> NetConfig {
+        NetConfig {
+            cluster_secret: Some(ClusterSecret::from_bytes(SECRET.to_vec()).unwrap()),
+            check_interval: Duration::from_millis(20),
+            ..NetConfig::default()
+        }
+    }
+
+    async fn client(addr: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(&Handshake::new(Role::Client).encode())
+            .await
+            .unwrap();
+        let mut reply = [0u8; HANDSHAKE_BYTES];
+        stream.read_exact(&mut reply).await.unwrap();
+        stream
+    }
+
+    /// Reads until the node closes the connection; returns the error it sent first, if any.
+    async fn closed_with(stream: &mut TcpStream) -> Option<String> {
+        let mut bytes = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
+            .await
+            .expect("the node closed the connection")
+            .ok()?;
+        let body = bytes.get(4..)?;
+        match decode_frame::<ResponseFrame>(body).ok()?.response {
+            Response::Error { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// A peer connection claiming `node_id`, authenticated with `secret`.
+    async fn peer(addr: &str, node_id: NodeId, secret: &[u8]) -> Result<TcpStream, String> {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let nonce = auth::fresh_nonce();
+        stream
+            .write_all(&Handshake::new(Role::Peer { node_id }).encode())
+            .await
+            .unwrap();
+        stream.write_all(&nonce).await.unwrap();
+        let mut reply = [0u8; HANDSHAKE_BYTES];
+        stream
+            .read_exact(&mut reply)
+            .await
+            .map_err(|e| e.to_string())?;
+        let secret = ClusterSecret::from_bytes(secret.to_vec()).unwrap();
+        auth::initiate(&mut stream, &secret, node_id, 1, nonce)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(stream)
+    }
+
+    fn heartbeat(from: NodeId, to: NodeId) -> Message {
+        Message {
+            from,
+            to,
+            term: 1,
+            body: MessageBody::Heartbeat {
+                commit: 0,
+                sent_tick: 0,
+                read_ctx: None,
+            },
+        }
+    }
+
+    async fn send_peer_message(stream: &mut TcpStream, message: &Message) {
+        for frame in crate::chunk::encode_message(message).unwrap() {
+            stream
+                .write_all(&(frame.len() as u32).to_be_bytes())
+                .await
+                .unwrap();
+            stream.write_all(&frame).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_started_frame_must_complete_within_the_deadline() {
+        let h = start(NetConfig {
+            frame_deadline: Duration::from_millis(200),
+            ..net()
+        })
+        .await;
+        let mut stream = client(&h.addr).await;
+        stream.write_all(&1000u32.to_be_bytes()).await.unwrap();
+        stream.write_all(&[0; 10]).await.unwrap();
+        let error = closed_with(&mut stream).await.unwrap();
+        assert!(error.contains("not completed within 200 ms"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_client_is_closed_after_the_idle_timeout() {
+        let h = start(NetConfig {
+            idle_timeout: Duration::from_millis(200),
+            ..net()
+        })
+        .await;
+        let mut stream = client(&h.addr).await;
+        let error = closed_with(&mut stream).await.unwrap();
+        assert!(error.contains("idle for more than 200 ms"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_full_client_budget_sheds_the_oldest_idle_client_and_peers_still_get_in() {
+        let mut h = start(NetConfig {
+            max_client_connections: 2,
+            ..net()
+        })
+        .await;
+        let mut first = client(&h.addr).await;
+        let _second = client(&h.addr).await;
+        let mut third = client(&h.addr).await;
+        let error = closed_with(&mut first).await.unwrap();
+        assert!(
+            error.contains("sheds the least recently active idle one"),
+            "{error}"
+        );
+        // The newcomer is served.
+        let request = RequestFrame {
+            id: 1,
+            request: Request::Status,
+        };
+        let body = encode_frame(&request).unwrap();
+        third
+            .write_all(&(body.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        third.write_all(&body).await.unwrap();
+        let input = tokio::time::timeout(Duration::from_secs(5), h.node_inputs.recv())
+            .await
+            .unwrap();
+        assert!(matches!(input, Some(NodeInput::Client { .. })));
+        // Clients at their limit do not keep a peer out.
+        let mut peer = peer(&h.addr, 2, SECRET).await.unwrap();
+        send_peer_message(&mut peer, &heartbeat(2, 1)).await;
+        let input = tokio::time::timeout(Duration::from_secs(5), h.node_inputs.recv())
+            .await
+            .unwrap();
+        assert!(matches!(input, Some(NodeInput::Peer(m)) if m == heartbeat(2, 1)));
+    }
+
+    #[tokio::test]
+    async fn large_client_frames_past_the_shared_budget_are_refused_with_a_clear_error() {
+        let h = start(NetConfig {
+            client_frame_budget_bytes: 3 * 1024 * 1024,
+            ..net()
+        })
+        .await;
+        let mut holder = client(&h.addr).await;
+        holder
+            .write_all(&(2u32 * 1024 * 1024).to_be_bytes())
+            .await
+            .unwrap();
+        holder.write_all(&[0; 1024]).await.unwrap();
+        // Let the node read the first header before the second.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut refused = client(&h.addr).await;
+        refused
+            .write_all(&(2u32 * 1024 * 1024).to_be_bytes())
+            .await
+            .unwrap();
+        let error = closed_with(&mut refused).await.unwrap();
+        assert!(
+            error.contains("memory budget for buffered frames is exhausted"),
+            "{error}"
+        );
+        drop(holder);
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_secret_gets_no_peer_role() {
+        let mut h = start(net()).await;
+        // The wrong secret: the node's own proof does not verify, and it never hears a frame.
+        let error = peer(&h.addr, 2, b"not the cluster secret at all")
+            .await
+            .unwrap_err();
+        assert!(error.contains("did not prove knowledge"), "{error}");
+        // A claimed peer that skips authentication and sends a frame anyway: closed unheard.
+        let mut stream = TcpStream::connect(&h.addr).await.unwrap();
+        stream
+            .write_all(&Handshake::new(Role::Peer { node_id: 2 }).encode())
+            .await
+            .unwrap();
+        stream.write_all(&[0; auth::NONCE_BYTES]).await.unwrap();
+        let mut reply = [0u8; HANDSHAKE_BYTES + auth::NONCE_BYTES + auth::TAG_BYTES];
+        stream.read_exact(&mut reply).await.unwrap();
+        let _ = stream.write_all(&[0; auth::TAG_BYTES]).await;
+        let _ = stream.write_all(&(64u32 * 1024 * 1024).to_be_bytes()).await;
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "closed");
+        // A node id claiming to be this node: closed at once.
+        let mut stream = TcpStream::connect(&h.addr).await.unwrap();
+        stream
+            .write_all(&Handshake::new(Role::Peer { node_id: 1 }).encode())
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "closed");
+        assert_eq!(rest.len(), HANDSHAKE_BYTES, "only the handshake answer");
+        assert!(
+            h.node_inputs.try_recv().is_err(),
+            "nothing reached the node"
+        );
+        // With no secret configured, even the right secret does not make a peer.
+        let h = start(NetConfig {
+            cluster_secret: None,
+            ..net()
+        })
+        .await;
+        assert!(peer(&h.addr, 2, SECRET).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_authenticated_peer_sends_a_message_larger_than_a_peer_frame() {
+        let mut h = start(net()).await;
+        let mut stream = peer(&h.addr, 2, SECRET).await.unwrap();
+        let message = Message {
+            from: 2,
+            to: 1,
+            term: 1,
+            body: MessageBody::InstallSnapshot {
+                snapshot: consensus::Snapshot {
+                    meta: consensus::SnapshotMeta {
+                        last_index: 9,
+                        last_term: 1,
+                        voters: vec![1, 2],
+                    },
+                    data: vec![5; 17 * 1024 * 1024],
+                },
+            },
+        };
+        send_peer_message(&mut stream, &message).await;
+        let input = tokio::time::timeout(Duration::from_secs(20), h.node_inputs.recv())
+            .await
+            .unwrap();
+        assert!(matches!(input, Some(NodeInput::Peer(m)) if m == message));
+    }
+}
