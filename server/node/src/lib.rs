@@ -74,10 +74,12 @@ pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<Running
     tokio::spawn(service::accept_loop(
         network,
         listener,
-        config.id,
-        config.peers.keys().copied().collect(),
-        config.limits,
-        config.net.clone(),
+        service::ServiceConfig {
+            self_id: config.id,
+            peer_ids: config.peers.keys().copied().collect(),
+            limits: config.limits,
+            net: config.net.clone(),
+        },
         inputs_sender.clone(),
         shutdown_receiver,
     ));

@@ -50,17 +50,29 @@ struct Shared {
     total_reassembly_budget: ByteBudget,
 }
 
+/// What the listening side needs to know about its node.
+pub struct ServiceConfig {
+    pub self_id: NodeId,
+    /// Every voter, this node included.
+    pub peer_ids: BTreeSet<NodeId>,
+    pub limits: Limits,
+    pub net: NetConfig,
+}
+
 /// Accepts connections until `shutdown` flips to true.
 pub async fn accept_loop<N: Network>(
     network: N,
     mut listener: N::Listener,
-    self_id: NodeId,
-    peer_ids: BTreeSet<NodeId>,
-    limits: Limits,
-    net: NetConfig,
+    config: ServiceConfig,
     node: mpsc::Sender<NodeInput>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let ServiceConfig {
+        self_id,
+        peer_ids,
+        limits,
+        net,
+    } = config;
     let others = || peer_ids.iter().copied().filter(move |id| *id != self_id);
     let shared = Arc::new(Shared {
         self_id,
@@ -446,10 +458,12 @@ mod tests {
         tokio::spawn(accept_loop(
             TokioConnector,
             listener,
-            1,
-            [1, 2].into_iter().collect(),
-            Limits::default(),
-            net,
+            ServiceConfig {
+                self_id: 1,
+                peer_ids: [1, 2].into_iter().collect(),
+                limits: Limits::default(),
+                net,
+            },
             inputs,
             shutdown_receiver,
         ));
