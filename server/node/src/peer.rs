@@ -281,3 +281,71 @@ impl From<String> for ConnectError {
         ConnectError::Other(message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use consensus::{Snapshot, SnapshotMeta};
+
+    use super::*;
+
+    fn snapshot_to(to: NodeId) -> Message {
+        Message {
+            from: 1,
+            to,
+            term: 1,
+            body: MessageBody::InstallSnapshot {
+                snapshot: Snapshot {
+                    meta: SnapshotMeta::default(),
+                    data: vec![0; 1024],
+                },
+            },
+        }
+    }
+
+    fn heartbeat_to(to: NodeId) -> Message {
+        Message {
+            from: 1,
+            to,
+            term: 1,
+            body: MessageBody::TimeoutNow,
+        }
+    }
+
+    #[test]
+    fn a_second_snapshot_is_not_queued_while_one_is_in_flight() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        let snapshot_in_flight = Arc::new(AtomicBool::new(false));
+        let senders = PeerSenders {
+            queues: [(
+                2,
+                PeerQueue {
+                    sender,
+                    snapshot_in_flight: snapshot_in_flight.clone(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        senders.send(snapshot_to(2));
+        senders.send(snapshot_to(2));
+        senders.send(heartbeat_to(2));
+        let first = receiver.try_recv().unwrap();
+        assert!(is_snapshot(&first));
+        assert!(
+            !is_snapshot(&receiver.try_recv().unwrap()),
+            "the second copy was dropped; other messages still flow"
+        );
+        assert!(receiver.try_recv().is_err());
+        // Once the first is sent (or dropped), the next snapshot may go.
+        let link = PeerLink {
+            self_id: 1,
+            peer_id: 2,
+            addr: String::new(),
+            secret: ClusterSecret::from_bytes(b"0123456789abcdef".to_vec()).unwrap(),
+            snapshot_in_flight,
+        };
+        link.done_with(&first);
+        senders.send(snapshot_to(2));
+        assert!(is_snapshot(&receiver.try_recv().unwrap()));
+    }
+}
