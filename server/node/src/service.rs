@@ -662,7 +662,11 @@ mod tests {
         let mut reply = [0u8; HANDSHAKE_BYTES + auth::NONCE_BYTES + auth::TAG_BYTES];
         stream.read_exact(&mut reply).await.unwrap();
         let _ = stream.write_all(&[0; auth::TAG_BYTES]).await;
-        let _ = stream.write_all(&(64u32 * 1024 * 1024).to_be_bytes()).await;
+        // ... and then a well-formed Raft message, as if it were node 2.
+        for frame in crate::chunk::encode_message(&heartbeat(2, 1)).unwrap() {
+            let _ = stream.write_all(&(frame.len() as u32).to_be_bytes()).await;
+            let _ = stream.write_all(&frame).await;
+        }
         let mut rest = Vec::new();
         let read =
             tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
