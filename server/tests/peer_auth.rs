@@ -10,19 +10,41 @@ use common::*;
 use ringleader_client::protocol::{Handshake, Role, HANDSHAKE_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Runs `command`; panics if it is still running after `limit` (a node that started serving).
+fn exits_within(mut command: Command, limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "the node started instead of refusing: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn serve_with_peers_and_no_cluster_secret_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_ports(3);
-    let output = Command::new(BINARY)
+    let mut command = Command::new(BINARY);
+    command
         .arg("serve")
         .args(["--id", "1", "--listen", &addr(base, 1)])
         .arg("--dir")
         .arg(dir.path().join("node-1"))
         .args(["--peers", &peers_arg(base, 3)])
-        .env_remove("RINGLEADER_CLUSTER_SECRET_FILE")
-        .output()
-        .unwrap();
+        .env_remove("RINGLEADER_CLUSTER_SECRET_FILE");
+    let output = exits_within(command, Duration::from_secs(10));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
@@ -32,15 +54,15 @@ fn serve_with_peers_and_no_cluster_secret_refuses_to_start() {
     // A secret too short to be safe is refused too, naming the file.
     let short = dir.path().join("short-secret");
     std::fs::write(&short, "hunter2\n").unwrap();
-    let output = Command::new(BINARY)
+    let mut command = Command::new(BINARY);
+    command
         .arg("serve")
         .args(["--id", "1", "--listen", &addr(base, 1)])
         .arg("--dir")
         .arg(dir.path().join("node-1"))
         .args(["--peers", &peers_arg(base, 3)])
-        .env("RINGLEADER_CLUSTER_SECRET_FILE", &short)
-        .output()
-        .unwrap();
+        .env("RINGLEADER_CLUSTER_SECRET_FILE", &short);
+    let output = exits_within(command, Duration::from_secs(10));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("short-secret is 7 bytes"), "{stderr}");
