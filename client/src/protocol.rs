@@ -7,13 +7,15 @@
 //! connection can pipeline them; responses may come back in any order.
 //!
 //! Peer connections (node to node Raft traffic) share the port and the framing; their handshake
-//! names the sending node, and their frame bodies are defined by the server.
+//! names the sending node and is followed by an HMAC challenge proving both sides know the
+//! cluster secret; their frame bodies (Raft messages, large ones in chunks) are defined by the
+//! server. Version 4 added the challenge and the chunks.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a frame's encoding changes; a peer speaking another version is refused.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 const MAGIC: &[u8; 3] = b"RLG";
 /// Bytes of a handshake.
 pub const HANDSHAKE_BYTES: usize = 13;
@@ -321,8 +323,18 @@ pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
 
 /// Decodes a whole frame body; trailing bytes are refused.
 pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    decode_with(bytes, config())
+}
+
+/// The largest body [`decode_large_frame`] accepts.
+pub const MAX_LARGE_FRAME_BYTES: usize = 512 * 1024 * 1024;
+
+fn decode_with<T: DeserializeOwned, C: bincode::config::Config>(
+    bytes: &[u8],
+    config: C,
+) -> Result<T, String> {
     let (value, used) =
-        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
+        bincode::serde::decode_from_slice(bytes, config).map_err(|e| e.to_string())?;
     if used != bytes.len() {
         return Err(format!(
             "{} trailing bytes after the frame body",
@@ -330,6 +342,25 @@ pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         ));
     }
     Ok(value)
+}
+
+/// Decodes a body that may be larger than [`decode_frame`]'s 16 MiB limit (a reassembled
+/// snapshot from a peer), with the smallest limit that fits it: the limit bounds what nested
+/// lengths may claim, so a body can never make the decoder allocate much more than its own size.
+pub fn decode_large_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    const MIB: usize = 1024 * 1024;
+    let standard = bincode::config::standard();
+    match bytes.len() {
+        len if len <= 16 * MIB => decode_frame(bytes),
+        len if len <= 64 * MIB => decode_with(bytes, standard.with_limit::<{ 64 * MIB }>()),
+        len if len <= 256 * MIB => decode_with(bytes, standard.with_limit::<{ 256 * MIB }>()),
+        len if len <= MAX_LARGE_FRAME_BYTES => {
+            decode_with(bytes, standard.with_limit::<{ MAX_LARGE_FRAME_BYTES }>())
+        }
+        len => Err(format!(
+            "body of {len} bytes exceeds the limit of {MAX_LARGE_FRAME_BYTES} bytes"
+        )),
+    }
 }
 
 /// The length-delimited framing, bounded by `max_frame_bytes`.
@@ -392,5 +423,22 @@ mod tests {
         let mut padded = bytes.clone();
         padded.push(0);
         assert!(decode_frame::<RequestFrame>(&padded).is_err());
+    }
+
+    #[test]
+    fn bodies_over_16_mib_decode_with_a_limit_that_fits() {
+        let value: Vec<u8> = vec![7; 20 * 1024 * 1024];
+        let bytes = encode_frame(&value).unwrap();
+        assert!(
+            decode_frame::<Vec<u8>>(&bytes).is_err(),
+            "the client limit refuses it"
+        );
+        assert_eq!(decode_large_frame::<Vec<u8>>(&bytes).unwrap(), value);
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert!(decode_large_frame::<Vec<u8>>(&padded).is_err());
+        // A short body claiming a huge vector is refused, not allocated.
+        let claim = encode_frame(&(u64::MAX / 2)).unwrap();
+        assert!(decode_large_frame::<Vec<u8>>(&claim).is_err());
     }
 }

@@ -173,6 +173,11 @@ pub struct ServeArgs {
     /// not vote or campaign. Needs the other nodes to form a quorum. See docs/storage.md.
     #[arg(long)]
     repair: bool,
+    /// A file holding the secret every node of the cluster shares (at least 16 bytes; peers
+    /// prove they know it before they may speak Raft). Required with --peers; `cluster up`
+    /// generates one in its data directory.
+    #[arg(long, env = "RINGLEADER_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -557,6 +562,8 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     config.wal.repair = args.repair;
     config.tick = Duration::from_millis(args.tick_ms.max(1));
     config.snapshot_every_entries = args.snapshot_every_entries.max(1);
+    config.net.cluster_secret =
+        ringleader_node::auth::load_secret(args.cluster_secret_file.as_deref())?;
     let sync_interval = match config.wal.sync {
         SyncPolicy::Interval(interval) => Some(interval),
         _ => None,

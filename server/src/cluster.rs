@@ -509,6 +509,11 @@ pub async fn up(args: UpArgs, log_format: LogFormat) -> Result<ExitCode> {
         extra_args: vec![
             "--snapshot-every-entries".into(),
             args.snapshot_every_entries.to_string(),
+            // Peers prove they know this secret before they may speak Raft (docs/network.md).
+            "--cluster-secret-file".into(),
+            ringleader_node::auth::ensure_secret_file(&args.dir)?
+                .display()
+                .to_string(),
         ],
     };
     layout.save()?;

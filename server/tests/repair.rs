@@ -101,6 +101,8 @@ async fn a_follower_with_a_damaged_committed_entry_is_repaired_from_its_peers() 
         .arg("--dir")
         .arg(&follower_dir)
         .args(["--peers", &peers_arg(base, 3)])
+        .arg("--cluster-secret-file")
+        .arg(secret_file(dir.path()))
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();

@@ -31,9 +31,8 @@ impl Network for TurmoilNetwork {
         TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port_of(addr)?))).await
     }
 
-    async fn accept(&self, listener: &mut TcpListener) -> io::Result<TcpStream> {
-        let (stream, _) = listener.accept().await?;
-        Ok(stream)
+    async fn accept(&self, listener: &mut TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+        listener.accept().await
     }
 }
 

@@ -75,6 +75,7 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         config.planted_bug = options.planted_bug;
         config.wal.segment_max_bytes = SEGMENT_MAX_BYTES;
         config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
+        config.net.cluster_secret = Some(simulation_secret());
         sim.host(node_host(id).as_str(), move || {
             let config = config.clone();
             async move {
@@ -268,5 +269,15 @@ fn stop_silently<R: rand::RngCore>(
         } else {
             sim.repair(host, other.as_str());
         }
+    }
+}
+
+/// Every simulated node shares this secret, so peers authenticate as in production.
+fn simulation_secret() -> ringleader_node::auth::ClusterSecret {
+    match ringleader_node::auth::ClusterSecret::from_bytes(
+        b"jepsen-like simulation secret".to_vec(),
+    ) {
+        Ok(secret) => secret,
+        Err(_) => unreachable!("the simulation secret is longer than the minimum"),
     }
 }

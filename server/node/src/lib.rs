@@ -6,6 +6,9 @@
 //! so the jepsen-like simulation runs this same code on turmoil's network and disk.
 //! Replication is explained in `docs/replication.md`.
 
+pub mod auth;
+pub mod budget;
+pub mod chunk;
 pub mod lag;
 pub mod network;
 pub mod node;
@@ -34,10 +37,23 @@ pub enum StartError {
     Listen { addr: String, source: io::Error },
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// Peers must authenticate; a node with peers and no secret could never reach them.
+    #[error(
+        "a cluster of {nodes} nodes needs a cluster secret: pass --cluster-secret-file PATH (or set \
+         RINGLEADER_CLUSTER_SECRET_FILE) naming a file with the same secret on every node, e.g. made \
+         with `head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > PATH && chmod 600 PATH` \
+         (`ringleader cluster up` makes one for you)"
+    )]
+    NoClusterSecret { nodes: usize },
 }
 
 /// Opens the node's storage, binds its address and starts its tasks.
 pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<RunningNode, StartError> {
+    if config.peers.len() > 1 && config.net.cluster_secret.is_none() {
+        return Err(StartError::NoClusterSecret {
+            nodes: config.peers.len(),
+        });
+    }
     let addr = config.addr();
     let listener = network
         .bind(&addr)
@@ -46,7 +62,12 @@ pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<Running
             addr: addr.clone(),
             source,
         })?;
-    let peers = PeerSenders::start(network.clone(), config.id, &config.peers);
+    let peers = PeerSenders::start(
+        network.clone(),
+        config.id,
+        &config.peers,
+        config.net.cluster_secret.clone(),
+    );
     let node = Node::open(config.clone(), peers)?;
     let (inputs_sender, inputs) = mpsc::channel(NODE_INPUT_QUEUE);
     let (shutdown, shutdown_receiver) = watch::channel(false);
@@ -54,9 +75,12 @@ pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<Running
     tokio::spawn(service::accept_loop(
         network,
         listener,
-        config.id,
-        config.peers.keys().copied().collect(),
-        config.limits,
+        service::ServiceConfig {
+            self_id: config.id,
+            peer_ids: config.peers.keys().copied().collect(),
+            limits: config.limits,
+            net: config.net.clone(),
+        },
         inputs_sender.clone(),
         shutdown_receiver,
     ));

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 
 use ringleader_client::{Connector, TokioConnector};
 
@@ -11,10 +12,11 @@ use ringleader_client::{Connector, TokioConnector};
 pub trait Network: Connector {
     type Listener: Send + 'static;
     fn bind(&self, addr: &str) -> impl Future<Output = io::Result<Self::Listener>> + Send;
+    /// Accepts one connection; the address is the remote end's (for logs).
     fn accept(
         &self,
         listener: &mut Self::Listener,
-    ) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+    ) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
 }
 
 impl Network for TokioConnector {
@@ -22,9 +24,12 @@ impl Network for TokioConnector {
     async fn bind(&self, addr: &str) -> io::Result<Self::Listener> {
         tokio::net::TcpListener::bind(addr).await
     }
-    async fn accept(&self, listener: &mut Self::Listener) -> io::Result<Self::Stream> {
-        let (stream, _) = listener.accept().await?;
+    async fn accept(
+        &self,
+        listener: &mut Self::Listener,
+    ) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (stream, remote) = listener.accept().await?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok((stream, remote))
     }
 }

@@ -61,6 +61,8 @@ pub struct NodeConfig {
     /// A deliberate bug, for proving that the jepsen-like simulation catches one. Never set
     /// outside tests.
     pub planted_bug: PlantedBug,
+    /// Connection budgets, timeouts and the cluster secret (see [`crate::budget`]).
+    pub net: crate::budget::NetConfig,
 }
 
 /// Deliberate bugs the simulation's own tests plant to show its checker is not vacuous.
@@ -99,6 +101,7 @@ impl NodeConfig {
             snapshot_every_entries: 10_000,
             seed: id,
             planted_bug: PlantedBug::None,
+            net: crate::budget::NetConfig::default(),
         }
     }
 

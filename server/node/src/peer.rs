@@ -1,125 +1,240 @@
-//! Raft traffic between nodes: one outbound task per peer that keeps a connection open and
-//! forwards the node's messages, and the decoding of inbound peer frames.
+//! Raft traffic between nodes: one outbound task per peer that keeps an authenticated connection
+//! open and forwards the node's messages (large ones in chunks, see [`crate::chunk`]).
 //!
 //! Raft tolerates lost messages, so the outbound queue is bounded and a full queue drops the
-//! message (the leader resends on its next heartbeat) rather than blocking the node.
+//! message (the leader resends on its next heartbeat) rather than blocking the node. At most one
+//! `InstallSnapshot` per peer is queued or being sent at a time: the leader re-offers a snapshot
+//! every few heartbeats while the follower has not answered, and queueing a second copy of a
+//! snapshot of hundreds of MB behind the first would only hold memory and delay the answer.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use consensus::{Message, NodeId};
+use consensus::{Message, MessageBody, NodeId};
 use futures::SinkExt;
-use ringleader_client::protocol::{
-    encode_frame, frame_codec, Handshake, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION,
-};
+use ringleader_client::protocol::{Handshake, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
+use crate::auth::{self, ClusterSecret};
+use crate::budget::FrameCodec;
+pub use crate::chunk::MAX_PEER_FRAME_BYTES;
 use crate::network::Network;
 
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE_MESSAGES: usize = 4096;
-/// A peer frame may carry a whole snapshot.
-pub const MAX_PEER_FRAME_BYTES: usize = 512 * 1024 * 1024;
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
-/// A send to a peer taking longer than this drops the connection.
+/// A send of one frame (at most one chunk) to a peer taking longer than this drops the
+/// connection.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connecting, the handshake and the authentication together.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One peer's outbound queue.
+#[derive(Clone)]
+struct PeerQueue {
+    sender: mpsc::Sender<Message>,
+    /// An `InstallSnapshot` is queued or being sent.
+    snapshot_in_flight: Arc<AtomicBool>,
+}
 
 /// The node's outbound side: a bounded queue per peer.
 #[derive(Clone, Default)]
 pub struct PeerSenders {
-    queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    queues: BTreeMap<NodeId, PeerQueue>,
+}
+
+fn is_snapshot(message: &Message) -> bool {
+    matches!(message.body, MessageBody::InstallSnapshot { .. })
 }
 
 impl PeerSenders {
-    /// Starts one connection task per peer (every entry of `peers` but `self_id`).
+    /// Starts one connection task per peer (every entry of `peers` but `self_id`). Without a
+    /// `secret` no peer connection can authenticate; [`crate::start`] refuses that case.
     pub fn start<N: Network>(
         network: N,
         self_id: NodeId,
         peers: &BTreeMap<NodeId, String>,
+        secret: Option<ClusterSecret>,
     ) -> PeerSenders {
         let mut queues = BTreeMap::new();
+        let Some(secret) = secret else {
+            return PeerSenders { queues };
+        };
         for (&peer_id, addr) in peers.iter().filter(|(id, _)| **id != self_id) {
             let (sender, receiver) = mpsc::channel(PEER_QUEUE_MESSAGES);
+            let snapshot_in_flight = Arc::new(AtomicBool::new(false));
             tokio::spawn(run_peer(
                 network.clone(),
-                self_id,
-                peer_id,
-                addr.clone(),
+                PeerLink {
+                    self_id,
+                    peer_id,
+                    addr: addr.clone(),
+                    secret: secret.clone(),
+                    snapshot_in_flight: snapshot_in_flight.clone(),
+                },
                 receiver,
             ));
-            queues.insert(peer_id, sender);
+            queues.insert(
+                peer_id,
+                PeerQueue {
+                    sender,
+                    snapshot_in_flight,
+                },
+            );
         }
         PeerSenders { queues }
     }
 
-    /// Queues a message; drops it when the peer's queue is full or unknown.
+    /// Queues a message; drops it when the peer's queue is full or unknown, or when it is a
+    /// snapshot and another snapshot to that peer is still queued or being sent.
     pub fn send(&self, message: Message) {
-        if let Some(queue) = self.queues.get(&message.to) {
-            if queue.try_send(message).is_err() {
-                tracing::debug!("peer queue full or closed: message dropped");
+        let Some(queue) = self.queues.get(&message.to) else {
+            return;
+        };
+        let snapshot = is_snapshot(&message);
+        if snapshot && queue.snapshot_in_flight.swap(true, Ordering::AcqRel) {
+            tracing::debug!(
+                peer = message.to,
+                "a snapshot to this peer is still in flight: not queueing another"
+            );
+            return;
+        }
+        if queue.sender.try_send(message).is_err() {
+            if snapshot {
+                queue.snapshot_in_flight.store(false, Ordering::Release);
             }
+            tracing::debug!("peer queue full or closed: message dropped");
         }
     }
 }
 
-async fn run_peer<N: Network>(
-    network: N,
+struct PeerLink {
     self_id: NodeId,
     peer_id: NodeId,
     addr: String,
-    mut messages: mpsc::Receiver<Message>,
-) {
+    secret: ClusterSecret,
+    snapshot_in_flight: Arc<AtomicBool>,
+}
+
+impl PeerLink {
+    /// Called once a message left the queue (sent or dropped).
+    fn done_with(&self, message: &Message) {
+        if is_snapshot(message) {
+            self.snapshot_in_flight.store(false, Ordering::Release);
+        }
+    }
+}
+
+async fn run_peer<N: Network>(network: N, link: PeerLink, mut messages: mpsc::Receiver<Message>) {
+    let peer_id = link.peer_id;
+    // A wrong secret is a configuration error worth a warning, once per streak of failures.
+    let mut auth_failing = false;
     loop {
-        let stream = match connect(&network, self_id, &addr).await {
-            Ok(stream) => stream,
+        let stream = match connect(&network, &link).await {
+            Ok(stream) => {
+                auth_failing = false;
+                stream
+            }
+            Err(ConnectError::Auth(error)) => {
+                if !auth_failing {
+                    tracing::warn!(peer = peer_id, addr = %link.addr, %error, "peer authentication failed: do both nodes have the same cluster secret?");
+                }
+                auth_failing = true;
+                tokio::time::sleep(RECONNECT_BACKOFF).await;
+                while let Ok(message) = messages.try_recv() {
+                    link.done_with(&message);
+                }
+                if messages.is_closed() {
+                    return;
+                }
+                continue;
+            }
             Err(error) => {
-                tracing::debug!(peer = peer_id, %addr, %error, "peer unreachable");
+                tracing::debug!(peer = peer_id, addr = %link.addr, %error, "peer unreachable");
                 tokio::time::sleep(RECONNECT_BACKOFF).await;
                 // Messages queued while the peer is down are stale by the time it returns.
-                while messages.try_recv().is_ok() {}
+                while let Ok(message) = messages.try_recv() {
+                    link.done_with(&message);
+                }
                 if messages.is_closed() {
                     return;
                 }
                 continue;
             }
         };
-        let mut framed = Framed::new(stream, frame_codec(MAX_PEER_FRAME_BYTES));
+        // Only this side writes on an outbound connection; the codec's decoder is unused.
+        let mut framed = Framed::new(stream, FrameCodec::new(0, 0, None));
         loop {
             let Some(message) = messages.recv().await else {
                 return;
             };
-            let Ok(body) = encode_frame(&message) else {
-                continue;
-            };
-            // A silent partition can stall a send for the kernel's retransmission timeout:
-            // give up sooner and reconnect (Raft resends what matters).
-            match tokio::time::timeout(SEND_TIMEOUT, framed.send(Bytes::from(body))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::debug!(peer = peer_id, %error, "peer connection lost");
-                    break;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = peer_id, "peer send timed out: reconnecting");
-                    break;
-                }
+            let sent = send_message(&mut framed, peer_id, &message).await;
+            link.done_with(&message);
+            if !sent {
+                break;
             }
         }
     }
 }
 
-async fn connect<N: Network>(
-    network: &N,
-    self_id: NodeId,
-    addr: &str,
-) -> Result<N::Stream, String> {
+/// Sends one message (in chunks if large); false when the connection is lost.
+async fn send_message<S>(
+    framed: &mut Framed<S, FrameCodec>,
+    peer_id: NodeId,
+    message: &Message,
+) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let frames = match crate::chunk::encode_message(message) {
+        Ok(frames) => frames,
+        Err(error) => {
+            tracing::warn!(peer = peer_id, %error, "cannot send a message: dropped");
+            return true;
+        }
+    };
+    for frame in frames {
+        // Awaiting each chunk's send is the flow control: TCP's window paces a snapshot and
+        // nothing is buffered ahead of the socket. A silent partition can stall a send for the
+        // kernel's retransmission timeout: give up sooner and reconnect (Raft resends what
+        // matters).
+        match tokio::time::timeout(SEND_TIMEOUT, framed.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(peer = peer_id, %error, "peer connection lost");
+                return false;
+            }
+            Err(_) => {
+                tracing::debug!(peer = peer_id, "peer send timed out: reconnecting");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Connects, exchanges handshakes and proves (and checks) knowledge of the cluster secret.
+async fn connect<N: Network>(network: &N, link: &PeerLink) -> Result<N::Stream, ConnectError> {
     let attempt = async {
-        let mut stream = network.connect(addr).await.map_err(|e| e.to_string())?;
+        let mut stream = network
+            .connect(&link.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let nonce = auth::fresh_nonce();
+        let mut opening = [0u8; HANDSHAKE_BYTES + auth::NONCE_BYTES];
+        opening[..HANDSHAKE_BYTES].copy_from_slice(
+            &Handshake::new(Role::Peer {
+                node_id: link.self_id,
+            })
+            .encode(),
+        );
+        opening[HANDSHAKE_BYTES..].copy_from_slice(&nonce);
         stream
-            .write_all(&Handshake::new(Role::Peer { node_id: self_id }).encode())
+            .write_all(&opening)
             .await
             .map_err(|e| e.to_string())?;
         let mut reply = [0u8; HANDSHAKE_BYTES];
@@ -127,16 +242,110 @@ async fn connect<N: Network>(
             .read_exact(&mut reply)
             .await
             .map_err(|e| e.to_string())?;
-        match Handshake::decode(&reply) {
-            Ok(handshake) if handshake.version == PROTOCOL_VERSION => Ok(stream),
-            Ok(handshake) => Err(format!(
-                "peer speaks protocol version {}",
-                handshake.version
-            )),
-            Err(error) => Err(error),
+        let handshake = Handshake::decode(&reply)?;
+        if handshake.version != PROTOCOL_VERSION {
+            return Err(format!("peer speaks protocol version {}", handshake.version).into());
         }
+        if handshake.role
+            != (Role::Peer {
+                node_id: link.peer_id,
+            })
+        {
+            return Err(format!(
+                "{} answered as {:?}, not as node {}",
+                link.addr, handshake.role, link.peer_id
+            )
+            .into());
+        }
+        auth::initiate(&mut stream, &link.secret, link.self_id, link.peer_id, nonce)
+            .await
+            .map_err(ConnectError::Auth)?;
+        Ok::<_, ConnectError>(stream)
     };
-    tokio::time::timeout(Duration::from_secs(1), attempt)
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
-        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|_| ConnectError::Other("connect timed out".to_string()))?
+}
+
+/// Why an outbound peer connection failed.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{0}")]
+    Auth(auth::AuthError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for ConnectError {
+    fn from(message: String) -> Self {
+        ConnectError::Other(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use consensus::{Snapshot, SnapshotMeta};
+
+    use super::*;
+
+    fn snapshot_to(to: NodeId) -> Message {
+        Message {
+            from: 1,
+            to,
+            term: 1,
+            body: MessageBody::InstallSnapshot {
+                snapshot: Snapshot {
+                    meta: SnapshotMeta::default(),
+                    data: vec![0; 1024],
+                },
+            },
+        }
+    }
+
+    fn heartbeat_to(to: NodeId) -> Message {
+        Message {
+            from: 1,
+            to,
+            term: 1,
+            body: MessageBody::TimeoutNow,
+        }
+    }
+
+    #[test]
+    fn a_second_snapshot_is_not_queued_while_one_is_in_flight() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        let snapshot_in_flight = Arc::new(AtomicBool::new(false));
+        let senders = PeerSenders {
+            queues: [(
+                2,
+                PeerQueue {
+                    sender,
+                    snapshot_in_flight: snapshot_in_flight.clone(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        senders.send(snapshot_to(2));
+        senders.send(snapshot_to(2));
+        senders.send(heartbeat_to(2));
+        let first = receiver.try_recv().unwrap();
+        assert!(is_snapshot(&first));
+        assert!(
+            !is_snapshot(&receiver.try_recv().unwrap()),
+            "the second copy was dropped; other messages still flow"
+        );
+        assert!(receiver.try_recv().is_err());
+        // Once the first is sent (or dropped), the next snapshot may go.
+        let link = PeerLink {
+            self_id: 1,
+            peer_id: 2,
+            addr: String::new(),
+            secret: ClusterSecret::from_bytes(b"0123456789abcdef".to_vec()).unwrap(),
+            snapshot_in_flight,
+        };
+        link.done_with(&first);
+        senders.send(snapshot_to(2));
+        assert!(is_snapshot(&receiver.try_recv().unwrap()));
+    }
 }

@@ -1,126 +1,307 @@
 //! The listening side of a node: accepts connections, reads the handshake, and serves either a
 //! client (request frames in, response frames out, pipelined) or a peer (Raft messages in).
 //!
-//! Every resource is bounded: connections by a semaphore, requests in flight per connection,
-//! frame sizes by the codec. A malformed or oversized frame is answered with an `Invalid` error
-//! and the connection is closed; it never reaches the node, so it can never be half-applied.
+//! Every resource is bounded (see [`crate::budget`]): connections still in their handshake, client
+//! connections and each peer's connections have separate budgets, so clients can never lock the
+//! peers out; large client frames are paid for from a shared byte budget before they are
+//! buffered; a connection idle too long, or too slow to finish a started frame, is closed. A
+//! peer must prove it knows the cluster secret ([`crate::auth`]) before it gets the peer role.
+//! A malformed or oversized frame is answered with an `Invalid` error and the connection is
+//! closed; it never reaches the node, so it can never be half-applied.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use consensus::{Message, NodeId};
+use consensus::NodeId;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use ringleader_client::protocol::{
-    decode_frame, encode_frame, frame_codec, ErrorKind, Handshake, Limits, RequestFrame, Response,
+    decode_frame, encode_frame, ErrorKind, Handshake, Limits, RequestFrame, Response,
     ResponseFrame, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::codec::Framed;
 
+use crate::auth;
+use crate::budget::{ByteBudget, ConnRegistry, FrameCodec, FrameError, NetConfig, Shed, Ticket};
+use crate::chunk::{Reassembler, MAX_PEER_FRAME_BYTES};
 use crate::network::Network;
 use crate::node::NodeInput;
-use crate::peer::MAX_PEER_FRAME_BYTES;
 
-/// Connections served at once; more wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 1024;
 /// Requests one client connection may have in flight; the server stops reading beyond it.
 pub const MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION: usize = 256;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every connection task shares.
+struct Shared {
+    self_id: NodeId,
+    peer_ids: BTreeSet<NodeId>,
+    limits: Limits,
+    net: NetConfig,
+    node: mpsc::Sender<NodeInput>,
+    clients: Arc<ConnRegistry>,
+    peers: BTreeMap<NodeId, Arc<ConnRegistry>>,
+    client_frame_budget: ByteBudget,
+    peer_reassembly_budgets: BTreeMap<NodeId, ByteBudget>,
+    total_reassembly_budget: ByteBudget,
+}
+
+/// What the listening side needs to know about its node.
+pub struct ServiceConfig {
+    pub self_id: NodeId,
+    /// Every voter, this node included.
+    pub peer_ids: BTreeSet<NodeId>,
+    pub limits: Limits,
+    pub net: NetConfig,
+}
 
 /// Accepts connections until `shutdown` flips to true.
 pub async fn accept_loop<N: Network>(
     network: N,
     mut listener: N::Listener,
-    self_id: NodeId,
-    peer_ids: BTreeSet<NodeId>,
-    limits: Limits,
+    config: ServiceConfig,
     node: mpsc::Sender<NodeInput>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let peer_ids = Arc::new(peer_ids);
+    let ServiceConfig {
+        self_id,
+        peer_ids,
+        limits,
+        net,
+    } = config;
+    let others = || peer_ids.iter().copied().filter(move |id| *id != self_id);
+    let shared = Arc::new(Shared {
+        self_id,
+        peers: others()
+            .map(|id| {
+                (
+                    id,
+                    ConnRegistry::new(net.max_connections_per_peer, Shed::Oldest),
+                )
+            })
+            .collect(),
+        peer_reassembly_budgets: others()
+            .map(|id| (id, ByteBudget::new(net.peer_reassembly_budget_bytes)))
+            .collect(),
+        total_reassembly_budget: ByteBudget::new(net.total_reassembly_budget_bytes),
+        clients: ConnRegistry::new(net.max_client_connections, Shed::OldestIdle),
+        client_frame_budget: ByteBudget::new(net.client_frame_budget_bytes),
+        peer_ids,
+        limits,
+        net,
+        node,
+    });
+    let handshaking = Arc::new(Semaphore::new(shared.net.max_handshaking_connections));
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.changed() => return,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        let stream = tokio::select! {
+        // Accepting never waits for a budget: a connection the budgets cannot take is closed
+        // (or sheds another) once it is known what it is, so the listen backlog never fills up
+        // with peers stuck behind clients.
+        let (stream, remote) = tokio::select! {
             biased;
             _ = shutdown.changed() => return,
             accepted = network.accept(&mut listener) => match accepted {
-                Ok(stream) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
+                    // Typically out of file descriptors: back off instead of spinning.
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
         };
-        let node = node.clone();
+        let Ok(permit) = handshaking.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, "too many connections in their handshake: closed at once");
+            drop(stream);
+            continue;
+        };
+        let shared = shared.clone();
         let shutdown = shutdown.clone();
-        let peer_ids = peer_ids.clone();
         tokio::spawn(async move {
-            serve_connection(stream, self_id, &peer_ids, limits, node, shutdown).await;
-            drop(permit);
+            serve_connection(stream, remote, &shared, permit, shutdown).await;
         });
     }
 }
 
 async fn serve_connection<S>(
     mut stream: S,
-    self_id: NodeId,
-    peer_ids: &BTreeSet<NodeId>,
-    limits: Limits,
-    node: mpsc::Sender<NodeInput>,
+    remote: SocketAddr,
+    shared: &Shared,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
     shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut bytes = [0u8; HANDSHAKE_BYTES];
-    let Ok(Ok(_)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut bytes)).await
-    else {
-        return;
-    };
-    let handshake = match Handshake::decode(&bytes) {
-        Ok(handshake) => handshake,
-        Err(error) => {
-            tracing::debug!(%error, "refused a connection");
+    let timeout = shared.net.handshake_timeout;
+    let role = match tokio::time::timeout(timeout, handshake(&mut stream, remote, shared)).await {
+        Ok(Some(role)) => role,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::debug!(%remote, "handshake timed out: closed");
             return;
         }
     };
-    // Answer with our version either way, so the other side can say what is wrong.
-    let reply = Handshake::new(Role::Peer { node_id: self_id }).encode();
-    if stream.write_all(&reply).await.is_err() || handshake.version != PROTOCOL_VERSION {
-        return;
-    }
-    match handshake.role {
-        Role::Client => serve_client(stream, limits, node, shutdown).await,
-        // Only configured voters may speak Raft (and get the large peer frame limit).
-        Role::Peer { node_id } if node_id != self_id && peer_ids.contains(&node_id) => {
-            serve_peer(stream, node_id, self_id, node).await
+    drop(handshake_permit);
+    match role {
+        Role::Client => {
+            let ticket = match shared.clients.admit() {
+                Ok(ticket) => ticket,
+                Err(full) => {
+                    tracing::debug!(%remote, "client refused: {full}");
+                    let mut framed = Framed::new(stream, client_codec(shared, None));
+                    let _ = framed
+                        .send(error_frame(
+                            0,
+                            ErrorKind::Unavailable,
+                            format!("the node has too many client connections ({}) and none is idle: retry later", full.max),
+                        ))
+                        .await;
+                    return;
+                }
+            };
+            serve_client(stream, remote, shared, ticket, shutdown).await
         }
         Role::Peer { node_id } => {
-            tracing::warn!(node_id, "refused a peer connection from an unknown node")
+            let Some(registry) = shared.peers.get(&node_id) else {
+                return;
+            };
+            let Ok(ticket) = registry.admit() else {
+                return;
+            };
+            serve_peer(stream, remote, node_id, shared, ticket).await
         }
     }
 }
 
-async fn serve_peer<S>(stream: S, peer_id: NodeId, self_id: NodeId, node: mpsc::Sender<NodeInput>)
+/// Reads the handshake and, for a peer, runs the authentication. `None`: close the connection.
+async fn handshake<S>(stream: &mut S, remote: SocketAddr, shared: &Shared) -> Option<Role>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut framed = Framed::new(stream, frame_codec(MAX_PEER_FRAME_BYTES));
-    while let Some(Ok(bytes)) = framed.next().await {
-        let message: Message = match decode_frame(&bytes) {
-            Ok(message) => message,
+    let mut bytes = [0u8; HANDSHAKE_BYTES];
+    stream.read_exact(&mut bytes).await.ok()?;
+    let handshake = match Handshake::decode(&bytes) {
+        Ok(handshake) => handshake,
+        Err(error) => {
+            tracing::debug!(%remote, %error, "refused a connection");
+            return None;
+        }
+    };
+    // Answer with our version either way, so the other side can say what is wrong.
+    let reply = Handshake::new(Role::Peer {
+        node_id: shared.self_id,
+    })
+    .encode();
+    if stream.write_all(&reply).await.is_err() || handshake.version != PROTOCOL_VERSION {
+        return None;
+    }
+    let node_id = match handshake.role {
+        Role::Client => return Some(Role::Client),
+        Role::Peer { node_id } => node_id,
+    };
+    if node_id == shared.self_id {
+        // Two processes configured with the same id would each think they are the other's
+        // voter: say so loudly (once: the connection is closed right away).
+        tracing::warn!(%remote, node_id, "another process claims this node's own id: refused its peer connection (is a node misconfigured or started twice?)");
+        return None;
+    }
+    // Only configured voters may speak Raft (and get the peer budgets).
+    if !shared.peer_ids.contains(&node_id) {
+        tracing::warn!(%remote, node_id, "refused a peer connection from an unknown node");
+        return None;
+    }
+    let Some(secret) = &shared.net.cluster_secret else {
+        tracing::warn!(%remote, node_id, "refused a peer connection: this node has no cluster secret");
+        return None;
+    };
+    match auth::accept(stream, secret, node_id, shared.self_id).await {
+        Ok(()) => Some(handshake.role),
+        Err(error) => {
+            tracing::warn!(%remote, node_id, %error, "refused a peer connection that failed authentication");
+            None
+        }
+    }
+}
+
+fn client_codec(shared: &Shared, ticket: Option<&Ticket>) -> FrameCodec {
+    let codec = FrameCodec::new(
+        shared.limits.max_frame_bytes,
+        shared.net.small_frame_bytes,
+        Some(shared.client_frame_budget.clone()),
+    );
+    match ticket {
+        Some(ticket) => codec.with_slot(ticket.slot.clone()),
+        None => codec,
+    }
+}
+
+/// Why a connection's watchdog closes it, if it does.
+fn overdue(codec: &FrameCodec, ticket: &Ticket, net: &NetConfig) -> Option<String> {
+    if let Some(started) = codec.frame_started_at() {
+        if started.elapsed() > net.frame_deadline {
+            return Some(format!(
+                "a frame was not completed within {} ms of its first byte",
+                net.frame_deadline.as_millis()
+            ));
+        }
+    } else if ticket.slot.is_idle() && ticket.slot.idle_for() > net.idle_timeout {
+        return Some(format!(
+            "idle for more than {} ms",
+            net.idle_timeout.as_millis()
+        ));
+    }
+    None
+}
+
+async fn serve_peer<S>(
+    stream: S,
+    remote: SocketAddr,
+    peer_id: NodeId,
+    shared: &Shared,
+    ticket: Ticket,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let self_id = shared.self_id;
+    let (Some(peer_budget), total_budget) = (
+        shared.peer_reassembly_budgets.get(&peer_id),
+        shared.total_reassembly_budget.clone(),
+    ) else {
+        return;
+    };
+    let mut reassembler = Reassembler::new(peer_id, peer_budget.clone(), total_budget);
+    let codec = FrameCodec::new(MAX_PEER_FRAME_BYTES, 0, None).with_slot(ticket.slot.clone());
+    let mut framed = Framed::new(stream, codec);
+    let mut watchdog = tokio::time::interval(shared.net.check_interval);
+    loop {
+        let frame = tokio::select! {
+            frame = framed.next() => frame,
+            _ = ticket.slot.evicted() => {
+                tracing::debug!(peer = peer_id, %remote, "a newer connection from this peer replaced this one");
+                return;
+            }
+            _ = watchdog.tick() => {
+                if let Some(why) = overdue(framed.codec(), &ticket, &shared.net) {
+                    tracing::info!(peer = peer_id, %remote, "closing a peer connection: {why}");
+                    return;
+                }
+                continue;
+            }
+        };
+        let bytes = match frame {
+            None => return,
+            Some(Ok(frame)) => frame.bytes,
+            Some(Err(error)) => {
+                tracing::warn!(peer = peer_id, %error, "bad peer frame: closing");
+                return;
+            }
+        };
+        let message = match reassembler.push(&bytes) {
+            Ok(Some(message)) => message,
+            Ok(None) => continue,
             Err(error) => {
                 tracing::warn!(peer = peer_id, %error, "undecodable peer frame: closing");
                 return;
@@ -135,7 +316,10 @@ where
             );
             return;
         }
-        if node.send(NodeInput::Peer(message)).await.is_err() {
+        ticket.slot.in_flight.store(1, Ordering::Relaxed);
+        let sent = shared.node.send(NodeInput::Peer(message)).await;
+        ticket.slot.in_flight.store(0, Ordering::Relaxed);
+        if sent.is_err() {
             return;
         }
     }
@@ -151,16 +335,23 @@ fn error_frame(id: u64, kind: ErrorKind, message: String) -> Bytes {
 
 async fn serve_client<S>(
     stream: S,
-    limits: Limits,
-    node: mpsc::Sender<NodeInput>,
+    remote: SocketAddr,
+    shared: &Shared,
+    ticket: Ticket,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut framed = Framed::new(stream, frame_codec(limits.max_frame_bytes));
+    let mut framed = Framed::new(stream, client_codec(shared, Some(&ticket)));
     let mut in_flight = FuturesUnordered::new();
     let mut reading = true;
+    let mut watchdog = tokio::time::interval(shared.net.check_interval);
+    let node = &shared.node;
     loop {
+        ticket
+            .slot
+            .in_flight
+            .store(in_flight.len(), Ordering::Relaxed);
         if !reading && in_flight.is_empty() {
             break;
         }
@@ -173,6 +364,7 @@ async fn serve_client<S>(
                     Err(_) => Response::Error { kind: ErrorKind::Unknown, message: "the node stopped before answering".into() },
                 };
                 let Ok(body) = encode_frame(&ResponseFrame { id, response }) else { break };
+                ticket.slot.touch();
                 if framed.send(Bytes::from(body)).await.is_err() {
                     break;
                 }
@@ -181,18 +373,42 @@ async fn serve_client<S>(
                 // Finish what is in flight, read nothing more.
                 reading = false;
             }
+            _ = ticket.slot.evicted(), if reading => {
+                let _ = framed.send(error_frame(0, ErrorKind::Unavailable, format!(
+                    "connection closed: the node has {} client connections and sheds the least recently active idle one",
+                    shared.net.max_client_connections
+                ))).await;
+                tracing::debug!(%remote, "shed an idle client connection");
+                reading = false;
+            }
+            _ = watchdog.tick(), if reading => {
+                if let Some(why) = overdue(framed.codec(), &ticket, &shared.net) {
+                    tracing::debug!(%remote, "closing a client connection: {why}");
+                    let _ = framed.send(error_frame(0, ErrorKind::Invalid, format!("connection closed: {why}"))).await;
+                    reading = false;
+                }
+            }
             frame = framed.next(), if reading && in_flight.len() < MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION => {
-                let bytes = match frame {
+                let frame = match frame {
                     None => { reading = false; continue; }
                     Some(Err(error)) => {
-                        // Oversized length or a broken stream: refuse the frame whole, then close.
-                        let _ = framed.send(error_frame(0, ErrorKind::Invalid, format!("bad frame: {error}"))).await;
+                        // Oversized length, no memory budget left or a broken stream: refuse the
+                        // frame whole, then close.
+                        let kind = match error {
+                            FrameError::BudgetExhausted { .. } => ErrorKind::Unavailable,
+                            _ => ErrorKind::Invalid,
+                        };
+                        let _ = framed.send(error_frame(0, kind, format!("bad frame: {error}"))).await;
                         reading = false;
                         continue;
                     }
-                    Some(Ok(bytes)) => bytes,
+                    Some(Ok(frame)) => frame,
                 };
-                let RequestFrame { id, request } = match decode_frame::<RequestFrame>(&bytes) {
+                let decoded = decode_frame::<RequestFrame>(&frame.bytes);
+                // The frame's share of the byte budget is returned here: the request is now as
+                // large as its own fields, bounded by the node's input queue.
+                drop(frame);
+                let RequestFrame { id, request } = match decoded {
                     Ok(frame) => frame,
                     Err(error) => {
                         let _ = framed.send(error_frame(0, ErrorKind::Invalid, format!("malformed request: {error}"))).await;
@@ -201,6 +417,7 @@ async fn serve_client<S>(
                     }
                 };
                 let (reply, answer) = oneshot::channel();
+                ticket.slot.in_flight.store(in_flight.len() + 1, Ordering::Relaxed);
                 if node.send(NodeInput::Client { request, reply }).await.is_err() {
                     let _ = framed.send(error_frame(id, ErrorKind::ShuttingDown, "the node stopped".into())).await;
                     break;
@@ -208,5 +425,299 @@ async fn serve_client<S>(
                 in_flight.push(async move { (id, answer.await) });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use consensus::{Message, MessageBody};
+    use ringleader_client::protocol::{Request, ResponseFrame};
+    use ringleader_client::TokioConnector;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::auth::{self, ClusterSecret};
+
+    const SECRET: &[u8] = b"the service tests' cluster secret";
+
+    struct Harness {
+        addr: String,
+        node_inputs: mpsc::Receiver<NodeInput>,
+        _shutdown: watch::Sender<bool>,
+    }
+
+    /// Node 1 of voters {1, 2}, listening on a free port, with `net`.
+    async fn start(net: NetConfig) -> Harness {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (inputs, node_inputs) = mpsc::channel(64);
+        let (shutdown, shutdown_receiver) = watch::channel(false);
+        tokio::spawn(accept_loop(
+            TokioConnector,
+            listener,
+            ServiceConfig {
+                self_id: 1,
+                peer_ids: [1, 2].into_iter().collect(),
+                limits: Limits::default(),
+                net,
+            },
+            inputs,
+            shutdown_receiver,
+        ));
+        Harness {
+            addr,
+            node_inputs,
+            _shutdown: shutdown,
+        }
+    }
+
+    fn net() -> NetConfig {
+        NetConfig {
+            cluster_secret: Some(ClusterSecret::from_bytes(SECRET.to_vec()).unwrap()),
+            check_interval: Duration::from_millis(20),
+            ..NetConfig::default()
+        }
+    }
+
+    async fn client(addr: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(&Handshake::new(Role::Client).encode())
+            .await
+            .unwrap();
+        let mut reply = [0u8; HANDSHAKE_BYTES];
+        stream.read_exact(&mut reply).await.unwrap();
+        stream
+    }
+
+    /// Reads until the node closes the connection; returns the error it sent first, if any.
+    async fn closed_with(stream: &mut TcpStream) -> Option<String> {
+        let mut bytes = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
+            .await
+            .expect("the node closed the connection")
+            .ok()?;
+        let body = bytes.get(4..)?;
+        match decode_frame::<ResponseFrame>(body).ok()?.response {
+            Response::Error { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// A peer connection claiming `node_id`, authenticated with `secret`.
+    async fn peer(addr: &str, node_id: NodeId, secret: &[u8]) -> Result<TcpStream, String> {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let nonce = auth::fresh_nonce();
+        stream
+            .write_all(&Handshake::new(Role::Peer { node_id }).encode())
+            .await
+            .unwrap();
+        stream.write_all(&nonce).await.unwrap();
+        let mut reply = [0u8; HANDSHAKE_BYTES];
+        stream
+            .read_exact(&mut reply)
+            .await
+            .map_err(|e| e.to_string())?;
+        let secret = ClusterSecret::from_bytes(secret.to_vec()).unwrap();
+        auth::initiate(&mut stream, &secret, node_id, 1, nonce)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(stream)
+    }
+
+    fn heartbeat(from: NodeId, to: NodeId) -> Message {
+        Message {
+            from,
+            to,
+            term: 1,
+            body: MessageBody::Heartbeat {
+                commit: 0,
+                sent_tick: 0,
+                read_ctx: None,
+            },
+        }
+    }
+
+    async fn send_peer_message(stream: &mut TcpStream, message: &Message) {
+        for frame in crate::chunk::encode_message(message).unwrap() {
+            stream
+                .write_all(&(frame.len() as u32).to_be_bytes())
+                .await
+                .unwrap();
+            stream.write_all(&frame).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_started_frame_must_complete_within_the_deadline() {
+        let h = start(NetConfig {
+            frame_deadline: Duration::from_millis(200),
+            ..net()
+        })
+        .await;
+        let mut stream = client(&h.addr).await;
+        stream.write_all(&1000u32.to_be_bytes()).await.unwrap();
+        stream.write_all(&[0; 10]).await.unwrap();
+        let error = closed_with(&mut stream).await.unwrap();
+        assert!(error.contains("not completed within 200 ms"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_client_is_closed_after_the_idle_timeout() {
+        let h = start(NetConfig {
+            idle_timeout: Duration::from_millis(200),
+            ..net()
+        })
+        .await;
+        let mut stream = client(&h.addr).await;
+        let error = closed_with(&mut stream).await.unwrap();
+        assert!(error.contains("idle for more than 200 ms"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_full_client_budget_sheds_the_oldest_idle_client_and_peers_still_get_in() {
+        let mut h = start(NetConfig {
+            max_client_connections: 2,
+            ..net()
+        })
+        .await;
+        let mut first = client(&h.addr).await;
+        let _second = client(&h.addr).await;
+        let mut third = client(&h.addr).await;
+        let error = closed_with(&mut first).await.unwrap();
+        assert!(
+            error.contains("sheds the least recently active idle one"),
+            "{error}"
+        );
+        // The newcomer is served.
+        let request = RequestFrame {
+            id: 1,
+            request: Request::Status,
+        };
+        let body = encode_frame(&request).unwrap();
+        third
+            .write_all(&(body.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        third.write_all(&body).await.unwrap();
+        let input = tokio::time::timeout(Duration::from_secs(5), h.node_inputs.recv())
+            .await
+            .unwrap();
+        assert!(matches!(input, Some(NodeInput::Client { .. })));
+        // Clients at their limit do not keep a peer out.
+        let mut peer = peer(&h.addr, 2, SECRET).await.unwrap();
+        send_peer_message(&mut peer, &heartbeat(2, 1)).await;
+        let input = tokio::time::timeout(Duration::from_secs(5), h.node_inputs.recv())
+            .await
+            .unwrap();
+        assert!(matches!(input, Some(NodeInput::Peer(m)) if m == heartbeat(2, 1)));
+    }
+
+    #[tokio::test]
+    async fn large_client_frames_past_the_shared_budget_are_refused_with_a_clear_error() {
+        let h = start(NetConfig {
+            client_frame_budget_bytes: 3 * 1024 * 1024,
+            ..net()
+        })
+        .await;
+        let mut holder = client(&h.addr).await;
+        holder
+            .write_all(&(2u32 * 1024 * 1024).to_be_bytes())
+            .await
+            .unwrap();
+        holder.write_all(&[0; 1024]).await.unwrap();
+        // Let the node read the first header before the second.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut refused = client(&h.addr).await;
+        refused
+            .write_all(&(2u32 * 1024 * 1024).to_be_bytes())
+            .await
+            .unwrap();
+        let error = closed_with(&mut refused).await.unwrap();
+        assert!(
+            error.contains("memory budget for buffered frames is exhausted"),
+            "{error}"
+        );
+        drop(holder);
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_secret_gets_no_peer_role() {
+        let mut h = start(net()).await;
+        // The wrong secret: the node's own proof does not verify, and it never hears a frame.
+        let error = peer(&h.addr, 2, b"not the cluster secret at all")
+            .await
+            .unwrap_err();
+        assert!(error.contains("did not prove knowledge"), "{error}");
+        // A claimed peer that skips authentication and sends a frame anyway: closed unheard.
+        let mut stream = TcpStream::connect(&h.addr).await.unwrap();
+        stream
+            .write_all(&Handshake::new(Role::Peer { node_id: 2 }).encode())
+            .await
+            .unwrap();
+        stream.write_all(&[0; auth::NONCE_BYTES]).await.unwrap();
+        let mut reply = [0u8; HANDSHAKE_BYTES + auth::NONCE_BYTES + auth::TAG_BYTES];
+        stream.read_exact(&mut reply).await.unwrap();
+        let _ = stream.write_all(&[0; auth::TAG_BYTES]).await;
+        // ... and then a well-formed Raft message, as if it were node 2.
+        for frame in crate::chunk::encode_message(&heartbeat(2, 1)).unwrap() {
+            let _ = stream.write_all(&(frame.len() as u32).to_be_bytes()).await;
+            let _ = stream.write_all(&frame).await;
+        }
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "closed");
+        // A node id claiming to be this node: closed at once.
+        let mut stream = TcpStream::connect(&h.addr).await.unwrap();
+        stream
+            .write_all(&Handshake::new(Role::Peer { node_id: 1 }).encode())
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "closed");
+        assert_eq!(rest.len(), HANDSHAKE_BYTES, "only the handshake answer");
+        assert!(
+            h.node_inputs.try_recv().is_err(),
+            "nothing reached the node"
+        );
+        // With no secret configured, even the right secret does not make a peer.
+        let h = start(NetConfig {
+            cluster_secret: None,
+            ..net()
+        })
+        .await;
+        assert!(peer(&h.addr, 2, SECRET).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_authenticated_peer_sends_a_message_larger_than_a_peer_frame() {
+        let mut h = start(net()).await;
+        let mut stream = peer(&h.addr, 2, SECRET).await.unwrap();
+        let message = Message {
+            from: 2,
+            to: 1,
+            term: 1,
+            body: MessageBody::InstallSnapshot {
+                snapshot: consensus::Snapshot {
+                    meta: consensus::SnapshotMeta {
+                        last_index: 9,
+                        last_term: 1,
+                        voters: vec![1, 2],
+                    },
+                    data: vec![5; 17 * 1024 * 1024],
+                },
+            },
+        };
+        send_peer_message(&mut stream, &message).await;
+        let input = tokio::time::timeout(Duration::from_secs(20), h.node_inputs.recv())
+            .await
+            .unwrap();
+        assert!(matches!(input, Some(NodeInput::Peer(m)) if m == message));
     }
 }

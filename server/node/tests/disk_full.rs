@@ -35,6 +35,12 @@ async fn start_cluster(
         let (fs, fault) = FaultyFs::wrap(StdFs::shared());
         let mut config = NodeConfig::new(id, peers.clone(), dir.join(format!("node-{id}")), fs);
         config.tick = Duration::from_millis(10);
+        config.net.cluster_secret = Some(
+            ringleader_node::auth::ClusterSecret::from_bytes(
+                b"the disk-full test cluster's shared secret".to_vec(),
+            )
+            .expect("a long enough secret"),
+        );
         let node = ringleader_node::start(TokioConnector, config)
             .await
             .expect("node starts");

@@ -55,6 +55,7 @@ pub fn serve(dir: &Path, base: u16, id: u64, nodes: u64, extra: &[&str]) -> Chil
         .stderr(log);
     if nodes > 1 {
         command.args(["--peers", &peers_arg(base, nodes)]);
+        command.arg("--cluster-secret-file").arg(secret_file(dir));
     }
     command.spawn().expect("start ringleader serve")
 }
@@ -124,4 +125,13 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The cluster secret the nodes of a test share: `dir/cluster-secret`, made on first use.
+pub fn secret_file(dir: &Path) -> PathBuf {
+    let path = dir.join("cluster-secret");
+    if !path.exists() {
+        std::fs::write(&path, "a test cluster's shared secret, 32+ bytes\n").unwrap();
+    }
+    path
 }
