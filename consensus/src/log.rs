@@ -91,7 +91,10 @@ impl RaftLog {
                 break;
             }
         }
-        let tail_len = kept.iter().take_while(|e| e.index <= snapshot_index).count();
+        let tail_len = kept
+            .iter()
+            .take_while(|e| e.index <= snapshot_index)
+            .count();
         let tail_usable = tail_len > 0
             && kept[tail_len - 1].index == snapshot_index
             && (snapshot_index == 0 || kept[tail_len - 1].term == snapshot_term);
@@ -383,7 +386,9 @@ impl RaftLog {
         let last_index = snapshot.meta.last_index;
         debug_assert!(last_index > self.snapshot_index && last_index <= self.applied_index);
         // Never moves back: entries already dropped stay dropped.
-        let new_offset = last_index.saturating_sub(tail_entries).max(self.offset_index);
+        let new_offset = last_index
+            .saturating_sub(tail_entries)
+            .max(self.offset_index);
         if new_offset > self.offset_index {
             let new_offset_term = self.term(new_offset);
             debug_assert!(new_offset_term.is_some(), "the new offset is in the log");
@@ -515,6 +520,80 @@ mod tests {
         assert_eq!(log.find_conflict_by_term(6, 3), (5, 2));
         assert_eq!(log.find_conflict_by_term(10, 1), (2, 1));
         assert_eq!(log.find_conflict_by_term(4, 0), (0, 0));
+    }
+
+    fn snapshot_at(index: Index, term: Term) -> Snapshot {
+        Snapshot {
+            meta: crate::message::SnapshotMeta {
+                last_index: index,
+                last_term: term,
+                voters: vec![1],
+            },
+            data: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn compact_keeps_a_tail_behind_the_snapshot() {
+        let mut log = log_with_terms(&[1, 1, 1, 2, 2, 2, 2, 2, 3, 3]);
+        log.commit_to(10);
+        log.applied_to(10);
+        log.compact(snapshot_at(8, 2), 3);
+        assert_eq!(log.snapshot_index(), 8);
+        assert_eq!(
+            log.first_index(),
+            6,
+            "entries 6..=8 kept behind the snapshot"
+        );
+        assert_eq!(log.term(5), Some(2), "the offset keeps its term");
+        assert_eq!(log.term(4), None);
+        assert_eq!(log.entries_from(6, 10, usize::MAX).len(), 5);
+        // A later compaction never brings dropped entries back, and a zero tail drops all.
+        log.compact(snapshot_at(9, 3), 0);
+        assert_eq!(log.first_index(), 10);
+        assert_eq!(log.term(9), Some(3));
+        assert_eq!(log.last_index(), 10);
+    }
+
+    #[test]
+    fn restore_keeps_a_tail_that_reaches_the_snapshot_with_its_term() {
+        let entries = (5..=12)
+            .map(|i| entry(i, if i <= 7 { 1 } else { 2 }))
+            .collect();
+        let log = RaftLog::restore(Some(snapshot_at(10, 2)), entries, 12, 0);
+        assert_eq!(
+            log.first_index(),
+            6,
+            "the first tail entry serves as the offset"
+        );
+        assert_eq!(log.term(5), Some(1));
+        assert_eq!(log.last_index(), 12);
+        assert_eq!(log.applied_index(), 10);
+        // A tail from index 1 needs no offset entry.
+        let log = RaftLog::restore(
+            Some(snapshot_at(2, 1)),
+            vec![entry(1, 1), entry(2, 1)],
+            2,
+            0,
+        );
+        assert_eq!((log.first_index(), log.last_index()), (1, 2));
+    }
+
+    #[test]
+    fn restore_drops_a_tail_that_does_not_match_the_snapshot() {
+        // The entry at the snapshot index has another term: a log the snapshot replaced.
+        let entries = vec![entry(9, 1), entry(10, 1), entry(11, 3)];
+        let log = RaftLog::restore(Some(snapshot_at(10, 2)), entries, 11, 0);
+        assert_eq!((log.first_index(), log.last_index()), (11, 11));
+        assert_eq!(log.term(10), Some(2));
+        // A tail with a gap before the snapshot keeps only its run that reaches it.
+        let entries = vec![entry(3, 1), entry(7, 1), entry(8, 1), entry(9, 1)];
+        let log = RaftLog::restore(Some(snapshot_at(8, 1)), entries, 9, 0);
+        assert_eq!((log.first_index(), log.last_index()), (8, 9));
+        // A tail that stops short of the snapshot is useless.
+        let entries = vec![entry(5, 1), entry(6, 1)];
+        let log = RaftLog::restore(Some(snapshot_at(8, 1)), entries, 8, 0);
+        assert_eq!((log.first_index(), log.last_index()), (9, 8));
     }
 
     #[test]
