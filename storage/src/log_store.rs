@@ -50,7 +50,8 @@ pub struct HardState {
 pub enum LogRecord {
     Entry(StoredEntry),
     HardState(HardState),
-    /// Every entry after `index` is discarded (a snapshot from the leader replaced the log).
+    /// Every entry is discarded, including those at or below `index` (a snapshot from the leader
+    /// at `index` replaced the log; entries after it follow in later records).
     TruncateAfter {
         index: u64,
     },
@@ -162,9 +163,12 @@ impl LogStore {
         for (lsn, bytes) in recovered.records {
             match codec::decode::<LogRecord>(&bytes, "log record")? {
                 LogRecord::HardState(state) => hard_state = state,
-                LogRecord::TruncateAfter { index } => {
-                    by_index.split_off(&(index + 1));
-                    entry_lsns.split_off(&(index + 1));
+                LogRecord::TruncateAfter { .. } => {
+                    // A leader's snapshot replaced the whole log: the entries before this record
+                    // are another history, unfit even as a tail below a later snapshot (whose
+                    // tail could otherwise run on into them).
+                    by_index.clear();
+                    entry_lsns.clear();
                 }
                 LogRecord::Entry(entry) => {
                     by_index.split_off(&entry.index);

@@ -154,3 +154,35 @@ fn a_log_replaced_by_a_leaders_snapshot_is_not_returned_as_a_tail() {
     );
     assert_eq!(recovered.entries, vec![entry(9, 2)]);
 }
+
+#[test]
+fn a_later_tail_does_not_run_on_into_a_log_a_leaders_snapshot_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // One segment, so nothing is purged and the replaced entries are all replayed.
+        let (mut log, _) =
+            LogStore::open(StdFs::shared(), dir.path(), WalOptions::default()).unwrap();
+        log.set_compaction_tail_entries(100);
+        for index in 1..=10 {
+            log.append(None, &[entry(index, 1)]).unwrap();
+        }
+        // The leader's snapshot at 8 (term 2) replaces 1..=10; then its entries follow and a
+        // local snapshot at 18 keeps a tail long enough to reach below 8.
+        log.save_snapshot(point(8, 2), b"leader state", true)
+            .unwrap();
+        for index in 9..=20 {
+            log.append(None, &[entry(index, 2)]).unwrap();
+        }
+        log.save_snapshot(point(18, 2), b"state at 18", false)
+            .unwrap();
+    }
+    let (_, recovered) =
+        LogStore::open(StdFs::shared(), dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(
+        indexes(&recovered.tail_entries),
+        (9..=18).collect::<Vec<_>>(),
+        "the tail stops where the leader's snapshot began the log"
+    );
+    assert!(recovered.tail_entries.iter().all(|e| e.term == 2));
+    assert_eq!(indexes(&recovered.entries), vec![19, 20]);
+}
