@@ -47,7 +47,15 @@ pub struct Config {
     pub lease_margin_ticks: u32,
     /// Seeds the election-timeout PRNG; give every node a different seed. Default: the id.
     pub seed: u64,
+    /// Entries `Raft::compact` keeps at or below the snapshot index (etcd's
+    /// `SnapshotCatchUpEntries`): a follower that fell at most this far behind the snapshot is
+    /// sent entries rather than the whole snapshot. Costs that many entries of memory. Zero drops
+    /// everything the snapshot covers. Default 5 000.
+    pub compaction_tail_entries: u64,
 }
+
+/// The default of [`Config::compaction_tail_entries`], etcd's value.
+pub const DEFAULT_COMPACTION_TAIL_ENTRIES: u64 = 5_000;
 
 impl Config {
     /// A configuration with the documented defaults.
@@ -68,6 +76,7 @@ impl Config {
             lease_reads: false,
             lease_margin_ticks: 2,
             seed: id,
+            compaction_tail_entries: DEFAULT_COMPACTION_TAIL_ENTRIES,
         }
     }
 

@@ -57,7 +57,9 @@
 //!
 //! **Snapshots.** The application decides when to checkpoint and calls [`Raft::compact`] with the
 //! snapshot of its applied state; the core keeps it to send to followers that fell behind the log.
-//! Memory use is the retained log plus that snapshot, so compact regularly.
+//! Compaction keeps the last `Config::compaction_tail_entries` entries the snapshot covers, so a
+//! follower only a little behind is sent entries, not the snapshot. Memory use is the retained
+//! log (tail included) plus that snapshot, so compact regularly.
 
 mod config;
 mod election;
@@ -67,7 +69,7 @@ mod progress;
 mod raft;
 mod read;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, DEFAULT_COMPACTION_TAIL_ENTRIES};
 pub use log::RaftLog;
 pub use message::{
     AppendResult, Entry, EntryPayload, HardState, Index, Message, MessageBody, NodeId, Snapshot,

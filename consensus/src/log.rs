@@ -1,11 +1,16 @@
-//! The in-memory Raft log: a snapshot boundary, the entries after it, and the cursors that say
-//! which of them are durable, committed and applied.
+//! The in-memory Raft log: a snapshot boundary, the entries retained around it, and the cursors
+//! that say which of them are durable, committed and applied.
 //!
 //! The whole retained log lives in memory (the application bounds it by calling `Raft::compact`).
-//! Entries move through four cursors, each monotonic except where noted:
+//! Where the retained log starts (`offset_index`, the entry just before the first retained one)
+//! is kept apart from the snapshot we hold: compaction keeps a tail of
+//! `Config::compaction_tail_entries` entries at or below the snapshot index (as etcd's
+//! `SnapshotCatchUpEntries`), so a follower that is only a little behind is sent entries rather
+//! than the whole snapshot. Entries move through four cursors, each monotonic except where noted:
 //!
 //! ```text
-//!   snapshot_index < first_index ..= persisted_index ..= last_index
+//!   offset_index <= snapshot_index
+//!   offset_index < first_index ..= persisted_index ..= last_index
 //!   snapshot_index <= applied_index <= applying_index <= commit_index <= last_index
 //!   unstable_from: first entry not yet handed out in a Ready (may move back on truncation)
 //! ```
@@ -22,11 +27,17 @@ pub struct RaftLog {
     /// Last index covered by the latest snapshot (0 when there is none).
     snapshot_index: Index,
     snapshot_term: Term,
+    /// The index just before the first retained entry (`<= snapshot_index`): entries at or below
+    /// it are gone, and a follower that needs one is sent the snapshot.
+    offset_index: Index,
+    /// The term of the entry at `offset_index` (0 for index 0), needed for log matching on the
+    /// first retained entry.
+    offset_term: Term,
     /// The latest snapshot with its data, kept to serve `InstallSnapshot` to lagging followers.
     snapshot: Option<Snapshot>,
     /// A snapshot received from the leader that the application has not yet been handed.
     pending_snapshot: Option<Snapshot>,
-    /// `entries[i].index == snapshot_index + 1 + i`.
+    /// `entries[i].index == offset_index + 1 + i`.
     entries: Vec<Entry>,
     /// First index not yet handed out in a `Ready` (`last_index + 1` when all were).
     unstable_from: Index,
@@ -41,9 +52,15 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
-    /// Builds the log a node restored from disk: an optional snapshot and the entries after it.
-    /// Entries not following the snapshot contiguously are dropped from the first gap on (a torn
-    /// write at the tail of the WAL must not make the node panic).
+    /// Builds the log a node restored from disk: an optional snapshot and the entries kept on
+    /// disk, which may start at or below the snapshot index (the tail compaction retained).
+    ///
+    /// The tail is kept only if it is contiguous up to the snapshot and its entry at the snapshot
+    /// index has the snapshot's term (then, by Log Matching, every tail entry is the leader's);
+    /// otherwise only the entries after the snapshot are kept. If the tail does not start at
+    /// index 1, its first entry is dropped and serves as the offset, whose term log matching
+    /// needs. Entries after the snapshot not following it contiguously are dropped from the
+    /// first gap on (a torn write at the tail of the WAL must not make the node panic).
     pub(crate) fn restore(
         snapshot: Option<Snapshot>,
         entries: Vec<Entry>,
@@ -53,26 +70,59 @@ impl RaftLog {
         let (snapshot_index, snapshot_term) = snapshot
             .as_ref()
             .map_or((0, 0), |s| (s.meta.last_index, s.meta.last_term));
-        let mut kept = Vec::with_capacity(entries.len());
+        // The contiguous run that reaches the snapshot (tail) and continues after it.
+        let mut kept: Vec<Entry> = Vec::with_capacity(entries.len());
         for entry in entries {
-            if entry.index <= snapshot_index {
-                continue;
-            }
-            if entry.index != snapshot_index + 1 + kept.len() as u64 {
+            let follows = kept
+                .last()
+                .is_some_and(|last: &Entry| last.index + 1 == entry.index);
+            if follows {
+                kept.push(entry);
+            } else if entry.index <= snapshot_index + 1 {
+                // A new run at or below the snapshot: an older one that does not reach it
+                // contiguously is useless.
+                kept.clear();
+                kept.push(entry);
+            } else {
                 tracing::warn!(
                     index = entry.index,
                     "restored log has a gap; truncating there"
                 );
                 break;
             }
-            kept.push(entry);
         }
-        let last_index = snapshot_index + kept.len() as u64;
-        let commit_index = commit_index.clamp(snapshot_index, last_index);
+        let tail_len = kept
+            .iter()
+            .take_while(|e| e.index <= snapshot_index)
+            .count();
+        let tail_usable = tail_len > 0
+            && kept[tail_len - 1].index == snapshot_index
+            && (snapshot_index == 0 || kept[tail_len - 1].term == snapshot_term);
+        if !tail_usable {
+            if tail_len > 0 {
+                tracing::warn!(
+                    snapshot_index,
+                    "restored log entries behind the snapshot do not match it; dropping them"
+                );
+            }
+            kept.drain(..tail_len);
+        }
+        let (offset_index, offset_term) = match kept.first() {
+            Some(first) if first.index <= snapshot_index && first.index > 1 => {
+                let offset = kept.remove(0);
+                (offset.index, offset.term)
+            }
+            Some(first) if first.index <= snapshot_index => (0, 0),
+            _ => (snapshot_index, snapshot_term),
+        };
+        let last_index = offset_index + kept.len() as u64;
+        let commit_index = commit_index.clamp(snapshot_index, last_index.max(snapshot_index));
         let applied_index = applied_index.clamp(snapshot_index, commit_index);
-        RaftLog {
+        let log = RaftLog {
             snapshot_index,
             snapshot_term,
+            offset_index,
+            offset_term,
             snapshot,
             pending_snapshot: None,
             entries: kept,
@@ -81,19 +131,48 @@ impl RaftLog {
             commit_index,
             applying_index: applied_index,
             applied_index,
-        }
+        };
+        log.debug_check();
+        log
     }
 
+    /// The structural invariants, checked in debug builds after every change of the boundary.
+    fn debug_check(&self) {
+        debug_assert!(
+            self.offset_index <= self.snapshot_index,
+            "the retained log starts at or below the snapshot"
+        );
+        debug_assert!(
+            self.last_index() >= self.snapshot_index,
+            "the log reaches the snapshot"
+        );
+        debug_assert!(
+            self.entries
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.index == self.offset_index + 1 + i as u64),
+            "retained entries are contiguous after the offset"
+        );
+        debug_assert!(
+            self.entry(self.snapshot_index)
+                .is_none_or(|e| e.term == self.snapshot_term),
+            "the retained entry at the snapshot index has the snapshot's term"
+        );
+    }
+
+    /// The first retained entry's index (`offset + 1`); a follower that needs an earlier one
+    /// is sent the snapshot.
     pub fn first_index(&self) -> Index {
-        self.snapshot_index + 1
+        self.offset_index + 1
     }
 
     pub fn last_index(&self) -> Index {
-        self.snapshot_index + self.entries.len() as u64
+        self.offset_index + self.entries.len() as u64
     }
 
     pub fn last_term(&self) -> Term {
-        self.entries.last().map_or(self.snapshot_term, |e| e.term)
+        // With no entries retained the offset is the snapshot boundary itself.
+        self.entries.last().map_or(self.offset_term, |e| e.term)
     }
 
     pub fn snapshot_index(&self) -> Index {
@@ -113,8 +192,11 @@ impl RaftLog {
     }
 
     /// The term of the entry at `index`; `None` if it was compacted away or does not exist yet.
-    /// The snapshot boundary itself still has a known term.
+    /// The offset and the snapshot boundary still have a known term.
     pub fn term(&self, index: Index) -> Option<Term> {
+        if index == self.offset_index {
+            return Some(self.offset_term);
+        }
         if index == self.snapshot_index {
             return Some(self.snapshot_term);
         }
@@ -122,11 +204,11 @@ impl RaftLog {
     }
 
     pub fn entry(&self, index: Index) -> Option<&Entry> {
-        if index <= self.snapshot_index {
+        if index <= self.offset_index {
             return None;
         }
-        let offset = usize::try_from(index - self.snapshot_index - 1).ok()?;
-        self.entries.get(offset)
+        let position = usize::try_from(index - self.offset_index - 1).ok()?;
+        self.entries.get(position)
     }
 
     /// All retained entries, oldest first.
@@ -165,16 +247,18 @@ impl RaftLog {
         batch
     }
 
-    /// The last index at or below `index` whose term is at most `term`, or the snapshot boundary
-    /// if the search reaches it. Drives fast backtracking on both sides of a rejected append.
+    /// The last index at or below `index` whose term is at most `term`, or the start of the
+    /// retained log if the search reaches it. Drives fast backtracking on both sides of a
+    /// rejected append.
     pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> (Index, Term) {
         let mut index = index.min(self.last_index());
         loop {
             match self.term(index) {
-                Some(t) if t > term && index > self.snapshot_index => index -= 1,
+                Some(t) if t > term && index > self.offset_index => index -= 1,
                 Some(t) => return (index, t),
-                // Below our snapshot: everything there is committed, so it matches any leader.
-                None => return (self.snapshot_index, self.snapshot_term),
+                // Below the retained log (so below our snapshot): everything there is committed,
+                // so it matches any leader.
+                None => return (self.offset_index, self.offset_term),
             }
         }
     }
@@ -242,7 +326,7 @@ impl RaftLog {
     /// Drops `index` and everything after it (index > commit_index is checked by the caller).
     fn truncate_from(&mut self, index: Index) {
         debug_assert!(index > self.commit_index && index > self.snapshot_index);
-        let keep = (index - self.snapshot_index - 1) as usize;
+        let keep = (index - self.offset_index - 1) as usize;
         self.entries.truncate(keep);
         self.unstable_from = self.unstable_from.min(index);
         self.persisted_index = self.persisted_index.min(index - 1);
@@ -255,7 +339,7 @@ impl RaftLog {
     pub(crate) fn abandon_unpersisted(&mut self, first: Option<Index>) {
         if let Some(first) = first.filter(|&first| first > self.snapshot_index) {
             debug_assert!(first > self.applied_index, "applied entries were persisted");
-            let keep = (first - self.snapshot_index - 1) as usize;
+            let keep = (first - self.offset_index - 1) as usize;
             self.entries.truncate(keep);
         }
         let last_index = self.last_index();
@@ -281,6 +365,9 @@ impl RaftLog {
         debug_assert!(meta.last_index > self.commit_index);
         self.snapshot_index = meta.last_index;
         self.snapshot_term = meta.last_term;
+        // Our log does not hold the snapshot's last entry, so none of it can be kept as a tail.
+        self.offset_index = meta.last_index;
+        self.offset_term = meta.last_term;
         self.entries.clear();
         self.unstable_from = meta.last_index + 1;
         // Counted durable now: every effect of it is released only after the Ready carrying it is
@@ -289,18 +376,31 @@ impl RaftLog {
         self.commit_index = meta.last_index;
         self.snapshot = Some(snapshot.clone());
         self.pending_snapshot = Some(snapshot);
+        self.debug_check();
     }
 
     /// The application checkpointed its state machine at `snapshot.meta.last_index` (which the
-    /// caller checked is applied and in the log): forget the entries it covers.
-    pub(crate) fn compact(&mut self, snapshot: Snapshot) {
+    /// caller checked is applied and in the log): hold the snapshot, and forget the entries it
+    /// covers except the last `tail_entries` of them, which lagging followers can still be sent.
+    pub(crate) fn compact(&mut self, snapshot: Snapshot, tail_entries: u64) {
         let last_index = snapshot.meta.last_index;
         debug_assert!(last_index > self.snapshot_index && last_index <= self.applied_index);
-        let drop = (last_index - self.snapshot_index) as usize;
-        self.entries.drain(..drop.min(self.entries.len()));
+        // Never moves back: entries already dropped stay dropped.
+        let new_offset = last_index
+            .saturating_sub(tail_entries)
+            .max(self.offset_index);
+        if new_offset > self.offset_index {
+            let new_offset_term = self.term(new_offset);
+            debug_assert!(new_offset_term.is_some(), "the new offset is in the log");
+            self.offset_term = new_offset_term.unwrap_or(snapshot.meta.last_term);
+            let drop = (new_offset - self.offset_index) as usize;
+            self.entries.drain(..drop.min(self.entries.len()));
+            self.offset_index = new_offset;
+        }
         self.snapshot_index = last_index;
         self.snapshot_term = snapshot.meta.last_term;
         self.snapshot = Some(snapshot);
+        self.debug_check();
     }
 
     pub(crate) fn has_unstable(&self) -> bool {
@@ -420,6 +520,80 @@ mod tests {
         assert_eq!(log.find_conflict_by_term(6, 3), (5, 2));
         assert_eq!(log.find_conflict_by_term(10, 1), (2, 1));
         assert_eq!(log.find_conflict_by_term(4, 0), (0, 0));
+    }
+
+    fn snapshot_at(index: Index, term: Term) -> Snapshot {
+        Snapshot {
+            meta: crate::message::SnapshotMeta {
+                last_index: index,
+                last_term: term,
+                voters: vec![1],
+            },
+            data: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn compact_keeps_a_tail_behind_the_snapshot() {
+        let mut log = log_with_terms(&[1, 1, 1, 2, 2, 2, 2, 2, 3, 3]);
+        log.commit_to(10);
+        log.applied_to(10);
+        log.compact(snapshot_at(8, 2), 3);
+        assert_eq!(log.snapshot_index(), 8);
+        assert_eq!(
+            log.first_index(),
+            6,
+            "entries 6..=8 kept behind the snapshot"
+        );
+        assert_eq!(log.term(5), Some(2), "the offset keeps its term");
+        assert_eq!(log.term(4), None);
+        assert_eq!(log.entries_from(6, 10, usize::MAX).len(), 5);
+        // A later compaction never brings dropped entries back, and a zero tail drops all.
+        log.compact(snapshot_at(9, 3), 0);
+        assert_eq!(log.first_index(), 10);
+        assert_eq!(log.term(9), Some(3));
+        assert_eq!(log.last_index(), 10);
+    }
+
+    #[test]
+    fn restore_keeps_a_tail_that_reaches_the_snapshot_with_its_term() {
+        let entries = (5..=12)
+            .map(|i| entry(i, if i <= 7 { 1 } else { 2 }))
+            .collect();
+        let log = RaftLog::restore(Some(snapshot_at(10, 2)), entries, 12, 0);
+        assert_eq!(
+            log.first_index(),
+            6,
+            "the first tail entry serves as the offset"
+        );
+        assert_eq!(log.term(5), Some(1));
+        assert_eq!(log.last_index(), 12);
+        assert_eq!(log.applied_index(), 10);
+        // A tail from index 1 needs no offset entry.
+        let log = RaftLog::restore(
+            Some(snapshot_at(2, 1)),
+            vec![entry(1, 1), entry(2, 1)],
+            2,
+            0,
+        );
+        assert_eq!((log.first_index(), log.last_index()), (1, 2));
+    }
+
+    #[test]
+    fn restore_drops_a_tail_that_does_not_match_the_snapshot() {
+        // The entry at the snapshot index has another term: a log the snapshot replaced.
+        let entries = vec![entry(9, 1), entry(10, 1), entry(11, 3)];
+        let log = RaftLog::restore(Some(snapshot_at(10, 2)), entries, 11, 0);
+        assert_eq!((log.first_index(), log.last_index()), (11, 11));
+        assert_eq!(log.term(10), Some(2));
+        // A tail with a gap before the snapshot keeps only its run that reaches it.
+        let entries = vec![entry(3, 1), entry(7, 1), entry(8, 1), entry(9, 1)];
+        let log = RaftLog::restore(Some(snapshot_at(8, 1)), entries, 9, 0);
+        assert_eq!((log.first_index(), log.last_index()), (8, 9));
+        // A tail that stops short of the snapshot is useless.
+        let entries = vec![entry(5, 1), entry(6, 1)];
+        let log = RaftLog::restore(Some(snapshot_at(8, 1)), entries, 8, 0);
+        assert_eq!((log.first_index(), log.last_index()), (9, 8));
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub struct Restored {
     pub hard_state: HardState,
     /// The latest snapshot, with its data: a leader needs the data to bring followers up to date.
     pub snapshot: Option<Snapshot>,
-    /// The log entries after the snapshot, in order.
+    /// The log entries kept on disk, in order: the entries after the snapshot, possibly preceded
+    /// by a tail at or below the snapshot index (kept if it is contiguous and matches the
+    /// snapshot's term at its index; see `RaftLog::restore`).
     pub entries: Vec<Entry>,
     /// The highest index the application's state machine already reflects (for a persistent state
     /// machine). Zero means "whatever the snapshot covers": committed entries after it are re-applied.
@@ -470,7 +472,8 @@ impl Raft {
     }
 
     /// The application checkpointed its state machine at `snapshot.meta.last_index` (which it has
-    /// applied): drop the log up to there and keep the snapshot to send to lagging followers.
+    /// applied): drop the log up to there, except the last `Config::compaction_tail_entries`
+    /// entries, and keep the snapshot to send to followers that lag further behind.
     /// A snapshot not newer than the current one is ignored.
     pub fn compact(&mut self, snapshot: Snapshot) -> Result<(), CompactError> {
         let index = snapshot.meta.last_index;
@@ -489,7 +492,8 @@ impl Raft {
                 term: snapshot.meta.last_term,
             });
         }
-        self.log.compact(snapshot);
+        self.log
+            .compact(snapshot, self.config.compaction_tail_entries);
         Ok(())
     }
 

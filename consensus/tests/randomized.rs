@@ -39,6 +39,9 @@ fn new_run(seed: u64) -> Run {
     let heartbeat = 1 + rng.below(2) as u32;
     let inflight = 1 + rng.below(4);
     let max_entries = 1 + rng.below(5);
+    // Compaction with no tail, a tiny one, or one longer than most runs' logs (taken from the
+    // seed, not the rng, so the other choices of each seed stay what they were).
+    let compaction_tail_entries = [0, 1, 3, 10][(seed % 4) as usize];
     let cluster = Cluster::new(n, |c| {
         c.pre_vote = pre_vote;
         c.check_quorum = check_quorum;
@@ -46,6 +49,7 @@ fn new_run(seed: u64) -> Run {
         c.heartbeat_interval_ticks = heartbeat;
         c.max_inflight_appends = inflight;
         c.max_entries_per_append = max_entries;
+        c.compaction_tail_entries = compaction_tail_entries;
         c.election_timeout_ticks = 6;
         c.lease_margin_ticks = 1;
         c.seed = seed.wrapping_mul(31).wrapping_add(c.id);

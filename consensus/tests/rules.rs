@@ -384,7 +384,7 @@ fn leadership_transfer_hands_over_and_refuses_proposals_meanwhile() {
 
 #[test]
 fn a_follower_behind_compaction_gets_an_install_snapshot() {
-    let mut cluster = Cluster::new(3, |_| {});
+    let mut cluster = Cluster::new(3, |c| c.compaction_tail_entries = 0);
     elect(&mut cluster, 1);
     cluster.crash(3);
     for i in 0..10 {
@@ -406,6 +406,95 @@ fn a_follower_behind_compaction_gets_an_install_snapshot() {
     assert_eq!(cluster.nodes[&3].sm, cluster.nodes[&1].sm);
     assert_eq!(cluster.nodes[&3].sm.applied_index, 12);
     assert_eq!(cluster.raft(3).log().first_index(), 12);
+}
+
+/// Node 3 misses the entries after `missed_after`; the leader then compacts at index 11 keeping
+/// a tail of 5 entries (6..=11 minus the offset: entries 7..=11 are retained). Returns every
+/// message line delivered while node 3 catches up.
+fn catch_up_after_compaction_with_tail(missed_after: u64) -> (Cluster, Vec<String>) {
+    let mut cluster = Cluster::new(3, |c| c.compaction_tail_entries = 5);
+    elect(&mut cluster, 1);
+    for i in 2..=11 {
+        if i == missed_after + 1 {
+            cluster.crash(3);
+        }
+        assert_eq!(cluster.propose(1, &format!("put k{i}=v")), Ok(i));
+        cluster.settle();
+    }
+    assert_eq!(cluster.compact(1), "compacted to 11");
+    assert_eq!(cluster.raft(1).log().snapshot_index(), 11);
+    assert_eq!(
+        cluster.raft(1).log().first_index(),
+        7,
+        "the tail behind the snapshot is retained"
+    );
+    cluster.restart(3);
+    assert_eq!(cluster.raft(3).log().last_index(), missed_after);
+    let mut lines = Vec::new();
+    for _ in 0..5 {
+        cluster.tick_all();
+        lines.extend(cluster.deliver_all(1000));
+    }
+    cluster.propose(1, "put after=1").unwrap();
+    lines.extend(cluster.deliver_all(1000));
+    cluster.check().unwrap();
+    assert_eq!(cluster.nodes[&3].sm, cluster.nodes[&1].sm);
+    assert_eq!(cluster.nodes[&3].sm.applied_index, 12);
+    (cluster, lines)
+}
+
+#[test]
+fn a_follower_within_the_compaction_tail_catches_up_by_append_entries() {
+    // Node 3 holds 1..=6: it missed 7..=11, all covered by the leader's snapshot at 11 but
+    // still in the retained tail (the offset, 6, is its last entry).
+    let (cluster, lines) = catch_up_after_compaction_with_tail(6);
+    assert!(
+        !lines.iter().any(|l| l.contains("InstallSnapshot")),
+        "no snapshot needed within the tail:\n{}",
+        lines.join("\n")
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("1->3 AppendEntries") && l.contains("prev=6@")));
+    assert_eq!(
+        cluster.raft(3).log().first_index(),
+        1,
+        "nothing was replaced"
+    );
+}
+
+#[test]
+fn a_follower_behind_the_compaction_tail_gets_an_install_snapshot() {
+    // Node 3 holds 1..=5: it needs entry 6, which is at the offset and no longer retained.
+    let (cluster, lines) = catch_up_after_compaction_with_tail(5);
+    assert!(
+        lines.iter().any(|l| l.starts_with("1->3 InstallSnapshot")),
+        "{}",
+        lines.join("\n")
+    );
+    assert_eq!(cluster.raft(3).log().first_index(), 12);
+}
+
+#[test]
+fn a_leader_restarted_with_its_compaction_tail_still_serves_it() {
+    let (mut cluster, _) = catch_up_after_compaction_with_tail(6);
+    // The harness's disk keeps the same tail the leader's memory does: restart node 1 from it.
+    cluster.crash(1);
+    cluster.restart(1);
+    let log = cluster.raft(1).log();
+    assert_eq!(log.snapshot_index(), 11);
+    assert!(
+        log.first_index() <= 8,
+        "tail restored: {}",
+        log.first_index()
+    );
+    assert_eq!(
+        log.term(log.first_index() - 1),
+        Some(1),
+        "offset term known"
+    );
+    assert_eq!(log.last_index(), 12);
+    assert_eq!(cluster.nodes[&1].sm, cluster.nodes[&3].sm);
 }
 
 #[test]

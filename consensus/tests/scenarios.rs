@@ -5,7 +5,8 @@
 //!
 //! Commands (node ids are numbers, `all` means every node):
 //! - `cluster <n> [prevote=bool] [checkquorum=bool] [lease=bool] [election=ticks]
-//!   [heartbeat=ticks] [inflight=n] [max_entries=n]`: a fresh cluster of nodes 1..=n.
+//!   [heartbeat=ticks] [inflight=n] [max_entries=n] [tail=n]`: a fresh cluster of nodes 1..=n
+//!   (`tail` is `compaction_tail_entries`).
 //! - `tick <id|all> [x<count>] [deliver]`: tick the node(s), optionally delivering all messages
 //!   (silently; effects are still printed) after each round of ticks.
 //! - `campaign <id>`, `propose <id> <text>`, `read <id> <request>`,
@@ -70,6 +71,7 @@ impl Interpreter {
                             "heartbeat" => c.heartbeat_interval_ticks = number(),
                             "inflight" => c.max_inflight_appends = number() as usize,
                             "max_entries" => c.max_entries_per_append = number() as usize,
+                            "tail" => c.compaction_tail_entries = u64::from(number()),
                             other => panic!("unknown cluster option {other}"),
                         }
                     }

@@ -168,6 +168,10 @@ pub struct ServeArgs {
     /// Snapshot the state machine and compact the log after this many applied entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every_entries: u64,
+    /// Entries a snapshot keeps behind it in the log, so that a follower that fell at most this
+    /// far behind catches up from the log instead of receiving the whole snapshot (0: none).
+    #[arg(long, default_value_t = 5_000)]
+    log_tail_entries: u64,
     /// Start even though the log is damaged (the node refused to start and said so): cut the log
     /// at the damage and re-fetch the rest from the leader. Until it has it back, the node does
     /// not vote or campaign. Needs the other nodes to form a quorum. See docs/storage.md.
@@ -564,6 +568,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     config.snapshot_every_entries = args.snapshot_every_entries.max(1);
     config.net.cluster_secret =
         ringleader_node::auth::load_secret(args.cluster_secret_file.as_deref())?;
+    config.log_tail_entries = args.log_tail_entries;
     let sync_interval = match config.wal.sync {
         SyncPolicy::Interval(interval) => Some(interval),
         _ => None,

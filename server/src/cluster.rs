@@ -59,6 +59,9 @@ pub struct UpArgs {
     /// Passed to each node: snapshot after this many applied entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every_entries: u64,
+    /// Passed to each node: entries a snapshot keeps behind it for lagging followers.
+    #[arg(long, default_value_t = 5_000)]
+    log_tail_entries: u64,
 }
 
 #[derive(Args)]
@@ -509,6 +512,8 @@ pub async fn up(args: UpArgs, log_format: LogFormat) -> Result<ExitCode> {
         extra_args: vec![
             "--snapshot-every-entries".into(),
             args.snapshot_every_entries.to_string(),
+            "--log-tail-entries".into(),
+            args.log_tail_entries.to_string(),
             // Peers prove they know this secret before they may speak Raft (docs/network.md).
             "--cluster-secret-file".into(),
             ringleader_node::auth::ensure_secret_file(&args.dir)?

@@ -81,6 +81,10 @@ async fn cluster_survives_kill_9_of_its_leader_and_the_node_catches_up() {
                 &base.to_string(),
                 "--snapshot-every-entries",
                 "2000",
+                // Shorter than the 3,000 entries the killed node will miss, so that it needs
+                // a snapshot (within the tail it would be sent entries: log_tail.rs).
+                "--log-tail-entries",
+                "500",
             ])
             .arg("--dir")
             .arg(dir.path())
@@ -138,7 +142,12 @@ async fn cluster_survives_kill_9_of_its_leader_and_the_node_catches_up() {
         base,
         leader.id,
         3,
-        &["--snapshot-every-entries", "2000"],
+        &[
+            "--snapshot-every-entries",
+            "2000",
+            "--log-tail-entries",
+            "500",
+        ],
     ));
     let target = wait_for_leader(&survivors, 0, Duration::from_secs(5))
         .await

@@ -4,7 +4,12 @@
 //! The WAL is append-only, so the log is recorded as a sequence of [`LogRecord`]s and rebuilt by
 //! replaying them (as etcd's WAL does): an [`LogRecord::Entry`] at index `i` replaces any entry
 //! already at `i` and every later one (a new leader overwrote a conflicting suffix), and the last
-//! [`LogRecord::HardState`] wins. Entries at or below the snapshot's index are dropped on replay.
+//! [`LogRecord::HardState`] wins.
+//!
+//! Compaction keeps a tail: [`LogStore::save_snapshot`] deletes only the segments wholly before
+//! the last [`LogStore::set_compaction_tail_entries`] entries the snapshot covers, and replay
+//! returns those still on disk as [`RecoveredLog::tail_entries`], so that Raft can send them to a
+//! follower that is only a little behind instead of the whole snapshot.
 //! One [`LogStore::append`] is one WAL batch: one write and one fsync for the hard state and all
 //! the entries of a Raft `Ready`, which is where group commit comes from.
 //!
@@ -45,7 +50,8 @@ pub struct HardState {
 pub enum LogRecord {
     Entry(StoredEntry),
     HardState(HardState),
-    /// Every entry after `index` is discarded (a snapshot from the leader replaced the log).
+    /// Every entry is discarded, including those at or below `index` (a snapshot from the leader
+    /// at `index` replaced the log; entries after it follow in later records).
     TruncateAfter {
         index: u64,
     },
@@ -57,6 +63,12 @@ pub struct RecoveredLog {
     pub snapshot: Option<LoadedSnapshot>,
     /// Contiguous entries after the snapshot (or from index 1).
     pub entries: Vec<StoredEntry>,
+    /// Entries at or below the snapshot's index still on disk (the compaction tail): the
+    /// contiguous run that ends exactly at the snapshot index, kept only if its entry there has
+    /// the snapshot's term (then, by Raft's Log Matching, every one of them is the snapshot's
+    /// history; a log a leader's snapshot replaced fails the check and is left out). Empty
+    /// without a snapshot. `tail_entries` followed by `entries` is contiguous.
+    pub tail_entries: Vec<StoredEntry>,
     /// Bytes truncated from a torn tail, if any.
     pub torn_tail_bytes: Option<u64>,
     /// Set while this replica is repairing a damaged log (`serve --repair`): the highest commit
@@ -87,6 +99,8 @@ pub struct LogStore {
     /// The WAL position of each live entry's record, to know which segments a snapshot covers.
     entry_lsns: BTreeMap<u64, Lsn>,
     last_index: u64,
+    /// Entries a local snapshot keeps behind it (see [`LogStore::set_compaction_tail_entries`]).
+    compaction_tail_entries: u64,
     fs: SharedFs,
     dir: PathBuf,
 }
@@ -140,21 +154,23 @@ impl LogStore {
         let mut hard_state = HardState::default();
         // Replay by index: an entry replaces the one at its index and every later one. The oldest
         // segment kept after a purge may begin with dead entries (overwritten later by a new
-        // leader) whose indexes lie past the snapshot; they are replaced in turn, so contiguity
-        // is checked only once replay is done.
+        // leader); they are replaced in turn, so contiguity is checked only once replay is done.
+        // Replaying a suffix of the WAL is sound: an entry survives it only if no later record
+        // replaced it, just as in the whole history; entries whose records were purged leave
+        // gaps, which only the tail (at or below the snapshot) may have.
         let mut by_index: BTreeMap<u64, StoredEntry> = BTreeMap::new();
         let mut entry_lsns = BTreeMap::new();
         for (lsn, bytes) in recovered.records {
             match codec::decode::<LogRecord>(&bytes, "log record")? {
                 LogRecord::HardState(state) => hard_state = state,
-                LogRecord::TruncateAfter { index } => {
-                    by_index.split_off(&(index + 1));
-                    entry_lsns.split_off(&(index + 1));
+                LogRecord::TruncateAfter { .. } => {
+                    // A leader's snapshot replaced the whole log: the entries before this record
+                    // are another history, unfit even as a tail below a later snapshot (whose
+                    // tail could otherwise run on into them).
+                    by_index.clear();
+                    entry_lsns.clear();
                 }
                 LogRecord::Entry(entry) => {
-                    if entry.index <= snapshot_point.last_index {
-                        continue;
-                    }
                     by_index.split_off(&entry.index);
                     entry_lsns.split_off(&entry.index);
                     entry_lsns.insert(entry.index, lsn);
@@ -162,7 +178,15 @@ impl LogStore {
                 }
             }
         }
-        let entries: Vec<StoredEntry> = by_index.into_values().collect();
+        let after = by_index.split_off(&(snapshot_point.last_index + 1));
+        let tail_entries = replayed_tail(by_index, snapshot_point);
+        if let Some(first) = tail_entries.first() {
+            // Only the live tail and the entries after the snapshot keep their segments.
+            entry_lsns = entry_lsns.split_off(&first.index);
+        } else {
+            entry_lsns = entry_lsns.split_off(&(snapshot_point.last_index + 1));
+        }
+        let entries: Vec<StoredEntry> = after.into_values().collect();
         for (position, entry) in entries.iter().enumerate() {
             let expected = snapshot_point.last_index + 1 + position as u64;
             if entry.index != expected {
@@ -186,6 +210,7 @@ impl LogStore {
             snapshot_point,
             entry_lsns,
             last_index,
+            compaction_tail_entries: 0,
             fs,
             dir: dir.to_path_buf(),
         };
@@ -208,6 +233,7 @@ impl LogStore {
             hard_state: store.hard_state,
             snapshot,
             entries,
+            tail_entries,
             torn_tail_bytes: recovered.torn_tail.map(|t| t.discarded_bytes),
             repair_until: marker.map(|m| m.until),
         };
@@ -249,10 +275,21 @@ impl LogStore {
         self.wal.sync()
     }
 
+    /// How many entries a local snapshot keeps behind it (default 0: none). The next
+    /// [`LogStore::save_snapshot`] without `replaces_log` keeps the last `entries` entries at or
+    /// below `point.last_index` and deletes only the segments wholly before them (whole segments
+    /// go, so usually more stay). Set it to Raft's `compaction_tail_entries`; Raft may use the
+    /// first restored tail entry as its offset only, so at least `entries - 1` come back.
+    pub fn set_compaction_tail_entries(&mut self, entries: u64) {
+        self.compaction_tail_entries = entries;
+    }
+
     /// Saves a snapshot of the state machine at `point`, then deletes the WAL segments it covers.
-    /// Used for local compaction (`replaces_log` false: entries after the point stay) and to
-    /// install a snapshot received from the leader (`replaces_log` true: every entry after the
-    /// point is discarded too, as Raft §7 requires when the log does not match the snapshot).
+    /// Used for local compaction (`replaces_log` false: entries after the point stay, and so does
+    /// the compaction tail before it) and to install a snapshot received from the leader
+    /// (`replaces_log` true: every entry is discarded, as Raft §7 requires when the log does not
+    /// match the snapshot; replay leaves out what is still on disk of it, see
+    /// [`RecoveredLog::tail_entries`]).
     pub fn save_snapshot(
         &mut self,
         point: SnapshotPoint,
@@ -264,11 +301,13 @@ impl LogStore {
         }
         self.snapshots.save(point, data)?;
         self.snapshot_point = point;
-        if replaces_log || point.last_index >= self.last_index {
+        if replaces_log {
             self.entry_lsns.clear();
             self.last_index = point.last_index;
         } else {
-            self.entry_lsns = self.entry_lsns.split_off(&(point.last_index + 1));
+            let keep_from = (point.last_index + 1).saturating_sub(self.compaction_tail_entries);
+            self.entry_lsns = self.entry_lsns.split_off(&keep_from);
+            self.last_index = self.last_index.max(point.last_index);
         }
         // The hard state may live in a segment about to be deleted: write it again first.
         let mut records = vec![codec::encode(
@@ -331,6 +370,26 @@ impl LogStore {
     pub fn wal(&self) -> &Wal {
         &self.wal
     }
+}
+
+/// The compaction tail among the replayed entries at or below the snapshot (`below`): the
+/// contiguous run ending at the snapshot index, if the entry there has the snapshot's term.
+fn replayed_tail(below: BTreeMap<u64, StoredEntry>, snapshot: SnapshotPoint) -> Vec<StoredEntry> {
+    let matches_snapshot = below
+        .get(&snapshot.last_index)
+        .is_some_and(|e| e.term == snapshot.last_term);
+    if snapshot.last_index == 0 || !matches_snapshot {
+        return Vec::new();
+    }
+    let mut tail: Vec<StoredEntry> = Vec::new();
+    for (index, entry) in below.into_iter().rev() {
+        if tail.last().is_some_and(|next| next.index != index + 1) {
+            break;
+        }
+        tail.push(entry);
+    }
+    tail.reverse();
+    tail
 }
 
 /// Reads the repair marker in `dir`, if a repair is under way.

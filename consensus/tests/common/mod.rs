@@ -408,7 +408,12 @@ impl Cluster {
                     .as_ref()
                     .is_none_or(|s| s.meta.last_index < sm.applied_index)
                 {
-                    node.disk.entries.retain(|e| e.index > sm.applied_index);
+                    // A server's disk keeps the same tail behind the snapshot as its memory does
+                    // (the restart then exercises `restore` with entries below the snapshot).
+                    let tail = node.config.compaction_tail_entries;
+                    node.disk
+                        .entries
+                        .retain(|e| e.index > sm.applied_index.saturating_sub(tail));
                     node.disk.snapshot = Some(snapshot);
                 }
                 format!("compacted to {}", sm.applied_index)
@@ -562,7 +567,7 @@ impl Cluster {
             }
             let log = raft.log();
             for (&index, &(entry_term, commit_term)) in &self.checker.committed {
-                if commit_term > raft.term() || index <= log.snapshot_index() {
+                if commit_term > raft.term() || index < log.first_index() {
                     continue;
                 }
                 if log.term(index) != Some(entry_term) {

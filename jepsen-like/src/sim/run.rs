@@ -38,6 +38,9 @@ const THINK_TIME_MEAN: Duration = Duration::from_millis(100);
 /// log and sends snapshots to lagging followers.
 const SEGMENT_MAX_BYTES: u64 = 16 * 1024;
 const SNAPSHOT_EVERY_ENTRIES: u64 = 150;
+/// Shorter than the gap between snapshots, so that a follower a little behind is sent entries
+/// from the compaction tail and one further behind still gets a snapshot: both paths run.
+const LOG_TAIL_ENTRIES: u64 = 50;
 /// The simulated time a run may take at most; a run is bounded well below it (every operation
 /// has a deadline, and so does recovery), so reaching it is a bug in the simulation.
 const SIMULATION_LIMIT: Duration = Duration::from_secs(6 * 3600);
@@ -76,6 +79,7 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         config.wal.segment_max_bytes = SEGMENT_MAX_BYTES;
         config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
         config.net.cluster_secret = Some(simulation_secret());
+        config.log_tail_entries = LOG_TAIL_ENTRIES;
         sim.host(node_host(id).as_str(), move || {
             let config = config.clone();
             async move {

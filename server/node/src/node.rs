@@ -56,6 +56,10 @@ pub struct NodeConfig {
     pub heartbeat_interval_ticks: u32,
     /// Take a snapshot (and compact the log) after this many applied entries.
     pub snapshot_every_entries: u64,
+    /// Entries a snapshot keeps behind it, in memory and on disk, so that a follower at most
+    /// this far behind is sent entries instead of the whole snapshot (Raft's
+    /// `compaction_tail_entries`). Default 5 000, as etcd.
+    pub log_tail_entries: u64,
     /// Seeds Raft's election timer.
     pub seed: u64,
     /// A deliberate bug, for proving that the jepsen-like simulation catches one. Never set
@@ -99,6 +103,7 @@ impl NodeConfig {
             election_timeout_ticks: 10,
             heartbeat_interval_ticks: 2,
             snapshot_every_entries: 10_000,
+            log_tail_entries: consensus::DEFAULT_COMPACTION_TAIL_ENTRIES,
             seed: id,
             planted_bug: PlantedBug::None,
             net: crate::budget::NetConfig::default(),
@@ -184,8 +189,9 @@ fn to_stored(entry: &Entry) -> Result<StoredEntry, storage::StorageError> {
 impl Node {
     /// Opens the node's storage, recovers its state and prepares Raft. Does not start the loop.
     pub fn open(config: NodeConfig, peers: PeerSenders) -> Result<Node, NodeError> {
-        let (log, recovered) =
+        let (mut log, recovered) =
             LogStore::open(config.fs.clone(), &config.data_dir, config.wal.clone())?;
+        log.set_compaction_tail_entries(config.log_tail_entries);
         if let Some(bytes) = recovered.torn_tail_bytes {
             tracing::warn!(bytes, "recovered the log after truncating a torn tail");
         }
@@ -204,8 +210,10 @@ impl Node {
             }
             None => (StateMachine::new(), None),
         };
-        let mut entries = Vec::with_capacity(recovered.entries.len());
-        for stored in &recovered.entries {
+        // The compaction tail first: Raft keeps it to send to followers a little behind.
+        let mut entries =
+            Vec::with_capacity(recovered.tail_entries.len() + recovered.entries.len());
+        for stored in recovered.tail_entries.iter().chain(&recovered.entries) {
             entries.push(Entry {
                 index: stored.index,
                 term: stored.term,
@@ -221,6 +229,7 @@ impl Node {
         raft_config.election_timeout_ticks = config.election_timeout_ticks;
         raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
         raft_config.seed = config.seed;
+        raft_config.compaction_tail_entries = config.log_tail_entries;
         // Linearizable reads use ReadIndex (no clock assumption). `ReadConsistency::Lease` is
         // served by ReadIndex too until per-request consistency levels arrive.
         raft_config.lease_reads = false;
