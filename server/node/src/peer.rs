@@ -139,22 +139,18 @@ async fn run_peer<N: Network>(network: N, link: PeerLink, mut messages: mpsc::Re
                 auth_failing = false;
                 stream
             }
-            Err(ConnectError::Auth(error)) => {
-                if !auth_failing {
-                    tracing::warn!(peer = peer_id, addr = %link.addr, %error, "peer authentication failed: do both nodes have the same cluster secret?");
-                }
-                auth_failing = true;
-                tokio::time::sleep(RECONNECT_BACKOFF).await;
-                while let Ok(message) = messages.try_recv() {
-                    link.done_with(&message);
-                }
-                if messages.is_closed() {
-                    return;
-                }
-                continue;
-            }
             Err(error) => {
-                tracing::debug!(peer = peer_id, addr = %link.addr, %error, "peer unreachable");
+                match error {
+                    ConnectError::Auth(error) => {
+                        if !auth_failing {
+                            tracing::warn!(peer = peer_id, addr = %link.addr, %error, "peer authentication failed: do both nodes have the same cluster secret?");
+                        }
+                        auth_failing = true;
+                    }
+                    error => {
+                        tracing::debug!(peer = peer_id, addr = %link.addr, %error, "peer unreachable")
+                    }
+                }
                 tokio::time::sleep(RECONNECT_BACKOFF).await;
                 // Messages queued while the peer is down are stale by the time it returns.
                 while let Ok(message) = messages.try_recv() {
