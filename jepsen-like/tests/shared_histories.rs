@@ -1,4 +1,4 @@
-//! The public histories with known verdicts in `../shared/histories` (see its README.md and
+//! The public histories with known verdicts in `test-data/histories` (see its README.md and
 //! verdicts.tsv): every linearizability verdict there must be reproduced. Wall time per file
 //! is printed (run with `--nocapture` to see it), never asserted.
 
@@ -19,12 +19,9 @@ use jepsen_like::model::{KvModel, Model, MutexModel};
 
 const MAX_STEPS_PER_PARTITION: u64 = 1_000_000;
 
-/// Root of the shared histories, relative to this crate (CI has `../shared` beside the checkout).
+/// Root of the public histories, vendored into this crate (sources and licences in its README).
 fn histories_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/histories"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/test-data/histories"))
 }
 
 struct Row {

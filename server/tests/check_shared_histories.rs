@@ -1,5 +1,5 @@
 //! `ringleader check`, the real binary, on every public history with a known linearizability
-//! verdict in `../shared/histories` (its README.md and verdicts.tsv): Porcupine's kv files and
+//! verdict in `jepsen-like/test-data/histories` (its README.md and verdicts.tsv): Porcupine's kv files and
 //! Knossos's cas-register, multi-register and mutex histories. The format comes from the file
 //! extension and the Knossos model from the operations, as a user would run it; the exit code
 //! must be 0 for every linearizable file and 1 for every other. Wall time is printed (run with
@@ -15,8 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Root of the shared histories (CI has `../shared` beside the checkout).
-const HISTORIES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/histories");
+/// Root of the public histories, vendored into the jepsen-like crate (sources and licences in
+/// its README).
+const HISTORIES_DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../jepsen-like/test-data/histories"
+);
 
 /// Processes run at once: a little parallelism, within the two cores CI has.
 const PARALLEL_RUNS: usize = 2;
