@@ -1,0 +1,464 @@
+//! The state machine checked against an independent model: a plain `BTreeMap` of key → (value,
+//! version) and a small session table, written from the documented behaviour (storage/src/kv.rs
+//! module docs, docs/storage.md) rather than from the code, so that a wrong rule in the machine
+//! shows up as a difference instead of being compared with itself (which is all
+//! `replay_property.rs` does: replay versus direct application, determinism only).
+//!
+//! The rules the model encodes:
+//! - a key's version is the log index of the write that last set it;
+//! - put sets; delete removes and says whether the key existed; cas writes iff its expectation
+//!   holds (the exact value, the exact version of an existing key, or absence), otherwise it
+//!   reports the current state;
+//! - `RegisterSession` opens a session whose id is its own log index; at most `MAX_SESSIONS` are
+//!   kept, the least recently active (log index of its last write) evicted first;
+//! - a write naming a session the machine does not hold is refused (`SessionExpired`) and not
+//!   executed; otherwise it marks the session active, acknowledges (forgets) outcomes below its
+//!   `first_unacked_seq`, refuses a seq already acknowledged (`SessionExpired`), returns the first
+//!   outcome for a seq it has seen (a retry is not applied twice), refuses a seq at or beyond
+//!   `first_unacked_seq + MAX_SESSION_WINDOW` (`SessionWindowFull`, not remembered), and executes
+//!   anything else once, remembering the outcome;
+//! - reads ignore the session; a no-op entry consumes its index and changes nothing.
+//!
+//! The generator reaches every one of these: clients are referred to by slot (resolved at run
+//! time to the id their registration got), retries reuse small seqs, seqs near the window edge
+//! are drawn on purpose, and half the cases start from a store already holding
+//! `MAX_SESSIONS - 3` sessions so that registrations evict, including sessions the run still uses.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+use storage::kv::{
+    Command, Expectation, Outcome, Proposal, SessionRef, StateMachine, Versioned, MAX_SESSIONS,
+    MAX_SESSION_WINDOW,
+};
+
+/// Keys drawn from a handful, so that operations collide.
+const KEYS: [&[u8]; 3] = [b"a", b"b", b"long-key"];
+/// Sessions opened before a prefilled case's operations: three short of the limit.
+const PREFILLED_SESSIONS: u64 = MAX_SESSIONS as u64 - 3;
+/// Prefilled sessions the operations may name (the oldest ones, first in line for eviction).
+const PREFILLED_SLOTS: u64 = 3;
+
+/// One session as the model sees it.
+#[derive(Debug, Clone)]
+struct ModelSession {
+    /// Seqs below this were acknowledged by the client.
+    acked_below: u64,
+    /// The first outcome of each seq not yet acknowledged.
+    remembered: BTreeMap<u64, Outcome>,
+}
+
+/// The oracle: data, sessions, and a recency list for eviction kept as its own ordered index
+/// (last activity → client id), a different structure from the machine's scan.
+#[derive(Debug, Clone, Default)]
+struct Model {
+    data: BTreeMap<Vec<u8>, (Vec<u8>, u64)>,
+    sessions: BTreeMap<u64, ModelSession>,
+    by_recency: BTreeMap<u64, u64>,
+    last_active: BTreeMap<u64, u64>,
+}
+
+impl Model {
+    fn current(&self, key: &[u8]) -> Option<Versioned> {
+        self.data.get(key).map(|(value, version)| Versioned {
+            value: value.clone(),
+            version: *version,
+        })
+    }
+
+    fn touch(&mut self, client_id: u64, index: u64) {
+        if let Some(previous) = self.last_active.insert(client_id, index) {
+            self.by_recency.remove(&previous);
+        }
+        self.by_recency.insert(index, client_id);
+    }
+
+    fn run(&mut self, index: u64, command: &Command) -> Outcome {
+        match command {
+            Command::Get { key } => Outcome::Value(self.current(key)),
+            Command::Put { key, value } => {
+                self.data.insert(key.clone(), (value.clone(), index));
+                Outcome::Written { version: index }
+            }
+            Command::Delete { key } => Outcome::Deleted {
+                existed: self.data.remove(key).is_some(),
+            },
+            Command::Cas {
+                key,
+                expect,
+                new_value,
+            } => {
+                let current = self.data.get(key);
+                let holds = match expect {
+                    Expectation::Absent => current.is_none(),
+                    Expectation::Value(value) => current.is_some_and(|(v, _)| v == value),
+                    Expectation::Version(version) => current.is_some_and(|(_, v)| v == version),
+                };
+                if holds {
+                    self.data.insert(key.clone(), (new_value.clone(), index));
+                    Outcome::Written { version: index }
+                } else {
+                    Outcome::CasMismatch {
+                        current: self.current(key),
+                    }
+                }
+            }
+            Command::RegisterSession => {
+                if self.sessions.len() >= MAX_SESSIONS {
+                    let (&oldest_at, &victim) =
+                        self.by_recency.iter().next().expect("a full table");
+                    self.by_recency.remove(&oldest_at);
+                    self.last_active.remove(&victim);
+                    self.sessions.remove(&victim);
+                }
+                self.sessions.insert(
+                    index,
+                    ModelSession {
+                        acked_below: 1,
+                        remembered: BTreeMap::new(),
+                    },
+                );
+                self.touch(index, index);
+                Outcome::SessionRegistered { client_id: index }
+            }
+        }
+    }
+
+    fn apply(&mut self, index: u64, proposal: &Proposal) -> Outcome {
+        let Some(session) = proposal.session else {
+            return self.run(index, &proposal.command);
+        };
+        if matches!(proposal.command, Command::Get { .. }) {
+            return self.run(index, &proposal.command);
+        }
+        if !self.sessions.contains_key(&session.client_id) {
+            return Outcome::SessionExpired;
+        }
+        self.touch(session.client_id, index);
+        let state = self
+            .sessions
+            .get_mut(&session.client_id)
+            .expect("checked above");
+        state.acked_below = state.acked_below.max(session.first_unacked_seq);
+        let acked_below = state.acked_below;
+        state.remembered.retain(|&seq, _| seq >= acked_below);
+        if session.seq < state.acked_below {
+            return Outcome::SessionExpired;
+        }
+        if let Some(first) = state.remembered.get(&session.seq) {
+            return first.clone();
+        }
+        if session.seq - state.acked_below >= MAX_SESSION_WINDOW {
+            return Outcome::SessionWindowFull;
+        }
+        let outcome = self.run(index, &proposal.command);
+        self.sessions
+            .get_mut(&session.client_id)
+            .expect("a write does not evict")
+            .remembered
+            .insert(session.seq, outcome.clone());
+        outcome
+    }
+}
+
+/// A value from a tiny alphabet, so that cas-by-value finds equal values by chance too.
+fn value() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(0u8..3, 0..3)
+}
+
+/// How a cas's expectation is chosen; the `Current*` forms are resolved against the model's state
+/// when the operation runs, so that expectations hold (or miss by one) often.
+#[derive(Debug, Clone)]
+enum ExpectChoice {
+    Absent,
+    AnyValue(Vec<u8>),
+    CurrentValue,
+    AnyVersion(u64),
+    /// The key's current version plus this (−1, 0 or +1).
+    CurrentVersion(i64),
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Get(usize),
+    Put(usize, Vec<u8>),
+    Delete(usize),
+    Cas(usize, ExpectChoice, Vec<u8>),
+    Register,
+    /// A leader's no-op entry.
+    Noop,
+}
+
+/// Which session a request names (if any): a slot among the sessions known to the run, and the
+/// seq as an offset from its `first_unacked_seq`.
+#[derive(Debug, Clone)]
+struct SessionChoice {
+    slot: usize,
+    first_unacked_seq: u64,
+    seq_offset: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    op: Op,
+    session: Option<SessionChoice>,
+    /// The log index advances by this (entries the state machine never sees leave gaps).
+    index_step: u64,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let key = 0..KEYS.len();
+    prop_oneof![
+        2 => key.clone().prop_map(Op::Get),
+        4 => (key.clone(), value()).prop_map(|(k, v)| Op::Put(k, v)),
+        2 => key.clone().prop_map(Op::Delete),
+        5 => (key, expect_choice(), value()).prop_map(|(k, e, v)| Op::Cas(k, e, v)),
+        2 => Just(Op::Register),
+        1 => Just(Op::Noop),
+    ]
+}
+
+fn expect_choice() -> impl Strategy<Value = ExpectChoice> {
+    prop_oneof![
+        Just(ExpectChoice::Absent),
+        value().prop_map(ExpectChoice::AnyValue),
+        Just(ExpectChoice::CurrentValue),
+        (0u64..40).prop_map(ExpectChoice::AnyVersion),
+        (-1i64..=1).prop_map(ExpectChoice::CurrentVersion),
+    ]
+}
+
+fn session_choice() -> impl Strategy<Value = SessionChoice> {
+    let seq_offset = prop_oneof![
+        // Retries and small windows: the same few seqs again and again.
+        6 => 0u64..5,
+        // The window's edge: the last seq accepted and the first refused.
+        1 => (MAX_SESSION_WINDOW - 2)..(MAX_SESSION_WINDOW + 2),
+    ];
+    (0usize..8, 1u64..4, seq_offset).prop_map(|(slot, first_unacked_seq, seq_offset)| {
+        SessionChoice {
+            slot,
+            first_unacked_seq,
+            seq_offset,
+        }
+    })
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (
+        op(),
+        prop::option::weighted(0.7, session_choice()),
+        prop_oneof![4 => Just(1u64), 1 => 2u64..4],
+    )
+        .prop_map(|(op, session, index_step)| Step {
+            op,
+            session,
+            index_step,
+        })
+}
+
+/// A machine and a model holding `PREFILLED_SESSIONS` sessions (ids 1..=PREFILLED_SESSIONS), built
+/// once and cloned by the cases that start full.
+fn prefilled() -> &'static (StateMachine, Model) {
+    static PREFILLED: OnceLock<(StateMachine, Model)> = OnceLock::new();
+    PREFILLED.get_or_init(|| {
+        let mut machine = StateMachine::new();
+        let mut model = Model::default();
+        let register = Proposal {
+            session: None,
+            command: Command::RegisterSession,
+        };
+        for index in 1..=PREFILLED_SESSIONS {
+            let expected = model.apply(index, &register);
+            assert_eq!(machine.apply(index, &register), expected);
+        }
+        (machine, model)
+    })
+}
+
+/// Runs `steps` on the machine and the model side by side; the first difference fails the case.
+/// Returns how many writes were refused as `SessionExpired` after an eviction and how many hit
+/// `SessionWindowFull` (so that the test can check the generator reaches them).
+fn check_against_model(steps: &[Step], start_full: bool) -> Result<(usize, usize), TestCaseError> {
+    let (mut machine, mut model, mut index, mut slots) = if start_full {
+        let (machine, model) = prefilled().clone();
+        let slots: Vec<u64> = (1..=PREFILLED_SLOTS).collect();
+        (machine, model, PREFILLED_SESSIONS, slots)
+    } else {
+        (StateMachine::new(), Model::default(), 0, Vec::new())
+    };
+    let (mut evicted_refusals, mut window_full) = (0, 0);
+    for (position, step) in steps.iter().enumerate() {
+        index += step.index_step;
+        let key_of = |k: usize| KEYS[k].to_vec();
+        let command = match &step.op {
+            Op::Noop => {
+                machine.apply_noop(index);
+                continue;
+            }
+            Op::Get(k) => Command::Get { key: key_of(*k) },
+            Op::Put(k, value) => Command::Put {
+                key: key_of(*k),
+                value: value.clone(),
+            },
+            Op::Delete(k) => Command::Delete { key: key_of(*k) },
+            Op::Register => Command::RegisterSession,
+            Op::Cas(k, choice, new_value) => {
+                let current = model.current(KEYS[*k]);
+                let expect = match choice {
+                    ExpectChoice::Absent => Expectation::Absent,
+                    ExpectChoice::AnyValue(value) => Expectation::Value(value.clone()),
+                    ExpectChoice::CurrentValue => {
+                        Expectation::Value(current.map(|c| c.value).unwrap_or_default())
+                    }
+                    ExpectChoice::AnyVersion(version) => Expectation::Version(*version),
+                    ExpectChoice::CurrentVersion(delta) => Expectation::Version(
+                        current
+                            .map_or(index / 2, |c| c.version)
+                            .saturating_add_signed(*delta),
+                    ),
+                };
+                Command::Cas {
+                    key: key_of(*k),
+                    expect,
+                    new_value: new_value.clone(),
+                }
+            }
+        };
+        // Registrations go without a session, as the client sends them.
+        let session = match (&step.session, &command) {
+            (Some(choice), c) if *c != Command::RegisterSession && !slots.is_empty() => {
+                Some(SessionRef {
+                    client_id: slots[choice.slot % slots.len()],
+                    seq: choice.first_unacked_seq + choice.seq_offset,
+                    first_unacked_seq: choice.first_unacked_seq,
+                })
+            }
+            _ => None,
+        };
+        let proposal = Proposal { session, command };
+        let known_before = session.is_some_and(|s| model.sessions.contains_key(&s.client_id));
+        let expected = model.apply(index, &proposal);
+        let actual = machine.apply(index, &proposal);
+        prop_assert_eq!(
+            &actual,
+            &expected,
+            "step {} at index {}: {:?}",
+            position,
+            index,
+            proposal
+        );
+        match &expected {
+            Outcome::SessionRegistered { client_id } => slots.push(*client_id),
+            Outcome::SessionExpired if !known_before => evicted_refusals += 1,
+            Outcome::SessionWindowFull => window_full += 1,
+            _ => {}
+        }
+        for key in KEYS {
+            prop_assert_eq!(
+                machine.get(key).cloned(),
+                model.current(key),
+                "key {:?} after step {}",
+                key,
+                position
+            );
+        }
+        prop_assert_eq!(machine.len(), model.data.len());
+    }
+    prop_assert_eq!(machine.applied_index(), index);
+    Ok((evicted_refusals, window_full))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn the_state_machine_agrees_with_an_independent_model(
+        steps in prop::collection::vec(step(), 1..120),
+        start_full in any::<bool>(),
+    ) {
+        check_against_model(&steps, start_full)?;
+    }
+}
+
+/// The generator is only as good as what it reaches: over a fixed seed's cases, sessions are
+/// evicted and then refused, and the window fills. (Proptest's own RNG, seeded, so the count is
+/// the same on every run.)
+#[test]
+fn the_generator_reaches_eviction_and_a_full_window() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::from_seed(RngAlgorithm::ChaCha, &[12; 32]),
+    );
+    let strategy = (prop::collection::vec(step(), 1..120), Just(true));
+    let (mut evicted_refusals, mut window_full) = (0, 0);
+    for _ in 0..64 {
+        let (steps, start_full) = strategy.new_tree(&mut runner).expect("generate").current();
+        let (evicted, full) = check_against_model(&steps, start_full).expect("the model agrees");
+        evicted_refusals += evicted;
+        window_full += full;
+    }
+    assert!(
+        evicted_refusals > 0,
+        "no write to an evicted session was generated"
+    );
+    assert!(window_full > 0, "no SessionWindowFull was generated");
+}
+
+/// Hand-written cases for the rules the random runs must not be the only witness of.
+#[test]
+fn eviction_takes_the_least_recently_active_session_not_the_oldest_id() {
+    let (mut machine, mut model) = prefilled().clone();
+    let mut index = PREFILLED_SESSIONS;
+    let mut both = |index: u64, proposal: Proposal| {
+        let expected = model.apply(index, &proposal);
+        assert_eq!(machine.apply(index, &proposal), expected, "index {index}");
+        expected
+    };
+    // Session 1 (the oldest id) writes, so session 2 is now the least recently active.
+    index += 1;
+    let write = |client_id| Proposal {
+        session: Some(SessionRef {
+            client_id,
+            seq: 1,
+            first_unacked_seq: 1,
+        }),
+        command: Command::Put {
+            key: b"a".to_vec(),
+            value: vec![client_id as u8],
+        },
+    };
+    assert_eq!(both(index, write(1)), Outcome::Written { version: index });
+    // Fill the table (MAX_SESSIONS - 3 + 3 = MAX_SESSIONS), then one more registration evicts.
+    for _ in 0..4 {
+        index += 1;
+        both(
+            index,
+            Proposal {
+                session: None,
+                command: Command::RegisterSession,
+            },
+        );
+    }
+    index += 1;
+    assert_eq!(
+        both(index, write(2)),
+        Outcome::SessionExpired,
+        "session 2 was the least recently active"
+    );
+    index += 1;
+    // Session 1 survived: its seq 1 is remembered, so the retry answers the first outcome.
+    assert_eq!(
+        both(index, write(1)),
+        Outcome::Written {
+            version: PREFILLED_SESSIONS + 1
+        }
+    );
+    assert_eq!(
+        machine.get(b"a").map(|v| v.version),
+        Some(PREFILLED_SESSIONS + 1)
+    );
+}
