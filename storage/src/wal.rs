@@ -621,9 +621,20 @@ fn scan(fs: &dyn FileSystem, dir: &Path, options: &WalOptions) -> Result<Scan> {
                 "header says first LSN {lsn}, file name says {}",
                 segment.first_lsn
             )),
-            Ok(_) if segment.first_lsn != expected_lsn => Some(format!(
-                "gap in the log: expected a segment starting at LSN {expected_lsn}"
-            )),
+            // The missing records belong either to a segment that is gone or to the end of the
+            // previous one (cut short exactly at a record boundary): name both files.
+            Ok(_) if segment.first_lsn != expected_lsn => Some(match scan.kept.last() {
+                Some(previous) => format!(
+                    "gap in the log: expected a segment starting at LSN {expected_lsn}; the \
+                     previous segment {} ends at LSN {}, so it was cut short or a segment \
+                     between the two is missing",
+                    previous.path.display(),
+                    expected_lsn - 1
+                ),
+                None => {
+                    format!("gap in the log: expected a segment starting at LSN {expected_lsn}")
+                }
+            }),
             Ok(_) => None,
             // A header that never fully arrived, in a segment holding no valid record: a crash
             // while the segment was being created (no record in it was ever acknowledged).
