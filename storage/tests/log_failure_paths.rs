@@ -39,6 +39,14 @@ fn small_segments() -> WalOptions {
     }
 }
 
+/// Bytes in the files of `dir`.
+fn bytes_under(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").metadata().expect("stat").len())
+        .sum()
+}
+
 fn assert_poisoned<T: std::fmt::Debug>(result: Result<T, StorageError>, dir: &Path, what: &str) {
     match result {
         Err(StorageError::Poisoned { dir: reported }) => {
@@ -86,6 +94,7 @@ fn after_a_failed_fsync_every_log_store_write_is_refused() {
     // The disk looks healthy again; the log must not believe it (a retried fsync can lie).
     fault.set_failing_sync(false);
     assert!(log.wal().is_poisoned());
+    let wal_bytes = bytes_under(&wal_dir);
     assert_poisoned(log.append(None, &entries(4..=4, 2)), &wal_dir, "append");
     assert_poisoned(
         log.append(
@@ -113,6 +122,11 @@ fn after_a_failed_fsync_every_log_store_write_is_refused() {
         "save_snapshot",
     );
     assert_eq!(log.hard_state(), before);
+    assert_eq!(
+        bytes_under(&wal_dir),
+        wal_bytes,
+        "a refused write leaves nothing in the log"
+    );
     drop(log);
 
     // Reopening is the way back: what was acknowledged is there, and the log writes again.
