@@ -17,7 +17,8 @@
 //!   outcome for a seq it has seen (a retry is not applied twice), refuses a seq at or beyond
 //!   `first_unacked_seq + MAX_SESSION_WINDOW` (`SessionWindowFull`, not remembered), and executes
 //!   anything else once, remembering the outcome;
-//! - reads ignore the session; a no-op entry consumes its index and changes nothing.
+//! - reads ignore the session; a no-op entry consumes its index and changes nothing;
+//! - a machine restored from its snapshot carries on exactly where it was (sessions included).
 //!
 //! The generator reaches every one of these: clients are referred to by slot (resolved at run
 //! time to the id their registration got), retries reuse small seqs, seqs near the window edge
@@ -280,7 +281,15 @@ fn prefilled() -> &'static (StateMachine, Model) {
 /// Runs `steps` on the machine and the model side by side; the first difference fails the case.
 /// Returns how many writes were refused as `SessionExpired` after an eviction and how many hit
 /// `SessionWindowFull` (so that the test can check the generator reaches them).
-fn check_against_model(steps: &[Step], start_full: bool) -> Result<(usize, usize), TestCaseError> {
+///
+/// With `restore_at`, the machine is replaced before that step by one restored from its own
+/// snapshot, as a node restarting from a snapshot does: sessions and their remembered outcomes
+/// must survive it (the model just goes on).
+fn check_against_model(
+    steps: &[Step],
+    start_full: bool,
+    restore_at: Option<usize>,
+) -> Result<(usize, usize), TestCaseError> {
     let (mut machine, mut model, mut index, mut slots) = if start_full {
         let (machine, model) = prefilled().clone();
         let slots: Vec<u64> = (1..=PREFILLED_SLOTS).collect();
@@ -290,6 +299,10 @@ fn check_against_model(steps: &[Step], start_full: bool) -> Result<(usize, usize
     };
     let (mut evicted_refusals, mut window_full) = (0, 0);
     for (position, step) in steps.iter().enumerate() {
+        if restore_at == Some(position) {
+            let bytes = machine.to_snapshot().expect("encode a snapshot");
+            machine = StateMachine::from_snapshot(&bytes).expect("decode a snapshot");
+        }
         index += step.index_step;
         let key_of = |k: usize| KEYS[k].to_vec();
         let command = match &step.op {
@@ -377,8 +390,9 @@ proptest! {
     fn the_state_machine_agrees_with_an_independent_model(
         steps in prop::collection::vec(step(), 1..120),
         start_full in any::<bool>(),
+        restore_at in prop::option::weighted(0.3, 0usize..120),
     ) {
-        check_against_model(&steps, start_full)?;
+        check_against_model(&steps, start_full, restore_at)?;
     }
 }
 
@@ -397,7 +411,8 @@ fn the_generator_reaches_eviction_and_a_full_window() {
     let (mut evicted_refusals, mut window_full) = (0, 0);
     for _ in 0..64 {
         let (steps, start_full) = strategy.new_tree(&mut runner).expect("generate").current();
-        let (evicted, full) = check_against_model(&steps, start_full).expect("the model agrees");
+        let (evicted, full) =
+            check_against_model(&steps, start_full, None).expect("the model agrees");
         evicted_refusals += evicted;
         window_full += full;
     }
