@@ -251,7 +251,7 @@ fn a_sealed_segment_cut_short_or_zero_filled_is_damage_naming_the_file() {
                         // one too). Anywhere else the damage is found in this very file.
                         let between_records = how == "cut short"
                             && cut >= SEGMENT_HEADER_BYTES
-                            && (cut - SEGMENT_HEADER_BYTES) % RECORD_BYTES == 0;
+                            && (cut - SEGMENT_HEADER_BYTES).is_multiple_of(RECORD_BYTES);
                         if !between_records {
                             assert_eq!(
                                 report.damage.path, target,
