@@ -1,5 +1,7 @@
 //! Property tests of the log-structured design: replaying the durable log (from a snapshot plus
 //! the entries after it) rebuilds exactly the state that applying the operations directly gives.
+//! That is determinism, not correctness: the machine is compared with itself. Its outcomes are
+//! checked against an independent model in `state_machine_oracle.rs`.
 
 use proptest::prelude::*;
 use storage::kv::{Command, Expectation, Proposal, SessionRef, StateMachine};
