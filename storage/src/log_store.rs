@@ -299,6 +299,12 @@ impl LogStore {
         if point.last_index <= self.snapshot_point.last_index {
             return Ok(());
         }
+        if self.wal.is_poisoned() {
+            // Fail first: after a failed fsync nothing more is written, not even a snapshot.
+            return Err(StorageError::Poisoned {
+                dir: self.wal.dir().to_path_buf(),
+            });
+        }
         self.snapshots.save(point, data)?;
         self.snapshot_point = point;
         if replaces_log {

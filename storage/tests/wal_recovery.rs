@@ -8,6 +8,18 @@ use storage::record::RECORD_HEADER_BYTES;
 use storage::wal::{Lsn, SEGMENT_HEADER_BYTES};
 use storage::{StdFs, StorageError, SyncPolicy, Wal, WalOptions};
 
+/// A scratch directory on tmpfs when there is one: the bit-flip test reopens the log thousands of
+/// times, each with fsyncs.
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().expect("tempdir")
+}
+
 fn options(segment_max_bytes: u64) -> WalOptions {
     WalOptions {
         segment_max_bytes,
@@ -53,7 +65,7 @@ fn reopen(dir: &Path) -> Result<Reopened, StorageError> {
 
 #[test]
 fn records_survive_reopen_across_segments() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let batches: Vec<Vec<Vec<u8>>> = (0..20)
         .map(|b| (0..5).map(|i| payload(b * 5 + i, 100 + i)).collect())
         .collect();
@@ -77,7 +89,7 @@ fn records_survive_reopen_across_segments() {
 
 #[test]
 fn truncation_at_every_offset_of_the_last_records_recovers_the_complete_prefix() {
-    let template = tempfile::tempdir().unwrap();
+    let template = scratch();
     let records: Vec<Vec<u8>> = (0..6).map(|i| payload(i, 40 + i * 13)).collect();
     // Three batches of two: the cut can fall in any of the last records.
     let batches: Vec<Vec<Vec<u8>>> = records.chunks(2).map(|c| c.to_vec()).collect();
@@ -93,7 +105,7 @@ fn truncation_at_every_offset_of_the_last_records_recovers_the_complete_prefix()
     }
     let cut_from = ends[2]; // every byte of the last three records
     for cut in cut_from..=full.len() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch();
         let copy = dir.path().join(segment.file_name().unwrap());
         std::fs::write(&copy, &full[..cut]).unwrap();
         let (mut wal, recovered, torn) =
@@ -127,7 +139,7 @@ fn truncation_at_every_offset_of_the_last_records_recovers_the_complete_prefix()
 
 #[test]
 fn a_zero_filled_tail_is_torn_not_corrupt() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     write_log(
         dir.path(),
         &[vec![payload(1, 50)], vec![payload(2, 2000)]],
@@ -147,7 +159,7 @@ fn a_zero_filled_tail_is_torn_not_corrupt() {
 
 #[test]
 fn every_flipped_bit_is_detected_as_corruption_naming_file_and_offset() {
-    let template = tempfile::tempdir().unwrap();
+    let template = scratch();
     // Small segments: the flips land in sealed segments and in the newest one.
     let batches: Vec<Vec<Vec<u8>>> = (0..6)
         .map(|b| vec![payload(b * 2, 60), payload(b * 2 + 1, 70)])
@@ -158,7 +170,7 @@ fn every_flipped_bit_is_detected_as_corruption_naming_file_and_offset() {
     for (segment_position, segment) in paths.iter().enumerate() {
         let clean = std::fs::read(segment).unwrap();
         for bit in 0..clean.len() * 8 {
-            let dir = tempfile::tempdir().unwrap();
+            let dir = scratch();
             for other in &paths {
                 std::fs::copy(other, dir.path().join(other.file_name().unwrap())).unwrap();
             }
@@ -199,7 +211,7 @@ fn every_flipped_bit_is_detected_as_corruption_naming_file_and_offset() {
 
 #[test]
 fn a_missing_middle_segment_is_corruption() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let batches: Vec<Vec<Vec<u8>>> = (0..8).map(|b| vec![payload(b, 120)]).collect();
     write_log(dir.path(), &batches, 300);
     let paths = segments(dir.path());
@@ -212,7 +224,7 @@ fn a_missing_middle_segment_is_corruption() {
 
 #[test]
 fn oversized_and_empty_records_are_refused_and_lose_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let (mut wal, _) = Wal::open(StdFs::shared(), dir.path(), options(1 << 20)).unwrap();
     wal.append(&[b"kept".to_vec()]).unwrap();
     let too_big = vec![1u8; (1 << 20) + 1];
@@ -235,7 +247,7 @@ fn oversized_and_empty_records_are_refused_and_lose_nothing() {
 
 #[test]
 fn purge_removes_only_segments_wholly_below_the_lsn() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let (mut wal, _) = Wal::open(StdFs::shared(), dir.path(), options(300)).unwrap();
     for i in 0..10 {
         wal.append(&[payload(i, 120)]).unwrap();
@@ -254,7 +266,7 @@ fn purge_removes_only_segments_wholly_below_the_lsn() {
 
 #[test]
 fn a_torn_new_segment_header_makes_the_previous_segment_active_again() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let options = || WalOptions {
         segment_max_bytes: 300,
         max_record_bytes: 1 << 20,
