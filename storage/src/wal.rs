@@ -481,8 +481,20 @@ impl Wal {
             path: join(&self.dir, &segment_name(self.next_lsn)),
             sealed_bytes: 0,
         };
-        let file =
-            create_segment(&*self.fs, &self.dir, &segment).inspect_err(|_| self.poisoned = true)?;
+        let file = match create_segment(&*self.fs, &self.dir, &segment) {
+            Ok(file) => file,
+            Err(error) if error.is_disk_full() => {
+                // No room for the next segment: the sealed one is synced and still active, so
+                // the log is intact. Remove the partial file (recovery would drop it anyway as a
+                // torn header) and let the caller retry once space is freed.
+                let _ = self.fs.remove_file(&segment.path);
+                return Err(error);
+            }
+            Err(error) => {
+                self.poisoned = true;
+                return Err(error);
+            }
+        };
         if let Some(sealed) = self.segments.last_mut() {
             sealed.sealed_bytes = self.active_len;
         }

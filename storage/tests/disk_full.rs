@@ -48,3 +48,32 @@ fn a_failed_fsync_poisons_the_log() {
         Err(StorageError::Poisoned { .. })
     ));
 }
+
+#[test]
+fn no_room_for_the_next_segment_is_a_full_disk_not_a_poisoned_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, fault) = FaultyFs::wrap(StdFs::shared());
+    let options = || WalOptions {
+        segment_max_bytes: 200,
+        ..WalOptions::default()
+    };
+    let (mut wal, _) = Wal::open(fs.clone(), dir.path(), options()).expect("open");
+    wal.append(&[vec![1u8; 150]])
+        .expect("fills the first segment");
+    fault.set_full(true);
+    let error = wal
+        .append(&[vec![2u8; 150]])
+        .expect_err("the next segment cannot be created");
+    assert!(error.is_disk_full(), "{error}");
+    assert!(
+        !wal.is_poisoned(),
+        "the sealed segment is intact: not poisoned"
+    );
+    fault.set_full(false);
+    wal.append(&[vec![3u8; 150]])
+        .expect("rolls once space is back");
+    drop(wal);
+    let (_, recovered) = Wal::open(fs, dir.path(), options()).expect("reopen");
+    let payloads: Vec<Vec<u8>> = recovered.records.into_iter().map(|(_, p)| p).collect();
+    assert_eq!(payloads, vec![vec![1u8; 150], vec![3u8; 150]]);
+}
