@@ -74,14 +74,14 @@ fn assert_error(frame: &ResponseFrame, id: u64, kind: ErrorKind, words: &[&str])
     }
 }
 
-/// Asserts the node closed the connection (within the deadline) after its error frame.
+/// Asserts the node closed the connection (within the deadline) with nothing more to say.
 async fn assert_closed(stream: &mut TcpStream) {
     let mut rest = Vec::new();
     tokio::time::timeout(READ_DEADLINE, stream.read_to_end(&mut rest))
         .await
         .expect("closed in time")
         .unwrap();
-    assert!(rest.is_empty(), "nothing after the error frame");
+    assert!(rest.is_empty(), "nothing more: {} bytes", rest.len());
 }
 
 async fn status(endpoints: &[String]) -> NodeStatus {
@@ -183,6 +183,28 @@ async fn the_node_refuses_oversized_keys_and_values_and_malformed_frames_with_ty
         ErrorKind::Invalid,
         &["bad frame"],
     );
+    assert_closed(&mut stream).await;
+
+    // Garbage instead of a handshake: closed without a word.
+    let mut stream = TcpStream::connect(&endpoints[0]).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(READ_DEADLINE, stream.read_to_end(&mut answer))
+        .await
+        .expect("closed in time");
+    assert!(answer.is_empty());
+    // A "peer" that is not a configured voter: answered the handshake, then closed unheard (at
+    // once, not left open waiting for Raft frames).
+    let mut stream = TcpStream::connect(&endpoints[0]).await.unwrap();
+    stream
+        .write_all(&Handshake::new(Role::Peer { node_id: 99 }).encode())
+        .await
+        .unwrap();
+    let mut reply = [0u8; HANDSHAKE_BYTES];
+    tokio::time::timeout(READ_DEADLINE, stream.read_exact(&mut reply))
+        .await
+        .expect("handshake reply in time")
+        .unwrap();
     assert_closed(&mut stream).await;
 
     // The node kept serving, and what was written before is untouched.
