@@ -574,7 +574,9 @@ mod tests {
     }
 
     impl FakeCluster {
-        fn new(script: impl Fn(&str, &Request) -> Option<Response> + Send + Sync + 'static) -> Self {
+        fn new(
+            script: impl Fn(&str, &Request) -> Option<Response> + Send + Sync + 'static,
+        ) -> Self {
             FakeCluster {
                 script: Arc::new(script),
                 received: Arc::default(),
@@ -742,7 +744,10 @@ mod tests {
         let client = cluster.client(&["a"]);
         let error = client.put("k", "v").await.unwrap_err();
         assert_eq!(error, Error::SessionExpired);
-        assert!(error.outcome_unknown(), "an expired session's write may have applied");
+        assert!(
+            error.outcome_unknown(),
+            "an expired session's write may have applied"
+        );
         assert_eq!(client.client_id(), None, "the expired session is dropped");
         assert_eq!(client.put("k", "v").await, Ok(4));
         assert_eq!(client.client_id(), Some(2));

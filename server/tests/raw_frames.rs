@@ -44,7 +44,11 @@ async fn send_body(stream: &mut TcpStream, body: &[u8]) {
 }
 
 async fn send(stream: &mut TcpStream, id: u64, request: Request) {
-    send_body(stream, &encode_frame(&RequestFrame { id, request }).unwrap()).await;
+    send_body(
+        stream,
+        &encode_frame(&RequestFrame { id, request }).unwrap(),
+    )
+    .await;
 }
 
 /// Reads one response frame, within [`READ_DEADLINE`].

@@ -1015,7 +1015,11 @@ mod tests {
             },
         ));
         node.process_ready().expect("persist");
-        assert_eq!(node.raft.status().commit_index, match_index, "no-op committed");
+        assert_eq!(
+            node.raft.status().commit_index,
+            match_index,
+            "no-op committed"
+        );
         node
     }
 

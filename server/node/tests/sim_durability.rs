@@ -173,7 +173,8 @@ fn crash_and_restart(sync: SyncPolicy, seed: u64) -> (usize, Vec<(String, Option
         lock(&shared).lost = Some(lost);
         Ok(())
     });
-    sim.run().expect("the restarted node answers every read in time");
+    sim.run()
+        .expect("the restarted node answers every read in time");
     let state = lock(&shared);
     let lost = state.lost.clone().expect("the reader finished");
     (state.acknowledged.len(), lost)
