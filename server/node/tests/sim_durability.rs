@@ -41,10 +41,13 @@ struct Shared {
     /// Writes the node answered `Written`: key → value.
     acknowledged: BTreeMap<String, String>,
     /// After the restart: acknowledged keys whose value was not read back, with what was read.
-    lost: Option<Vec<(String, Option<Vec<u8>>)>>,
+    lost: Option<Lost>,
 }
 
 type SharedState = Arc<Mutex<Shared>>;
+
+/// Acknowledged keys not read back after the restart, with what was read instead.
+type Lost = Vec<(String, Option<Vec<u8>>)>;
 
 fn lock(shared: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
@@ -83,7 +86,7 @@ async fn node_inputs(shared: &SharedState, n: u32) -> mpsc::Sender<NodeInput> {
 }
 
 /// Runs the scenario; returns (acknowledged writes, acknowledged writes lost).
-fn crash_and_restart(sync: SyncPolicy, seed: u64) -> (usize, Vec<(String, Option<Vec<u8>>)>) {
+fn crash_and_restart(sync: SyncPolicy, seed: u64) -> (usize, Lost) {
     let mut builder = turmoil::Builder::new();
     builder
         .rng_seed(seed)
