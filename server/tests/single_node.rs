@@ -8,6 +8,27 @@ use std::time::Duration;
 
 use common::*;
 
+/// Waits for `child` to exit, for at most `within`: past that it is killed and the test fails,
+/// instead of hanging (a node that should have refused to start would otherwise serve for ever).
+fn wait_within(
+    child: &mut std::process::Child,
+    within: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Starts a single node in `dir` and waits until it leads; the node dies with the guard.
 async fn start_single(dir: &std::path::Path) -> (KillOnDrop, u16, Vec<String>) {
     let base = free_ports(1);
@@ -110,7 +131,7 @@ async fn cli_exit_codes_stdin_values_limits_and_the_directory_lock() {
     let bytes: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     std::io::Write::write_all(put.stdin.as_mut().unwrap(), &bytes).unwrap();
     drop(put.stdin.take());
-    assert!(put.wait().unwrap().success());
+    assert!(wait_within(&mut put, Duration::from_secs(30), "put from stdin").success());
     let output = std::process::Command::new(BINARY)
         .args(["get", "bin"])
         .env("RINGLEADER_ENDPOINTS", &endpoints)
@@ -135,7 +156,11 @@ async fn cli_exit_codes_stdin_values_limits_and_the_directory_lock() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let status = second.wait().unwrap();
+    let status = wait_within(
+        &mut second,
+        Duration::from_secs(30),
+        "a second node on the directory",
+    );
     let mut stderr = String::new();
     std::io::Read::read_to_string(second.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(2));
