@@ -546,4 +546,273 @@ mod tests {
             "{error}"
         );
     }
+
+    // --- Retry, redirect and session logic against fake nodes (no sockets, virtual time). ---
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use bytes::Bytes;
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::codec::Framed;
+
+    use crate::protocol::{
+        decode_frame, encode_frame, frame_codec, Handshake, RequestFrame, ResponseFrame, Role,
+        HANDSHAKE_BYTES,
+    };
+
+    /// How the fake node at an address answers a request: `Some(answer)`, or `None` to close
+    /// the connection after reading it (the request reached the node, its answer never came).
+    type Script = Arc<dyn Fn(&str, &Request) -> Option<Response> + Send + Sync>;
+
+    /// A [`Connector`] whose every address is a fake node run by a script, over an in-memory
+    /// pipe: it records every request a node received, in order.
+    #[derive(Clone)]
+    struct FakeCluster {
+        script: Script,
+        received: Arc<Mutex<Vec<(String, Request)>>>,
+    }
+
+    impl FakeCluster {
+        fn new(
+            script: impl Fn(&str, &Request) -> Option<Response> + Send + Sync + 'static,
+        ) -> Self {
+            FakeCluster {
+                script: Arc::new(script),
+                received: Arc::default(),
+            }
+        }
+
+        fn received(&self) -> Vec<(String, Request)> {
+            self.received.lock().unwrap().clone()
+        }
+
+        /// The sessions of the writes received, in order.
+        fn write_sessions(&self) -> Vec<Session> {
+            self.received()
+                .into_iter()
+                .filter_map(|(_, request)| session_of(&request))
+                .collect()
+        }
+
+        fn client(&self, endpoints: &[&str]) -> Client<FakeCluster> {
+            let mut config = ClientConfig::new(endpoints.iter().map(|e| e.to_string()).collect());
+            config.request_timeout = Duration::from_secs(1);
+            config.attempt_timeout = Duration::from_millis(300);
+            Client::with_connector(config, self.clone()).unwrap()
+        }
+    }
+
+    impl Connector for FakeCluster {
+        type Stream = tokio::io::DuplexStream;
+        async fn connect(&self, addr: &str) -> std::io::Result<Self::Stream> {
+            let (client_end, node_end) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(fake_node(addr.to_string(), node_end, self.clone()));
+            Ok(client_end)
+        }
+    }
+
+    async fn fake_node(addr: String, mut stream: tokio::io::DuplexStream, cluster: FakeCluster) {
+        let mut hello = [0u8; HANDSHAKE_BYTES];
+        if stream.read_exact(&mut hello).await.is_err() {
+            return;
+        }
+        let reply = Handshake::new(Role::Peer { node_id: 0 }).encode();
+        if stream.write_all(&reply).await.is_err() {
+            return;
+        }
+        let mut framed = Framed::new(stream, frame_codec(Limits::default().max_frame_bytes));
+        while let Some(Ok(bytes)) = framed.next().await {
+            let frame: RequestFrame = decode_frame(&bytes).unwrap();
+            cluster
+                .received
+                .lock()
+                .unwrap()
+                .push((addr.clone(), frame.request.clone()));
+            let Some(response) = (cluster.script)(&addr, &frame.request) else {
+                return; // drop the connection with the request unanswered
+            };
+            let body = encode_frame(&ResponseFrame {
+                id: frame.id,
+                response,
+            })
+            .unwrap();
+            if framed.send(Bytes::from(body)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn session_of(request: &Request) -> Option<Session> {
+        match request {
+            Request::Put { session, .. }
+            | Request::Delete { session, .. }
+            | Request::Cas { session, .. } => *session,
+            _ => None,
+        }
+    }
+
+    fn refusal(kind: ErrorKind) -> Response {
+        Response::Error {
+            kind,
+            message: format!("fake {kind:?}"),
+        }
+    }
+
+    fn registered(client_id: u64) -> Option<Response> {
+        Some(Response::SessionRegistered { client_id })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn follows_a_redirect_to_a_leader_it_was_not_configured_with() {
+        // "b" leads but is not among the endpoints: only the redirect from "a" leads there.
+        let cluster = FakeCluster::new(|addr, request| match (addr, request) {
+            ("b", Request::RegisterSession) => registered(7),
+            ("b", _) => Some(Response::Written { version: 3 }),
+            ("a", _) => Some(Response::NotLeader {
+                leader: Some(2),
+                leader_addr: Some("b".into()),
+            }),
+            _ => Some(Response::NotLeader {
+                leader: None,
+                leader_addr: None,
+            }),
+        });
+        let client = cluster.client(&["a", "c"]);
+        assert_eq!(client.put("k", "v1").await, Ok(3));
+        assert_eq!(client.put("k", "v2").await, Ok(3));
+        let addrs: Vec<String> = cluster.received().into_iter().map(|(a, _)| a).collect();
+        // Redirected once, then the leader is remembered: no request to a follower again.
+        assert_eq!(addrs, ["a", "b", "b", "b"]);
+        let seqs: Vec<(u64, u64)> = cluster
+            .write_sessions()
+            .iter()
+            .map(|s| (s.client_id, s.seq))
+            .collect();
+        assert_eq!(seqs, [(7, 1), (7, 2)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_unavailable_until_it_succeeds_or_the_deadline_and_says_not_applied() {
+        // Unavailable three times, then the write goes through.
+        let refusals = Arc::new(AtomicU64::new(3));
+        let left = refusals.clone();
+        let cluster = FakeCluster::new(move |_, request| match request {
+            Request::RegisterSession => registered(1),
+            _ if left.load(Ordering::SeqCst) > 0 => {
+                left.fetch_sub(1, Ordering::SeqCst);
+                Some(refusal(ErrorKind::Unavailable))
+            }
+            _ => Some(Response::Written { version: 9 }),
+        });
+        assert_eq!(cluster.client(&["a"]).put("k", "v").await, Ok(9));
+        assert_eq!(cluster.write_sessions().len(), 4, "3 refusals, 1 success");
+
+        // Unavailable for ever: retried until the deadline, and certainly not applied.
+        let cluster = FakeCluster::new(|_, request| match request {
+            Request::RegisterSession => registered(1),
+            _ => Some(refusal(ErrorKind::Unavailable)),
+        });
+        let error = cluster.client(&["a"]).put("k", "v").await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::Timeout {
+                    maybe_applied: false,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(!error.outcome_unknown());
+        let attempts = cluster.write_sessions().len();
+        // 1 s of deadline at a 50 ms backoff: about 20 attempts, all of them the same write.
+        assert!(attempts >= 10, "retried {attempts} times only");
+        assert!(cluster.write_sessions().iter().all(|s| s.seq == 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registers_a_new_session_after_the_cluster_expired_the_old_one() {
+        let next_id = Arc::new(AtomicU64::new(1));
+        let cluster = FakeCluster::new(move |_, request| match request {
+            Request::RegisterSession => registered(next_id.fetch_add(1, Ordering::SeqCst)),
+            _ => match session_of(request) {
+                Some(session) if session.client_id == 1 => Some(refusal(ErrorKind::SessionExpired)),
+                _ => Some(Response::Written { version: 4 }),
+            },
+        });
+        let client = cluster.client(&["a"]);
+        let error = client.put("k", "v").await.unwrap_err();
+        assert_eq!(error, Error::SessionExpired);
+        assert!(
+            error.outcome_unknown(),
+            "an expired session's write may have applied"
+        );
+        assert_eq!(client.client_id(), None, "the expired session is dropped");
+        assert_eq!(client.put("k", "v").await, Ok(4));
+        assert_eq!(client.client_id(), Some(2));
+        let sessions = cluster.write_sessions();
+        let last = sessions.last().unwrap();
+        assert_eq!(
+            (last.client_id, last.seq, last.first_unacked_seq),
+            (2, 1, 1),
+            "a fresh session starts at sequence 1"
+        );
+        let registrations = cluster
+            .received()
+            .iter()
+            .filter(|(_, r)| matches!(r, Request::RegisterSession))
+            .count();
+        assert_eq!(registrations, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn maybe_applied_is_set_once_a_write_may_have_reached_a_node() {
+        // The node takes the write but never learns whether it committed (`Unknown`), for ever.
+        let cluster = FakeCluster::new(|_, request| match (request, session_of(request)) {
+            (Request::RegisterSession, _) => registered(5),
+            (_, Some(session)) if session.seq == 1 => Some(refusal(ErrorKind::Unknown)),
+            _ => Some(Response::Written { version: 8 }),
+        });
+        let client = cluster.client(&["a"]);
+        let error = client.put("k", "v").await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::Timeout {
+                    maybe_applied: true,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.outcome_unknown());
+        let sessions = cluster.write_sessions();
+        assert!(sessions.len() >= 2, "resent");
+        assert!(
+            sessions.iter().all(|s| s.seq == 1),
+            "every resend is the same write (same session and sequence)"
+        );
+        // The next write keeps the unknown one unacknowledged, so the cluster keeps its outcome.
+        assert_eq!(client.put("k", "w").await, Ok(8));
+        let last = *cluster.write_sessions().last().unwrap();
+        assert_eq!((last.seq, last.first_unacked_seq), (2, 1));
+
+        // The connection drops after the node read the write: the write may have applied.
+        let cluster = FakeCluster::new(|_, request| match request {
+            Request::RegisterSession => registered(5),
+            _ => None,
+        });
+        let error = cluster.client(&["a"]).put("k", "v").await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::Timeout {
+                    maybe_applied: true,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
 }

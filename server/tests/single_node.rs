@@ -1,5 +1,6 @@
 //! The real binary, one node: acknowledged writes survive `kill -9`, the CLI's exit codes, limits,
-//! and the data-directory lock.
+//! and the data-directory lock. Raw frames (the node's own limits, malformed frames) are in
+//! raw_frames.rs.
 
 mod common;
 
@@ -7,18 +8,25 @@ use std::time::Duration;
 
 use common::*;
 
-/// A raw TCP connection to a node, past the client handshake.
-async fn handshaken_connection(addr: &str) -> tokio::net::TcpStream {
-    use ringleader_client::protocol::{Handshake, Role, HANDSHAKE_BYTES};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(&Handshake::new(Role::Client).encode())
-        .await
-        .unwrap();
-    let mut reply = [0u8; HANDSHAKE_BYTES];
-    stream.read_exact(&mut reply).await.unwrap();
-    stream
+/// Waits for `child` to exit, for at most `within`: past that it is killed and the test fails,
+/// instead of hanging (a node that should have refused to start would otherwise serve for ever).
+fn wait_within(
+    child: &mut std::process::Child,
+    within: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Starts a single node in `dir` and waits until it leads; the node dies with the guard.
@@ -30,6 +38,10 @@ async fn start_single(dir: &std::path::Path) -> (KillOnDrop, u16, Vec<String>) {
     (node, base, endpoints)
 }
 
+/// Acknowledged writes survive the process dying. This does not prove "fsync before
+/// acknowledging": the page cache survives `kill -9`, so it passes with `--wal-sync never` too.
+/// That is proven on a simulated disk that drops unsynced writes, in
+/// `server/node/tests/sim_durability.rs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_puts_survive_kill_9_and_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,14 +131,15 @@ async fn cli_exit_codes_stdin_values_limits_and_the_directory_lock() {
     let bytes: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     std::io::Write::write_all(put.stdin.as_mut().unwrap(), &bytes).unwrap();
     drop(put.stdin.take());
-    assert!(put.wait().unwrap().success());
+    assert!(wait_within(&mut put, Duration::from_secs(30), "put from stdin").success());
     let output = std::process::Command::new(BINARY)
         .args(["get", "bin"])
         .env("RINGLEADER_ENDPOINTS", &endpoints)
         .output()
         .unwrap();
     assert_eq!(output.stdout, bytes);
-    // An oversized key is refused with a clear error, and nothing is written.
+    // An oversized key is refused by the CLI with a clear error. (The client checks limits itself
+    // before sending: the node's own limits are tested with raw frames in raw_frames.rs.)
     let long_key = "k".repeat(65 * 1024);
     let (code, _, stderr) = cli(&["put", &long_key, "v"], &endpoints);
     assert_eq!(code, 2);
@@ -143,76 +156,16 @@ async fn cli_exit_codes_stdin_values_limits_and_the_directory_lock() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let status = second.wait().unwrap();
+    let status = wait_within(
+        &mut second,
+        Duration::from_secs(30),
+        "a second node on the directory",
+    );
     let mut stderr = String::new();
     std::io::Read::read_to_string(second.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(2));
     assert!(
         stderr.contains("in use by another running node"),
         "{stderr}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_oversized_frames_get_an_error_and_change_nothing() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let (_node, _, endpoints) = start_single(dir.path()).await;
-    let good = client(endpoints.clone(), Duration::from_secs(5));
-    good.put("stable", "before").await.unwrap();
-
-    for body in [vec![0xFFu8; 37], Vec::new()] {
-        let mut stream = handshaken_connection(&endpoints[0]).await;
-        stream
-            .write_all(&(body.len() as u32).to_be_bytes())
-            .await
-            .unwrap();
-        stream.write_all(&body).await.unwrap();
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.unwrap();
-        assert!(
-            answer.len() > 4,
-            "an error frame came back before the close"
-        );
-    }
-    // A length prefix far above the limit: refused before any of it is read.
-    let mut stream = handshaken_connection(&endpoints[0]).await;
-    stream.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    assert!(answer.len() > 4);
-    // Garbage instead of a handshake: closed.
-    let mut stream = tokio::net::TcpStream::connect(&endpoints[0]).await.unwrap();
-    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    assert!(answer.is_empty());
-    // A "peer" that is not a configured voter: answered the handshake, then closed unheard.
-    {
-        use ringleader_client::protocol::{Handshake, Role, HANDSHAKE_BYTES};
-        let mut stream = tokio::net::TcpStream::connect(&endpoints[0]).await.unwrap();
-        stream
-            .write_all(&Handshake::new(Role::Peer { node_id: 99 }).encode())
-            .await
-            .unwrap();
-        let mut reply = [0u8; HANDSHAKE_BYTES];
-        stream.read_exact(&mut reply).await.unwrap();
-        // Closed at once, not left open waiting for Raft frames.
-        let mut answer = Vec::new();
-        let closed =
-            tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
-        assert!(
-            closed.is_ok(),
-            "the node kept an unknown peer's connection open"
-        );
-        assert!(answer.is_empty(), "an unknown peer is not served");
-    }
-
-    let value = good.get("stable").await.unwrap().unwrap();
-    assert_eq!(value.value, b"before");
-    assert_eq!(
-        good.put("stable", "after").await.unwrap(),
-        value.version + 1,
-        "the node kept serving"
     );
 }

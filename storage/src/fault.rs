@@ -1,14 +1,14 @@
 //! A file system that fails on demand, for tests of what the engine and the node do when the
 //! disk does: [`FaultyFs`] wraps another [`FileSystem`] and, while its [`DiskFault`] says so,
 //! refuses writes with `ENOSPC` the way a full disk does (part of the buffer may land first,
-//! as with a real short write), or fails `fdatasync`.
+//! as with a real short write), or fails `fdatasync`; it also counts the syncs that succeeded.
 //!
 //! Nothing in production uses it; it lives in the library (not under `tests/`) so that the node's
 //! and the simulation's tests can plug it in through [`SharedFs`].
 
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::fs::{FileBytes, FileSystem, SharedFs, StorageFile};
@@ -23,6 +23,9 @@ const EIO: i32 = 5;
 pub struct DiskFault {
     full: AtomicBool,
     failing_sync: AtomicBool,
+    /// Successful file `fdatasync`s so far (directory syncs not counted), for tests that count
+    /// how many requests share one sync.
+    file_syncs: AtomicU64,
 }
 
 impl DiskFault {
@@ -34,6 +37,11 @@ impl DiskFault {
     /// From now on every `fdatasync` fails with `EIO`, until cleared.
     pub fn set_failing_sync(&self, failing: bool) {
         self.failing_sync.store(failing, Ordering::SeqCst);
+    }
+
+    /// How many file `fdatasync`s succeeded through this file system so far.
+    pub fn file_syncs(&self) -> u64 {
+        self.file_syncs.load(Ordering::SeqCst)
     }
 
     fn is_full(&self) -> bool {
@@ -89,7 +97,9 @@ impl StorageFile for FaultyFile {
         if self.fault.sync_fails() {
             return Err(io::Error::from_raw_os_error(EIO));
         }
-        self.inner.sync_data()
+        self.inner.sync_data()?;
+        self.fault.file_syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {

@@ -941,4 +941,280 @@ mod tests {
         assert_eq!(node.log.snapshot_point().last_index, 7);
         assert_eq!(node.raft.leader(), Some(1));
     }
+
+    // --- The node driven by hand: `handle` and `process_ready`, no sockets, no run loop. ---
+
+    use ringleader_client::protocol::ReadConsistency;
+    use storage::fault::{DiskFault, FaultyFs};
+    use storage::StdFs;
+
+    /// A node of a `voters`-node cluster (node 1) on `fs`, with `adjust` applied to its config.
+    fn node_1(
+        dir: &std::path::Path,
+        voters: u64,
+        fs: SharedFs,
+        adjust: impl FnOnce(&mut NodeConfig),
+    ) -> Node {
+        let peers: BTreeMap<NodeId, String> = (1..=voters)
+            .map(|id| (id, format!("127.0.0.1:{}", 7000 + id)))
+            .collect();
+        let mut config = NodeConfig::new(1, peers, dir.to_path_buf(), fs);
+        adjust(&mut config);
+        Node::open(config, PeerSenders::default()).expect("open")
+    }
+
+    /// A single node that has elected itself.
+    fn single_leader(dir: &std::path::Path, fs: SharedFs) -> Node {
+        let mut node = node_1(dir, 1, fs, |_| {});
+        node.raft.campaign();
+        node.process_ready().expect("persist the election");
+        assert_eq!(node.raft.role(), Role::Leader);
+        node
+    }
+
+    fn from_peer(from: NodeId, term: u64, body: MessageBody) -> NodeInput {
+        NodeInput::Peer(Message {
+            from,
+            to: 1,
+            term,
+            body,
+        })
+    }
+
+    /// Node 1 of three, elected with node 2's vote, its no-op committed by node 2: a leader
+    /// that can serve reads but commits nothing more without an answer from a peer (their
+    /// messages go nowhere: `PeerSenders::default()`).
+    fn leader_of_three(dir: &std::path::Path) -> Node {
+        let mut node = node_1(dir, 3, StdFs::shared(), |_| {});
+        node.raft.campaign();
+        node.process_ready().expect("persist");
+        if node.raft.role() == Role::PreCandidate {
+            let term = node.raft.term() + 1;
+            node.handle(from_peer(
+                2,
+                term,
+                MessageBody::PreVoteResponse { granted: true },
+            ));
+            node.process_ready().expect("persist");
+        }
+        assert_eq!(node.raft.role(), Role::Candidate);
+        let term = node.raft.term();
+        node.handle(from_peer(
+            2,
+            term,
+            MessageBody::RequestVoteResponse { granted: true },
+        ));
+        node.process_ready().expect("persist");
+        assert_eq!(node.raft.role(), Role::Leader);
+        let match_index = node.raft.status().last_index;
+        node.handle(from_peer(
+            2,
+            term,
+            MessageBody::AppendEntriesResponse {
+                result: consensus::AppendResult::Success { match_index },
+            },
+        ));
+        node.process_ready().expect("persist");
+        assert_eq!(
+            node.raft.status().commit_index,
+            match_index,
+            "no-op committed"
+        );
+        node
+    }
+
+    fn request(node: &mut Node, request: Request) -> oneshot::Receiver<Response> {
+        let (reply, answer) = oneshot::channel();
+        assert!(node.handle(NodeInput::Client { request, reply }).is_none());
+        answer
+    }
+
+    fn put(node: &mut Node, key: &str, value: &str) -> oneshot::Receiver<Response> {
+        request(
+            node,
+            Request::Put {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+                session: None,
+            },
+        )
+    }
+
+    fn get(node: &mut Node, key: &str) -> oneshot::Receiver<Response> {
+        request(
+            node,
+            Request::Get {
+                key: key.as_bytes().to_vec(),
+                consistency: ReadConsistency::Linearizable,
+            },
+        )
+    }
+
+    /// The answer already sent on `answer`; panics if there is none yet.
+    fn answered(answer: &mut oneshot::Receiver<Response>) -> Response {
+        answer.try_recv().expect("answered")
+    }
+
+    fn assert_error(response: Response, expected: ErrorKind) {
+        assert!(
+            matches!(&response, Response::Error { kind, .. } if *kind == expected),
+            "expected a {expected:?} error, got {response:?}"
+        );
+    }
+
+    fn counting_fs() -> (SharedFs, std::sync::Arc<DiskFault>) {
+        FaultyFs::wrap(StdFs::shared())
+    }
+
+    #[test]
+    fn writes_queued_while_the_disk_was_busy_share_one_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fs, disk) = counting_fs();
+        let mut node = single_leader(dir.path(), fs);
+        // What one write costs on its own.
+        let before = disk.file_syncs();
+        let mut alone = put(&mut node, "alone", "1");
+        node.process_ready().expect("persist");
+        assert!(matches!(answered(&mut alone), Response::Written { .. }));
+        let syncs_for_one = disk.file_syncs() - before;
+        assert!(syncs_for_one >= 1, "an acknowledged write was fsynced");
+        // A hundred queued before the node processes its Ready: one group commit.
+        let before = disk.file_syncs();
+        let mut answers: Vec<_> = (0..100)
+            .map(|i| put(&mut node, &format!("k{i}"), &i.to_string()))
+            .collect();
+        node.process_ready().expect("persist");
+        assert_eq!(
+            disk.file_syncs() - before,
+            syncs_for_one,
+            "100 queued writes cost the fsyncs of one"
+        );
+        // Each in its own entry, in the order queued (a version is the entry's log index).
+        let versions: Vec<u64> = answers
+            .iter_mut()
+            .map(|answer| match answered(answer) {
+                Response::Written { version } => version,
+                other => panic!("expected Written, got {other:?}"),
+            })
+            .collect();
+        assert!(versions.windows(2).all(|pair| pair[1] == pair[0] + 1));
+        assert_eq!(node.machine.len(), 101);
+    }
+
+    #[test]
+    fn a_leader_that_sees_a_higher_term_answers_its_pending_requests() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = leader_of_three(dir.path());
+        let mut writes: Vec<_> = (0..3)
+            .map(|i| put(&mut node, &format!("k{i}"), "v"))
+            .collect();
+        let mut read = get(&mut node, "k0");
+        node.process_ready().expect("persist");
+        // Nothing commits or confirms without a peer's answer: all of it is pending.
+        for write in &mut writes {
+            assert!(write.try_recv().is_err(), "pending");
+        }
+        assert!(read.try_recv().is_err(), "pending");
+        // Node 3 leads a later term.
+        let term = node.raft.term() + 1;
+        node.handle(from_peer(
+            3,
+            term,
+            MessageBody::Heartbeat {
+                commit: 0,
+                sent_tick: 0,
+                read_ctx: None,
+            },
+        ));
+        node.process_ready().expect("persist");
+        assert_eq!(node.raft.role(), Role::Follower);
+        // Its writes' fate is unknown to it (they may still commit under node 3)...
+        for write in &mut writes {
+            assert_error(answered(write), ErrorKind::Unknown);
+        }
+        // ...and its read can no longer be confirmed: the client is sent to the new leader.
+        match answered(&mut read) {
+            Response::NotLeader {
+                leader,
+                leader_addr,
+            } => {
+                assert_eq!(leader, Some(3));
+                assert_eq!(leader_addr.as_deref(), Some("127.0.0.1:7003"));
+            }
+            other => panic!("expected NotLeader, got {other:?}"),
+        }
+        assert!(node.pending_writes.is_empty() && node.pending_reads.is_empty());
+    }
+
+    /// A shutdown answers everything still waiting, even when the disk stopped acknowledging
+    /// (so the writes could not commit): writes `Unknown`, reads `ShuttingDown`.
+    #[tokio::test]
+    async fn shutdown_answers_every_pending_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fs, disk) = counting_fs();
+        let mut node = single_leader(dir.path(), fs);
+        let mut written = put(&mut node, "before", "1");
+        node.process_ready().expect("persist");
+        assert!(matches!(answered(&mut written), Response::Written { .. }));
+        // The disk fails every fsync from now on: nothing more can be acknowledged.
+        disk.set_failing_sync(true);
+        let mut writes: Vec<_> = (0..3)
+            .map(|i| put(&mut node, &format!("k{i}"), "v"))
+            .collect();
+        let mut read = get(&mut node, "before");
+        assert!(node.process_ready().is_err(), "the fsync failed");
+        for write in &mut writes {
+            assert!(write.try_recv().is_err(), "pending");
+        }
+        assert!(read.try_recv().is_err(), "pending");
+
+        let (_inputs, mut receiver) = mpsc::channel(4);
+        let mut ticker = tokio::time::interval(node.config.tick);
+        node.shut_down(&mut receiver, &mut ticker).await;
+        for write in &mut writes {
+            assert_error(answered(write), ErrorKind::Unknown);
+        }
+        assert_error(answered(&mut read), ErrorKind::ShuttingDown);
+    }
+
+    #[test]
+    fn a_snapshot_is_saved_and_the_state_is_restored_from_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let small_snapshots = |config: &mut NodeConfig| {
+            config.snapshot_every_entries = 10;
+            config.log_tail_entries = 1;
+        };
+        let mut node = node_1(dir.path(), 1, StdFs::shared(), small_snapshots);
+        node.raft.campaign();
+        node.process_ready().expect("persist");
+        for i in 0..25 {
+            let mut answer = put(&mut node, &format!("k{i}"), &format!("v{i}"));
+            node.process_ready().expect("persist");
+            assert!(matches!(answered(&mut answer), Response::Written { .. }));
+        }
+        let saved = node.log.snapshot_point().last_index;
+        assert!(saved >= 20, "snapshots taken: the last at {saved}");
+        assert_eq!(node.last_snapshot_index, saved);
+        drop(node);
+
+        // Reopened: the state up to the snapshot comes from it (the log before it is gone)...
+        let mut node = node_1(dir.path(), 1, StdFs::shared(), small_snapshots);
+        assert_eq!(node.machine.applied_index(), saved);
+        assert!(node.machine.len() >= 18, "keys restored from the snapshot");
+        // ...and the rest from the log, once the node leads again.
+        node.raft.campaign();
+        node.process_ready().expect("persist");
+        assert_eq!(node.raft.role(), Role::Leader);
+        for i in 0..25 {
+            let mut answer = get(&mut node, &format!("k{i}"));
+            node.process_ready().expect("serve");
+            match answered(&mut answer) {
+                Response::Value(Some(found)) => {
+                    assert_eq!(found.value, format!("v{i}").into_bytes(), "k{i}")
+                }
+                other => panic!("k{i}: {other:?}"),
+            }
+        }
+        assert_eq!(node.machine.len(), 25);
+    }
 }
