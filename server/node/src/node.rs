@@ -81,6 +81,10 @@ pub enum PlantedBug {
     /// reads: its state machine silently diverges from the others' while every answer a client
     /// sees stays right. Only the replicas' digests can tell.
     DivergentApply,
+    /// Every node refuses every write (put, delete, cas) as `Invalid`, never proposing it;
+    /// sessions and reads are served. The history stays linearizable (nothing was written), so
+    /// only the simulation's floors of successful operations can tell.
+    RefuseWrites,
 }
 
 impl NodeConfig {
@@ -424,6 +428,17 @@ impl Node {
                 )
             }
         };
+        if self.config.planted_bug == PlantedBug::RefuseWrites
+            && !matches!(command, Command::RegisterSession)
+        {
+            // `Invalid`: a definite refusal the client does not retry, so each write ends at
+            // once as a `fail` (an `Unavailable` would be retried until its deadline).
+            let _ = reply.send(Response::Error {
+                kind: ErrorKind::Invalid,
+                message: "planted bug: this node refuses writes".into(),
+            });
+            return;
+        }
         if let Some(until) = self.disk_full_until {
             if tokio::time::Instant::now() < until && self.raft.role() == Role::Leader {
                 let _ = reply.send(disk_full_response());
