@@ -320,7 +320,13 @@ fn one_impossible_read_makes_them_non_linearizable() {
 /// impossible read never called linearizable. `large_histories` is the same check at full size.
 #[test]
 fn large_histories_ci_size() {
-    let checked = check_large_histories(&[(3_000, 4, 2_000), (1_500, 1, 2_000)]);
+    // Refuting one of these exhausts the default 10M-step budget (seconds); 1M steps still
+    // searches well past the generated history's own linearization (about 3,000 steps).
+    let refute = CheckOptions {
+        max_steps_per_key: 1_000_000,
+        ..CheckOptions::default()
+    };
+    let checked = check_large_histories(&[(3_000, 4, 2_000), (1_500, 1, 2_000)], &refute);
     // The shapes must stay big enough to mean something: not an empty loop.
     assert!(checked >= 4_000, "only {checked} operations checked");
 }
@@ -331,13 +337,17 @@ fn large_histories_ci_size() {
 #[test]
 #[ignore]
 fn large_histories() {
-    check_large_histories(&[(50_000, 10, 5_000), (20_000, 1, 5_000), (20_000, 1, 20_000)]);
+    check_large_histories(
+        &[(50_000, 10, 5_000), (20_000, 1, 5_000), (20_000, 1, 20_000)],
+        &CheckOptions::default(),
+    );
 }
 
 /// For each `(ops, keys, spread)` shape: a generated history (linearizable by construction) is
 /// not found non-linearizable, and the same history with one impossible read is not found
-/// linearizable (the checker may give up on either: `Unknown`). Returns the operations checked.
-fn check_large_histories(shapes: &[(usize, usize, u64)]) -> usize {
+/// linearizable (the checker may give up on either: `Unknown`), checked with `refute`.
+/// Returns the operations checked.
+fn check_large_histories(shapes: &[(usize, usize, u64)], refute: &CheckOptions) -> usize {
     let mut checked = 0;
     for &(ops, keys, spread) in shapes {
         let history = generate_shaped(ChaCha8Rng::seed_from_u64(7), ops, keys, spread);
@@ -359,7 +369,7 @@ fn check_large_histories(shapes: &[(usize, usize, u64)]) -> usize {
             "{ops} ops: the history has no ok read to break"
         );
         let started = std::time::Instant::now();
-        let report = check(&broken, &CheckOptions::default());
+        let report = check(&broken, refute);
         println!(
             "  with one impossible read: {:?} in {:?}",
             report.verdict,
