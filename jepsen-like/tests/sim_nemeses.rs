@@ -85,7 +85,7 @@ fn each_nemesis_alone() {
 }
 
 /// The long run's shape (1000 operations per seed, seeds from 1000) on a few seeds, so CI runs
-/// it: about two seconds in the test profile. `long_run_many_seeds` runs 200 of them.
+/// it: about 4.5 s in the test profile. `long_run_many_seeds` runs 200 of them.
 #[test]
 fn long_run_ci_size() {
     for seed in 1000..1003 {
