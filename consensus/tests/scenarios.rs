@@ -1,7 +1,9 @@
 //! Golden scenario scripts: `tests/scenarios/*.txt`, in the style of etcd-io/raft's datadriven
 //! tests and toydb's goldenscripts. Each `> command` line is followed by the output it produced;
 //! the test re-runs every command and fails if any output changed. After an intended change,
-//! regenerate with `UPDATE_GOLDEN=1 cargo test -p consensus --test scenarios` and review the diff.
+//! regenerate with `UPDATE_GOLDEN=1 cargo test -p consensus --test scenarios -- --nocapture` (it
+//! prints each script it rewrote; any other value of `UPDATE_GOLDEN` fails the test) and review the
+//! diff. The set of scripts is fixed ([`SCRIPTS`]): adding or removing one means editing it.
 //!
 //! Commands (node ids are numbers, `all` means every node):
 //! - `cluster <n> [prevote=bool] [checkquorum=bool] [lease=bool] [election=ticks]
@@ -220,19 +222,48 @@ fn run_script(text: &str) -> String {
     output
 }
 
+/// Every script the suite holds, by file name: a script that disappears (or one added without
+/// being listed here) fails the test instead of silently shrinking the suite.
+const SCRIPTS: [&str; 5] = [
+    "election.txt",
+    "figure8.txt",
+    "prevote.txt",
+    "replication.txt",
+    "snapshot_and_reads.txt",
+];
+
+/// Whether to rewrite the scripts: only `UPDATE_GOLDEN=1`. Any other value is refused, so that
+/// `UPDATE_GOLDEN=0` (or a stray export) cannot turn a failing comparison into a rewrite.
+fn update_requested() -> bool {
+    match std::env::var_os("UPDATE_GOLDEN") {
+        None => false,
+        Some(value) if value == "1" => true,
+        Some(value) => panic!("UPDATE_GOLDEN={value:?}: only UPDATE_GOLDEN=1 rewrites the scripts"),
+    }
+}
+
 #[test]
 fn golden_scenarios() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
-    let mut paths: Vec<_> = fs::read_dir(&dir)
+    let mut names: Vec<String> = fs::read_dir(&dir)
         .expect("tests/scenarios exists")
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".txt"))
         .collect();
-    paths.sort();
-    assert!(paths.len() >= 4, "expected the scenario scripts");
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    names.sort();
+    assert_eq!(
+        names,
+        SCRIPTS,
+        "the scenario scripts in {} are not the expected set (update SCRIPTS when adding or \
+         removing one)",
+        dir.display()
+    );
+    let update = update_requested();
     let mut failures = Vec::new();
-    for path in paths {
+    let mut rewritten = Vec::new();
+    for name in SCRIPTS {
+        let path = dir.join(name);
         let expected = fs::read_to_string(&path).expect("readable scenario");
         let actual = run_script(&expected);
         if actual == expected {
@@ -240,6 +271,8 @@ fn golden_scenarios() {
         }
         if update {
             fs::write(&path, &actual).expect("writable scenario");
+            println!("UPDATE_GOLDEN=1: rewrote {}", path.display());
+            rewritten.push(name);
             continue;
         }
         let first_difference = expected
@@ -250,6 +283,13 @@ fn golden_scenarios() {
             .map(|(i, (e, a))| format!("line {}:\n  expected: {e}\n  actual:   {a}", i + 1))
             .unwrap_or_else(|| "the outputs differ in length".to_string());
         failures.push(format!("{}: {first_difference}", path.display()));
+    }
+    if update {
+        // Shown with `--nocapture`; the list is also the test's last word on what changed.
+        println!(
+            "UPDATE_GOLDEN=1: {} script(s) rewritten: {rewritten:?}",
+            rewritten.len()
+        );
     }
     assert!(
         failures.is_empty(),

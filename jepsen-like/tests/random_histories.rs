@@ -315,15 +315,45 @@ fn one_impossible_read_makes_them_non_linearizable() {
     }
 }
 
+/// The soundness check at scale, on shapes small enough for CI (a few seconds in the test
+/// profile): the big generated histories are never called non-linearizable, and with one
+/// impossible read never called linearizable. `large_histories` is the same check at full size.
+#[test]
+fn large_histories_ci_size() {
+    // Refuting one of these exhausts the default 10M-step budget (seconds); 1M steps still
+    // searches well past the generated history's own linearization (about 3,000 steps).
+    let refute = CheckOptions {
+        max_steps_per_key: 1_000_000,
+        ..CheckOptions::default()
+    };
+    let checked = check_large_histories(&[(3_000, 4, 2_000), (1_500, 1, 2_000)], &refute);
+    // The shapes must stay big enough to mean something: not an empty loop.
+    assert!(checked >= 4_000, "only {checked} operations checked");
+}
+
 /// Size anchor, not a timing assertion: prints how long big histories take. Run with
-/// `cargo test --release -p jepsen-like --test random_histories -- --ignored --nocapture`.
+/// `cargo test --release -p jepsen-like --test random_histories -- --ignored --nocapture`
+/// (about a minute); `large_histories_ci_size` runs the same check on smaller shapes in CI.
 #[test]
 #[ignore]
 fn large_histories() {
-    for (ops, keys, spread) in [(50_000, 10, 5_000), (20_000, 1, 5_000), (20_000, 1, 20_000)] {
+    check_large_histories(
+        &[(50_000, 10, 5_000), (20_000, 1, 5_000), (20_000, 1, 20_000)],
+        &CheckOptions::default(),
+    );
+}
+
+/// For each `(ops, keys, spread)` shape: a generated history (linearizable by construction) is
+/// not found non-linearizable, and the same history with one impossible read is not found
+/// linearizable (the checker may give up on either: `Unknown`), checked with `refute`.
+/// Returns the operations checked.
+fn check_large_histories(shapes: &[(usize, usize, u64)], refute: &CheckOptions) -> usize {
+    let mut checked = 0;
+    for &(ops, keys, spread) in shapes {
         let history = generate_shaped(ChaCha8Rng::seed_from_u64(7), ops, keys, spread);
         let started = std::time::Instant::now();
         let report = check(&history, &CheckOptions::default());
+        checked += report.ops_checked;
         let steps: u64 = report.per_key.iter().map(|k| k.steps).sum();
         println!(
             "{ops} ops, {keys} key(s), spread {spread}: {:?} in {:?} ({steps} steps)",
@@ -334,17 +364,20 @@ fn large_histories() {
         // a violation would be a bug.
         assert_ne!(report.verdict, Verdict::NotLinearizable);
         let mut broken = history.clone();
-        if break_one_read(&mut broken, 7) {
-            let started = std::time::Instant::now();
-            let report = check(&broken, &CheckOptions::default());
-            println!(
-                "  with one impossible read: {:?} in {:?}",
-                report.verdict,
-                started.elapsed()
-            );
-            // Refuting may exhaust the budget when many crashed (info) writes are pending:
-            // every subset of them is a configuration. Never a false "linearizable".
-            assert_ne!(report.verdict, Verdict::Linearizable);
-        }
+        assert!(
+            break_one_read(&mut broken, 7),
+            "{ops} ops: the history has no ok read to break"
+        );
+        let started = std::time::Instant::now();
+        let report = check(&broken, refute);
+        println!(
+            "  with one impossible read: {:?} in {:?}",
+            report.verdict,
+            started.elapsed()
+        );
+        // Refuting may exhaust the budget when many crashed (info) writes are pending:
+        // every subset of them is a configuration. Never a false "linearizable".
+        assert_ne!(report.verdict, Verdict::Linearizable);
     }
+    checked
 }

@@ -1,8 +1,9 @@
 //! The checker is not vacuous: with a real linearizability bug planted in every node (reads
 //! answered from local state, skipping ReadIndex), the simulation finds a violation within a
-//! few seeds, and reports it as one, with an HTML drawing.
+//! few seeds, and reports it as one, with an HTML drawing. Nor are the floors of successful
+//! operations: a cluster that refuses every write has a linearizable history and still fails.
 
-use jepsen_like::sim::{run, PlantedBug, SimOptions, Verdict};
+use jepsen_like::sim::{run, Floors, PlantedBug, SimOptions, Verdict};
 
 #[test]
 fn local_reads_are_caught() {
@@ -50,4 +51,43 @@ fn a_silently_divergent_replica_is_caught_by_the_digests() {
         report.verdict
     );
     assert!(!report.digests_match);
+}
+
+/// A cluster that refuses every write (sessions and reads still served) leaves a history that
+/// is trivially linearizable: reads of absent keys, failed writes. The floors catch it in every
+/// workload phase and for every client after the heal.
+#[test]
+fn a_cluster_that_refuses_writes_is_caught_by_the_floors() {
+    let report = run(&SimOptions {
+        planted_bug: PlantedBug::RefuseWrites,
+        ops: 100,
+        ..SimOptions::new(1)
+    })
+    .expect("the simulation could not run");
+    println!("{}", report.summary());
+    assert_eq!(
+        report.counts.ok_writes, 0,
+        "a write got through the planted bug"
+    );
+    assert_eq!(
+        report.check.verdict,
+        jepsen_like::checker::Verdict::Linearizable,
+        "the history alone must look fine: only the floors can tell"
+    );
+    let shortfalls = report.floor_shortfalls(&Floors::default());
+    println!("{}", shortfalls.join("\n"));
+    for phase in &report.phases {
+        let named = shortfalls.iter().any(|s| s.starts_with(&phase.name));
+        assert!(named, "no shortfall named {}: {shortfalls:?}", phase.name);
+    }
+    // The floors are not met vacuously by a healthy run of the same seed.
+    let healthy = run(&SimOptions {
+        ops: 100,
+        ..SimOptions::new(1)
+    })
+    .expect("the simulation could not run");
+    assert_eq!(
+        healthy.floor_shortfalls(&Floors::default()),
+        Vec::<String>::new()
+    );
 }

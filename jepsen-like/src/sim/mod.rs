@@ -10,7 +10,13 @@
 //! 3. heal: release every link, restart every crashed node; within
 //!    [`workload::RECOVERY_BOUND`] a write must succeed and every node must reach the same
 //!    applied index, and then their state-machine digests must be equal;
-//! 4. check the history with [`crate::checker::check`].
+//! 4. every client, with its session as the workload left it, does a few more operations
+//!    (the after-heal phase, recorded and checked like the rest);
+//! 5. check the history with [`crate::checker::check`].
+//!
+//! A linearizable history proves little when nothing succeeded (a history of failures and
+//! timeouts is trivially linearizable): [`SimReport::floor_shortfalls`] checks a run against
+//! [`Floors`], minimum successes per run, per phase of the workload and per client after the heal.
 //!
 //! Determinism: everything random comes from [`SimOptions::seed`] (turmoil's own generator,
 //! which also seeds each host's tokio runtime, and a ChaCha generator for the workload, the
@@ -34,7 +40,9 @@ pub use nemesis::{parse_nemeses, FaultEvent, Nemesis};
 pub use network::TurmoilNetwork;
 pub use ringleader_node::node::PlantedBug;
 pub use run::run;
-pub use workload::{NodeState, OpCounts, Recovery};
+pub use workload::{
+    NodeState, OpCounts, PhaseCounts, Recovery, AFTER_HEAL_OPS_PER_CLIENT, WORKLOAD_PHASES,
+};
 
 use crate::checker::CheckReport;
 
@@ -122,6 +130,8 @@ pub struct SimReport {
     pub options: SimOptions,
     pub verdict: Verdict,
     pub counts: OpCounts,
+    /// The same counts per phase: the workload in [`WORKLOAD_PHASES`] slices, then after the heal.
+    pub phases: Vec<PhaseCounts>,
     /// Faults injected, in order (starts and ends).
     pub faults: Vec<FaultEvent>,
     /// The history in the JSONL format of [`crate::history`].
@@ -143,6 +153,70 @@ impl SimReport {
     /// Whether the run found nothing wrong.
     pub fn passed(&self) -> bool {
         self.verdict == Verdict::Linearizable
+    }
+
+    /// Where the run falls short of `floors`, one line per shortfall; empty when it meets them.
+    pub fn floor_shortfalls(&self, floors: &Floors) -> Vec<String> {
+        let mut shortfalls = Vec::new();
+        let percent = |part: usize, whole: usize| part * 100 / whole.max(1);
+        let total = self.counts.ok + self.counts.fail + self.counts.info;
+        if total < self.options.ops {
+            shortfalls.push(format!(
+                "only {total} of {} operations completed",
+                self.options.ops
+            ));
+        }
+        if percent(self.counts.ok, total) < floors.run_ok_percent {
+            shortfalls.push(format!(
+                "run: {} of {total} operations ok, below the floor of {}%",
+                self.counts.ok, floors.run_ok_percent
+            ));
+        }
+        let workload: Vec<&PhaseCounts> = self.phases.iter().filter(|p| p.under_faults).collect();
+        if workload.len() != WORKLOAD_PHASES {
+            shortfalls.push(format!(
+                "{} workload phases counted, expected {WORKLOAD_PHASES}",
+                workload.len()
+            ));
+        }
+        for phase in workload {
+            let c = &phase.counts;
+            let done = c.ok + c.fail + c.info;
+            if percent(c.ok, done) < floors.phase_ok_percent {
+                shortfalls.push(format!(
+                    "{}: {} of {done} operations ok, below the floor of {}%",
+                    phase.name, c.ok, floors.phase_ok_percent
+                ));
+            }
+            if percent(c.ok_writes, done) < floors.phase_ok_writes_percent {
+                shortfalls.push(format!(
+                    "{}: {} of {done} operations were successful writes, below the floor of {}%",
+                    phase.name, c.ok_writes, floors.phase_ok_writes_percent
+                ));
+            }
+        }
+        match self.phases.iter().find(|p| !p.under_faults) {
+            None => shortfalls.push("no after-heal phase was counted".into()),
+            Some(after) => {
+                for (process, &writes) in &after.ok_writes_by_process {
+                    if writes < floors.after_heal_ok_writes_per_client {
+                        shortfalls.push(format!(
+                            "after heal: client {process} had {writes} successful writes, below \
+                             the floor of {}",
+                            floors.after_heal_ok_writes_per_client
+                        ));
+                    }
+                }
+                if after.ok_writes_by_process.len() != self.options.clients {
+                    shortfalls.push(format!(
+                        "after heal: {} clients counted, expected {}",
+                        after.ok_writes_by_process.len(),
+                        self.options.clients
+                    ));
+                }
+            }
+        }
+        shortfalls
     }
 
     /// A few lines for a terminal or a test failure message.
@@ -174,6 +248,13 @@ impl SimReport {
             self.recovery.converged_after_ms,
             self.digests_match,
         );
+        for phase in &self.phases {
+            let c = &phase.counts;
+            text.push_str(&format!(
+                "\n  {}: {} ok ({} writes), {} fail, {} info",
+                phase.name, c.ok, c.ok_writes, c.fail, c.info
+            ));
+        }
         if o.planted_bug != PlantedBug::None {
             text.push_str(&format!("\nplanted bug: {:?}", o.planted_bug));
         }
@@ -191,6 +272,37 @@ impl SimReport {
             ));
         }
         text
+    }
+}
+
+/// The least a run must have done to count as a pass, beyond a linearizable history: a cluster
+/// that serves nothing (or stops serving part-way, or leaves a client unable to write) fails.
+///
+/// Percentages are of the operations completed in the run or phase (integer division, so a
+/// floor of 20% needs at least a fifth). The defaults sit well below what the CI seeds reach
+/// under every nemesis at once (figures in `jepsen-like/tests/sim_nemeses.rs`), so a run near
+/// them is a run that served much less than usual.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Floors {
+    /// Successful operations in the whole run, in percent.
+    pub run_ok_percent: usize,
+    /// Successful operations in each workload phase, in percent.
+    pub phase_ok_percent: usize,
+    /// Successful writes and compare-and-sets in each workload phase, in percent of the phase.
+    pub phase_ok_writes_percent: usize,
+    /// Successful writes each client must make after the heal (it makes
+    /// [`AFTER_HEAL_OPS_PER_CLIENT`] operations, of which two writes).
+    pub after_heal_ok_writes_per_client: usize,
+}
+
+impl Default for Floors {
+    fn default() -> Floors {
+        Floors {
+            run_ok_percent: 40,
+            phase_ok_percent: 25,
+            phase_ok_writes_percent: 10,
+            after_heal_ok_writes_per_client: 2,
+        }
     }
 }
 

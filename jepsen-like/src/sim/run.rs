@@ -210,6 +210,7 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         options: options.clone(),
         verdict,
         counts: shared.counts,
+        phases: shared.phases.clone(),
         faults: nemeses.log().to_vec(),
         history_jsonl,
         html_report,

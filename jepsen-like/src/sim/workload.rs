@@ -1,6 +1,9 @@
 //! The workload: concurrent clients doing reads, writes and compare-and-sets on a few keys, each
 //! operation recorded in the history as invoked and then `ok`, `fail` or `info`; then, once the
-//! nemesis has healed the cluster, the recovery check.
+//! nemesis has healed the cluster, the recovery check, and then a few more operations by every
+//! client (the after-heal phase). Completions are counted per phase ([`PhaseCounts`]) so that a
+//! run whose history is linearizable only because nothing succeeded can be told apart
+//! ([`crate::sim::Floors`]).
 //!
 //! Keys are few so that operations contend; every write writes a value never written before
 //! (a counter, stored as its decimal text and recorded as a JSON integer), so the checker can
@@ -33,6 +36,15 @@ pub const RECOVERY_BOUND: Duration = Duration::from_secs(10);
 const MONITOR_INTERVAL: Duration = Duration::from_millis(200);
 /// The key the recovery check writes (not part of the checked history).
 const PROBE_KEY: &str = "recovery-probe";
+/// The workload is cut into this many phases of equal numbers of invoked operations, each
+/// counted apart ([`PhaseCounts`]), so that a cluster that stops serving part-way through shows
+/// up as a phase with no successes even when the run as a whole had some.
+pub const WORKLOAD_PHASES: usize = 4;
+/// After the heal and the recovery check, every client (the same client, with the session it
+/// had) does this many more operations, recorded and checked like the others: a write, a read,
+/// a write. A client left unable to write (seed 197's lost first write → `SessionExpired`
+/// forever) fails here.
+pub const AFTER_HEAL_OPS_PER_CLIENT: usize = 3;
 
 /// What the workload does.
 #[derive(Debug, Clone)]
@@ -70,6 +82,55 @@ pub struct OpCounts {
     pub info: usize,
     /// Writes answered `SessionExpired` (the client then continues under a new session).
     pub sessions_renewed: usize,
+    /// Writes and compare-and-sets that completed `ok` (a subset of `ok`).
+    pub ok_writes: usize,
+}
+
+/// One phase of the run, counted: the `WORKLOAD_PHASES` slices of the workload (by order of
+/// invocation), then the operations after the heal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseCounts {
+    /// `workload 1/4`, …, `after heal`.
+    pub name: String,
+    /// Whether the nemesis may be injecting faults during this phase.
+    pub under_faults: bool,
+    pub counts: OpCounts,
+    /// Successful writes (and compare-and-sets) per client (history process), every client
+    /// listed, zeros included.
+    pub ok_writes_by_process: BTreeMap<u64, usize>,
+}
+
+impl PhaseCounts {
+    fn new(name: String, under_faults: bool, clients: usize) -> PhaseCounts {
+        PhaseCounts {
+            name,
+            under_faults,
+            counts: OpCounts::default(),
+            ok_writes_by_process: (0..clients as u64).map(|p| (p, 0)).collect(),
+        }
+    }
+
+    fn count(&mut self, process: u64, kind: CompletionType, is_write: bool) {
+        self.counts.count(kind, is_write);
+        if kind == CompletionType::Ok && is_write {
+            *self.ok_writes_by_process.entry(process).or_default() += 1;
+        }
+    }
+}
+
+impl OpCounts {
+    fn count(&mut self, kind: CompletionType, is_write: bool) {
+        match kind {
+            CompletionType::Ok => {
+                self.ok += 1;
+                if is_write {
+                    self.ok_writes += 1;
+                }
+            }
+            CompletionType::Fail => self.fail += 1,
+            CompletionType::Info => self.info += 1,
+        }
+    }
 }
 
 /// One node as the recovery check last saw it.
@@ -113,7 +174,11 @@ pub struct Recovery {
 #[derive(Debug)]
 pub struct Shared {
     pub recorder: HistoryRecorder,
+    /// The whole run's counts (every phase).
     pub counts: OpCounts,
+    /// The workload's phases, then the after-heal phase (see [`PhaseCounts`]); empty until the
+    /// client host starts.
+    pub phases: Vec<PhaseCounts>,
     pub phase: Phase,
     /// The highest-term leader any node reported: `(term, id)`.
     pub leader: Option<(u64, u64)>,
@@ -132,6 +197,7 @@ impl Shared {
         Shared {
             recorder: HistoryRecorder::new(),
             counts: OpCounts::default(),
+            phases: Vec::new(),
             phase: Phase::Workload,
             leader: None,
             recovery: None,
@@ -164,6 +230,21 @@ pub async fn client_host(
     config: WorkloadConfig,
     mut rng: ChaCha8Rng,
 ) -> turmoil::Result {
+    {
+        let mut shared = shared.borrow_mut();
+        shared.phases = (1..=WORKLOAD_PHASES)
+            .map(|i| {
+                PhaseCounts::new(
+                    format!("workload {i}/{WORKLOAD_PHASES}"),
+                    true,
+                    config.clients,
+                )
+            })
+            .collect();
+        shared
+            .phases
+            .push(PhaseCounts::new("after heal".into(), false, config.clients));
+    }
     let monitor =
         tokio::task::spawn_local(monitor_leader(shared.clone(), config.endpoints.clone()));
     let mut workers = Vec::with_capacity(config.clients);
@@ -176,8 +257,9 @@ pub async fn client_host(
             worker_rng,
         )));
     }
+    let mut clients = Vec::with_capacity(workers.len());
     for worker in workers {
-        worker.await??;
+        clients.push(worker.await??);
     }
     monitor.abort();
     shared.borrow_mut().phase = Phase::HealRequested;
@@ -186,6 +268,19 @@ pub async fn client_host(
     }
     let recovery = check_recovery(&config.endpoints).await?;
     shared.borrow_mut().recovery = Some(recovery);
+    // Then each client, as it is after the workload, writes and reads again (in parallel).
+    let mut after = Vec::with_capacity(clients.len());
+    for (process, client) in clients.into_iter().enumerate() {
+        after.push(tokio::task::spawn_local(after_heal(
+            shared.clone(),
+            config.clone(),
+            process as u64,
+            client,
+        )));
+    }
+    for task in after {
+        task.await?;
+    }
     Ok(())
 }
 
@@ -239,7 +334,13 @@ fn next_op(
     }
     shared.issued += 1;
     let key = format!("k{}", rng.random_range(0..config.keys.max(1)));
-    let op = match rng.random_range(0..10u32) {
+    let op = pick_op(shared, &key, rng);
+    Some((key, op))
+}
+
+/// A read, a write of a fresh value or a cas on `key`.
+fn pick_op(shared: &mut Shared, key: &str, rng: &mut ChaCha8Rng) -> Op {
+    match rng.random_range(0..10u32) {
         0..=3 => Op::Read,
         4..=6 => {
             let value = shared.next_value;
@@ -250,15 +351,14 @@ fn next_op(
             let new = shared.next_value;
             shared.next_value += 1;
             // Mostly the value last seen (a cas that may succeed), sometimes an older one.
-            let expected = match shared.last_seen.get(&key) {
+            let expected = match shared.last_seen.get(key) {
                 Some(&seen) if rng.random_bool(0.8) => seen,
                 _ if rng.random_bool(0.5) => None,
                 _ => Some(rng.random_range(1..new.max(2))),
             };
             Op::Cas { expected, new }
         }
-    };
-    Some((key, op))
+    }
 }
 
 fn json_of(value: Option<i64>) -> Json {
@@ -316,88 +416,133 @@ fn new_client(
     Client::with_connector(config, TurmoilNetwork)
 }
 
+/// One client's share of the workload; returns the client, its session as the workload left it,
+/// for the after-heal operations.
 async fn worker(
     shared: Rc<RefCell<Shared>>,
     config: WorkloadConfig,
     process: u64,
     mut rng: ChaCha8Rng,
-) -> Result<(), Error> {
+) -> Result<Client<TurmoilNetwork>, Error> {
     let client = new_client(&config.endpoints, config.op_timeout)?;
     let think_ms_max = 2 * config.think_time_mean.as_millis() as u64;
     loop {
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..=think_ms_max))).await;
-        let (key, op, id) = {
+        let (key, op, phase) = {
             let mut shared = shared.borrow_mut();
             let Some((key, op)) = next_op(&mut shared, &config, &mut rng) else {
-                return Ok(());
+                return Ok(client);
             };
-            let (f, value) = match &op {
-                Op::Read => (Function::Read, Json::Null),
-                Op::Write(v) => (Function::Write, Json::from(*v)),
-                Op::Cas { expected, new } => (
-                    Function::Cas,
-                    Json::Array(vec![json_of(*expected), Json::from(*new)]),
-                ),
-            };
-            let id = shared.recorder.invoke_at(process, f, &key, value, now_ns());
-            (key, op, id)
+            // `issued` counts this operation already: 1..=ops.
+            let phase = (shared.issued - 1) * WORKLOAD_PHASES / config.ops.max(1);
+            (key, op, phase)
         };
-        let mut seen: Option<Option<i64>> = None;
-        let (kind, value, error) = match op {
-            Op::Read => match client.get(key.as_str()).await {
-                Ok(found) => {
-                    let (json, parsed) = match found {
-                        Some(v) => decode_value(&v.value),
-                        None => (Json::Null, None),
-                    };
-                    seen = Some(parsed);
-                    (CompletionType::Ok, json, None)
-                }
-                Err(error) => (CompletionType::Fail, Json::Null, Some(error_label(&error))),
-            },
-            Op::Write(v) => match client.put(key.as_str(), v.to_string()).await {
-                Ok(_) => {
-                    seen = Some(Some(v));
+        perform(&shared, &client, process, key, op, phase).await;
+    }
+}
+
+/// After the heal: the client does a write, a read and a write (fresh values, on its own key
+/// `k<process mod keys>`), recorded in the history and counted in the last phase.
+async fn after_heal(
+    shared: Rc<RefCell<Shared>>,
+    config: WorkloadConfig,
+    process: u64,
+    client: Client<TurmoilNetwork>,
+) {
+    let key = format!("k{}", process as usize % config.keys.max(1));
+    let phase = WORKLOAD_PHASES;
+    for i in 0..AFTER_HEAL_OPS_PER_CLIENT {
+        let op = if i % 2 == 1 {
+            Op::Read
+        } else {
+            let mut shared = shared.borrow_mut();
+            let value = shared.next_value;
+            shared.next_value += 1;
+            Op::Write(value)
+        };
+        perform(&shared, &client, process, key.clone(), op, phase).await;
+    }
+}
+
+/// Invokes `op` on `key` through `client`, and records and counts its completion (in `phase`).
+async fn perform(
+    shared: &Rc<RefCell<Shared>>,
+    client: &Client<TurmoilNetwork>,
+    process: u64,
+    key: String,
+    op: Op,
+    phase: usize,
+) {
+    let id = {
+        let mut shared = shared.borrow_mut();
+        let (f, value) = match &op {
+            Op::Read => (Function::Read, Json::Null),
+            Op::Write(v) => (Function::Write, Json::from(*v)),
+            Op::Cas { expected, new } => (
+                Function::Cas,
+                Json::Array(vec![json_of(*expected), Json::from(*new)]),
+            ),
+        };
+        shared.recorder.invoke_at(process, f, &key, value, now_ns())
+    };
+    let is_write = !matches!(op, Op::Read);
+    let mut seen: Option<Option<i64>> = None;
+    let (kind, value, error) = match op {
+        Op::Read => match client.get(key.as_str()).await {
+            Ok(found) => {
+                let (json, parsed) = match found {
+                    Some(v) => decode_value(&v.value),
+                    None => (Json::Null, None),
+                };
+                seen = Some(parsed);
+                (CompletionType::Ok, json, None)
+            }
+            Err(error) => (CompletionType::Fail, Json::Null, Some(error_label(&error))),
+        },
+        Op::Write(v) => match client.put(key.as_str(), v.to_string()).await {
+            Ok(_) => {
+                seen = Some(Some(v));
+                (CompletionType::Ok, Json::Null, None)
+            }
+            Err(error) => write_error(&error),
+        },
+        Op::Cas { expected, new } => {
+            let expect = match expected {
+                Some(e) => Expect::Value(e.to_string().into_bytes()),
+                None => Expect::Absent,
+            };
+            match client.cas(key.as_str(), expect, new.to_string()).await {
+                Ok(CasOutcome::Swapped { .. }) => {
+                    seen = Some(Some(new));
                     (CompletionType::Ok, Json::Null, None)
                 }
-                Err(error) => write_error(&error),
-            },
-            Op::Cas { expected, new } => {
-                let expect = match expected {
-                    Some(e) => Expect::Value(e.to_string().into_bytes()),
-                    None => Expect::Absent,
-                };
-                match client.cas(key.as_str(), expect, new.to_string()).await {
-                    Ok(CasOutcome::Swapped { .. }) => {
-                        seen = Some(Some(new));
-                        (CompletionType::Ok, Json::Null, None)
-                    }
-                    Ok(CasOutcome::Mismatch { current }) => {
-                        seen = Some(current.and_then(|c| decode_value(&c.value).1));
-                        (CompletionType::Fail, Json::Null, Some("mismatch".into()))
-                    }
-                    Err(error) => write_error(&error),
+                Ok(CasOutcome::Mismatch { current }) => {
+                    seen = Some(current.and_then(|c| decode_value(&c.value).1));
+                    (CompletionType::Fail, Json::Null, Some("mismatch".into()))
                 }
+                Err(error) => write_error(&error),
             }
-        };
-        // The client starts a new session by itself after `SessionExpired`; count them.
-        let session_expired = error.as_deref() == Some(SESSION_EXPIRED);
-        let mut shared = shared.borrow_mut();
-        if session_expired {
-            shared.counts.sessions_renewed += 1;
         }
-        if let Some(seen) = seen {
-            shared.last_seen.insert(key, seen);
+    };
+    // The client starts a new session by itself after `SessionExpired`; count them.
+    let session_expired = error.as_deref() == Some(SESSION_EXPIRED);
+    let mut shared = shared.borrow_mut();
+    if session_expired {
+        shared.counts.sessions_renewed += 1;
+        if let Some(counts) = shared.phases.get_mut(phase) {
+            counts.counts.sessions_renewed += 1;
         }
-        match kind {
-            CompletionType::Ok => shared.counts.ok += 1,
-            CompletionType::Fail => shared.counts.fail += 1,
-            CompletionType::Info => shared.counts.info += 1,
-        }
-        shared
-            .recorder
-            .complete_at(id, kind, value, error.as_deref(), now_ns());
     }
+    if let Some(seen) = seen {
+        shared.last_seen.insert(key, seen);
+    }
+    shared.counts.count(kind, is_write);
+    if let Some(counts) = shared.phases.get_mut(phase) {
+        counts.count(process, kind, is_write);
+    }
+    shared
+        .recorder
+        .complete_at(id, kind, value, error.as_deref(), now_ns());
 }
 
 /// After the heal: a write must succeed, then every node must report the same applied index,

@@ -69,7 +69,8 @@ pub struct NodeConfig {
     pub net: crate::budget::NetConfig,
 }
 
-/// Deliberate bugs the simulation's own tests plant to show its checker is not vacuous.
+/// Deliberate bugs the simulation's own tests plant to show its checker is not vacuous (and one
+/// fault, [`PlantedBug::LoseFirstWrite`], that a regression test injects on cue).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlantedBug {
     #[default]
@@ -81,6 +82,17 @@ pub enum PlantedBug {
     /// reads: its state machine silently diverges from the others' while every answer a client
     /// sees stays right. Only the replicas' digests can tell.
     DivergentApply,
+    /// Every node refuses every write (put, delete, cas) as `Invalid`, never proposing it;
+    /// sessions and reads are served. The history stays linearizable (nothing was written), so
+    /// only the simulation's floors of successful operations can tell.
+    RefuseWrites,
+    /// Not a bug but a fault the cluster must survive, placed where the network cannot place it
+    /// on cue: every node swallows each session's first write (sequence number 1), as if the
+    /// request were lost on the way, never proposing it (the connection answers "the node
+    /// stopped before answering"; the client's retries are swallowed too, so the write ends
+    /// with an unknown outcome). The client must go on writing under the same session: the bug
+    /// the simulation found as seed 197 left it answered `SessionExpired` forever.
+    LoseFirstWrite,
 }
 
 impl NodeConfig {
@@ -424,6 +436,23 @@ impl Node {
                 )
             }
         };
+        if self.config.planted_bug == PlantedBug::RefuseWrites
+            && !matches!(command, Command::RegisterSession)
+        {
+            // `Invalid`: a definite refusal the client does not retry, so each write ends at
+            // once as a `fail` (an `Unavailable` would be retried until its deadline).
+            let _ = reply.send(Response::Error {
+                kind: ErrorKind::Invalid,
+                message: "planted bug: this node refuses writes".into(),
+            });
+            return;
+        }
+        if self.config.planted_bug == PlantedBug::LoseFirstWrite
+            && session.as_ref().is_some_and(|s| s.seq == 1)
+        {
+            drop(reply);
+            return;
+        }
         if let Some(until) = self.disk_full_until {
             if tokio::time::Instant::now() < until && self.raft.role() == Role::Leader {
                 let _ = reply.send(disk_full_response());
