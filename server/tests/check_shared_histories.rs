@@ -158,3 +158,25 @@ fn malformed_files_and_usage_errors_exit_2() {
     assert_eq!(output.status.code(), Some(2), "{said}");
     assert!(said.contains("no operations"), "{said}");
 }
+
+#[test]
+fn sim_fails_a_run_that_served_nothing_even_though_it_is_linearizable() {
+    let out = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringleader"))
+        .args([
+            "sim",
+            "--seed",
+            "3",
+            "--ops",
+            "80",
+            "--plant-bug",
+            "refuse-writes",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("too few successful operations"), "{stdout}");
+}
