@@ -88,12 +88,28 @@ pub async fn wait_for_leader(
 }
 
 /// Runs `ringleader ARGS` and returns (exit code, stdout, stderr).
+/// A CLI command that has not exited by then is killed and fails the test (instead of hanging it).
+pub const CLI_DEADLINE: Duration = Duration::from_secs(60);
+
 pub fn cli(args: &[&str], endpoints: &str) -> (i32, String, String) {
-    let output = Command::new(BINARY)
+    let child = Command::new(BINARY)
         .args(args)
         .env("RINGLEADER_ENDPOINTS", endpoints)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    let Ok(output) = finished.recv_timeout(CLI_DEADLINE) else {
+        kill_9_pid(pid);
+        panic!("ringleader {args:?} did not exit within {CLI_DEADLINE:?}");
+    };
+    let output = output.unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
