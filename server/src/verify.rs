@@ -323,9 +323,11 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
         None => PlantedBug::None,
         Some("local-reads") => PlantedBug::LocalReads,
         Some("refuse-writes") => PlantedBug::RefuseWrites,
-        Some(other) => {
-            bail!("--plant-bug {other:?}: the planted bugs are local-reads and refuse-writes")
-        }
+        Some("ack-before-fsync") => PlantedBug::AckBeforeFsync,
+        Some(other) => bail!(
+            "--plant-bug {other:?}: the planted bugs are local-reads, refuse-writes and \
+             ack-before-fsync"
+        ),
     };
     let options_for = |seed: u64| SimOptions {
         nodes: args.nodes,

@@ -93,6 +93,10 @@ pub enum PlantedBug {
     /// with an unknown outcome). The client must go on writing under the same session: the bug
     /// the simulation found as seed 197 left it answered `SessionExpired` forever.
     LoseFirstWrite,
+    /// Every node acknowledges writes before they are fsynced (its WAL never syncs). Only a
+    /// power loss of a majority at once can show it: a minority crash is hidden by the
+    /// replicas that kept the entries in their page cache.
+    AckBeforeFsync,
 }
 
 impl NodeConfig {
@@ -202,7 +206,7 @@ impl Node {
     /// Opens the node's storage, recovers its state and prepares Raft. Does not start the loop.
     pub fn open(config: NodeConfig, peers: PeerSenders) -> Result<Node, NodeError> {
         let (mut log, recovered) =
-            LogStore::open(config.fs.clone(), &config.data_dir, config.wal.clone())?;
+            LogStore::open(config.fs.clone(), &config.data_dir, wal_options(&config))?;
         log.set_compaction_tail_entries(config.log_tail_entries);
         if let Some(bytes) = recovered.torn_tail_bytes {
             tracing::warn!(bytes, "recovered the log after truncating a torn tail");
@@ -869,6 +873,15 @@ fn internal(error: impl std::fmt::Display) -> Response {
         kind: ErrorKind::Internal,
         message: error.to_string(),
     }
+}
+
+/// The WAL options the node runs with (a planted bug may turn fsync off).
+fn wal_options(config: &NodeConfig) -> WalOptions {
+    let mut options = config.wal.clone();
+    if config.planted_bug == PlantedBug::AckBeforeFsync {
+        options.sync = SyncPolicy::Never;
+    }
+    options
 }
 
 /// Decodes a snapshot received from a peer and checks that it is the state it claims to be
