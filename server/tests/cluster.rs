@@ -37,27 +37,6 @@ fn read_pid(dir: &std::path::Path, id: u64) -> u32 {
         .unwrap()
 }
 
-/// Waits for `child` to exit, for at most `within`: past that it is killed and the test fails,
-/// instead of hanging (a node that should have refused to start would otherwise serve for ever).
-fn wait_within(
-    child: &mut std::process::Child,
-    within: Duration,
-    what: &str,
-) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 async fn write_concurrently(
     endpoints: &[String],
     prefix: &str,

@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -41,17 +40,6 @@ fn damage_record(segment: &Path, record: usize) -> usize {
     bytes[offset + RECORD_HEADER_BYTES] ^= 0x40;
     std::fs::write(segment, &bytes).unwrap();
     offset
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 async fn put_all(endpoints: &[String], prefix: &str, count: usize) -> BTreeMap<String, String> {
@@ -106,7 +94,7 @@ async fn a_follower_with_a_damaged_committed_entry_is_repaired_from_its_peers() 
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    let code = wait_exit(&mut refused, Duration::from_secs(10));
+    let code = wait_within(&mut refused, Duration::from_secs(10), "the refusing node").code();
     let said = std::fs::read_to_string(&log_path).unwrap();
     assert_eq!(code, Some(2), "a damaged log must stop the node: {said}");
     assert!(

@@ -8,27 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Waits for `child` to exit, for at most `within`: past that it is killed and the test fails,
-/// instead of hanging (a node that should have refused to start would otherwise serve for ever).
-fn wait_within(
-    child: &mut std::process::Child,
-    within: Duration,
-    what: &str,
-) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Starts a single node in `dir` and waits until it leads; the node dies with the guard.
 async fn start_single(dir: &std::path::Path) -> (KillOnDrop, u16, Vec<String>) {
     let base = free_ports(1);

@@ -335,6 +335,31 @@ impl<R: RngCore> Nemeses<R> {
             .copied()
     }
 
+    /// Cuts the power of `count` of the `eligible` nodes (the leader favoured): they lose what
+    /// they had not fsynced. Returns them, sorted.
+    fn crash(
+        &mut self,
+        mut eligible: Vec<u64>,
+        count: usize,
+        view: &ClusterView,
+        actions: &mut Vec<Action>,
+    ) -> Vec<u64> {
+        let mut victims = Vec::new();
+        for _ in 0..count {
+            let Some(victim) = self.pick_target(&eligible, view) else {
+                break;
+            };
+            eligible.retain(|&id| id != victim);
+            victims.push(victim);
+        }
+        victims.sort_unstable();
+        for &victim in &victims {
+            self.crashed.insert(victim);
+            actions.push(Action::Crash(victim));
+        }
+        victims
+    }
+
     fn running(&self) -> Vec<u64> {
         self.nodes
             .iter()
@@ -400,20 +425,7 @@ impl<R: RngCore> Nemeses<R> {
                     return (None, None);
                 }
                 let count = self.rng.random_range(1..=room);
-                let mut victims = Vec::new();
-                let mut eligible = running;
-                for _ in 0..count {
-                    let Some(victim) = self.pick_target(&eligible, view) else {
-                        break;
-                    };
-                    eligible.retain(|&id| id != victim);
-                    victims.push(victim);
-                }
-                victims.sort_unstable();
-                for &victim in &victims {
-                    self.crashed.insert(victim);
-                    actions.push(Action::Crash(victim));
-                }
+                let victims = self.crash(running, count, view, actions);
                 self.record(now_ms, nemesis, true, format!("crash {}", list(&victims)));
                 (
                     Some(Active::Crashed(victims)),
@@ -432,20 +444,7 @@ impl<R: RngCore> Nemeses<R> {
                 } else {
                     majority
                 };
-                let mut victims = Vec::new();
-                let mut eligible = running;
-                for _ in 0..count {
-                    let Some(victim) = self.pick_target(&eligible, view) else {
-                        break;
-                    };
-                    eligible.retain(|&id| id != victim);
-                    victims.push(victim);
-                }
-                victims.sort_unstable();
-                for &victim in &victims {
-                    self.crashed.insert(victim);
-                    actions.push(Action::Crash(victim));
-                }
+                let victims = self.crash(running, count, view, actions);
                 self.record(
                     now_ms,
                     nemesis,

@@ -151,3 +151,24 @@ pub fn secret_file(dir: &Path) -> PathBuf {
     }
     path
 }
+
+/// Waits for `child` to exit, for at most `within`: past that it is killed and the test fails,
+/// instead of hanging (a node that should have refused to start would otherwise serve for ever).
+pub fn wait_within(
+    child: &mut std::process::Child,
+    within: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
