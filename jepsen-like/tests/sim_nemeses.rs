@@ -34,9 +34,12 @@ fn assert_passes(options: &SimOptions) -> SimReport {
     report
 }
 
-// Sized for CI (`cargo test --workspace`, test profile, two cores): about half a second per run
-// of 500 operations and ~30 simulated seconds. The seed set is split in two tests so they run
-// in parallel.
+/// Operations per CI run: fewer than the default 2000 (the same ten clients and density, a
+/// shorter run), so the CI seeds fit the budget. The long run uses the default.
+const CI_OPS: usize = 1000;
+
+// Sized for CI (`cargo test --workspace`, test profile, two cores): about a second per run of
+// 600 operations. The seed set is split in tests so they run in parallel.
 //
 // The floors (`Floors::default()`) against what these seeds reach: over the 111 runs of this
 // file's CI seeds (and seed 197 at 1000 operations), the lowest share of successful operations
@@ -46,7 +49,10 @@ fn assert_passes(options: &SimOptions) -> SimReport {
 #[test]
 fn five_nodes_every_nemesis() {
     for seed in 0..30 {
-        let report = assert_passes(&SimOptions::new(seed));
+        let report = assert_passes(&SimOptions {
+            ops: CI_OPS,
+            ..SimOptions::new(seed)
+        });
         println!("{}", report.summary());
     }
 }
@@ -54,7 +60,10 @@ fn five_nodes_every_nemesis() {
 #[test]
 fn five_nodes_every_nemesis_more_seeds() {
     for seed in 30..60 {
-        let report = assert_passes(&SimOptions::new(seed));
+        let report = assert_passes(&SimOptions {
+            ops: CI_OPS,
+            ..SimOptions::new(seed)
+        });
         println!("{}", report.summary());
     }
 }
@@ -64,6 +73,7 @@ fn three_nodes_every_nemesis() {
     for seed in 100..130 {
         let report = assert_passes(&SimOptions {
             nodes: 3,
+            ops: CI_OPS,
             ..SimOptions::new(seed)
         });
         println!("{}", report.summary());
@@ -74,31 +84,64 @@ fn three_nodes_every_nemesis() {
 #[test]
 fn each_nemesis_alone() {
     for (i, nemesis) in Nemesis::ALL.into_iter().enumerate() {
-        for seed in (200 + 10 * i as u64)..(204 + 10 * i as u64) {
+        let mut messages = jepsen_like::sim::MessageStats::default();
+        for seed in (200 + 10 * i as u64)..(203 + 10 * i as u64) {
             let report = assert_passes(&SimOptions {
                 nemeses: vec![nemesis],
+                ops: CI_OPS,
                 ..SimOptions::new(seed)
             });
             println!("{nemesis}: {}", report.summary());
+            assert_eq!(report.plan.nemeses, vec![nemesis]);
+            let m = report.messages;
+            messages.dropped += m.dropped;
+            messages.duplicated += m.duplicated;
+            messages.reordered += m.reordered;
+            messages.stale += m.stale;
+            // The aimed nemeses hit what they aim at.
+            let described = |needle: &str| {
+                report
+                    .faults
+                    .iter()
+                    .any(|f| f.starts && f.description.contains(needle))
+            };
+            match nemesis {
+                Nemesis::Leader => assert!(described("leader"), "{}", report.fault_log()),
+                Nemesis::Clients => assert!(described("clients on c"), "{}", report.fault_log()),
+                _ => {}
+            }
+        }
+        // The message-level nemeses really changed messages (the seam is wired in).
+        match nemesis {
+            Nemesis::Messages => assert!(
+                messages.dropped > 0
+                    && messages.duplicated > 0
+                    && messages.reordered > 0
+                    && messages.stale > 0,
+                "{messages:?}"
+            ),
+            Nemesis::OneWay => assert!(messages.dropped > 0, "{messages:?}"),
+            _ => assert_eq!(
+                messages.dropped + messages.duplicated + messages.reordered + messages.stale,
+                0,
+                "{nemesis} touched messages at the seam"
+            ),
         }
     }
 }
 
-/// The long run's shape (1000 operations per seed, seeds from 1000) on a few seeds, so CI runs
-/// it: about 4.5 s in the test profile. `long_run_many_seeds` runs 200 of them.
+/// The long run's shape (the default 2000 operations per seed, seeds from 1000) on a few seeds,
+/// so CI runs it. `long_run_many_seeds` runs many of them.
 #[test]
 fn long_run_ci_size() {
     for seed in 1000..1003 {
-        let report = assert_passes(&SimOptions {
-            ops: 1000,
-            ..SimOptions::new(seed)
-        });
+        let report = assert_passes(&SimOptions::new(seed));
         println!("{}", report.summary().replace('\n', " | "));
     }
 }
 
 /// The long run: `SIM_SEEDS` seeds (default 200) from `SIM_FIRST_SEED` (default 1000), with
-/// `SIM_OPS` operations each (default 1000), every nemesis, five nodes.
+/// `SIM_OPS` operations each (default 2000), every nemesis, five nodes.
 ///
 /// `SIM_SEEDS=200 cargo test --release -p jepsen-like --test sim_nemeses -- --ignored --nocapture`
 /// (a few minutes in release; see the README). `long_run_ci_size` is its CI-sized sample.
@@ -113,7 +156,7 @@ fn long_run_many_seeds() {
     };
     let first = var("SIM_FIRST_SEED", 1000);
     let seeds = var("SIM_SEEDS", 200);
-    let ops = var("SIM_OPS", 1000) as usize;
+    let ops = var("SIM_OPS", 2000) as usize;
     for seed in first..first + seeds {
         let report = assert_passes(&SimOptions {
             ops,

@@ -278,11 +278,25 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 5)]
     nodes: usize,
     /// Client operations per run.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 2000)]
     ops: usize,
-    /// Faults to inject, comma-separated: partition, crash, loss, pause, bounce; or "none".
-    #[arg(long, default_value = "partition,crash,loss,pause,bounce")]
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// Keys the clients contend on.
+    #[arg(long, default_value_t = 3)]
+    keys: usize,
+    /// Faults to inject, comma-separated: partition, crash, loss, pause, bounce, power-loss,
+    /// messages, one-way, leader, clients; "all" or "none".
+    #[arg(long, default_value = "all")]
     nemesis: String,
+    /// Run every nemesis of --nemesis in every seed, instead of the mix each seed draws
+    /// (swarm testing).
+    #[arg(long)]
+    no_swarm: bool,
+    /// The bound on clock drift: each node's clock runs up to this many percent fast or slow.
+    #[arg(long, default_value_t = jepsen_like::sim::DEFAULT_CLOCK_DRIFT_PERCENT)]
+    clock_drift: u32,
     /// Where to write history.jsonl, faults.txt and report.html [default: ./ringleader-sim/seed-S].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -332,8 +346,12 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
     let options_for = |seed: u64| SimOptions {
         nodes: args.nodes,
         ops: args.ops,
+        clients: args.clients,
+        keys: args.keys,
         nemeses: nemeses.clone(),
         planted_bug,
+        swarm: !args.no_swarm,
+        clock_drift_percent: args.clock_drift,
         ..SimOptions::new(seed)
     };
     let out_for = |seed: u64| {
@@ -343,8 +361,15 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
     };
     let replay = |seed: u64| {
         format!(
-            "ringleader sim --seed {seed} --nodes {} --ops {} --nemesis {}",
-            args.nodes, args.ops, args.nemesis
+            "ringleader sim --seed {seed} --nodes {} --ops {} --clients {} --keys {} --nemesis {} \
+             --clock-drift {}{}",
+            args.nodes,
+            args.ops,
+            args.clients,
+            args.keys,
+            args.nemesis,
+            args.clock_drift,
+            if args.no_swarm { " --no-swarm" } else { "" }
         )
     };
 
@@ -358,11 +383,14 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         let (mut operations, mut checking) = (0usize, std::time::Duration::ZERO);
+        let mut simulated = std::time::Duration::ZERO;
+        let started = std::time::Instant::now();
         for seed in range.clone() {
             progress.set_message(format!("seed {seed}"));
             let report = jepsen_like::sim::run(&options_for(seed))?;
             operations += report.check.ops_checked;
             checking += report.check_wall_time;
+            simulated += report.sim_elapsed;
             let shortfalls = report.floor_shortfalls(&Floors::default());
             if !report.passed() || !shortfalls.is_empty() {
                 progress.abandon();
@@ -374,9 +402,14 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
             progress.inc(1);
         }
         progress.finish();
+        let wall = started.elapsed();
         println!(
-            "{} seeds passed ({operations} operations checked in {checking:?} of checker time)",
-            range.end - range.start
+            "{} seeds passed: {operations} operations checked ({checking:.1?} of checker time); \
+             {:.0} s simulated in {:.1} s of wall time, {:.0} simulated seconds per wall second",
+            range.end - range.start,
+            simulated.as_secs_f64(),
+            wall.as_secs_f64(),
+            simulated.as_secs_f64() / wall.as_secs_f64().max(1e-9)
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -27,24 +27,31 @@
 //! and their schedule), [`workload`] (clients, history recording, the recovery check), [`run`]
 //! (the driver that builds the simulation, applies faults and assembles the report).
 
+pub mod message_faults;
 pub mod nemesis;
 pub mod network;
 pub mod run;
+pub mod swarm;
 pub mod workload;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use message_faults::{LinkFaults, MessageStats};
 pub use nemesis::{parse_nemeses, FaultEvent, Nemesis};
 pub use network::TurmoilNetwork;
 pub use ringleader_node::node::PlantedBug;
 pub use run::run;
+pub use swarm::SwarmPlan;
 pub use workload::{
     NodeState, OpCounts, PhaseCounts, Recovery, AFTER_HEAL_OPS_PER_CLIENT, WORKLOAD_PHASES,
 };
 
 use crate::checker::CheckReport;
+
+/// The clock drift the simulation stays within by default, in percent of a node's tick rate.
+pub const DEFAULT_CLOCK_DRIFT_PERCENT: u32 = 10;
 
 /// What to simulate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,21 +72,29 @@ pub struct SimOptions {
     pub out_dir: Option<PathBuf>,
     /// A deliberate bug in every node, for testing the checker; [`PlantedBug::None`] normally.
     pub planted_bug: PlantedBug,
+    /// Swarm testing: the seed draws which of `nemeses` run and how often (see [`swarm`]).
+    /// Off, every nemesis of `nemeses` runs.
+    pub swarm: bool,
+    /// The stated bound on clock drift: each node's clock runs up to this many percent fast or
+    /// slow (drawn per node from the seed).
+    pub clock_drift_percent: u32,
 }
 
 impl SimOptions {
-    /// Five nodes, 500 operations by 5 clients on 3 keys (about 20 simulated seconds), every
-    /// nemesis.
+    /// Five nodes, 2000 operations by 10 clients on 3 keys (about 20 simulated seconds), every
+    /// nemesis with swarm testing, clocks drifting up to 10%.
     pub fn new(seed: u64) -> SimOptions {
         SimOptions {
             seed,
             nodes: 5,
-            ops: 500,
-            clients: 5,
+            ops: 2000,
+            clients: 10,
             keys: 3,
             nemeses: Nemesis::ALL.to_vec(),
             out_dir: None,
             planted_bug: PlantedBug::None,
+            swarm: true,
+            clock_drift_percent: DEFAULT_CLOCK_DRIFT_PERCENT,
         }
     }
 
@@ -93,6 +108,8 @@ impl SimOptions {
             "keys must be between 1 and 64"
         } else if self.ops > 100_000 {
             "ops must be at most 100000"
+        } else if self.clock_drift_percent > 90 {
+            "clock drift must be at most 90%"
         } else {
             return Ok(());
         };
@@ -147,6 +164,12 @@ pub struct SimReport {
     pub check: CheckReport,
     /// Wall-clock time the checker took (informational; not part of the deterministic output).
     pub check_wall_time: Duration,
+    /// What the seed drew: nemeses, rhythm, clock rates.
+    pub plan: SwarmPlan,
+    /// What the message seam did.
+    pub messages: MessageStats,
+    /// Wall-clock time of the whole run, checker included (informational).
+    pub wall_time: Duration,
 }
 
 impl SimReport {
@@ -219,13 +242,26 @@ impl SimReport {
         shortfalls
     }
 
+    /// Simulated seconds per wall-clock second for the whole run, checker included.
+    pub fn speedup(&self) -> f64 {
+        self.sim_elapsed.as_secs_f64() / self.wall_time.as_secs_f64().max(1e-9)
+    }
+
+    /// Operations completed per simulated second of the workload and after-heal phases.
+    pub fn ops_per_sim_second(&self) -> f64 {
+        let done = self.counts.ok + self.counts.fail + self.counts.info;
+        done as f64 / self.sim_elapsed.as_secs_f64().max(1e-9)
+    }
+
     /// A few lines for a terminal or a test failure message.
     pub fn summary(&self) -> String {
         let o = &self.options;
         let nemeses: Vec<&str> = o.nemeses.iter().map(|n| n.name()).collect();
         let faults = self.faults.iter().filter(|f| f.starts).count();
+        let m = &self.messages;
         let mut text = format!(
-            "seed {} · {} nodes · {} ops by {} clients on {} keys · nemeses [{}]\n\
+            "seed {} · {} nodes · {} ops by {} clients on {} keys · nemeses [{}]{}\n\
+             drew: {}\n\
              verdict: {:?}\n\
              ops: {} ok, {} fail, {} info, {} sessions renewed · {} faults injected · {:.1} s simulated · checked {} ops in {:?}\n\
              recovery: write after {:?} ms, converged after {:?} ms, digests match: {}",
@@ -235,6 +271,8 @@ impl SimReport {
             o.clients,
             o.keys,
             nemeses.join(","),
+            if o.swarm { " (swarm)" } else { "" },
+            self.plan,
             self.verdict,
             self.counts.ok,
             self.counts.fail,
@@ -248,6 +286,17 @@ impl SimReport {
             self.recovery.converged_after_ms,
             self.digests_match,
         );
+        text.push_str(&format!(
+            "\nmessages: {} sent, {} dropped, {} duplicated, {} reordered, {} stale · \
+             {:.0} ops per simulated s · {:.0}x real time",
+            m.sent,
+            m.dropped,
+            m.duplicated,
+            m.reordered,
+            m.stale,
+            self.ops_per_sim_second(),
+            self.speedup()
+        ));
         for phase in &self.phases {
             let c = &phase.counts;
             text.push_str(&format!(
@@ -300,7 +349,7 @@ impl Default for Floors {
         Floors {
             run_ok_percent: 40,
             phase_ok_percent: 25,
-            phase_ok_writes_percent: 10,
+            phase_ok_writes_percent: 5,
             after_heal_ok_writes_per_client: 2,
         }
     }

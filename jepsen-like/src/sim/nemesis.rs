@@ -24,6 +24,8 @@ use std::time::Duration;
 use rand::seq::SliceRandom;
 use rand::{Rng, RngCore};
 
+use crate::sim::message_faults::{FaultOwner, LinkFaults};
+
 /// A kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Nemesis {
@@ -35,26 +37,45 @@ pub enum Nemesis {
     Crash,
     /// Slow, lossy links: message delays of up to a second on random links.
     Loss,
-    /// A node stops talking (all its links held, clients' too) and later resumes, receiving
-    /// everything at once, like a process pause.
+    /// A process pause: the node's clock stops (its Raft ticks are skipped) and it stops
+    /// talking (all its links held, clients' too); later it resumes, receiving everything at
+    /// once, unaware of the time it lost.
     Pause,
     /// A process restart that keeps the page cache: unsynced writes survive.
     Bounce,
     /// Power loss of a majority or of the whole cluster at once: every node it hits loses what
     /// it had not fsynced (torn writes included), so quorum replication cannot hide a lost
-    /// tail; they all restart from their disks shortly after. Not in [`Nemesis::ALL`] yet (the
-    /// simulation issue adds it to the default mix with swarm testing); ask for it by name.
+    /// tail; they all restart from their disks shortly after.
     PowerLoss,
+    /// Message-level faults between peers at the node's transport seam: on some directed links,
+    /// Raft messages are dropped, duplicated, reordered, or held for seconds and delivered long
+    /// after newer ones (stale AppendEntries, InstallSnapshot and votes from old terms).
+    Messages,
+    /// One-way partitions at the message seam: the leader can send but not hear, or hear but not
+    /// send, or random directed links are cut.
+    OneWay,
+    /// Aimed at the leader at its worst moments: right after it acknowledged a write it is
+    /// isolated, paused or crashed; or it is crashed just as it sends entries to its followers.
+    Leader,
+    /// Clients cut off together with a minority: one client host reaches only a minority of the
+    /// nodes (the leader among them, most of the time), the other only the majority, so clients
+    /// keep talking to a deposed leader.
+    Clients,
 }
 
 impl Nemesis {
     /// Every nemesis, in a fixed order.
-    pub const ALL: [Nemesis; 5] = [
+    pub const ALL: [Nemesis; 10] = [
         Nemesis::Partition,
         Nemesis::Crash,
         Nemesis::Loss,
         Nemesis::Pause,
         Nemesis::Bounce,
+        Nemesis::PowerLoss,
+        Nemesis::Messages,
+        Nemesis::OneWay,
+        Nemesis::Leader,
+        Nemesis::Clients,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +86,10 @@ impl Nemesis {
             Nemesis::Pause => "pause",
             Nemesis::Bounce => "bounce",
             Nemesis::PowerLoss => "power-loss",
+            Nemesis::Messages => "messages",
+            Nemesis::OneWay => "one-way",
+            Nemesis::Leader => "leader",
+            Nemesis::Clients => "clients",
         }
     }
 }
@@ -81,12 +106,12 @@ impl FromStr for Nemesis {
     fn from_str(s: &str) -> Result<Nemesis, String> {
         Nemesis::ALL
             .into_iter()
-            .chain([Nemesis::PowerLoss])
             .find(|n| n.name() == s)
             .ok_or_else(|| {
+                let names: Vec<&str> = Nemesis::ALL.iter().map(|n| n.name()).collect();
                 format!(
-                    "unknown nemesis {s:?} (expected partition, crash, loss, pause, bounce or \
-                     power-loss)"
+                    "unknown nemesis {s:?} (expected {}, all or none)",
+                    names.join(", ")
                 )
             })
     }
@@ -108,10 +133,12 @@ pub fn parse_nemeses(list: &str) -> Result<Vec<Nemesis>, String> {
     Ok(chosen.into_iter().collect())
 }
 
-/// A simulated host, by name: `n1`… for nodes, [`CLIENT_HOST`] for the workload's clients.
+/// A simulated host, by name: `n1`… for nodes, [`CLIENT_HOST`] for the control client (the
+/// leader monitor and the recovery check), [`worker_host`] for the hosts the workload's clients
+/// run on.
 pub type Host = String;
 
-/// The host every client runs on.
+/// The host of the leader monitor and the recovery check.
 pub const CLIENT_HOST: &str = "client";
 
 /// The host name of node `id`.
@@ -119,7 +146,12 @@ pub fn node_host(id: u64) -> Host {
     format!("n{id}")
 }
 
-/// Something the simulation driver must do to turmoil.
+/// The host name of the `index`th (from 0) host of workload clients: `c1`, `c2`, …
+pub fn worker_host(index: usize) -> Host {
+    format!("c{}", index + 1)
+}
+
+/// Something the simulation driver must do to turmoil or to the message seam.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Hold every message between two hosts (both directions) until released.
@@ -134,13 +166,26 @@ pub enum Action {
     Restart(u64),
     /// Restart a running node's process; its page cache survives.
     Bounce(u64),
+    /// Set (or clear, `None`) one fault's message faults on the directed link `from → to`.
+    LinkFaults {
+        from: u64,
+        to: u64,
+        owner: FaultOwner,
+        faults: Option<LinkFaults>,
+    },
+    /// Stop (`true`) or restart a node's clock.
+    StopClock(u64, bool),
 }
 
-/// What the nemesis may know about the cluster when it picks targets.
+/// What the nemesis may know about the cluster when it picks targets and moments.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
     /// The node most recently seen leading (highest term), if any.
     pub leader: Option<u64>,
+    /// Writes acknowledged to clients so far.
+    pub acked_writes: u64,
+    /// Nodes that sent entries to a follower since the last poll.
+    pub replicating: BTreeSet<u64>,
 }
 
 /// A fault injected, for the report.
@@ -154,9 +199,8 @@ pub struct FaultEvent {
     pub description: String,
 }
 
-/// Lengths of the quiet and active phases of each track, in simulated milliseconds.
-const QUIET_MS: (u64, u64) = (1_000, 5_000);
-const FIRST_FAULT_MS: (u64, u64) = (1_500, 4_000);
+/// Lengths of the phases of each track, in simulated milliseconds.
+const FIRST_FAULT_MS: (u64, u64) = (500, 2_000);
 const PARTITION_MS: (u64, u64) = (1_000, 6_000);
 const CRASH_DOWN_MS: (u64, u64) = (300, 4_000);
 /// A cluster-wide outage is kept short: nothing can be served while it lasts.
@@ -164,14 +208,47 @@ const POWER_LOSS_DOWN_MS: (u64, u64) = (200, 1_500);
 const LOSS_MS: (u64, u64) = (1_000, 5_000);
 const LOSS_MAX_LATENCY_MS: (u64, u64) = (100, 1_000);
 const PAUSE_MS: (u64, u64) = (300, 3_000);
+const MESSAGES_MS: (u64, u64) = (2_000, 8_000);
+/// How long a stale message may be held: longer than an election, so it arrives in a later term.
+const STALE_MS: (u64, u64) = (500, 5_000);
+/// A leader-aimed fault waits at most this long for its moment, then fires anyway.
+const AIM_PATIENCE_MS: u64 = 3_000;
 
-/// A fault in progress, with what undoing it takes.
-#[derive(Debug, Clone)]
-enum Active {
-    /// Links this fault holds.
-    Cut(Vec<(Host, Host)>),
-    Crashed(Vec<u64>),
-    Slowed(Vec<(Host, Host)>),
+/// A fault in progress: everything undoing it takes.
+#[derive(Debug, Clone, Default)]
+struct Active {
+    /// Links held.
+    cut: Vec<(Host, Host)>,
+    crashed: Vec<u64>,
+    /// Links whose latency was raised.
+    slowed: Vec<(Host, Host)>,
+    /// Directed node links with message faults set by this track.
+    faulted: Vec<(u64, u64)>,
+    /// Nodes whose clock this fault stopped.
+    clocks: Vec<u64>,
+    /// What the end is called in the log.
+    end_description: &'static str,
+}
+
+/// A leader-aimed fault waiting for its moment.
+#[derive(Debug, Clone, Copy)]
+struct Armed {
+    moment: Moment,
+    since_ms: u64,
+    acked_writes: u64,
+}
+
+/// When a leader-aimed fault fires, and what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    /// Right after an acknowledged write: isolate the leader.
+    IsolateAfterAck,
+    /// Right after an acknowledged write: pause the leader (clock stopped, links held).
+    PauseAfterAck,
+    /// Right after an acknowledged write: cut the leader's power.
+    CrashAfterAck,
+    /// As the leader sends entries (appended locally, not yet on its followers): cut its power.
+    CrashWhileReplicating,
 }
 
 #[derive(Debug)]
@@ -180,6 +257,7 @@ struct Track {
     /// When this track next starts or ends a fault.
     next_at_ms: u64,
     active: Option<Active>,
+    armed: Option<Armed>,
 }
 
 /// All tracks, and the shared state they must agree on (which links are held for how many
@@ -187,8 +265,12 @@ struct Track {
 pub struct Nemeses<R> {
     rng: R,
     nodes: Vec<u64>,
+    /// Hosts the workload's clients run on.
+    workers: Vec<Host>,
     /// Node-to-node link latency when no fault slows it.
     normal_max_latency: Duration,
+    /// Length of a track's quiet phase between two faults.
+    quiet_ms: (u64, u64),
     tracks: Vec<Track>,
     /// How many active faults hold each link (a link is released when none does).
     holds: BTreeMap<(Host, Host), u32>,
@@ -214,16 +296,24 @@ fn list(nodes: &[u64]) -> String {
     format!("{{{}}}", names.join(","))
 }
 
+/// Where the nemesis runs: the nodes, the hosts of the workload's clients, and the rhythm.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Node ids, sorted.
+    pub nodes: Vec<u64>,
+    /// The hosts the workload's clients run on.
+    pub workers: Vec<Host>,
+    /// Node-to-node link latency when no fault slows it.
+    pub normal_max_latency: Duration,
+    /// Length of a track's quiet phase between two faults, in simulated milliseconds.
+    pub quiet_ms: (u64, u64),
+}
+
 impl<R: RngCore> Nemeses<R> {
     /// Tracks for `enabled`, each starting with a quiet phase from time 0.
-    pub fn new(
-        mut rng: R,
-        nodes: Vec<u64>,
-        enabled: &[Nemesis],
-        normal_max_latency: Duration,
-    ) -> Self {
+    pub fn new(mut rng: R, topology: Topology, enabled: &[Nemesis]) -> Self {
         debug_assert!(
-            nodes.windows(2).all(|w| w[0] < w[1]),
+            topology.nodes.windows(2).all(|w| w[0] < w[1]),
             "nodes sorted, unique"
         );
         let mut enabled = enabled.to_vec();
@@ -235,12 +325,15 @@ impl<R: RngCore> Nemeses<R> {
                 nemesis,
                 next_at_ms: between(&mut rng, FIRST_FAULT_MS),
                 active: None,
+                armed: None,
             })
             .collect();
         Nemeses {
             rng,
-            nodes,
-            normal_max_latency,
+            nodes: topology.nodes,
+            workers: topology.workers,
+            normal_max_latency: topology.normal_max_latency,
+            quiet_ms: topology.quiet_ms,
             tracks,
             holds: BTreeMap::new(),
             crashed: BTreeSet::new(),
@@ -264,10 +357,18 @@ impl<R: RngCore> Nemeses<R> {
         self.holds.contains_key(&link(a, b))
     }
 
-    /// Every host of the simulation: the nodes, then the client host.
+    /// Every host of the simulation: the nodes, the control client, the workers.
     pub fn hosts(&self) -> Vec<Host> {
         let mut hosts: Vec<Host> = self.nodes.iter().map(|&id| node_host(id)).collect();
         hosts.push(CLIENT_HOST.to_string());
+        hosts.extend(self.workers.iter().cloned());
+        hosts
+    }
+
+    /// Every client host: the control client and the workers.
+    fn client_hosts(&self) -> Vec<Host> {
+        let mut hosts = vec![CLIENT_HOST.to_string()];
+        hosts.extend(self.workers.iter().cloned());
         hosts
     }
 
@@ -282,15 +383,40 @@ impl<R: RngCore> Nemeses<R> {
                 continue;
             }
             let nemesis = self.tracks[index].nemesis;
+            if let Some(armed) = self.tracks[index].armed {
+                if !self.moment_has_come(now_ms, armed, view) {
+                    continue;
+                }
+                self.tracks[index].armed = None;
+                let (active, length_ms) = self.fire(now_ms, armed.moment, view, &mut actions);
+                self.tracks[index].active = active;
+                let quiet_ms = between(&mut self.rng, self.quiet_ms);
+                self.tracks[index].next_at_ms = now_ms + length_ms.unwrap_or(quiet_ms);
+                continue;
+            }
             match self.tracks[index].active.take() {
                 Some(active) => {
-                    self.end(now_ms, nemesis, active, &mut actions);
-                    self.tracks[index].next_at_ms = now_ms + between(&mut self.rng, QUIET_MS);
+                    self.end(now_ms, index, nemesis, active, &mut actions);
+                    self.tracks[index].next_at_ms = now_ms + between(&mut self.rng, self.quiet_ms);
+                }
+                None if nemesis == Nemesis::Leader => {
+                    let moment = match self.rng.random_range(0..4u32) {
+                        0 => Moment::IsolateAfterAck,
+                        1 => Moment::PauseAfterAck,
+                        2 => Moment::CrashAfterAck,
+                        _ => Moment::CrashWhileReplicating,
+                    };
+                    self.tracks[index].armed = Some(Armed {
+                        moment,
+                        since_ms: now_ms,
+                        acked_writes: view.acked_writes,
+                    });
                 }
                 None => {
-                    let (active, length_ms) = self.start(now_ms, nemesis, view, &mut actions);
+                    let (active, length_ms) =
+                        self.start(now_ms, index, nemesis, view, &mut actions);
                     self.tracks[index].active = active;
-                    let quiet_ms = between(&mut self.rng, QUIET_MS);
+                    let quiet_ms = between(&mut self.rng, self.quiet_ms);
                     self.tracks[index].next_at_ms = now_ms + length_ms.unwrap_or(quiet_ms);
                 }
             }
@@ -298,14 +424,15 @@ impl<R: RngCore> Nemeses<R> {
         actions
     }
 
-    /// Ends every fault and stops the schedule: links released, latencies restored, crashed
-    /// nodes restarted.
+    /// Ends every fault and stops the schedule: links released, latencies restored, message
+    /// faults cleared, clocks restarted, crashed nodes restarted.
     pub fn heal(&mut self, now_ms: u64) -> Vec<Action> {
         let mut actions = Vec::new();
         for index in 0..self.tracks.len() {
+            self.tracks[index].armed = None;
             if let Some(active) = self.tracks[index].active.take() {
                 let nemesis = self.tracks[index].nemesis;
-                self.end(now_ms, nemesis, active, &mut actions);
+                self.end(now_ms, index, nemesis, active, &mut actions);
             }
         }
         self.healed = true;
@@ -368,13 +495,19 @@ impl<R: RngCore> Nemeses<R> {
             .collect()
     }
 
-    fn hold(&mut self, a: &str, b: &str, actions: &mut Vec<Action>) {
+    /// How many more nodes may crash without a majority down (the crash nemesis's limit).
+    fn crash_room(&self) -> usize {
+        ((self.nodes.len() - 1) / 2).saturating_sub(self.crashed.len())
+    }
+
+    fn hold(&mut self, a: &str, b: &str, active: &mut Active, actions: &mut Vec<Action>) {
         let key = link(a, b);
         let count = self.holds.entry(key.clone()).or_insert(0);
         *count += 1;
         if *count == 1 {
-            actions.push(Action::Hold(key.0, key.1));
+            actions.push(Action::Hold(key.0.clone(), key.1.clone()));
         }
+        active.cut.push(key);
     }
 
     fn release(&mut self, key: &(Host, Host), actions: &mut Vec<Action>) {
@@ -389,48 +522,160 @@ impl<R: RngCore> Nemeses<R> {
         }
     }
 
+    /// Holds every link of `node`: to the other nodes and to every client host.
+    fn isolate(&mut self, node: u64, active: &mut Active, actions: &mut Vec<Action>) {
+        let me = node_host(node);
+        let others: Vec<Host> = self
+            .nodes
+            .iter()
+            .filter(|&&id| id != node)
+            .map(|&id| node_host(id))
+            .chain(self.client_hosts())
+            .collect();
+        for other in &others {
+            self.hold(&me, other, active, actions);
+        }
+    }
+
+    /// Sets message faults on `from → to`, owned by track `owner`.
+    fn fault_link(
+        &mut self,
+        (from, to): (u64, u64),
+        owner: usize,
+        faults: LinkFaults,
+        active: &mut Active,
+        actions: &mut Vec<Action>,
+    ) {
+        actions.push(Action::LinkFaults {
+            from,
+            to,
+            owner,
+            faults: Some(faults),
+        });
+        active.faulted.push((from, to));
+    }
+
+    /// Every directed link between two different nodes.
+    fn directed_links(&self) -> Vec<(u64, u64)> {
+        let mut links = Vec::new();
+        for &a in &self.nodes {
+            for &b in &self.nodes {
+                if a != b {
+                    links.push((a, b));
+                }
+            }
+        }
+        links
+    }
+
+    /// Whether an armed leader-aimed fault should fire now.
+    fn moment_has_come(&self, now_ms: u64, armed: Armed, view: &ClusterView) -> bool {
+        if now_ms >= armed.since_ms + AIM_PATIENCE_MS {
+            return true;
+        }
+        let Some(leader) = view.leader else {
+            return false;
+        };
+        match armed.moment {
+            Moment::CrashWhileReplicating => view.replicating.contains(&leader),
+            _ => view.acked_writes > armed.acked_writes,
+        }
+    }
+
+    /// Fires a leader-aimed fault.
+    fn fire(
+        &mut self,
+        now_ms: u64,
+        moment: Moment,
+        view: &ClusterView,
+        actions: &mut Vec<Action>,
+    ) -> (Option<Active>, Option<u64>) {
+        let running = self.running();
+        let Some(leader) = view.leader.filter(|l| running.contains(l)) else {
+            return (None, None);
+        };
+        let nemesis = Nemesis::Leader;
+        let mut active = Active::default();
+        let wants_crash = matches!(
+            moment,
+            Moment::CrashAfterAck | Moment::CrashWhileReplicating
+        );
+        let (description, length) = if wants_crash && self.crash_room() > 0 {
+            self.crashed.insert(leader);
+            actions.push(Action::Crash(leader));
+            active.crashed.push(leader);
+            active.end_description = "restart";
+            let when = if moment == Moment::CrashWhileReplicating {
+                "as it sends entries"
+            } else {
+                "right after an acknowledged write"
+            };
+            (
+                format!("crash leader {} {when}", node_host(leader)),
+                CRASH_DOWN_MS,
+            )
+        } else if moment == Moment::PauseAfterAck {
+            self.isolate(leader, &mut active, actions);
+            actions.push(Action::StopClock(leader, true));
+            active.clocks.push(leader);
+            active.end_description = "resume";
+            (
+                format!(
+                    "pause leader {} right after an acknowledged write",
+                    node_host(leader)
+                ),
+                PAUSE_MS,
+            )
+        } else {
+            self.isolate(leader, &mut active, actions);
+            active.end_description = "heal partition";
+            (
+                format!(
+                    "isolate leader {} right after an acknowledged write",
+                    node_host(leader)
+                ),
+                PARTITION_MS,
+            )
+        };
+        self.record(now_ms, nemesis, true, description);
+        (Some(active), Some(between(&mut self.rng, length)))
+    }
+
     /// Starts a fault; returns what undoing it takes and how long it lasts (`None` for an
     /// instantaneous fault, or when there was nothing to do).
     fn start(
         &mut self,
         now_ms: u64,
+        owner: usize,
         nemesis: Nemesis,
         view: &ClusterView,
         actions: &mut Vec<Action>,
     ) -> (Option<Active>, Option<u64>) {
-        match nemesis {
+        let mut active = Active::default();
+        let (description, length) = match nemesis {
             Nemesis::Partition => {
                 let (shape, cut) = self.partition_shape(view);
                 if cut.is_empty() {
                     return (None, None);
                 }
-                let mut links = Vec::new();
                 for (a, b) in &cut {
-                    let (a, b) = (node_host(*a), node_host(*b));
-                    self.hold(&a, &b, actions);
-                    links.push(link(&a, &b));
+                    self.hold(&node_host(*a), &node_host(*b), &mut active, actions);
                 }
-                self.record(now_ms, nemesis, true, shape);
-                (
-                    Some(Active::Cut(links)),
-                    Some(between(&mut self.rng, PARTITION_MS)),
-                )
+                active.end_description = "heal partition";
+                (shape, PARTITION_MS)
             }
             Nemesis::Crash => {
                 let running = self.running();
-                let minority = (self.nodes.len() - 1) / 2;
                 // Never more than a minority down at once, counting nodes already down.
-                let room = minority.saturating_sub(self.crashed.len());
+                let room = self.crash_room();
                 if room == 0 || running.is_empty() {
                     return (None, None);
                 }
                 let count = self.rng.random_range(1..=room);
                 let victims = self.crash(running, count, view, actions);
-                self.record(now_ms, nemesis, true, format!("crash {}", list(&victims)));
-                (
-                    Some(Active::Crashed(victims)),
-                    Some(between(&mut self.rng, CRASH_DOWN_MS)),
-                )
+                active.crashed = victims.clone();
+                active.end_description = "restart";
+                (format!("crash {}", list(&victims)), CRASH_DOWN_MS)
             }
             Nemesis::PowerLoss => {
                 let running = self.running();
@@ -445,16 +690,9 @@ impl<R: RngCore> Nemeses<R> {
                     majority
                 };
                 let victims = self.crash(running, count, view, actions);
-                self.record(
-                    now_ms,
-                    nemesis,
-                    true,
-                    format!("power loss {}", list(&victims)),
-                );
-                (
-                    Some(Active::Crashed(victims)),
-                    Some(between(&mut self.rng, POWER_LOSS_DOWN_MS)),
-                )
+                active.crashed = victims.clone();
+                active.end_description = "restart";
+                (format!("power loss {}", list(&victims)), POWER_LOSS_DOWN_MS)
             }
             Nemesis::Loss => {
                 let hosts = self.hosts();
@@ -478,15 +716,11 @@ impl<R: RngCore> Nemeses<R> {
                     ));
                 }
                 let names: Vec<String> = links.iter().map(|(a, b)| format!("{a}-{b}")).collect();
-                self.record(
-                    now_ms,
-                    nemesis,
-                    true,
-                    format!("slow links (max {max_ms} ms): {}", names.join(" ")),
-                );
+                active.slowed = links;
+                active.end_description = "links back to normal";
                 (
-                    Some(Active::Slowed(links)),
-                    Some(between(&mut self.rng, LOSS_MS)),
+                    format!("slow links (max {max_ms} ms): {}", names.join(" ")),
+                    LOSS_MS,
                 )
             }
             Nemesis::Pause => {
@@ -494,24 +728,11 @@ impl<R: RngCore> Nemeses<R> {
                 let Some(node) = self.pick_target(&running, view) else {
                     return (None, None);
                 };
-                let me = node_host(node);
-                let mut links = Vec::new();
-                let others: Vec<Host> = self
-                    .nodes
-                    .iter()
-                    .filter(|&&id| id != node)
-                    .map(|&id| node_host(id))
-                    .chain([CLIENT_HOST.to_string()])
-                    .collect();
-                for other in &others {
-                    self.hold(&me, other, actions);
-                    links.push(link(&me, other));
-                }
-                self.record(now_ms, nemesis, true, format!("pause {me}"));
-                (
-                    Some(Active::Cut(links)),
-                    Some(between(&mut self.rng, PAUSE_MS)),
-                )
+                self.isolate(node, &mut active, actions);
+                actions.push(Action::StopClock(node, true));
+                active.clocks.push(node);
+                active.end_description = "resume";
+                (format!("pause {}", node_host(node)), PAUSE_MS)
             }
             Nemesis::Bounce => {
                 let running = self.running();
@@ -524,35 +745,167 @@ impl<R: RngCore> Nemeses<R> {
                         format!("restart {}", node_host(node)),
                     );
                 }
-                (None, None)
+                return (None, None);
             }
-        }
+            Nemesis::Messages => {
+                let faults = LinkFaults {
+                    drop_percent: self.rng.random_range(0..=30),
+                    duplicate_percent: self.rng.random_range(0..=30),
+                    reorder_percent: self.rng.random_range(0..=50),
+                    reorder_max_ms: self.rng.random_range(5..=300),
+                    stale_percent: self.rng.random_range(0..=10),
+                    stale_ms: STALE_MS,
+                };
+                let every = self.rng.random_bool(0.5);
+                let mut chosen = Vec::new();
+                for pair in self.directed_links() {
+                    if every || self.rng.random_bool(0.5) {
+                        chosen.push(pair);
+                    }
+                }
+                if chosen.is_empty() {
+                    return (None, None);
+                }
+                for &pair in &chosen {
+                    self.fault_link(pair, owner, faults, &mut active, actions);
+                }
+                active.end_description = "messages back to normal";
+                let which = if every {
+                    "every link".to_string()
+                } else {
+                    format!("{} directed links", chosen.len())
+                };
+                (format!("messages on {which}: {faults}"), MESSAGES_MS)
+            }
+            Nemesis::OneWay => {
+                let leader = view
+                    .leader
+                    .filter(|l| self.nodes.contains(l))
+                    .unwrap_or(self.nodes[0]);
+                let (shape, cut): (String, Vec<(u64, u64)>) = match self.rng.random_range(0..3u32) {
+                    0 => (
+                        format!("{} cannot send to its peers", node_host(leader)),
+                        self.directed_links()
+                            .into_iter()
+                            .filter(|&(from, _)| from == leader)
+                            .collect(),
+                    ),
+                    1 => (
+                        format!("{} cannot hear its peers", node_host(leader)),
+                        self.directed_links()
+                            .into_iter()
+                            .filter(|&(_, to)| to == leader)
+                            .collect(),
+                    ),
+                    _ => {
+                        let mut cut = Vec::new();
+                        for pair in self.directed_links() {
+                            if self.rng.random_bool(0.3) {
+                                cut.push(pair);
+                            }
+                        }
+                        let names: Vec<String> = cut
+                            .iter()
+                            .map(|(a, b)| format!("{}→{}", node_host(*a), node_host(*b)))
+                            .collect();
+                        (format!("cut {}", names.join(" ")), cut)
+                    }
+                };
+                if cut.is_empty() {
+                    return (None, None);
+                }
+                for &pair in &cut {
+                    self.fault_link(pair, owner, LinkFaults::cut(), &mut active, actions);
+                }
+                active.end_description = "one-way links healed";
+                (format!("one-way: {shape}"), PARTITION_MS)
+            }
+            Nemesis::Leader => {
+                debug_assert!(false, "the leader nemesis arms and fires instead");
+                return (None, None);
+            }
+            Nemesis::Clients => {
+                if self.workers.len() < 2 || self.nodes.len() < 3 {
+                    return (None, None);
+                }
+                let mut shuffled = self.nodes.clone();
+                shuffled.shuffle(&mut self.rng);
+                let minority_size = (self.nodes.len() - 1) / 2;
+                // The minority holds the leader most of the time: its clients keep talking to
+                // a leader about to be deposed.
+                if let Some(leader) = view.leader.filter(|l| self.nodes.contains(l)) {
+                    if self.rng.random_bool(0.7) {
+                        shuffled.retain(|&id| id != leader);
+                        shuffled.insert(0, leader);
+                    }
+                }
+                let (minority, majority) = shuffled.split_at(minority_size);
+                let (minority, majority) = (minority.to_vec(), majority.to_vec());
+                let side = self.rng.random_range(0..self.workers.len());
+                let stranded = self.workers[side].clone();
+                for &a in &minority {
+                    for &b in &majority {
+                        self.hold(&node_host(a), &node_host(b), &mut active, actions);
+                    }
+                }
+                for (index, worker) in self.workers.clone().iter().enumerate() {
+                    let unreachable = if index == side { &majority } else { &minority };
+                    for &node in unreachable {
+                        self.hold(worker, &node_host(node), &mut active, actions);
+                    }
+                }
+                active.end_description = "heal partition";
+                (
+                    format!(
+                        "clients on {stranded} with the minority {} | the rest with {}",
+                        list(&minority),
+                        list(&majority)
+                    ),
+                    PARTITION_MS,
+                )
+            }
+        };
+        self.record(now_ms, nemesis, true, description);
+        (Some(active), Some(between(&mut self.rng, length)))
     }
 
-    fn end(&mut self, now_ms: u64, nemesis: Nemesis, active: Active, actions: &mut Vec<Action>) {
-        let description = match active {
-            Active::Cut(links) => {
-                for key in &links {
-                    self.release(key, actions);
-                }
-                match nemesis {
-                    Nemesis::Pause => "resume".to_string(),
-                    _ => "heal partition".to_string(),
-                }
-            }
-            Active::Crashed(nodes) => {
-                for &node in &nodes {
-                    self.crashed.remove(&node);
-                    actions.push(Action::Restart(node));
-                }
-                format!("restart {}", list(&nodes))
-            }
-            Active::Slowed(links) => {
-                for (a, b) in links {
-                    actions.push(Action::SetMaxLatency(a, b, self.normal_max_latency));
-                }
-                "links back to normal".to_string()
-            }
+    fn end(
+        &mut self,
+        now_ms: u64,
+        owner: usize,
+        nemesis: Nemesis,
+        active: Active,
+        actions: &mut Vec<Action>,
+    ) {
+        for key in &active.cut {
+            self.release(key, actions);
+        }
+        for &node in &active.crashed {
+            self.crashed.remove(&node);
+            actions.push(Action::Restart(node));
+        }
+        for (a, b) in &active.slowed {
+            actions.push(Action::SetMaxLatency(
+                a.clone(),
+                b.clone(),
+                self.normal_max_latency,
+            ));
+        }
+        for &(from, to) in &active.faulted {
+            actions.push(Action::LinkFaults {
+                from,
+                to,
+                owner,
+                faults: None,
+            });
+        }
+        for &node in &active.clocks {
+            actions.push(Action::StopClock(node, false));
+        }
+        let description = if active.crashed.is_empty() {
+            active.end_description.to_string()
+        } else {
+            format!("{} {}", active.end_description, list(&active.crashed))
         };
         self.record(now_ms, nemesis, false, description);
     }
@@ -646,15 +999,20 @@ impl<R: RngCore> Nemeses<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::message_faults::MessageFaults;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
     fn nemeses(seed: u64, enabled: &[Nemesis]) -> Nemeses<ChaCha8Rng> {
         Nemeses::new(
             ChaCha8Rng::seed_from_u64(seed),
-            vec![1, 2, 3, 4, 5],
+            Topology {
+                nodes: vec![1, 2, 3, 4, 5],
+                workers: vec![worker_host(0), worker_host(1)],
+                normal_max_latency: Duration::from_millis(10),
+                quiet_ms: (1_000, 5_000),
+            },
             enabled,
-            Duration::from_millis(10),
         )
     }
 
@@ -669,15 +1027,28 @@ mod tests {
         assert!(parse_nemeses("gremlins").is_err());
     }
 
-    /// Whatever the schedule did, healing leaves every link released and every node up, and
-    /// never more than a minority was down at once.
+    /// Whatever the schedule did, healing leaves every link released, every message fault
+    /// cleared, every clock running and every node up; and without power loss never more than a
+    /// minority was down at once.
     #[test]
     fn heal_undoes_every_fault() {
-        for seed in 0..50 {
-            let mut n = nemeses(seed, &Nemesis::ALL);
+        let without_power_loss: Vec<Nemesis> = Nemesis::ALL
+            .into_iter()
+            .filter(|n| *n != Nemesis::PowerLoss)
+            .collect();
+        for seed in 0..60 {
+            let power_loss = seed % 2 == 0;
+            let enabled = if power_loss {
+                Nemesis::ALL.to_vec()
+            } else {
+                without_power_loss.clone()
+            };
+            let mut n = nemeses(seed, &enabled);
             let mut held: BTreeSet<(Host, Host)> = BTreeSet::new();
             let mut down: BTreeSet<u64> = BTreeSet::new();
-            let view = ClusterView { leader: Some(2) };
+            let faults = MessageFaults::new(seed);
+            let mut acked_writes = 0;
+            let mut fired = BTreeSet::new();
             let mut apply = |actions: Vec<Action>| {
                 for action in actions {
                     match action {
@@ -687,25 +1058,77 @@ mod tests {
                         Action::Restart(id) => assert!(down.remove(&id)),
                         Action::Bounce(id) => assert!(!down.contains(&id)),
                         Action::SetMaxLatency(..) => {}
+                        Action::LinkFaults {
+                            from,
+                            to,
+                            owner,
+                            faults: link,
+                        } => faults.set_link(from, to, owner, link),
+                        Action::StopClock(id, stopped) => faults.stop_clock(id, stopped),
                     }
-                    assert!(down.len() <= 2, "seed {seed}: a majority crashed");
+                    if !power_loss {
+                        assert!(down.len() <= 2, "seed {seed}: a majority crashed");
+                    }
                 }
             };
             let end_ms = 20_000 + seed * 500;
             for now_ms in (0..end_ms).step_by(10) {
-                apply(n.poll(now_ms, &view));
+                acked_writes += 1;
+                let view = ClusterView {
+                    leader: Some(2),
+                    acked_writes,
+                    replicating: [2].into_iter().collect(),
+                };
+                let actions = n.poll(now_ms, &view);
+                fired.extend(n.log().iter().map(|f| f.nemesis));
+                apply(actions);
             }
             apply(n.heal(end_ms));
             assert!(held.is_empty() && down.is_empty(), "seed {seed}");
+            assert!(
+                faults.is_clear(),
+                "seed {seed}: a message fault outlived the heal"
+            );
             assert!(n.log().len() > 4, "seed {seed}: too few faults");
+            assert!(fired.contains(&Nemesis::Leader), "seed {seed}: {fired:?}");
         }
+    }
+
+    /// A leader-aimed fault waits for its moment: with no write acknowledged and no entries
+    /// sent, nothing fires until its patience runs out.
+    #[test]
+    fn leader_faults_wait_for_an_acknowledged_write() {
+        let mut n = nemeses(3, &[Nemesis::Leader]);
+        let quiet = ClusterView {
+            leader: Some(1),
+            ..ClusterView::default()
+        };
+        let first_due = FIRST_FAULT_MS.1;
+        for now_ms in 0..first_due {
+            assert!(n.poll(now_ms, &quiet).is_empty(), "fired at {now_ms} ms");
+        }
+        let acked = ClusterView {
+            leader: Some(1),
+            acked_writes: 1,
+            replicating: [1].into_iter().collect(),
+        };
+        let actions = n.poll(first_due, &acked);
+        assert!(!actions.is_empty(), "the moment came and nothing fired");
+        assert!(
+            n.log()[0].description.contains("leader n1"),
+            "{:?}",
+            n.log()
+        );
     }
 
     #[test]
     fn schedules_are_a_function_of_the_seed() {
         let run = |seed| {
             let mut n = nemeses(seed, &Nemesis::ALL);
-            let view = ClusterView::default();
+            let view = ClusterView {
+                leader: Some(1),
+                ..ClusterView::default()
+            };
             (0..30_000)
                 .step_by(5)
                 .flat_map(|t| n.poll(t, &view))

@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use rand::{RngCore, SeedableRng};
@@ -19,8 +20,12 @@ use storage::fs::SimFs;
 
 use crate::checker::{self, CheckOptions, KeyOutcome};
 use crate::report::render_violation_html;
-use crate::sim::nemesis::{node_host, Action, ClusterView, Nemeses, CLIENT_HOST};
+use crate::sim::message_faults::MessageFaults;
+use crate::sim::nemesis::{
+    node_host, worker_host, Action, ClusterView, Nemeses, Topology, CLIENT_HOST,
+};
 use crate::sim::network::TurmoilNetwork;
+use crate::sim::swarm::SwarmPlan;
 use crate::sim::workload::{self, Phase, Shared, WorkloadConfig};
 use crate::sim::{write_outputs, SimError, SimOptions, SimReport, Verdict};
 
@@ -32,8 +37,18 @@ const DATA_DIR: &str = "/data";
 const NORMAL_MAX_LATENCY: Duration = Duration::from_millis(10);
 /// A client call's deadline: longer than an election (0.5–1 s), so most calls survive one.
 const OP_TIMEOUT: Duration = Duration::from_millis(1_500);
-/// Mean pause between one client's operations.
-const THINK_TIME_MEAN: Duration = Duration::from_millis(100);
+/// Mean pause between one client's operations: ten clients make over 100 operations per
+/// simulated second when the cluster is healthy.
+const THINK_TIME_MEAN: Duration = Duration::from_millis(40);
+/// The chance that a client reads a key right after it wrote it.
+const READ_AFTER_WRITE_PERCENT: u32 = 30;
+/// Reads each client makes at once after a new leader is seen.
+const BURST_READS: usize = 3;
+/// Hosts the workload's clients are spread over (round robin), so that the clients nemesis can
+/// strand some of them with a minority.
+const WORKER_HOSTS: usize = 2;
+/// A node's nominal tick (`NodeConfig`'s default); each node's actual tick drifts from it.
+const NOMINAL_TICK: Duration = Duration::from_millis(50);
 /// Segments and snapshots are kept small so that a short run rotates segments, compacts the
 /// log and sends snapshots to lagging followers.
 const SEGMENT_MAX_BYTES: u64 = 16 * 1024;
@@ -44,6 +59,10 @@ const LOG_TAIL_ENTRIES: u64 = 50;
 /// The simulated time a run may take at most; a run is bounded well below it (every operation
 /// has a deadline, and so does recovery), so reaching it is a bug in the simulation.
 const SIMULATION_LIMIT: Duration = Duration::from_secs(6 * 3600);
+/// One step of the simulation: the granularity of simulated time. Two milliseconds is well below
+/// every timing that matters (network latency up to 10 ms, Raft ticks of 50 ms) and halves the
+/// cost of stepping every host's runtime, which dominates a run's wall time.
+const SIM_STEP: Duration = Duration::from_millis(4);
 /// turmoil's epoch: fixed, so that nothing depends on when the run happens.
 const EPOCH_SECS: u64 = 1_700_000_000;
 
@@ -52,7 +71,18 @@ const EPOCH_SECS: u64 = 1_700_000_000;
 /// [`Verdict`]; an `Err` means the run could not be made or its output not written.
 pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
     options.validate()?;
+    let wall_started = std::time::Instant::now();
     let mut seeds = ChaCha8Rng::seed_from_u64(options.seed);
+    // Drawn first, from its own generator: the plan does not shift the other draws.
+    let plan = SwarmPlan::draw(
+        &mut ChaCha8Rng::seed_from_u64(seeds.next_u64()),
+        &options.nemeses,
+        options.swarm,
+        options.nodes,
+        NOMINAL_TICK,
+        options.clock_drift_percent,
+    );
+    let message_faults = Arc::new(MessageFaults::new(seeds.next_u64()));
     let ids: Vec<u64> = (1..=options.nodes as u64).collect();
     let peers: BTreeMap<u64, String> = ids
         .iter()
@@ -64,6 +94,9 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         .rng_seed(options.seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
         .simulation_duration(SIMULATION_LIMIT)
+        .tick_duration(SIM_STEP)
+        // Hosts are polled in an order drawn from the seed at every step, not always n1 first.
+        .enable_random_order()
         .min_message_latency(Duration::ZERO)
         .max_message_latency(NORMAL_MAX_LATENCY)
         // Connections pile up behind held links; a bounded but generous backlog.
@@ -75,6 +108,8 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         let mut config =
             NodeConfig::new(id, peers.clone(), PathBuf::from(DATA_DIR), SimFs::shared());
         config.seed = seeds.next_u64();
+        config.tick = plan.node_ticks[(id - 1) as usize];
+        config.transport_faults = Some(message_faults.clone());
         config.planted_bug = options.planted_bug;
         config.wal.segment_max_bytes = SEGMENT_MAX_BYTES;
         config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
@@ -90,7 +125,7 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         });
     }
 
-    let shared = Rc::new(RefCell::new(Shared::new()));
+    let shared = Rc::new(RefCell::new(Shared::new(options.clients)));
     let workload_config = WorkloadConfig {
         endpoints: peers.values().cloned().collect(),
         clients: options.clients,
@@ -98,18 +133,36 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         ops: options.ops,
         op_timeout: OP_TIMEOUT,
         think_time_mean: THINK_TIME_MEAN,
+        read_after_write_percent: READ_AFTER_WRITE_PERCENT,
+        burst_reads: BURST_READS,
     };
-    let workload_rng = ChaCha8Rng::seed_from_u64(seeds.next_u64());
+    let mut workload_rng = ChaCha8Rng::seed_from_u64(seeds.next_u64());
+    let worker_hosts = WORKER_HOSTS.min(options.clients);
+    let mut clients_of_host: Vec<Vec<(u64, ChaCha8Rng)>> = vec![Vec::new(); worker_hosts];
+    for process in 0..options.clients as u64 {
+        let rng = ChaCha8Rng::seed_from_u64(workload_rng.next_u64());
+        clients_of_host[process as usize % worker_hosts].push((process, rng));
+    }
     sim.client(
         CLIENT_HOST,
-        workload::client_host(shared.clone(), workload_config, workload_rng),
+        workload::control_host(shared.clone(), workload_config.clone()),
     );
+    for (index, clients) in clients_of_host.into_iter().enumerate() {
+        sim.client(
+            worker_host(index).as_str(),
+            workload::worker_host(shared.clone(), workload_config.clone(), clients),
+        );
+    }
 
     let mut nemeses = Nemeses::new(
         ChaCha8Rng::seed_from_u64(seeds.next_u64()),
-        ids.clone(),
-        &options.nemeses,
-        NORMAL_MAX_LATENCY,
+        Topology {
+            nodes: ids.clone(),
+            workers: (0..worker_hosts).map(worker_host).collect(),
+            normal_max_latency: NORMAL_MAX_LATENCY,
+            quiet_ms: plan.quiet_ms,
+        },
+        &plan.nemeses,
     );
     let mut host_failure = None;
     loop {
@@ -126,6 +179,8 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
             Phase::Workload => {
                 let view = ClusterView {
                     leader: shared.borrow().leader.map(|(_, id)| id),
+                    acked_writes: shared.borrow().acked_writes,
+                    replicating: message_faults.take_replicating(),
                 };
                 nemeses.poll(now_ms, &view)
             }
@@ -136,7 +191,7 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
             Phase::Healed => Vec::new(),
         };
         for action in actions {
-            apply(&mut sim, &nemeses, action);
+            apply(&mut sim, &nemeses, &message_faults, action);
         }
         if finished {
             break;
@@ -144,6 +199,10 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
     }
     let sim_elapsed = sim.elapsed();
     drop(sim);
+    debug_assert!(
+        host_failure.is_some() || message_faults.is_clear(),
+        "a message fault outlived the heal"
+    );
 
     let shared = shared.borrow();
     let history_jsonl = shared.recorder.to_jsonl();
@@ -219,6 +278,9 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         sim_elapsed,
         check,
         check_wall_time,
+        plan,
+        messages: message_faults.stats(),
+        wall_time: wall_started.elapsed(),
     };
     if let Some(dir) = &options.out_dir {
         write_outputs(&report, dir)?;
@@ -226,8 +288,20 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
     Ok(report)
 }
 
-fn apply<R: rand::RngCore>(sim: &mut turmoil::Sim<'_>, nemeses: &Nemeses<R>, action: Action) {
+fn apply<R: rand::RngCore>(
+    sim: &mut turmoil::Sim<'_>,
+    nemeses: &Nemeses<R>,
+    message_faults: &MessageFaults,
+    action: Action,
+) {
     match action {
+        Action::LinkFaults {
+            from,
+            to,
+            owner,
+            faults,
+        } => message_faults.set_link(from, to, owner, faults),
+        Action::StopClock(id, stopped) => message_faults.stop_clock(id, stopped),
         Action::Hold(a, b) => sim.hold(a.as_str(), b.as_str()),
         Action::Release(a, b) => sim.release(a.as_str(), b.as_str()),
         Action::SetMaxLatency(a, b, latency) => {

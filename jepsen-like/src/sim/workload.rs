@@ -13,16 +13,23 @@
 //!   ([`ringleader_client::Error::outcome_unknown`]), `fail` otherwise;
 //! - a cas that finds another value is `fail` with `"error": "mismatch"`.
 //!
-//! Everything here runs inside the turmoil client host, on one thread; the state it shares with
-//! the simulation driver lives in [`Shared`] behind an `Rc<RefCell<_>>`, never borrowed across
-//! an `.await`.
+//! The clients run on several hosts ([`worker_host`]s `c1`, `c2`, …) so that the nemesis can cut
+//! some clients off together with a minority of the nodes; the leader monitor and the recovery
+//! check run on the control host ([`control_host`]). The workload is dense (by default 10
+//! clients and over 100 operations per simulated second on a few keys) and has two habits that
+//! find read-path bugs: a client often reads a key right after writing it, and every client
+//! bursts reads right after the monitor sees a new leader.
+//!
+//! Everything here runs inside turmoil's hosts, on one thread; the state they share with each
+//! other and with the simulation driver lives in [`Shared`] behind an `Rc<RefCell<_>>`, never
+//! borrowed across an `.await`.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use rand::{Rng, RngCore, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringleader_client::{CasOutcome, Client, ClientConfig, Error, Expect, NodeStatus};
 use serde_json::Value as Json;
@@ -61,6 +68,11 @@ pub struct WorkloadConfig {
     pub op_timeout: Duration,
     /// Mean pause between one client's operations.
     pub think_time_mean: Duration,
+    /// After a successful write, the chance (in percent) that the client's next operation is a
+    /// read of the same key, at once.
+    pub read_after_write_percent: u32,
+    /// After the monitor sees a new leader, every client makes this many reads without pausing.
+    pub burst_reads: usize,
 }
 
 /// Where the run is: the driver heals the cluster when the workload asks.
@@ -182,8 +194,14 @@ pub struct Shared {
     pub phase: Phase,
     /// The highest-term leader any node reported: `(term, id)`.
     pub leader: Option<(u64, u64)>,
-    /// Set when the recovery check is over.
+    /// Set when the recovery check is over; then the clients start their after-heal operations.
     pub recovery: Option<Recovery>,
+    /// Writes and compare-and-sets acknowledged so far (the leader nemesis waits for one).
+    pub acked_writes: u64,
+    /// Clients done with the workload.
+    workers_done: usize,
+    /// How many times the monitor saw a new leader: each time every client bursts reads.
+    leader_changes: u64,
     /// Operations invoked so far.
     issued: usize,
     /// The next value to write; every write writes a fresh one.
@@ -193,24 +211,26 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new() -> Shared {
+    /// The state of a run with `clients` clients, before anything happened.
+    pub fn new(clients: usize) -> Shared {
+        let mut phases: Vec<PhaseCounts> = (1..=WORKLOAD_PHASES)
+            .map(|i| PhaseCounts::new(format!("workload {i}/{WORKLOAD_PHASES}"), true, clients))
+            .collect();
+        phases.push(PhaseCounts::new("after heal".into(), false, clients));
         Shared {
             recorder: HistoryRecorder::new(),
             counts: OpCounts::default(),
-            phases: Vec::new(),
+            phases,
             phase: Phase::Workload,
             leader: None,
             recovery: None,
+            acked_writes: 0,
+            workers_done: 0,
+            leader_changes: 0,
             issued: 0,
             next_value: 1,
             last_seen: BTreeMap::new(),
         }
-    }
-}
-
-impl Default for Shared {
-    fn default() -> Self {
-        Shared::new()
     }
 }
 
@@ -223,43 +243,13 @@ fn now_ms() -> u64 {
     turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The client host's whole life: the workload with a leader monitor beside it, then the
-/// recovery check. `rng` seeds every client's choices.
-pub async fn client_host(
-    shared: Rc<RefCell<Shared>>,
-    config: WorkloadConfig,
-    mut rng: ChaCha8Rng,
-) -> turmoil::Result {
-    {
-        let mut shared = shared.borrow_mut();
-        shared.phases = (1..=WORKLOAD_PHASES)
-            .map(|i| {
-                PhaseCounts::new(
-                    format!("workload {i}/{WORKLOAD_PHASES}"),
-                    true,
-                    config.clients,
-                )
-            })
-            .collect();
-        shared
-            .phases
-            .push(PhaseCounts::new("after heal".into(), false, config.clients));
-    }
+/// The control host's whole life: the leader monitor while the workload runs, then (once every
+/// client is done) the heal and the recovery check, after which the clients go on.
+pub async fn control_host(shared: Rc<RefCell<Shared>>, config: WorkloadConfig) -> turmoil::Result {
     let monitor =
         tokio::task::spawn_local(monitor_leader(shared.clone(), config.endpoints.clone()));
-    let mut workers = Vec::with_capacity(config.clients);
-    for process in 0..config.clients as u64 {
-        let worker_rng = ChaCha8Rng::seed_from_u64(rng.next_u64());
-        workers.push(tokio::task::spawn_local(worker(
-            shared.clone(),
-            config.clone(),
-            process,
-            worker_rng,
-        )));
-    }
-    let mut clients = Vec::with_capacity(workers.len());
-    for worker in workers {
-        clients.push(worker.await??);
+    while shared.borrow().workers_done < config.clients {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     monitor.abort();
     shared.borrow_mut().phase = Phase::HealRequested;
@@ -268,18 +258,32 @@ pub async fn client_host(
     }
     let recovery = check_recovery(&config.endpoints).await?;
     shared.borrow_mut().recovery = Some(recovery);
-    // Then each client, as it is after the workload, writes and reads again (in parallel).
-    let mut after = Vec::with_capacity(clients.len());
-    for (process, client) in clients.into_iter().enumerate() {
-        after.push(tokio::task::spawn_local(after_heal(
-            shared.clone(),
-            config.clone(),
-            process as u64,
-            client,
-        )));
+    Ok(())
+}
+
+/// A host of workload clients: one client per `(process, rng)`, each doing its share of the
+/// workload, then waiting for the recovery check, then its after-heal operations.
+pub async fn worker_host(
+    shared: Rc<RefCell<Shared>>,
+    config: WorkloadConfig,
+    clients: Vec<(u64, ChaCha8Rng)>,
+) -> turmoil::Result {
+    let mut tasks = Vec::with_capacity(clients.len());
+    for (process, rng) in clients {
+        let (shared, config) = (shared.clone(), config.clone());
+        tasks.push(tokio::task::spawn_local(async move {
+            let client = worker(shared.clone(), config.clone(), process, rng).await;
+            shared.borrow_mut().workers_done += 1;
+            let client = client?;
+            while shared.borrow().recovery.is_none() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            after_heal(shared, config, process, client).await;
+            Ok::<(), Error>(())
+        }));
     }
-    for task in after {
-        task.await?;
+    for task in tasks {
+        task.await??;
     }
     Ok(())
 }
@@ -307,6 +311,10 @@ async fn monitor_leader(shared: Rc<RefCell<Shared>>, endpoints: Vec<String>) {
                 if status.role == "leader" {
                     let mut shared = shared.borrow_mut();
                     if shared.leader.is_none_or(|(term, _)| term <= status.term) {
+                        if shared.leader.is_some_and(|(term, _)| term < status.term) {
+                            // A new leader: every client bursts reads.
+                            shared.leader_changes += 1;
+                        }
                         shared.leader = Some((status.term, status.id));
                     }
                 }
@@ -323,17 +331,33 @@ enum Op {
     Cas { expected: Option<i64>, new: i64 },
 }
 
+/// What a client does next, besides a random operation after a pause.
+enum Habit {
+    /// Read back the key it just wrote, at once.
+    ReadBack(String),
+    /// Read a random key at once (a burst after a new leader).
+    Burst,
+    Random,
+}
+
 /// Picks the next operation of a client, or `None` when all operations have been issued.
 fn next_op(
     shared: &mut Shared,
     config: &WorkloadConfig,
     rng: &mut ChaCha8Rng,
+    habit: Habit,
 ) -> Option<(String, Op)> {
     if shared.issued >= config.ops {
         return None;
     }
     shared.issued += 1;
-    let key = format!("k{}", rng.random_range(0..config.keys.max(1)));
+    let key = match habit {
+        Habit::ReadBack(key) => return Some((key, Op::Read)),
+        Habit::Burst | Habit::Random => format!("k{}", rng.random_range(0..config.keys.max(1))),
+    };
+    if matches!(habit, Habit::Burst) {
+        return Some((key, Op::Read));
+    }
     let op = pick_op(shared, &key, rng);
     Some((key, op))
 }
@@ -426,18 +450,45 @@ async fn worker(
 ) -> Result<Client<TurmoilNetwork>, Error> {
     let client = new_client(&config.endpoints, config.op_timeout)?;
     let think_ms_max = 2 * config.think_time_mean.as_millis() as u64;
+    // Set after a successful write that the next operation reads back at once.
+    let mut read_back: Option<String> = None;
+    let mut leader_changes_seen = shared.borrow().leader_changes;
+    let mut burst_left = 0;
     loop {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..=think_ms_max))).await;
+        let leader_changes = shared.borrow().leader_changes;
+        if leader_changes != leader_changes_seen {
+            leader_changes_seen = leader_changes;
+            burst_left = config.burst_reads;
+        }
+        let habit = if let Some(key) = read_back.take() {
+            Habit::ReadBack(key)
+        } else if burst_left > 0 {
+            burst_left -= 1;
+            Habit::Burst
+        } else {
+            Habit::Random
+        };
+        let pause_ms = match habit {
+            Habit::Random => rng.random_range(0..=think_ms_max),
+            // Still a small pause, so a burst is reads from every client at about the same time.
+            Habit::ReadBack(_) | Habit::Burst => rng.random_range(0..=5),
+        };
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         let (key, op, phase) = {
             let mut shared = shared.borrow_mut();
-            let Some((key, op)) = next_op(&mut shared, &config, &mut rng) else {
+            let Some((key, op)) = next_op(&mut shared, &config, &mut rng, habit) else {
                 return Ok(client);
             };
             // `issued` counts this operation already: 1..=ops.
             let phase = (shared.issued - 1) * WORKLOAD_PHASES / config.ops.max(1);
             (key, op, phase)
         };
-        perform(&shared, &client, process, key, op, phase).await;
+        let written_key = (!matches!(op, Op::Read)).then(|| key.clone());
+        let kind = perform(&shared, &client, process, key, op, phase).await;
+        if kind == CompletionType::Ok && rng.random_range(0..100) < config.read_after_write_percent
+        {
+            read_back = written_key;
+        }
     }
 }
 
@@ -464,7 +515,8 @@ async fn after_heal(
     }
 }
 
-/// Invokes `op` on `key` through `client`, and records and counts its completion (in `phase`).
+/// Invokes `op` on `key` through `client`, and records and counts its completion (in `phase`);
+/// returns how it completed.
 async fn perform(
     shared: &Rc<RefCell<Shared>>,
     client: &Client<TurmoilNetwork>,
@@ -472,7 +524,7 @@ async fn perform(
     key: String,
     op: Op,
     phase: usize,
-) {
+) -> CompletionType {
     let id = {
         let mut shared = shared.borrow_mut();
         let (f, value) = match &op {
@@ -537,12 +589,16 @@ async fn perform(
         shared.last_seen.insert(key, seen);
     }
     shared.counts.count(kind, is_write);
+    if kind == CompletionType::Ok && is_write {
+        shared.acked_writes += 1;
+    }
     if let Some(counts) = shared.phases.get_mut(phase) {
         counts.count(process, kind, is_write);
     }
     shared
         .recorder
         .complete_at(id, kind, value, error.as_deref(), now_ns());
+    kind
 }
 
 /// After the heal: a write must succeed, then every node must report the same applied index,

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod budget;
 pub mod chunk;
+pub mod faults;
 pub mod lag;
 pub mod network;
 pub mod node;
@@ -67,7 +68,8 @@ pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<Running
         config.id,
         &config.peers,
         config.net.cluster_secret.clone(),
-    );
+    )
+    .with_faults(config.transport_faults.clone());
     let node = Node::open(config.clone(), peers)?;
     let (inputs_sender, inputs) = mpsc::channel(NODE_INPUT_QUEUE);
     let (shutdown, shutdown_receiver) = watch::channel(false);

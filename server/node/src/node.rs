@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use consensus::{
@@ -26,6 +27,7 @@ use storage::kv::{Command, Expectation, Outcome, Proposal, SessionRef, StateMach
 use storage::{codec, LogStore, SharedFs, SnapshotPoint, StoredEntry, SyncPolicy, WalOptions};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::faults::TransportFaults;
 use crate::lag::LagTracker;
 use crate::peer::PeerSenders;
 
@@ -67,6 +69,9 @@ pub struct NodeConfig {
     pub planted_bug: PlantedBug,
     /// Connection budgets, timeouts and the cluster secret (see [`crate::budget`]).
     pub net: crate::budget::NetConfig,
+    /// The simulation's fault seam between Raft and the peer transport (see [`crate::faults`]);
+    /// `None` in production.
+    pub transport_faults: Option<Arc<dyn TransportFaults>>,
 }
 
 /// Deliberate bugs the simulation's own tests plant to show its checker is not vacuous (and one
@@ -123,6 +128,7 @@ impl NodeConfig {
             seed: id,
             planted_bug: PlantedBug::None,
             net: crate::budget::NetConfig::default(),
+            transport_faults: None,
         }
     }
 
@@ -344,6 +350,11 @@ impl Node {
 
     /// One tick of the logical clock: Raft's timers, and the leader's lag samples.
     fn tick(&mut self) {
+        if let Some(faults) = &self.config.transport_faults {
+            if faults.clock_stopped(self.config.id) {
+                return;
+            }
+        }
         self.raft.tick();
         self.ticks += 1;
         if !self.ticks.is_multiple_of(LAG_SAMPLE_EVERY_TICKS) {

@@ -8,7 +8,7 @@
 //! snapshot of hundreds of MB behind the first would only hold memory and delay the answer.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use tokio_util::codec::Framed;
 use crate::auth::{self, ClusterSecret};
 use crate::budget::FrameCodec;
 pub use crate::chunk::MAX_PEER_FRAME_BYTES;
+use crate::faults::{TransportFaults, MAX_DELAYED_MESSAGES};
 use crate::network::Network;
 
 /// Messages queued per peer before new ones are dropped.
@@ -45,6 +46,10 @@ struct PeerQueue {
 #[derive(Clone, Default)]
 pub struct PeerSenders {
     queues: BTreeMap<NodeId, PeerQueue>,
+    /// The simulation's fault seam (see [`crate::faults`]); `None` in production.
+    faults: Option<Arc<dyn TransportFaults>>,
+    /// Delayed copies in flight (bounded by [`MAX_DELAYED_MESSAGES`]).
+    delayed: Arc<AtomicUsize>,
 }
 
 fn is_snapshot(message: &Message) -> bool {
@@ -62,7 +67,10 @@ impl PeerSenders {
     ) -> PeerSenders {
         let mut queues = BTreeMap::new();
         let Some(secret) = secret else {
-            return PeerSenders { queues };
+            return PeerSenders {
+                queues,
+                ..PeerSenders::default()
+            };
         };
         for (&peer_id, addr) in peers.iter().filter(|(id, _)| **id != self_id) {
             let (sender, receiver) = mpsc::channel(PEER_QUEUE_MESSAGES);
@@ -86,12 +94,56 @@ impl PeerSenders {
                 },
             );
         }
-        PeerSenders { queues }
+        PeerSenders {
+            queues,
+            ..PeerSenders::default()
+        }
+    }
+
+    /// Routes every message through `faults` from now on (the simulation's seam).
+    pub fn with_faults(mut self, faults: Option<Arc<dyn TransportFaults>>) -> PeerSenders {
+        self.faults = faults;
+        self
+    }
+
+    /// Sends a message: at once in production; in the simulation, as many copies as the fault
+    /// seam says, each after its delay (none when it drops the message).
+    pub fn send(&self, message: Message) {
+        let Some(faults) = &self.faults else {
+            self.enqueue(message);
+            return;
+        };
+        let delays = faults.fate(&message);
+        let last = delays.len().saturating_sub(1);
+        let mut message = Some(message);
+        for (copy, delay) in delays.into_iter().enumerate() {
+            let Some(this) = (if copy == last {
+                message.take()
+            } else {
+                message.clone()
+            }) else {
+                break;
+            };
+            if delay.is_zero() {
+                self.enqueue(this);
+                continue;
+            }
+            if self.delayed.fetch_add(1, Ordering::AcqRel) >= MAX_DELAYED_MESSAGES {
+                self.delayed.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            let senders = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                senders.enqueue(this);
+                senders.delayed.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
     }
 
     /// Queues a message; drops it when the peer's queue is full or unknown, or when it is a
     /// snapshot and another snapshot to that peer is still queued or being sent.
-    pub fn send(&self, message: Message) {
+    fn enqueue(&self, message: Message) {
         let Some(queue) = self.queues.get(&message.to) else {
             return;
         };
@@ -312,6 +364,8 @@ mod tests {
         let (sender, mut receiver) = mpsc::channel(16);
         let snapshot_in_flight = Arc::new(AtomicBool::new(false));
         let senders = PeerSenders {
+            faults: None,
+            delayed: Arc::default(),
             queues: [(
                 2,
                 PeerQueue {
