@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use consensus::{Message, MessageBody, NodeId};
+use consensus::{AppendResult, Message, MessageBody, NodeId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringleader_node::faults::TransportFaults;
@@ -102,8 +102,10 @@ struct Plan {
     links: BTreeMap<(NodeId, NodeId), BTreeMap<FaultOwner, LinkFaults>>,
     stopped_clocks: BTreeMap<NodeId, u32>,
     stats: MessageStats,
-    /// The nodes that last sent AppendEntries with entries, in order, since the last look.
+    /// The nodes that sent AppendEntries with entries since the last look.
     replicating: BTreeSet<NodeId>,
+    /// The nodes a follower acknowledged entries to since the last look.
+    replicated: BTreeSet<NodeId>,
 }
 
 /// The fault plan every simulated node routes its peer messages through.
@@ -125,6 +127,7 @@ impl MessageFaults {
                 stopped_clocks: BTreeMap::new(),
                 stats: MessageStats::default(),
                 replicating: BTreeSet::new(),
+                replicated: BTreeSet::new(),
             }),
         }
     }
@@ -185,9 +188,15 @@ impl MessageFaults {
         self.plan().stats
     }
 
-    /// The nodes that sent entries to a follower since the last call (a leader replicating).
-    pub fn take_replicating(&self) -> BTreeSet<NodeId> {
-        std::mem::take(&mut self.plan().replicating)
+    /// The nodes that sent entries to a follower since the last call (a leader replicating),
+    /// and the nodes a follower acknowledged entries to (a leader whose entries were
+    /// replicated), both since the last call.
+    pub fn take_replication(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+        let mut plan = self.plan();
+        (
+            std::mem::take(&mut plan.replicating),
+            std::mem::take(&mut plan.replicated),
+        )
     }
 }
 
@@ -195,11 +204,17 @@ impl TransportFaults for MessageFaults {
     fn fate(&self, message: &Message) -> Vec<Duration> {
         let mut plan = self.plan();
         plan.stats.sent += 1;
-        if let MessageBody::AppendEntries { entries, .. } = &message.body {
-            if !entries.is_empty() {
+        match &message.body {
+            MessageBody::AppendEntries { entries, .. } if !entries.is_empty() => {
                 plan.stats.appends_with_entries += 1;
                 plan.replicating.insert(message.from);
             }
+            MessageBody::AppendEntriesResponse {
+                result: AppendResult::Success { .. },
+            } => {
+                plan.replicated.insert(message.to);
+            }
+            _ => {}
         }
         let Some(faults) = plan
             .links

@@ -3,13 +3,16 @@
 //! client operation recorded and checked for linearizability.
 //!
 //! One run, [`run`]:
-//! 1. start `nodes` nodes (hosts `n1`…, each with its own simulated disk) and one client host;
-//! 2. run the [`workload`]: `clients` concurrent clients invoke `ops` reads, writes and
-//!    compare-and-sets on a few keys, while the [`nemesis`] partitions, crashes, slows, pauses
-//!    and restarts nodes on a schedule drawn from the seed;
-//! 3. heal: release every link, restart every crashed node; within
-//!    [`workload::RECOVERY_BOUND`] a write must succeed and every node must reach the same
-//!    applied index, and then their state-machine digests must be equal;
+//! 1. draw the run's plan from the seed ([`swarm`]: which nemeses, how often, each node's clock
+//!    rate), then start `nodes` nodes (hosts `n1`…, each with its own simulated disk, its peer
+//!    messages routed through the [`message_faults`] seam) and the client hosts;
+//! 2. run the [`workload`]: `clients` concurrent clients, spread over two hosts, invoke `ops`
+//!    reads, writes and compare-and-sets on a few keys, while the [`nemesis`] partitions,
+//!    crashes, slows, pauses, restarts and cuts power to nodes, faults single Raft messages and
+//!    aims at the leader, on a schedule drawn from the seed;
+//! 3. heal: release every link, clear every message fault, restart every clock and every crashed
+//!    node; within [`workload::RECOVERY_BOUND`] a write must succeed and every node must reach
+//!    the same applied index, and then their state-machine digests must be equal;
 //! 4. every client, with its session as the workload left it, does a few more operations
 //!    (the after-heal phase, recorded and checked like the rest);
 //! 5. check the history with [`crate::checker::check`].
@@ -19,13 +22,16 @@
 //! [`Floors`], minimum successes per run, per phase of the workload and per client after the heal.
 //!
 //! Determinism: everything random comes from [`SimOptions::seed`] (turmoil's own generator,
-//! which also seeds each host's tokio runtime, and a ChaCha generator for the workload, the
-//! node seeds and the nemesis), the epoch is fixed, time is simulated and nothing here iterates
-//! a `HashMap`, so a seed replays the same run, byte for byte of history.
+//! which also seeds each host's tokio runtime and the order hosts are polled in, and ChaCha
+//! generators for the plan, the message faults, the workload, the node seeds and the nemesis),
+//! the epoch is fixed, time is simulated and nothing here iterates a `HashMap`, so a seed replays
+//! the same run, byte for byte of history.
 //!
-//! Files: [`network`] (turmoil's TCP behind the node's `Network` trait), [`nemesis`] (faults
-//! and their schedule), [`workload`] (clients, history recording, the recovery check), [`run`]
-//! (the driver that builds the simulation, applies faults and assembles the report).
+//! Files: [`network`] (turmoil's TCP behind the node's `Network` trait), [`message_faults`] (the
+//! per-message fault plan behind the node's fault seam), [`nemesis`] (faults and their schedule),
+//! [`swarm`] (what each seed draws), [`workload`] (clients, history recording, the recovery
+//! check), [`run`] (the driver that builds the simulation, applies faults and assembles the
+//! report).
 
 pub mod message_faults;
 pub mod nemesis;

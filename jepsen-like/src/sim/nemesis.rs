@@ -3,18 +3,25 @@
 //! Each enabled [`Nemesis`] is a *track* that alternates between quiet and active phases of
 //! random lengths; tracks run independently, so faults combine (a partition while a node is
 //! paused and another is down). When a fault starts its targets are chosen from the cluster
-//! as it is then (the current leader is a favourite target). This module is pure: it turns
-//! simulated time and a [`ClusterView`] into [`Action`]s, which `run.rs` applies to turmoil.
+//! as it is then (the current leader is a favourite target). The leader nemesis waits for its
+//! moment instead: it is *armed*, and fires when the [`ClusterView`] shows an acknowledged write,
+//! or the leader sending entries, or a follower acknowledging them. This module is pure: it
+//! turns simulated time and a [`ClusterView`] into [`Action`]s, which `run.rs` applies to turmoil
+//! and to the message seam ([`crate::sim::message_faults`]).
 //!
-//! Why partitions *hold* messages instead of dropping them: turmoil's TCP has no
-//! retransmission, so a dropped segment would leave a permanent hole in a stream that real TCP
-//! would have filled after the partition healed. Holding, then releasing, is what a real
-//! network partition looks like to a TCP connection shorter-lived than its retransmission
-//! timeout. For the same reason "loss" is modelled as what TCP makes of it: long and variable
-//! delays.
+//! Two layers of network faults. On turmoil's links (node to node and client to node),
+//! partitions *hold* messages instead of dropping them: turmoil's TCP has no retransmission, so
+//! a dropped segment would leave a permanent hole in a stream that real TCP would have filled
+//! after the partition healed. Holding, then releasing, is what a real partition looks like to a
+//! TCP connection shorter-lived than its retransmission timeout; for the same reason "loss" there
+//! is modelled as what TCP makes of it: long and variable delays. Raft messages, though, are
+//! also faulted one by one at the node's transport seam, where they can be dropped, duplicated,
+//! reordered, delivered seconds late or cut in one direction only: the network Raft is specified
+//! for, which TCP hides.
 //!
 //! Invariant kept: every link this module held is released, every latency it raised is
-//! restored and every node it crashed is restarted by [`Nemeses::heal`].
+//! restored, every message fault it set is cleared, every clock it stopped runs again and every
+//! node it crashed is restarted by [`Nemeses::heal`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -186,6 +193,8 @@ pub struct ClusterView {
     pub acked_writes: u64,
     /// Nodes that sent entries to a follower since the last poll.
     pub replicating: BTreeSet<u64>,
+    /// Nodes a follower acknowledged entries to since the last poll.
+    pub replicated: BTreeSet<u64>,
 }
 
 /// A fault injected, for the report.
@@ -249,6 +258,9 @@ enum Moment {
     CrashAfterAck,
     /// As the leader sends entries (appended locally, not yet on its followers): cut its power.
     CrashWhileReplicating,
+    /// As a follower acknowledges entries to the leader (replicated, not yet acknowledged to the
+    /// client): cut the leader's power.
+    CrashAfterReplicating,
 }
 
 #[derive(Debug)]
@@ -400,11 +412,12 @@ impl<R: RngCore> Nemeses<R> {
                     self.tracks[index].next_at_ms = now_ms + between(&mut self.rng, self.quiet_ms);
                 }
                 None if nemesis == Nemesis::Leader => {
-                    let moment = match self.rng.random_range(0..4u32) {
+                    let moment = match self.rng.random_range(0..5u32) {
                         0 => Moment::IsolateAfterAck,
                         1 => Moment::PauseAfterAck,
                         2 => Moment::CrashAfterAck,
-                        _ => Moment::CrashWhileReplicating,
+                        3 => Moment::CrashWhileReplicating,
+                        _ => Moment::CrashAfterReplicating,
                     };
                     self.tracks[index].armed = Some(Armed {
                         moment,
@@ -578,6 +591,7 @@ impl<R: RngCore> Nemeses<R> {
         };
         match armed.moment {
             Moment::CrashWhileReplicating => view.replicating.contains(&leader),
+            Moment::CrashAfterReplicating => view.replicated.contains(&leader),
             _ => view.acked_writes > armed.acked_writes,
         }
     }
@@ -598,17 +612,17 @@ impl<R: RngCore> Nemeses<R> {
         let mut active = Active::default();
         let wants_crash = matches!(
             moment,
-            Moment::CrashAfterAck | Moment::CrashWhileReplicating
+            Moment::CrashAfterAck | Moment::CrashWhileReplicating | Moment::CrashAfterReplicating
         );
         let (description, length) = if wants_crash && self.crash_room() > 0 {
             self.crashed.insert(leader);
             actions.push(Action::Crash(leader));
             active.crashed.push(leader);
             active.end_description = "restart";
-            let when = if moment == Moment::CrashWhileReplicating {
-                "as it sends entries"
-            } else {
-                "right after an acknowledged write"
+            let when = match moment {
+                Moment::CrashWhileReplicating => "as it sends entries",
+                Moment::CrashAfterReplicating => "as a follower acknowledges its entries",
+                _ => "right after an acknowledged write",
             };
             (
                 format!("crash leader {} {when}", node_host(leader)),
@@ -1078,6 +1092,7 @@ mod tests {
                     leader: Some(2),
                     acked_writes,
                     replicating: [2].into_iter().collect(),
+                    replicated: [2].into_iter().collect(),
                 };
                 let actions = n.poll(now_ms, &view);
                 fired.extend(n.log().iter().map(|f| f.nemesis));
@@ -1111,6 +1126,7 @@ mod tests {
             leader: Some(1),
             acked_writes: 1,
             replicating: [1].into_iter().collect(),
+            replicated: [1].into_iter().collect(),
         };
         let actions = n.poll(first_due, &acked);
         assert!(!actions.is_empty(), "the moment came and nothing fired");

@@ -177,10 +177,12 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         let phase = shared.borrow().phase;
         let actions = match phase {
             Phase::Workload => {
+                let (replicating, replicated) = message_faults.take_replication();
                 let view = ClusterView {
                     leader: shared.borrow().leader.map(|(_, id)| id),
                     acked_writes: shared.borrow().acked_writes,
-                    replicating: message_faults.take_replicating(),
+                    replicating,
+                    replicated,
                 };
                 nemeses.poll(now_ms, &view)
             }
