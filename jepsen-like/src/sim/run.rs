@@ -39,7 +39,7 @@ const NORMAL_MAX_LATENCY: Duration = Duration::from_millis(10);
 const OP_TIMEOUT: Duration = Duration::from_millis(1_500);
 /// Mean pause between one client's operations: ten clients make over 100 operations per
 /// simulated second when the cluster is healthy.
-const THINK_TIME_MEAN: Duration = Duration::from_millis(40);
+const THINK_TIME_MEAN: Duration = Duration::from_millis(20);
 /// The chance that a client reads a key right after it wrote it.
 const READ_AFTER_WRITE_PERCENT: u32 = 30;
 /// Reads each client makes at once after a new leader is seen.
