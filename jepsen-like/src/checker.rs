@@ -16,23 +16,36 @@
 //! [`crate::formats`]) come as [`Partition`]s of search operations and go through
 //! [`check_partitions`], which stops at the first violating partition as Porcupine does.
 //!
-//! Per-key verdicts are deterministic: the search is bounded by a step budget, not a clock, so
-//! the same history and options always give the same report. Timing is the caller's business.
+//! The verdict comes first, from the search alone ([`judge`]); shrinking the counterexample
+//! is a separate, optional step ([`shrink_first_violation`]) bounded by searches and search
+//! iterations, so a non-linearizable history costs its search plus at most that bound.
+//! [`check`] does both. The report counts the work of each ([`CheckWork`]).
+//!
+//! Per-key verdicts are deterministic: the search and the shrinking are bounded by step
+//! budgets, not a clock, so the same history and options always give the same report. The
+//! report carries wall times too, but only as information: they compare equal whatever they
+//! hold ([`WallTime`]) and never decide anything.
+
+use std::time::{Duration, Instant};
 
 use crate::history::{History, Input, OpId, Outcome};
 use crate::model::{Interner, Model, RegisterInput, RegisterModel, RegisterOutput};
 use crate::search::{search, ModelOp, SearchOutcome};
-use crate::shrink::shrink;
+use crate::shrink::{shrink, ShrinkLimits};
 
 /// Knobs for [`check`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckOptions {
     /// Search iterations allowed per key before giving up with [`KeyOutcome::Unknown`].
     pub max_steps_per_key: u64,
-    /// Shrink each violation to a smaller witness (see `crate::shrink`).
+    /// Shrink the first violation (the one reports show) to a smaller witness (see
+    /// `crate::shrink`) after the verdict. `false` skips that step entirely.
     pub shrink: bool,
-    /// Searches the shrinker may run per violating key.
+    /// Searches the shrinker may run.
     pub max_shrink_checks: usize,
+    /// Search iterations the shrinker may use, summed over its searches; each of its searches
+    /// also gets at most `max_steps_per_key`.
+    pub max_shrink_steps: u64,
 }
 
 impl Default for CheckOptions {
@@ -41,8 +54,48 @@ impl Default for CheckOptions {
             max_steps_per_key: 10_000_000,
             shrink: true,
             max_shrink_checks: 200,
+            max_shrink_steps: 2_000_000,
         }
     }
+}
+
+impl CheckOptions {
+    /// The shrinker's bounds under these options.
+    pub fn shrink_limits(&self) -> ShrinkLimits {
+        ShrinkLimits {
+            max_checks: self.max_shrink_checks,
+            max_steps_per_check: self.max_steps_per_key,
+            max_total_steps: self.max_shrink_steps,
+        }
+    }
+}
+
+/// A wall-clock duration kept for information only: it compares equal to every other, so two
+/// reports of the same history under the same options are equal however fast the machine was.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WallTime(pub Duration);
+
+impl PartialEq for WallTime {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for WallTime {}
+
+/// The work a check took, split between reaching the verdict and shrinking.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckWork {
+    /// Search iterations over every key searched for the verdict.
+    pub search_steps: u64,
+    /// Searches the shrinker ran (0 when shrinking is off or there was no violation).
+    pub shrink_checks: usize,
+    /// Search iterations the shrinker used, over all its searches.
+    pub shrink_steps: u64,
+    /// Wall time to the verdict (informational).
+    pub search_wall_time: WallTime,
+    /// Wall time of the shrinking (informational).
+    pub shrink_wall_time: WallTime,
 }
 
 /// Overall verdict.
@@ -63,6 +116,7 @@ pub struct CheckReport {
     pub per_key: Vec<KeyResult>,
     /// Operations handed to the search (after dropping failed ops and unknown reads).
     pub ops_checked: usize,
+    pub work: CheckWork,
 }
 
 impl CheckReport {
@@ -103,7 +157,8 @@ pub struct Violation {
     pub longest_prefix: Vec<OpId>,
     /// The operation that had to come next after `longest_prefix` and could not be placed.
     pub failed_op: OpId,
-    /// A smaller witness, if shrinking was asked for and succeeded.
+    /// A smaller (or, if the shrinking bound stopped it at once, equal) witness, once
+    /// [`shrink_first_violation`] ran; only the first violating key is shrunk.
     pub shrunk: Option<ShrunkViolation>,
 }
 
@@ -117,13 +172,27 @@ pub struct ShrunkViolation {
     pub failed_op: OpId,
 }
 
-/// Checks every key of `history`.
+/// Checks every key of `history`: [`judge`], then, if `options.shrink`,
+/// [`shrink_first_violation`].
 pub fn check(history: &History, options: &CheckOptions) -> CheckReport {
+    let mut report = judge(history, options);
+    if options.shrink {
+        shrink_first_violation(history, &mut report, options);
+    }
+    report
+}
+
+/// The verdict for every key of `history`, from the search alone: violations come without a
+/// shrunk witness, whatever `options.shrink` says.
+pub fn judge(history: &History, options: &CheckOptions) -> CheckReport {
+    let started = Instant::now();
     let mut per_key = Vec::new();
     let mut ops_checked = 0;
+    let mut search_steps = 0;
     for (key, ids) in history.by_key() {
         let result = check_key(history, key, &ids, options);
         ops_checked += result.ops_checked;
+        search_steps += result.steps;
         per_key.push(result);
     }
     let verdict = if per_key
@@ -143,7 +212,49 @@ pub fn check(history: &History, options: &CheckOptions) -> CheckReport {
         verdict,
         per_key,
         ops_checked,
+        work: CheckWork {
+            search_steps,
+            search_wall_time: WallTime(started.elapsed()),
+            ..CheckWork::default()
+        },
     }
+}
+
+/// Shrinks the first violation of `report` (the one reports show), within
+/// [`CheckOptions::shrink_limits`], and records the work in `report.work`. Does nothing if
+/// there is no violation or it was already shrunk. The verdict is never changed: at the bound
+/// the witness is simply less small.
+pub fn shrink_first_violation(history: &History, report: &mut CheckReport, options: &CheckOptions) {
+    let started = Instant::now();
+    let Some(violation) = report.per_key.iter_mut().find_map(|k| match &mut k.outcome {
+        KeyOutcome::Violation(v) => Some(v),
+        _ => None,
+    }) else {
+        return;
+    };
+    if violation.shrunk.is_some() {
+        return;
+    }
+    let (ops, origin) = register_ops(history, &violation.ops);
+    // The search's proof, in positions of `ops`, so the shrinker does not search it again.
+    let positions: std::collections::HashMap<OpId, usize> =
+        origin.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    let position = |id: OpId| positions.get(&id).copied();
+    let prefix: Option<Vec<usize>> = violation.longest_prefix.iter().map(|&id| position(id)).collect();
+    let (Some(prefix), Some(failed)) = (prefix, position(violation.failed_op)) else {
+        debug_assert!(false, "a violation's ops come from its key's ops");
+        return;
+    };
+    let s = shrink(&RegisterModel, &ops, &prefix, failed, options.shrink_limits());
+    violation.shrunk = Some(ShrunkViolation {
+        ops: s.kept.iter().map(|&i| origin[i]).collect(),
+        cut_seq: s.cut,
+        longest_prefix: s.longest_prefix.iter().map(|&i| origin[i]).collect(),
+        failed_op: origin[s.failed_op],
+    });
+    report.work.shrink_checks += s.checks;
+    report.work.shrink_steps += s.steps;
+    report.work.shrink_wall_time = WallTime(report.work.shrink_wall_time.0 + started.elapsed());
 }
 
 /// Converts one key's operations to register-model operations. Returns them with, for each,
@@ -194,32 +305,13 @@ fn check_key(history: &History, key: &str, ids: &[OpId], options: &CheckOptions)
         SearchOutcome::NotLinearizable {
             longest_prefix,
             failed_op,
-        } => {
-            let shrunk = if options.shrink {
-                shrink(
-                    &RegisterModel,
-                    &ops,
-                    failed_op,
-                    options.max_shrink_checks,
-                    options.max_steps_per_key,
-                )
-                .map(|s| ShrunkViolation {
-                    ops: s.kept.iter().map(|&i| origin[i]).collect(),
-                    cut_seq: s.cut,
-                    longest_prefix: s.longest_prefix.iter().map(|&i| origin[i]).collect(),
-                    failed_op: origin[s.failed_op],
-                })
-            } else {
-                None
-            };
-            KeyOutcome::Violation(Violation {
-                key: key.to_string(),
-                ops: ids.to_vec(),
-                longest_prefix: longest_prefix.iter().map(|&i| origin[i]).collect(),
-                failed_op: origin[failed_op],
-                shrunk,
-            })
-        }
+        } => KeyOutcome::Violation(Violation {
+            key: key.to_string(),
+            ops: ids.to_vec(),
+            longest_prefix: longest_prefix.iter().map(|&i| origin[i]).collect(),
+            failed_op: origin[failed_op],
+            shrunk: None,
+        }),
     };
     KeyResult {
         key: key.to_string(),
