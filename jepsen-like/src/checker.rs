@@ -54,7 +54,7 @@ impl Default for CheckOptions {
             max_steps_per_key: 10_000_000,
             shrink: true,
             max_shrink_checks: 200,
-            max_shrink_steps: 2_000_000,
+            max_shrink_steps: 300_000,
         }
     }
 }
@@ -226,10 +226,14 @@ pub fn judge(history: &History, options: &CheckOptions) -> CheckReport {
 /// the witness is simply less small.
 pub fn shrink_first_violation(history: &History, report: &mut CheckReport, options: &CheckOptions) {
     let started = Instant::now();
-    let Some(violation) = report.per_key.iter_mut().find_map(|k| match &mut k.outcome {
-        KeyOutcome::Violation(v) => Some(v),
-        _ => None,
-    }) else {
+    let Some(violation) = report
+        .per_key
+        .iter_mut()
+        .find_map(|k| match &mut k.outcome {
+            KeyOutcome::Violation(v) => Some(v),
+            _ => None,
+        })
+    else {
         return;
     };
     if violation.shrunk.is_some() {
@@ -240,12 +244,22 @@ pub fn shrink_first_violation(history: &History, report: &mut CheckReport, optio
     let positions: std::collections::HashMap<OpId, usize> =
         origin.iter().enumerate().map(|(i, &id)| (id, i)).collect();
     let position = |id: OpId| positions.get(&id).copied();
-    let prefix: Option<Vec<usize>> = violation.longest_prefix.iter().map(|&id| position(id)).collect();
+    let prefix: Option<Vec<usize>> = violation
+        .longest_prefix
+        .iter()
+        .map(|&id| position(id))
+        .collect();
     let (Some(prefix), Some(failed)) = (prefix, position(violation.failed_op)) else {
         debug_assert!(false, "a violation's ops come from its key's ops");
         return;
     };
-    let s = shrink(&RegisterModel, &ops, &prefix, failed, options.shrink_limits());
+    let s = shrink(
+        &RegisterModel,
+        &ops,
+        &prefix,
+        failed,
+        options.shrink_limits(),
+    );
     violation.shrunk = Some(ShrunkViolation {
         ops: s.kept.iter().map(|&i| origin[i]).collect(),
         cut_seq: s.cut,
@@ -444,4 +458,41 @@ pub fn check_partitions<M: Model>(
         per_partition,
         ops_checked,
     }
+}
+
+/// Shrinks the violation of a [`check_partitions`] report (its last partition), within
+/// [`CheckOptions::shrink_limits`]; `None` if the report has no violation. The step after the
+/// verdict, as [`shrink_first_violation`] is for register histories: operation numbers in the
+/// result index that partition's `ops`.
+pub fn shrink_partition_violation<M>(
+    model: &M,
+    partitions: &[Partition<M::Input, M::Output>],
+    report: &PartitionsReport,
+    options: &CheckOptions,
+) -> Option<(usize, crate::shrink::Shrunk)>
+where
+    M: Model,
+    M::Input: Clone,
+    M::Output: Clone,
+{
+    report
+        .per_partition
+        .iter()
+        .find_map(|result| match &result.outcome {
+            PartitionOutcome::Violation {
+                longest_prefix,
+                failed_op,
+            } => {
+                let ops = &partitions.get(result.partition)?.ops;
+                let shrunk = shrink(
+                    model,
+                    ops,
+                    longest_prefix,
+                    *failed_op,
+                    options.shrink_limits(),
+                );
+                Some((result.partition, shrunk))
+            }
+            _ => None,
+        })
 }
