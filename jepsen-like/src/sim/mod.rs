@@ -44,7 +44,7 @@ pub use workload::{
     NodeState, OpCounts, PhaseCounts, Recovery, AFTER_HEAL_OPS_PER_CLIENT, WORKLOAD_PHASES,
 };
 
-use crate::checker::CheckReport;
+use crate::checker::{CheckOptions, CheckReport};
 
 /// What to simulate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +65,8 @@ pub struct SimOptions {
     pub out_dir: Option<PathBuf>,
     /// A deliberate bug in every node, for testing the checker; [`PlantedBug::None`] normally.
     pub planted_bug: PlantedBug,
+    /// How the history is checked (`shrink: false` skips shrinking a violation).
+    pub check_options: CheckOptions,
 }
 
 impl SimOptions {
@@ -80,6 +82,7 @@ impl SimOptions {
             nemeses: Nemesis::ALL.to_vec(),
             out_dir: None,
             planted_bug: PlantedBug::None,
+            check_options: CheckOptions::default(),
         }
     }
 
