@@ -180,3 +180,40 @@ fn sim_fails_a_run_that_served_nothing_even_though_it_is_linearizable() {
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("too few successful operations"), "{stdout}");
 }
+
+/// `check` prints the verdict first; shrinking comes after it, and `--no-shrink` skips it (the
+/// whole sub-history is listed instead of a shrunk witness).
+#[test]
+fn check_prints_the_verdict_before_shrinking_and_no_shrink_skips_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = Path::new(HISTORIES_DIR).join("knossos/data/cas-register/bad/cas-failure.edn");
+    let run = |extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_ringleader"))
+            .arg("check")
+            .arg(&history)
+            .arg("--html")
+            .arg(dir.path().join("x.html"))
+            .args(extra)
+            .output()
+            .expect("the ringleader binary runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let verdict = "NOT linearizable: key \"register\": process 70";
+
+    let (code, shrinking) = run(&[]);
+    assert_eq!(code, Some(1), "{shrinking}");
+    let verdict_at = shrinking.find(verdict).expect(&shrinking);
+    let shrink_at = shrinking.find("shrinking: ").expect(&shrinking);
+    assert!(verdict_at < shrink_at, "{shrinking}");
+    assert!(shrinking.contains(", shrunk ("), "{shrinking}");
+
+    let (code, plain) = run(&["--no-shrink"]);
+    assert_eq!(code, Some(1), "{plain}");
+    assert!(plain.contains(verdict), "{plain}");
+    assert!(!plain.contains("shrinking"), "{plain}");
+    assert!(!plain.contains("shrunk"), "{plain}");
+    assert!(plain.contains("sub-history (292 ops)"), "{plain}");
+}
