@@ -4,7 +4,9 @@
 //! format and parsed (so every case also exercises the parser):
 //! `<process> <type> <f> [<value JSON> [<error>]]`, all on key "k" unless `@key` ends the line.
 
-use jepsen_like::checker::{check, judge, CheckOptions, KeyOutcome, Verdict, Violation};
+use jepsen_like::checker::{
+    check, judge, CheckOptions, KeyOutcome, Verdict, Violation, FIRST_ROUND_STEPS,
+};
 use jepsen_like::history::{parse_jsonl, History, Outcome};
 use jepsen_like::report::{render_history_html, render_violation_html};
 use serde_json::{json, Value as Json};
@@ -465,4 +467,42 @@ fn shrinking_stops_at_its_bounds_and_the_violation_stands() {
     assert_eq!(report.work.shrink_checks, 0);
     let v = report.violations().next().unwrap();
     assert_eq!(v.shrunk.as_ref().unwrap().failed_op, v.failed_op);
+}
+
+#[test]
+fn the_cheapest_violation_decides_and_the_other_keys_are_skipped() {
+    // Key "a": 12 concurrent writes and a read of a value nobody wrote; refuting it means
+    // trying every order (284,334 search iterations). Key "b": a stale read, refuted at once.
+    let mut script = String::new();
+    for p in 0..12 {
+        script.push_str(&format!("{p} invoke write {p} @a\n"));
+    }
+    script.push_str("99 invoke read @a\n99 ok read 77 @a\n");
+    for p in 0..12 {
+        script.push_str(&format!("{p} ok write {p} @a\n"));
+    }
+    let a_alone = judge(&history(&script), &CheckOptions::default());
+    script.push_str(
+        "1 invoke write 1 @b\n1 ok write 1 @b\n1 invoke write 2 @b\n1 ok write 2 @b\n\
+         2 invoke read @b\n2 ok read 1 @b\n",
+    );
+    let h = history(&script);
+    let report = judge(&h, &CheckOptions::default());
+    assert_eq!(report.verdict, BAD);
+    let v = report.violations().next().expect("a violation");
+    assert_eq!(v.key, "b");
+    assert_eq!(report.per_key[0].key, "a");
+    assert_eq!(report.per_key[0].outcome, KeyOutcome::Skipped);
+    assert_eq!(report.per_key[0].steps, FIRST_ROUND_STEPS);
+    // Not searched to the end: less than refuting "a" alone costs.
+    assert!(
+        a_alone.work.search_steps > 2 * FIRST_ROUND_STEPS,
+        "{:?}",
+        a_alone.work
+    );
+    assert!(
+        report.work.search_steps < a_alone.work.search_steps / 2,
+        "{:?}",
+        report.work
+    );
 }
