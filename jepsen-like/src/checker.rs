@@ -36,7 +36,9 @@ use crate::shrink::{shrink, ShrinkLimits};
 /// Knobs for [`check`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckOptions {
-    /// Search iterations allowed per key before giving up with [`KeyOutcome::Unknown`].
+    /// Search iterations allowed per key before giving up with [`KeyOutcome::Unknown`] (the
+    /// budget of [`judge`]'s last round; with the smaller rounds before it, a key may use up to
+    /// about 11% more in all).
     pub max_steps_per_key: u64,
     /// Shrink the first violation (the one reports show) to a smaller witness (see
     /// `crate::shrink`) after the verdict. `false` skips that step entirely.
