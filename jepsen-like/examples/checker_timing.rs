@@ -4,13 +4,18 @@
 //! linearizable one?
 //!
 //! ```text
-//! cargo run --release -p jepsen-like --example checker_timing [-- HISTORIES_DIR [REPEATS]]
+//! cargo run --release -p jepsen-like --example checker_timing [-- HISTORIES_DIR [REPEATS [SIM_SEEDS]]]
 //! ```
 //! HISTORIES_DIR defaults to the vendored `jepsen-like/test-data/histories` (the same files as
 //! the workplace's `shared/histories`, less the transactional Elle ones); each file is timed
-//! REPEATS times (default 9) in each mode and its median kept. Parsing is not timed. Wall times
-//! vary from machine to machine; the search iterations and shrink searches printed beside them
-//! do not.
+//! REPEATS times (default 9) in each mode and its median kept. Parsing is not timed.
+//!
+//! Beside them, ringleader's own histories: the simulation (`crate::sim`, default options) is
+//! run on seeds 0..SIM_SEEDS (default 8) twice, on the real code (linearizable) and with reads
+//! served from local state planted (`PlantedBug::LocalReads`, not linearizable on most
+//! seeds), and each history is timed the same way ("sim" rows; runs that end otherwise, e.g.
+//! a planted run the checker passes, are left out). Wall times vary from machine to machine;
+//! the search iterations and shrink searches printed beside them do not.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,8 +28,9 @@ use jepsen_like::checker::{
 use jepsen_like::formats::knossos::{multi_register_partition, mutex_partition, register_history};
 use jepsen_like::formats::porcupine::kv_partitions;
 use jepsen_like::formats::{edn, pair_operations};
-use jepsen_like::history::History;
+use jepsen_like::history::{parse_jsonl, History};
 use jepsen_like::model::{KvModel, Model, MutexModel};
+use jepsen_like::sim::{PlantedBug, SimOptions, Verdict as SimVerdict};
 
 /// A history ready to check, parsed once.
 enum Loaded {
@@ -70,6 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let repeats: usize = args.next().map(|r| r.parse()).transpose()?.unwrap_or(9);
     let repeats = repeats.max(1);
+    let sim_seeds: u64 = args.next().map(|r| r.parse()).transpose()?.unwrap_or(8);
     let options_on = CheckOptions::default();
     let options_off = CheckOptions {
         shrink: false,
@@ -104,14 +111,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     }
 
+    for seed in 0..sim_seeds {
+        for planted_bug in [PlantedBug::None, PlantedBug::LocalReads] {
+            let report = jepsen_like::sim::run(&SimOptions {
+                planted_bug,
+                ..SimOptions::new(seed)
+            })?;
+            let expected_linearizable = match report.verdict {
+                SimVerdict::Linearizable => true,
+                SimVerdict::Violation { .. } => false,
+                _ => continue,
+            };
+            let history = parse_jsonl(&report.history_jsonl).map_err(|e| format!("sim: {e}"))?;
+            let ops = history.ops.len();
+            let loaded = Loaded::Register(history);
+            let off = median(repeats, || time(&loaded, &options_off));
+            let on = median(repeats, || time(&loaded, &options_on));
+            files.push(File {
+                path: format!("sim seed {seed} planted {planted_bug:?}"),
+                family: "sim",
+                expected_linearizable,
+                ops,
+                off,
+                on,
+            });
+        }
+    }
+
     println!(
-        "{} histories from {}, median of {repeats} runs per file and mode (release build: {})\n",
+        "{} histories from {} and the simulation, median of {repeats} runs per file and mode (release build: {})\n",
         files.len(),
         dir.display(),
         !cfg!(debug_assertions)
     );
     println!(
-        "{:<15} {:<9} {:>5} {:>7} | {:>10} {:>10} {:>9} {:>11} | {:>10} {:>10} {:>9} {:>9} {:>11} {:>13}",
+        "{:<16} {:<9} {:>5} {:>7} | {:>10} {:>10} {:>9} {:>11} | {:>10} {:>10} {:>9} {:>9} {:>11} {:>13}",
         "histories",
         "verdict",
         "files",
@@ -131,6 +165,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let families = [
         ("cas-register", Some("cas-register")),
         ("kv (porcupine)", Some("kv")),
+        ("sim (ringleader)", Some("sim")),
         ("all", None),
     ];
     for (name, family) in families {
@@ -160,7 +195,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             per_op[v] = [off_per_op, on_per_op];
             per_file[v] = [off_median, on_median];
             println!(
-                "{:<15} {:<9} {:>5} {:>7} | {:>8.2}ms {:>8.3}ms {:>9.3} {:>11} | {:>8.2}ms {:>8.3}ms {:>9.3} {:>9} {:>11} {:>13}",
+                "{:<16} {:<9} {:>5} {:>7} | {:>8.2}ms {:>8.3}ms {:>9.3} {:>11} | {:>8.2}ms {:>8.3}ms {:>9.3} {:>9} {:>11} {:>13}",
                 name,
                 if linearizable { "ok" } else { "NOT" },
                 group.len(),
@@ -183,7 +218,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if per_op[0][0] > 0.0 && per_op[1][0] > 0.0 {
             println!(
-                "{:<15} NOT/ok: median per file: off {:.2}×, on {:.2}× · median µs/op: off {:.2}×, on {:.2}×",
+                "{:<16} NOT/ok: median per file: off {:.2}×, on {:.2}× · median µs/op: off {:.2}×, on {:.2}×",
                 name,
                 per_file[1][0] / per_file[0][0],
                 per_file[1][1] / per_file[0][0],

@@ -30,15 +30,13 @@ use std::time::{Duration, Instant};
 
 use crate::history::{History, Input, OpId, Outcome};
 use crate::model::{Interner, Model, RegisterInput, RegisterModel, RegisterOutput};
-use crate::search::{search, ModelOp, SearchOutcome};
+use crate::search::{search, ModelOp, ResumableSearch, SearchOutcome};
 use crate::shrink::{shrink, ShrinkLimits};
 
 /// Knobs for [`check`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckOptions {
-    /// Search iterations allowed per key before giving up with [`KeyOutcome::Unknown`] (the
-    /// budget of [`judge`]'s last round; with the smaller rounds before it, a key may use up to
-    /// about 11% more in all).
+    /// Search iterations allowed per key before giving up with [`KeyOutcome::Unknown`].
     pub max_steps_per_key: u64,
     /// Shrink the first violation (the one reports show) to a smaller witness (see
     /// `crate::shrink`) after the verdict. `false` skips that step entirely.
@@ -136,7 +134,7 @@ pub struct KeyResult {
     pub key: String,
     /// Operations of this key handed to the search.
     pub ops_checked: usize,
-    /// Search iterations used over all rounds (not counting shrinking).
+    /// Search iterations used (not counting shrinking).
     pub steps: u64,
     pub outcome: KeyOutcome,
 }
@@ -190,15 +188,16 @@ pub fn check(history: &History, options: &CheckOptions) -> CheckReport {
 /// The verdict of `history`, from the search alone: violations come without a shrunk witness,
 /// whatever `options.shrink` says.
 ///
-/// Keys are searched in rounds of growing budgets, as in [`check_partitions`]:
-/// [`FIRST_ROUND_STEPS`] each, then ten times more for the keys still undecided, up to
-/// `max_steps_per_key`. The first violation ends the check, since it decides the verdict:
-/// keys not yet decided then are [`KeyOutcome::Skipped`]. Why: in a history where several keys
-/// are wrong, refuting one can take a thousand times longer than another (a simulated run with
-/// reads served from local state: 52 search iterations for one key, 744,437 for the next), and
-/// searching every key to the end made a non-linearizable history slower to judge than a
-/// linearizable one. Rounds find the cheap refutation first, deterministically; a linearizable
-/// history pays at most the smaller budgets again on its hardest keys (about 11% more).
+/// Keys are searched in turns ([`crate::search::ResumableSearch`]): each undecided key runs
+/// until [`FIRST_SLICE_STEPS`] iterations in all, then ten times that, and so on up to
+/// `max_steps_per_key`, each turn resuming where the last stopped (nothing is searched twice).
+/// The first violation ends the check, since it decides the verdict: keys not yet decided then
+/// are [`KeyOutcome::Skipped`]. Why: when several keys are wrong, refuting one can take
+/// thousands of times longer than another (a simulated run with reads served from local
+/// state: 52 search iterations for one key, 744,437 for the next), and searching every key to
+/// the end, in order, made a non-linearizable history slower to judge than a linearizable one.
+/// Turns find the cheap refutation first, deterministically, and cost a linearizable history
+/// nothing extra. Memory: the memo of every key still undecided is held at once.
 pub fn judge(history: &History, options: &CheckOptions) -> CheckReport {
     let started = Instant::now();
     let max_steps = options.max_steps_per_key;
@@ -219,18 +218,25 @@ pub fn judge(history: &History, options: &CheckOptions) -> CheckReport {
             outcome: KeyOutcome::Unknown,
         })
         .collect();
-    let mut budget = max_steps.min(FIRST_ROUND_STEPS);
+    // The searches of the keys still undecided; `None` once decided (its memo freed).
+    let mut searches: Vec<Option<ResumableSearch<'_, RegisterModel>>> = keys
+        .iter()
+        .map(|(_, _, (ops, _))| Some(ResumableSearch::new(&RegisterModel, ops)))
+        .collect();
+    let mut limit = max_steps.min(FIRST_SLICE_STEPS);
     let mut violation = false;
-    'rounds: loop {
-        for ((key, ids, (ops, origin)), result) in keys.iter().zip(per_key.iter_mut()) {
-            if result.outcome != KeyOutcome::Unknown {
+    'turns: loop {
+        for (((key, ids, (_, origin)), result), slot) in
+            keys.iter().zip(per_key.iter_mut()).zip(searches.iter_mut())
+        {
+            let Some(searching) = slot else {
                 continue;
-            }
-            let searched = search(&RegisterModel, ops, budget);
-            result.steps += searched.steps;
-            result.outcome = match searched.outcome {
+            };
+            let outcome = searching.resume(limit);
+            result.steps = searching.steps();
+            result.outcome = match outcome {
+                SearchOutcome::Unknown { .. } => continue,
                 SearchOutcome::Linearizable { .. } => KeyOutcome::Linearizable,
-                SearchOutcome::Unknown { .. } => KeyOutcome::Unknown,
                 SearchOutcome::NotLinearizable {
                     longest_prefix,
                     failed_op,
@@ -242,15 +248,16 @@ pub fn judge(history: &History, options: &CheckOptions) -> CheckReport {
                     shrunk: None,
                 }),
             };
+            *slot = None;
             if matches!(result.outcome, KeyOutcome::Violation(_)) {
                 violation = true;
-                break 'rounds;
+                break 'turns;
             }
         }
-        if budget >= max_steps {
+        if limit >= max_steps {
             break;
         }
-        budget = budget.saturating_mul(10).min(max_steps);
+        limit = limit.saturating_mul(10).min(max_steps);
     }
     if violation {
         for result in &mut per_key {
@@ -414,6 +421,9 @@ pub enum PartitionOutcome {
     },
     Unknown,
 }
+
+/// Search iterations each key gets in [`judge`]'s first turn.
+pub const FIRST_SLICE_STEPS: u64 = 1_000;
 
 /// Search steps a partition gets in the first round of [`check_partitions`].
 pub const FIRST_ROUND_STEPS: u64 = 100_000;

@@ -5,7 +5,7 @@
 //! `<process> <type> <f> [<value JSON> [<error>]]`, all on key "k" unless `@key` ends the line.
 
 use jepsen_like::checker::{
-    check, judge, CheckOptions, KeyOutcome, Verdict, Violation, FIRST_ROUND_STEPS,
+    check, judge, CheckOptions, KeyOutcome, Verdict, Violation, FIRST_SLICE_STEPS,
 };
 use jepsen_like::history::{parse_jsonl, History, Outcome};
 use jepsen_like::report::{render_history_html, render_violation_html};
@@ -493,10 +493,10 @@ fn the_cheapest_violation_decides_and_the_other_keys_are_skipped() {
     assert_eq!(v.key, "b");
     assert_eq!(report.per_key[0].key, "a");
     assert_eq!(report.per_key[0].outcome, KeyOutcome::Skipped);
-    assert_eq!(report.per_key[0].steps, FIRST_ROUND_STEPS);
+    assert_eq!(report.per_key[0].steps, FIRST_SLICE_STEPS);
     // Not searched to the end: less than refuting "a" alone costs.
     assert!(
-        a_alone.work.search_steps > 2 * FIRST_ROUND_STEPS,
+        a_alone.work.search_steps > 2 * FIRST_SLICE_STEPS,
         "{:?}",
         a_alone.work
     );
