@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use crate::history::{History, Input, OpId, Outcome};
 use crate::model::{Interner, Model, RegisterInput, RegisterModel, RegisterOutput};
-use crate::search::{search, ModelOp, ResumableSearch, SearchOutcome};
+use crate::search::{ModelOp, ResumableSearch, SearchOutcome};
 use crate::shrink::{shrink, ShrinkLimits};
 
 /// Knobs for [`check`].
@@ -422,21 +422,19 @@ pub enum PartitionOutcome {
     Unknown,
 }
 
-/// Search iterations each key gets in [`judge`]'s first turn.
+/// Search iterations each key gets in the first turn of [`judge`] and [`check_partitions`].
 pub const FIRST_SLICE_STEPS: u64 = 1_000;
-
-/// Search steps a partition gets in the first round of [`check_partitions`].
-pub const FIRST_ROUND_STEPS: u64 = 100_000;
 
 /// Checks each partition against `model` with at most `max_steps_per_partition` search steps
 /// each, stopping at the first violation: one proves the history is not linearizable, and
 /// refuting every other failing partition can cost far more (Porcupine cancels the rest too).
 ///
-/// Budgets grow in rounds, [`FIRST_ROUND_STEPS`] then ten times more each round up to the
-/// maximum, and each round retries only the partitions still undecided. Porcupine checks
-/// partitions in parallel and the first to fail wins; rounds give that effect deterministically:
-/// in its c50-bad kv file, key "0" exhausts ten million steps while key "1" fails in
-/// thousands. A linearizable history pays at most the smaller budgets again on its hardest keys.
+/// Partitions take turns as keys do in [`judge`]: [`FIRST_SLICE_STEPS`] each, then ten times
+/// more for those still undecided, each turn resuming its search where it stopped. Porcupine
+/// checks partitions in parallel and the first to fail wins; turns give that effect
+/// deterministically: in its c50-bad kv file, key "0" exhausts ten million steps while key "1"
+/// fails in thousands. A linearizable history pays nothing extra; the memos of the partitions
+/// still undecided are held at once.
 pub fn check_partitions<M: Model>(
     model: &M,
     partitions: &[Partition<M::Input, M::Output>],
@@ -452,20 +450,25 @@ pub fn check_partitions<M: Model>(
             outcome: PartitionOutcome::Unknown,
         })
         .collect();
-    let mut budget = max_steps_per_partition.min(FIRST_ROUND_STEPS);
+    // The searches of the partitions still undecided; `None` once decided (its memo freed).
+    let mut searches: Vec<Option<ResumableSearch<'_, M>>> = partitions
+        .iter()
+        .map(|partition| Some(ResumableSearch::new(model, &partition.ops)))
+        .collect();
+    let mut limit = max_steps_per_partition.min(FIRST_SLICE_STEPS);
     let mut violation = None;
-    'rounds: loop {
+    'turns: loop {
         for (index, partition) in partitions.iter().enumerate() {
             debug_assert_eq!(partition.ops.len(), partition.lines.len());
-            let result = &mut per_partition[index];
-            if result.outcome != PartitionOutcome::Unknown {
+            let Some(searching) = &mut searches[index] else {
                 continue;
-            }
-            let searched = search(model, &partition.ops, budget);
-            result.steps += searched.steps;
-            result.outcome = match searched.outcome {
+            };
+            let outcome = searching.resume(limit);
+            let result = &mut per_partition[index];
+            result.steps = searching.steps();
+            result.outcome = match outcome {
+                SearchOutcome::Unknown { .. } => continue,
                 SearchOutcome::Linearizable { .. } => PartitionOutcome::Linearizable,
-                SearchOutcome::Unknown { .. } => PartitionOutcome::Unknown,
                 SearchOutcome::NotLinearizable {
                     longest_prefix,
                     failed_op,
@@ -477,14 +480,15 @@ pub fn check_partitions<M: Model>(
                     }
                 }
             };
+            searches[index] = None;
             if violation.is_some() {
-                break 'rounds;
+                break 'turns;
             }
         }
-        if budget >= max_steps_per_partition {
+        if limit >= max_steps_per_partition {
             break;
         }
-        budget = budget.saturating_mul(10).min(max_steps_per_partition);
+        limit = limit.saturating_mul(10).min(max_steps_per_partition);
     }
     // Partitions after the violation were not necessarily searched: leave them out.
     if let Some(index) = violation {
