@@ -14,7 +14,12 @@
 //!
 //! Other models (the public histories' key-value store, mutex, multi-register; see
 //! [`crate::formats`]) come as [`Partition`]s of search operations and go through
-//! [`check_partitions`], which stops at the first violating partition as Porcupine does.
+//! [`check_partitions`].
+//!
+//! Both stop at the first violation (it decides the verdict), and search keys in turns of
+//! growing budgets, resuming each search where it stopped, so the cheapest refutation is found
+//! first and a non-linearizable history is not slower to judge than a linearizable one (see
+//! [`judge`]; `cargo run --release -p jepsen-like --example checker_timing` measures both).
 //!
 //! The verdict comes first, from the search alone ([`judge`]); shrinking the counterexample
 //! is a separate, optional step ([`shrink_first_violation`]) bounded by searches and search
