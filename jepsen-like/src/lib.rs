@@ -18,8 +18,10 @@
 //! - [`sim`]: the deterministic turmoil simulation of a real ringleader cluster under a
 //!   nemesis, whose histories this checker checks (`docs/testing.md`).
 //!
-//! Nothing in the checker reads a clock or a random-number generator: verdicts are a pure
-//! function of the history and the options (budgets are counted in search steps). The design
+//! Nothing in the checker decides by a clock or a random-number generator: verdicts and
+//! witnesses are a pure function of the history and the options (the search and the shrinking
+//! are bounded in search steps). The checker reads the clock only to report wall times, for
+//! information ([`checker::WallTime`]). The design
 //! chapter lives in docs/ (the history format section of [`history`] is meant to move there).
 
 pub mod checker;

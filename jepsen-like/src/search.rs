@@ -103,6 +103,45 @@ pub struct SearchResult {
     pub steps: u64,
 }
 
+/// A search that can be paused when its step budget runs out and resumed with a larger one,
+/// continuing exactly where it stopped: [`search`] with budget `n` then resumed to `m` does the
+/// same iterations, in the same order, as one search with budget `m`. The checker uses it to
+/// give every key a slice of steps in turn, so that one easy-to-refute key is found before a
+/// hard one is searched to the end, without searching anything twice. It holds the search's
+/// memo (up to one entry per step) until dropped.
+pub struct ResumableSearch<'a, M: Model> {
+    run: Search<'a, M>,
+    outcome: Option<SearchOutcome>,
+}
+
+impl<'a, M: Model> ResumableSearch<'a, M> {
+    pub fn new(model: &'a M, ops: &'a [ModelOp<M::Input, M::Output>]) -> Self {
+        ResumableSearch {
+            run: Search::new(model, ops),
+            outcome: None,
+        }
+    }
+
+    /// Runs until a verdict or until `max_steps` iterations in all (counting earlier calls);
+    /// [`SearchOutcome::Unknown`] if the budget ran out first. Once there is a verdict, returns
+    /// it again without searching.
+    pub fn resume(&mut self, max_steps: u64) -> SearchOutcome {
+        if let Some(outcome) = &self.outcome {
+            return outcome.clone();
+        }
+        let outcome = self.run.run(max_steps);
+        if !matches!(outcome, SearchOutcome::Unknown { .. }) {
+            self.outcome = Some(outcome.clone());
+        }
+        outcome
+    }
+
+    /// Iterations used so far, over all calls.
+    pub fn steps(&self) -> u64 {
+        self.run.steps
+    }
+}
+
 /// Searches for a linearization of `ops` against `model`, within `max_steps` iterations.
 pub fn search<M: Model>(
     model: &M,
@@ -145,6 +184,8 @@ struct Search<'a, M: Model> {
     /// Deepest stack seen (operation numbers) and how much of it the current stack shares.
     best: Vec<usize>,
     best_agrees: usize,
+    /// The entry to look at next: where a search that ran out of steps resumes.
+    cursor: usize,
 }
 
 impl<'a, M: Model> Search<'a, M> {
@@ -193,6 +234,7 @@ impl<'a, M: Model> Search<'a, M> {
                 unknown += 1;
             }
         }
+        let cursor = next[NIL];
         Search {
             model,
             ops,
@@ -210,6 +252,7 @@ impl<'a, M: Model> Search<'a, M> {
             steps: 0,
             best: Vec::new(),
             best_agrees: 0,
+            cursor,
         }
     }
 
@@ -242,13 +285,14 @@ impl<'a, M: Model> Search<'a, M> {
     }
 
     fn run(&mut self, max_steps: u64) -> SearchOutcome {
-        let mut cur = self.next[NIL];
+        let mut cur = self.cursor;
         loop {
             if self.definite_remaining == 0 {
                 let order = self.stack.iter().map(|&(e, _)| self.entry_op[e]).collect();
                 return SearchOutcome::Linearizable { order };
             }
             if self.steps >= max_steps {
+                self.cursor = cur;
                 return SearchOutcome::Unknown {
                     longest_prefix: self.best.clone(),
                 };
@@ -500,6 +544,30 @@ mod tests {
         let result = search(&RegisterModel, &ops, 1000);
         assert!(matches!(result.outcome, SearchOutcome::Unknown { .. }));
         assert_eq!(result.steps, 1000);
+    }
+
+    #[test]
+    fn a_resumed_search_does_what_one_search_does() {
+        // Refuting this takes thousands of steps: resume it in small slices.
+        let ops: Vec<_> = (0..8)
+            .map(|i| ModelOp::completed(0, 100, In::Write(i), Out::Done))
+            .chain([ModelOp::completed(0, 100, In::Read, Out::Read(Some(999)))])
+            .collect();
+        let whole = search(&RegisterModel, &ops, 10_000_000);
+        assert!(whole.steps > 1_000, "{}", whole.steps);
+        let mut resumed = ResumableSearch::new(&RegisterModel, &ops);
+        let mut limit = 0;
+        let outcome = loop {
+            limit += 37;
+            match resumed.resume(limit) {
+                SearchOutcome::Unknown { .. } => assert_eq!(resumed.steps(), limit),
+                outcome => break outcome,
+            }
+        };
+        assert_eq!(outcome, whole.outcome);
+        assert_eq!(resumed.steps(), whole.steps);
+        assert_eq!(resumed.resume(limit + 1_000), whole.outcome);
+        assert_eq!(resumed.steps(), whole.steps);
     }
 
     #[test]

@@ -16,10 +16,29 @@
 //!    greedily in chunks (halving, as in delta debugging), each removal kept only if the search
 //!    still proves a violation within the step budget.
 //!
-//! Writes are never dropped. Bounded by `max_checks` searches of at most `max_steps` each.
+//! Writes are never dropped.
+//!
+//! Bounded, deterministically, by [`ShrinkLimits`]: at most `max_checks` searches, and at most
+//! `max_total_steps` search iterations summed over them (no clock), so shrinking a violation
+//! never costs more than a stated multiple of finding it. At the bound it stops and returns
+//! the smallest witness proven so far: at worst the history it was given, whose violation the
+//! caller already proved (the verdict never waits for, nor depends on, shrinking).
 
 use crate::model::Model;
 use crate::search::{search, ModelOp, SearchOutcome};
+
+/// How much work [`shrink`] may do. Both bounds count work, not time, so a shrink is
+/// reproducible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShrinkLimits {
+    /// Searches (candidate sub-histories tried) at most.
+    pub max_checks: usize,
+    /// Search iterations per search at most (a search out of budget counts as "no violation
+    /// proven": the candidate is not taken).
+    pub max_steps_per_check: u64,
+    /// Search iterations summed over all searches at most.
+    pub max_total_steps: u64,
+}
 
 /// A smaller witness. Operation numbers index the slice given to [`shrink`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,17 +53,21 @@ pub struct Shrunk {
     pub failed_op: usize,
     /// Searches run while shrinking.
     pub checks: usize,
+    /// Search iterations used while shrinking, over all its searches.
+    pub steps: u64,
 }
 
-/// Shrinks `ops`, known to be non-linearizable with `failed_op` the op that could not be
-/// placed. Returns `None` if not even the starting point could be re-proven within budget.
+/// Shrinks `ops`, proven non-linearizable by a search that reached `longest_prefix` and could
+/// not place `failed_op` (as in [`SearchOutcome::NotLinearizable`]); that proof is reused, not
+/// searched again. Always returns a witness: the smallest proven within `limits`, `ops` itself
+/// if no smaller one was.
 pub fn shrink<M>(
     model: &M,
     ops: &[ModelOp<M::Input, M::Output>],
+    longest_prefix: &[usize],
     failed_op: usize,
-    max_checks: usize,
-    max_steps: u64,
-) -> Option<Shrunk>
+    limits: ShrinkLimits,
+) -> Shrunk
 where
     M: Model,
     M::Input: Clone,
@@ -55,11 +78,11 @@ where
         ops,
         cut: None,
         checks: 0,
-        max_checks,
-        max_steps,
+        steps: 0,
+        limits,
     };
     let mut kept: Vec<usize> = (0..ops.len()).collect();
-    let mut verdict = shrinker.failure(&kept)?;
+    let mut verdict = (longest_prefix.to_vec(), failed_op);
 
     if let Some(cut) = ops[failed_op].ret() {
         let before_cut: Vec<usize> = kept
@@ -84,7 +107,7 @@ where
     let mut chunk = kept.len().div_ceil(2).max(1);
     loop {
         let mut start = 0;
-        while start < kept.len() && shrinker.checks < max_checks {
+        while start < kept.len() && !shrinker.exhausted() {
             let end = (start + chunk).min(kept.len());
             let observers: Vec<usize> = kept[start..end]
                 .iter()
@@ -110,19 +133,22 @@ where
                 None => start = end,
             }
         }
-        if chunk == 1 || shrinker.checks >= max_checks {
+        if chunk == 1 || shrinker.exhausted() {
             break;
         }
         chunk = chunk.div_ceil(2);
     }
     let (longest_prefix, failed) = verdict;
-    Some(Shrunk {
+    debug_assert!(shrinker.checks <= limits.max_checks);
+    debug_assert!(shrinker.steps <= limits.max_total_steps);
+    Shrunk {
         longest_prefix: longest_prefix.iter().map(|&i| kept[i]).collect(),
         failed_op: kept[failed],
         kept,
         cut: shrinker.cut,
         checks: shrinker.checks,
-    })
+        steps: shrinker.steps,
+    }
 }
 
 struct Shrinker<'a, M: Model> {
@@ -130,8 +156,8 @@ struct Shrinker<'a, M: Model> {
     ops: &'a [ModelOp<M::Input, M::Output>],
     cut: Option<u64>,
     checks: usize,
-    max_checks: usize,
-    max_steps: u64,
+    steps: u64,
+    limits: ShrinkLimits,
 }
 
 impl<M> Shrinker<'_, M>
@@ -149,13 +175,22 @@ where
         }
     }
 
+    /// Whether either bound is used up.
+    fn exhausted(&self) -> bool {
+        self.checks >= self.limits.max_checks || self.steps >= self.limits.max_total_steps
+    }
+
     /// Searches the sub-history `kept`; `Some((prefix, failed))`, in positions of `kept`, if it
-    /// is proven non-linearizable.
+    /// is proven non-linearizable. `None` once the limits are used up.
     fn failure(&mut self, kept: &[usize]) -> Option<(Vec<usize>, usize)> {
-        if self.checks >= self.max_checks {
+        if self.exhausted() {
             return None;
         }
         self.checks += 1;
+        let budget = self
+            .limits
+            .max_steps_per_check
+            .min(self.limits.max_total_steps - self.steps);
         let sub: Vec<ModelOp<M::Input, M::Output>> = kept
             .iter()
             .map(|&i| {
@@ -166,7 +201,9 @@ where
                 }
             })
             .collect();
-        match search(self.model, &sub, self.max_steps).outcome {
+        let searched = search(self.model, &sub, budget);
+        self.steps += searched.steps;
+        match searched.outcome {
             SearchOutcome::NotLinearizable {
                 longest_prefix,
                 failed_op,
@@ -196,12 +233,20 @@ mod tests {
         ops.push(ModelOp::completed(100, 101, In::Write(2), Out::Done));
         ops.push(ModelOp::completed(102, 103, In::Read, Out::Read(Some(1))));
         ops.push(ModelOp::completed(104, 105, In::Read, Out::Read(Some(2))));
-        let failed = match search(&RegisterModel, &ops, 10_000).outcome {
-            SearchOutcome::NotLinearizable { failed_op, .. } => failed_op,
+        let (prefix, failed) = match search(&RegisterModel, &ops, 10_000).outcome {
+            SearchOutcome::NotLinearizable {
+                longest_prefix,
+                failed_op,
+            } => (longest_prefix, failed_op),
             other => panic!("{other:?}"),
         };
         assert_eq!(failed, 22);
-        let shrunk = shrink(&RegisterModel, &ops, failed, 100, 10_000).unwrap();
+        let limits = ShrinkLimits {
+            max_checks: 100,
+            max_steps_per_check: 10_000,
+            max_total_steps: 100_000,
+        };
+        let shrunk = shrink(&RegisterModel, &ops, &prefix, failed, limits);
         assert_eq!(shrunk.kept, vec![0, 21, 22]);
         assert_eq!(shrunk.cut, Some(103));
         assert_eq!(shrunk.failed_op, 22);

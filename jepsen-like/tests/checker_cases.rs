@@ -4,7 +4,9 @@
 //! format and parsed (so every case also exercises the parser):
 //! `<process> <type> <f> [<value JSON> [<error>]]`, all on key "k" unless `@key` ends the line.
 
-use jepsen_like::checker::{check, CheckOptions, KeyOutcome, Verdict, Violation};
+use jepsen_like::checker::{
+    check, judge, CheckOptions, KeyOutcome, Verdict, Violation, FIRST_SLICE_STEPS,
+};
 use jepsen_like::history::{parse_jsonl, History, Outcome};
 use jepsen_like::report::{render_history_html, render_violation_html};
 use serde_json::{json, Value as Json};
@@ -333,4 +335,174 @@ fn html_report_draws_the_violation() {
     }
     let plain = render_history_html(&h, "k");
     assert!(plain.contains("<svg") && plain.contains("r → 7"));
+}
+
+/// A stale read among `reads` harmless reads of 1: the minimal witness is w1, w2 and the stale
+/// read (3 ops); getting there takes the shrinker several searches.
+fn stale_read_among(reads: usize) -> History {
+    let mut script = String::from("1 invoke write 1\n1 ok write 1\n");
+    for i in 0..reads {
+        script.push_str(&format!("{} invoke read\n{} ok read 1\n", 10 + i, 10 + i));
+    }
+    script.push_str(
+        "1 invoke write 2\n1 ok write 2\n2 invoke read\n2 ok read 1\n3 invoke read\n3 ok read 2\n",
+    );
+    history(&script)
+}
+
+#[test]
+fn no_shrink_gives_the_same_verdict_and_does_no_shrinking() {
+    let h = stale_read_among(30);
+    let off = CheckOptions {
+        shrink: false,
+        ..CheckOptions::default()
+    };
+    let unshrunk = check(&h, &off);
+    let shrunk = check(&h, &CheckOptions::default());
+    assert_eq!(unshrunk.verdict, BAD);
+    let v = unshrunk.violations().next().expect("a violation");
+    assert!(v.shrunk.is_none(), "{:?}", v.shrunk);
+    assert_eq!(unshrunk.work.shrink_checks, 0);
+    assert_eq!(unshrunk.work.shrink_steps, 0);
+    // The verdict and the search's findings do not depend on shrinking.
+    let w = shrunk.violations().next().expect("a violation");
+    assert_eq!(
+        (&v.key, v.failed_op, &v.longest_prefix),
+        (&w.key, w.failed_op, &w.longest_prefix)
+    );
+    assert_eq!(unshrunk.work.search_steps, shrunk.work.search_steps);
+    assert!(shrunk.work.shrink_checks > 0);
+    // judge is the verdict step alone, whatever `shrink` says.
+    assert_eq!(judge(&h, &CheckOptions::default()), unshrunk);
+}
+
+#[test]
+fn shrinking_finds_a_witness_within_the_violating_key() {
+    // The violation is on key "b"; key "a" is linearizable and much busier.
+    let mut script = String::new();
+    for i in 0..20 {
+        script.push_str(&format!("1 invoke write {i} @a\n1 ok write {i} @a\n"));
+    }
+    script.push_str("1 invoke write 1 @b\n1 ok write 1 @b\n");
+    for i in 0..10 {
+        script.push_str(&format!(
+            "{} invoke read @b\n{} ok read 1 @b\n",
+            10 + i,
+            10 + i
+        ));
+    }
+    script.push_str("1 invoke write 2 @b\n1 ok write 2 @b\n2 invoke read @b\n2 ok read 1 @b\n");
+    let h = history(&script);
+    let report = check(&h, &CheckOptions::default());
+    let v = report.violations().next().expect("a violation");
+    assert_eq!(v.key, "b");
+    let shrunk = v.shrunk.as_ref().expect("shrunk");
+    assert!(shrunk.ops.len() <= v.ops.len());
+    assert!(shrunk.ops.iter().all(|id| v.ops.contains(id)), "{shrunk:?}");
+    assert!(shrunk.ops.contains(&shrunk.failed_op));
+    assert_eq!(shrunk.ops.len(), 3, "{shrunk:?}");
+    assert!(report.work.shrink_steps > 0);
+}
+
+#[test]
+fn shrinking_stops_at_its_bounds_and_the_violation_stands() {
+    let h = stale_read_among(40);
+    let full = check(&h, &CheckOptions::default());
+    assert_eq!(
+        full.violations()
+            .next()
+            .unwrap()
+            .shrunk
+            .as_ref()
+            .unwrap()
+            .ops
+            .len(),
+        3
+    );
+    let needed_checks = full.work.shrink_checks;
+    let needed_steps = full.work.shrink_steps;
+    assert!(needed_checks > 2 && needed_steps > 20, "{:?}", full.work);
+
+    // Bounded by searches.
+    let by_checks = CheckOptions {
+        max_shrink_checks: 2,
+        ..CheckOptions::default()
+    };
+    // Bounded by search iterations summed over the searches.
+    let by_steps = CheckOptions {
+        max_shrink_steps: needed_steps / 2,
+        ..CheckOptions::default()
+    };
+    for options in [by_checks, by_steps] {
+        let report = check(&h, &options);
+        assert_eq!(report.verdict, BAD);
+        assert!(
+            report.work.shrink_checks <= options.max_shrink_checks,
+            "{:?}",
+            report.work
+        );
+        assert!(
+            report.work.shrink_steps <= options.max_shrink_steps,
+            "{:?}",
+            report.work
+        );
+        let v = report.violations().next().expect("a violation");
+        assert_eq!(v.failed_op, full.violations().next().unwrap().failed_op);
+        let shrunk = v
+            .shrunk
+            .as_ref()
+            .expect("a witness, even if not the smallest");
+        assert!(
+            shrunk.ops.len() > 3,
+            "stopped early, yet minimal: {shrunk:?}"
+        );
+        assert!(shrunk.ops.len() <= v.ops.len());
+    }
+    // A zero bound: no shrink search at all, the witness is the key's history.
+    let none = CheckOptions {
+        max_shrink_checks: 0,
+        ..CheckOptions::default()
+    };
+    let report = check(&h, &none);
+    assert_eq!(report.work.shrink_checks, 0);
+    let v = report.violations().next().unwrap();
+    assert_eq!(v.shrunk.as_ref().unwrap().failed_op, v.failed_op);
+}
+
+#[test]
+fn the_cheapest_violation_decides_and_the_other_keys_are_skipped() {
+    // Key "a": 12 concurrent writes and a read of a value nobody wrote; refuting it means
+    // trying every order (284,334 search iterations). Key "b": a stale read, refuted at once.
+    let mut script = String::new();
+    for p in 0..12 {
+        script.push_str(&format!("{p} invoke write {p} @a\n"));
+    }
+    script.push_str("99 invoke read @a\n99 ok read 77 @a\n");
+    for p in 0..12 {
+        script.push_str(&format!("{p} ok write {p} @a\n"));
+    }
+    let a_alone = judge(&history(&script), &CheckOptions::default());
+    script.push_str(
+        "1 invoke write 1 @b\n1 ok write 1 @b\n1 invoke write 2 @b\n1 ok write 2 @b\n\
+         2 invoke read @b\n2 ok read 1 @b\n",
+    );
+    let h = history(&script);
+    let report = judge(&h, &CheckOptions::default());
+    assert_eq!(report.verdict, BAD);
+    let v = report.violations().next().expect("a violation");
+    assert_eq!(v.key, "b");
+    assert_eq!(report.per_key[0].key, "a");
+    assert_eq!(report.per_key[0].outcome, KeyOutcome::Skipped);
+    assert_eq!(report.per_key[0].steps, FIRST_SLICE_STEPS);
+    // Not searched to the end: less than refuting "a" alone costs.
+    assert!(
+        a_alone.work.search_steps > 2 * FIRST_SLICE_STEPS,
+        "{:?}",
+        a_alone.work
+    );
+    assert!(
+        report.work.search_steps < a_alone.work.search_steps / 2,
+        "{:?}",
+        report.work
+    );
 }

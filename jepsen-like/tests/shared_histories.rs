@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use jepsen_like::checker::{
-    check, check_partitions, CheckOptions, CheckReport, Partition, PartitionOutcome, Verdict,
+    check, check_partitions, shrink_partition_violation, CheckOptions, CheckReport, Partition,
+    PartitionOutcome, Verdict,
 };
 use jepsen_like::formats::knossos::{
     multi_register_partition, mutex_partition, register_history, RegisterHistory,
@@ -265,4 +266,36 @@ fn bad_kv_histories_report_a_failed_key() {
         report.per_partition.last().map(|r| &r.outcome),
         Some(PartitionOutcome::Violation { .. })
     ));
+}
+
+#[test]
+fn kv_violations_shrink_within_their_bounds() {
+    // c50-bad: 50 clients; its bad key's violation shrinks far, given iterations.
+    let entries = entries("porcupine/test_data/kv/c50-bad.txt");
+    let partitions = kv_partitions(&pair_operations(&entries).expect("pairs")).expect("kv");
+    let report = check_partitions(&KvModel, &partitions, MAX_STEPS_PER_PARTITION);
+    assert_eq!(report.verdict, Verdict::NotLinearizable);
+    let options = CheckOptions::default();
+    let (index, shrunk) =
+        shrink_partition_violation(&KvModel, &partitions, &report, &options).expect("a violation");
+    let key_ops = partitions[index].ops.len();
+    assert!(
+        shrunk.kept.len() < key_ops,
+        "{} of {key_ops}",
+        shrunk.kept.len()
+    );
+    assert!(shrunk.kept.contains(&shrunk.failed_op));
+    assert!(shrunk.steps <= options.max_shrink_steps);
+    // A bound of a few hundred iterations stops it early: a witness all the same, never
+    // larger than the key's history.
+    let tight = CheckOptions {
+        max_shrink_steps: 300,
+        ..CheckOptions::default()
+    };
+    let (_, bounded) =
+        shrink_partition_violation(&KvModel, &partitions, &report, &tight).expect("a violation");
+    assert!(bounded.steps <= 300, "{}", bounded.steps);
+    assert!(bounded.kept.len() > shrunk.kept.len());
+    assert!(bounded.kept.len() <= key_ops);
+    assert!(bounded.kept.contains(&bounded.failed_op));
 }

@@ -9,8 +9,8 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use jepsen_like::checker::{
-    check, check_partitions, CheckOptions, KeyOutcome, Partition, PartitionOutcome,
-    Verdict as CheckVerdict,
+    check_partitions, judge, shrink_first_violation, shrink_partition_violation, CheckOptions,
+    KeyOutcome, Partition, PartitionOutcome, Verdict as CheckVerdict,
 };
 use jepsen_like::formats::knossos::{
     multi_register_partition, mutex_partition, register_history, KnossosModel,
@@ -42,6 +42,30 @@ pub struct CheckArgs {
     /// Search steps per key before giving up (exit 3, "unknown").
     #[arg(long, default_value_t = 10_000_000)]
     max_steps_per_key: u64,
+    /// Report the violation as the search found it, without shrinking it to a smaller witness
+    /// (the verdict is printed before shrinking starts either way).
+    #[arg(long)]
+    no_shrink: bool,
+    /// Search iterations the shrinking may use in all (it stops there and keeps the smallest
+    /// witness found so far; the verdict does not depend on it).
+    #[arg(long, default_value_t = CheckOptions::default().max_shrink_steps)]
+    max_shrink_steps: u64,
+}
+
+impl CheckArgs {
+    fn options(&self) -> CheckOptions {
+        CheckOptions {
+            max_steps_per_key: self.max_steps_per_key,
+            shrink: !self.no_shrink,
+            max_shrink_steps: self.max_shrink_steps,
+            ..CheckOptions::default()
+        }
+    }
+}
+
+/// Prints the work a shrink did: searches and search iterations (deterministic), wall time.
+fn print_shrink_work(checks: usize, steps: u64, wall: std::time::Duration) {
+    println!("shrinking: {checks} searches, {steps} search iterations, {wall:?}");
 }
 
 /// Exit 0 linearizable, 1 not (naming the key), 2 malformed file (naming the line) or usage
@@ -119,17 +143,16 @@ fn check_registers(args: &CheckArgs, history: &History) -> Result<ExitCode> {
     if history.ops.is_empty() {
         bail!(empty_history(args));
     }
-    let options = CheckOptions {
-        max_steps_per_key: args.max_steps_per_key,
-        ..CheckOptions::default()
-    };
+    let options = args.options();
     let started = Instant::now();
-    let report = check(history, &options);
+    // The verdict first, from the search alone; shrinking (if asked) comes after it is printed.
+    let mut report = judge(history, &options);
     let elapsed = started.elapsed();
     println!(
-        "{} operations on {} keys checked in {elapsed:?}",
+        "{} operations on {} keys checked in {elapsed:?} ({} search iterations)",
         report.ops_checked,
-        report.per_key.len()
+        report.per_key.len(),
+        report.work.search_steps
     );
     match report.verdict {
         CheckVerdict::Linearizable => {
@@ -148,6 +171,21 @@ fn check_registers(args: &CheckArgs, history: &History) -> Result<ExitCode> {
                 failed.process,
                 failed.label()
             );
+            if options.shrink {
+                // The verdict is out before the (bounded) shrinking starts.
+                std::io::Write::flush(&mut std::io::stdout())?;
+                shrink_first_violation(history, &mut report, &options);
+                let work = &report.work;
+                print_shrink_work(
+                    work.shrink_checks,
+                    work.shrink_steps,
+                    work.shrink_wall_time.0,
+                );
+            }
+            let violation = report
+                .violations()
+                .next()
+                .context("a violation without details")?;
             let shown = violation.shrunk.as_ref().map_or(&violation.ops, |s| &s.ops);
             println!(
                 "the key's sub-history{} ({} ops):",
@@ -193,22 +231,29 @@ fn check_registers(args: &CheckArgs, history: &History) -> Result<ExitCode> {
 
 /// A history for another model, in partitions (keys): checked until the first violation,
 /// which is reported with file lines (no drawing: that is for register histories).
-fn check_partitioned<M: Model>(
+fn check_partitioned<M>(
     args: &CheckArgs,
     model: &M,
     partitions: &[Partition<M::Input, M::Output>],
-) -> Result<ExitCode> {
+) -> Result<ExitCode>
+where
+    M: Model,
+    M::Input: Clone,
+    M::Output: Clone,
+{
     if partitions.iter().all(|partition| partition.ops.is_empty()) {
         bail!(empty_history(args));
     }
+    let options = args.options();
     let started = Instant::now();
-    let report = check_partitions(model, partitions, args.max_steps_per_key);
+    let report = check_partitions(model, partitions, options.max_steps_per_key);
     let elapsed = started.elapsed();
     println!(
-        "{} operations on {} of {} keys checked in {elapsed:?}",
+        "{} operations on {} of {} keys checked in {elapsed:?} ({} search iterations)",
         report.ops_checked,
         report.per_partition.len(),
-        partitions.len()
+        partitions.len(),
+        report.per_partition.iter().map(|r| r.steps).sum::<u64>()
     );
     match report.verdict {
         CheckVerdict::Linearizable => {
@@ -245,6 +290,28 @@ fn check_partitioned<M: Model>(
             );
             for &i in longest_prefix.iter().take(40) {
                 println!("  line {:>6}  {}", partition.lines[i], describe(i));
+            }
+            if options.shrink {
+                std::io::Write::flush(&mut std::io::stdout())?;
+                let shrink_started = Instant::now();
+                if let Some((_, shrunk)) =
+                    shrink_partition_violation(model, partitions, &report, &options)
+                {
+                    print_shrink_work(shrunk.checks, shrunk.steps, shrink_started.elapsed());
+                    println!(
+                        "shrunk witness ({} of the key's {} operations{}):",
+                        shrunk.kept.len(),
+                        partition.ops.len(),
+                        match shrunk.cut {
+                            Some(_) =>
+                                "; those running when the failing one returned count as unknown",
+                            None => "",
+                        }
+                    );
+                    for &i in shrunk.kept.iter().take(40) {
+                        println!("  line {:>6}  {}", partition.lines[i], describe(i));
+                    }
+                }
             }
             if args.html.is_some() {
                 println!("(no drawing: --html draws register histories only)");
@@ -304,6 +371,9 @@ pub struct SimArgs {
     /// linearizable reads answered from local state). For demonstrations only.
     #[arg(long, hide = true)]
     plant_bug: Option<String>,
+    /// Check each run's history without shrinking a violation (the verdict is the same).
+    #[arg(long)]
+    no_shrink: bool,
 }
 
 /// Writes a run's files into `dir` and prints its summary and where the files went.
@@ -352,6 +422,10 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
         planted_bug,
         swarm: !args.no_swarm,
         clock_drift_percent: args.clock_drift,
+        check_options: CheckOptions {
+            shrink: !args.no_shrink,
+            ..CheckOptions::default()
+        },
         ..SimOptions::new(seed)
     };
     let out_for = |seed: u64| {
@@ -362,14 +436,15 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
     let replay = |seed: u64| {
         format!(
             "ringleader sim --seed {seed} --nodes {} --ops {} --clients {} --keys {} --nemesis {} \
-             --clock-drift {}{}",
+             --clock-drift {}{}{}",
             args.nodes,
             args.ops,
             args.clients,
             args.keys,
             args.nemesis,
             args.clock_drift,
-            if args.no_swarm { " --no-swarm" } else { "" }
+            if args.no_swarm { " --no-swarm" } else { "" },
+            if args.no_shrink { " --no-shrink" } else { "" }
         )
     };
 

@@ -180,3 +180,88 @@ fn sim_fails_a_run_that_served_nothing_even_though_it_is_linearizable() {
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("too few successful operations"), "{stdout}");
 }
+
+/// `check` prints the verdict first; shrinking comes after it, and `--no-shrink` skips it (the
+/// whole sub-history is listed instead of a shrunk witness).
+#[test]
+fn check_prints_the_verdict_before_shrinking_and_no_shrink_skips_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = Path::new(HISTORIES_DIR).join("knossos/data/cas-register/bad/cas-failure.edn");
+    let run = |extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_ringleader"))
+            .arg("check")
+            .arg(&history)
+            .arg("--html")
+            .arg(dir.path().join("x.html"))
+            .args(extra)
+            .output()
+            .expect("the ringleader binary runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let verdict = "NOT linearizable: key \"register\": process 70";
+
+    let (code, shrinking) = run(&[]);
+    assert_eq!(code, Some(1), "{shrinking}");
+    let verdict_at = shrinking.find(verdict).expect(&shrinking);
+    let shrink_at = shrinking.find("shrinking: ").expect(&shrinking);
+    assert!(verdict_at < shrink_at, "{shrinking}");
+    assert!(shrinking.contains(", shrunk ("), "{shrinking}");
+
+    let (code, plain) = run(&["--no-shrink"]);
+    assert_eq!(code, Some(1), "{plain}");
+    assert!(plain.contains(verdict), "{plain}");
+    assert!(!plain.contains("shrinking"), "{plain}");
+    assert!(!plain.contains("shrunk"), "{plain}");
+    assert!(plain.contains("sub-history (292 ops)"), "{plain}");
+}
+
+/// `sim --no-shrink` checks each run without shrinking: the violation is the same, and its
+/// drawing has no shrunk witness (it has one without the flag). The planted bug is caught
+/// within a few seeds (`jepsen-like/tests/sim_planted_bug.rs`); the first seed that catches it
+/// is used.
+#[test]
+fn sim_no_shrink_reports_the_violation_without_a_shrunk_witness() {
+    let sim = |seed: u64, out: &Path, extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_ringleader"))
+            .args([
+                "sim",
+                "--seed",
+                &seed.to_string(),
+                "--plant-bug",
+                "local-reads",
+            ])
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .output()
+            .expect("the ringleader binary runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let html = std::fs::read_to_string(out.join("report.html")).unwrap_or_default();
+        (output.status.code(), stdout, html)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for seed in 0..8 {
+        let plain_dir = dir.path().join(format!("plain-{seed}"));
+        let (code, stdout, html) = sim(seed, &plain_dir, &["--no-shrink"]);
+        let Some(verdict) = stdout.lines().find(|l| l.starts_with("verdict: Violation")) else {
+            continue;
+        };
+        assert_eq!(code, Some(1), "{stdout}");
+        assert!(
+            stdout.contains("--no-shrink"),
+            "the replay line keeps the flag: {stdout}"
+        );
+        assert!(html.contains("Not linearizable"), "{html}");
+        assert!(!html.contains("Shrunk witness"), "{html}");
+
+        let (code, stdout, html) = sim(seed, &dir.path().join(format!("shrunk-{seed}")), &[]);
+        assert_eq!(code, Some(1), "{stdout}");
+        assert!(stdout.contains(verdict), "{stdout}");
+        assert!(html.contains("Shrunk witness"), "{html}");
+        return;
+    }
+    panic!("no seed in 0..8 caught reads served from local state");
+}

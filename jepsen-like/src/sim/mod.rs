@@ -54,7 +54,7 @@ pub use workload::{
     NodeState, OpCounts, PhaseCounts, Recovery, AFTER_HEAL_OPS_PER_CLIENT, WORKLOAD_PHASES,
 };
 
-use crate::checker::CheckReport;
+use crate::checker::{CheckOptions, CheckReport};
 
 /// The clock drift the simulation stays within by default, in percent of a node's tick rate.
 pub const DEFAULT_CLOCK_DRIFT_PERCENT: u32 = 10;
@@ -84,6 +84,8 @@ pub struct SimOptions {
     /// The stated bound on clock drift: each node's clock runs up to this many percent fast or
     /// slow (drawn per node from the seed).
     pub clock_drift_percent: u32,
+    /// How the history is checked (`shrink: false` skips shrinking a violation).
+    pub check_options: CheckOptions,
 }
 
 impl SimOptions {
@@ -101,6 +103,7 @@ impl SimOptions {
             planted_bug: PlantedBug::None,
             swarm: true,
             clock_drift_percent: DEFAULT_CLOCK_DRIFT_PERCENT,
+            check_options: CheckOptions::default(),
         }
     }
 

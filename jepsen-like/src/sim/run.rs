@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use ringleader_node::node::NodeConfig;
 use storage::fs::SimFs;
 
-use crate::checker::{self, CheckOptions, KeyOutcome};
+use crate::checker::{self, KeyOutcome};
 use crate::report::render_violation_html;
 use crate::sim::message_faults::MessageFaults;
 use crate::sim::nemesis::{
@@ -211,7 +211,7 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
     let history = shared.recorder.to_history()?;
     // The checker is deterministic; its wall time is reported, never used.
     let check_started = std::time::Instant::now();
-    let check = checker::check(&history, &CheckOptions::default());
+    let check = checker::check(&history, &options.check_options);
     let check_wall_time = check_started.elapsed();
 
     let recovery = shared.recovery.clone().unwrap_or_default();
