@@ -272,7 +272,7 @@ impl SimReport {
             "seed {} · {} nodes · {} ops by {} clients on {} keys · nemeses [{}]{}\n\
              drew: {}\n\
              verdict: {:?}\n\
-             ops: {} ok, {} fail, {} info, {} sessions renewed · {} faults injected · {:.1} s simulated · checked {} ops in {:?}\n\
+             ops: {} ok, {} fail, {} info, {} sessions renewed · {} faults injected · {:.1} s simulated · checked {} ops in {:?} ({} search and {} shrink iterations)\n\
              recovery: write after {:?} ms, converged after {:?} ms, digests match: {}",
             o.seed,
             o.nodes,
@@ -291,6 +291,8 @@ impl SimReport {
             self.sim_elapsed.as_secs_f64(),
             self.check.ops_checked,
             self.check_wall_time,
+            self.check.work.search_steps,
+            self.check.work.shrink_steps,
             self.recovery.write_after_ms,
             self.recovery.converged_after_ms,
             self.digests_match,
