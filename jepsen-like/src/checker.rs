@@ -31,10 +31,11 @@
 //! report carries wall times too, but only as information: they compare equal whatever they
 //! hold ([`WallTime`]) and never decide anything.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::history::{History, Input, OpId, Outcome};
-use crate::model::{Interner, Model, RegisterInput, RegisterModel, RegisterOutput};
+use crate::history::{History, Input, OpId, Outcome, Value};
+use crate::model::{Interner, Model, RegisterInput, RegisterModel, RegisterOutput, ValueId};
 use crate::search::{ModelOp, ResumableSearch, SearchOutcome};
 use crate::shrink::{shrink, ShrinkLimits};
 
@@ -349,21 +350,55 @@ pub fn shrink_first_violation(history: &History, report: &mut CheckReport, optio
 
 /// Converts one key's operations to register-model operations. Returns them with, for each,
 /// the [`OpId`] it came from.
+///
+/// A value written but never observed (no successful read returns it, no compare-and-set
+/// expects it) is interned as one shared [`UNOBSERVED`] value: every operation behaves the same
+/// whichever unobserved value the register holds (a read or a cas expecting a value fails
+/// against all of them alike), so the states are equivalent, and merging them lets the search's
+/// memo recognise them as one. Unknown-outcome writes of it then have equal inputs, which the
+/// search linearizes only in call order ([`Model::interchangeable`]): a history with dozens of
+/// timed-out writes no one read is no longer a search through every subset of them.
 pub fn register_ops(
     history: &History,
     ids: &[OpId],
 ) -> (Vec<ModelOp<RegisterInput, RegisterOutput>>, Vec<OpId>) {
+    let mut observed: HashSet<&Value> = HashSet::new();
+    for &id in ids {
+        let op = &history.ops[id];
+        match (&op.input, &op.outcome) {
+            (_, Outcome::Failed { .. }) => {}
+            (Input::Read, Outcome::Ok { read: Some(v) }) => {
+                observed.insert(v);
+            }
+            (
+                Input::Cas {
+                    expected: Some(v), ..
+                },
+                _,
+            ) => {
+                observed.insert(v);
+            }
+            _ => {}
+        }
+    }
     let mut interner = Interner::default();
+    let written = |v: &Value, interner: &mut Interner| {
+        if observed.contains(v) {
+            interner.intern(v)
+        } else {
+            UNOBSERVED
+        }
+    };
     let mut ops = Vec::with_capacity(ids.len());
     let mut origin = Vec::with_capacity(ids.len());
     for &id in ids {
         let op = &history.ops[id];
         let input = match &op.input {
             Input::Read => RegisterInput::Read,
-            Input::Write(v) => RegisterInput::Write(interner.intern(v)),
+            Input::Write(v) => RegisterInput::Write(written(v, &mut interner)),
             Input::Cas { expected, new } => RegisterInput::Cas {
                 expected: expected.as_ref().map(|v| interner.intern(v)),
-                new: interner.intern(new),
+                new: written(new, &mut interner),
             },
         };
         let output = match (&op.outcome, input) {
@@ -385,6 +420,10 @@ pub fn register_ops(
     }
     (ops, origin)
 }
+
+/// The one value every written-but-never-observed value is interned as (see [`register_ops`]);
+/// the interner never hands it out (it numbers values from 0).
+pub const UNOBSERVED: ValueId = ValueId::MAX;
 
 /// One independently checked part of a history for a model other than the register: a key's
 /// operations (or the whole history, for a single object).

@@ -38,6 +38,16 @@ pub trait Model {
         output: Option<&Self::Output>,
     ) -> Option<Self::State>;
 
+    /// True if two operations with these inputs whose outcomes are both unknown behave alike
+    /// in every state: the search then linearizes them only in call order (the earlier one is
+    /// available wherever the later one is, so swapping them never loses a linearization),
+    /// which keeps a history with many unknown-outcome writes from exploring every subset of
+    /// them. `false` (the default) is always safe.
+    fn interchangeable(&self, a: &Self::Input, b: &Self::Input) -> bool {
+        let _ = (a, b);
+        false
+    }
+
     /// True if the operation never changes the state (a read). Such operations only add
     /// constraints, so dropping one from a non-linearizable history cannot make it
     /// linearizable; the shrinker relies on this and removes only these.
@@ -139,6 +149,10 @@ impl Model for RegisterModel {
             // Outputs that do not belong to the input: never possible.
             _ => None,
         }
+    }
+
+    fn interchangeable(&self, a: &Self::Input, b: &Self::Input) -> bool {
+        a == b
     }
 
     fn is_observer(&self, input: &Self::Input, output: Option<&Self::Output>) -> bool {

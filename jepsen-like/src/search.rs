@@ -22,6 +22,12 @@
 //! - Success is when every operation with a known outcome is linearized; operations with an
 //!   unknown outcome that are left over simply never happened.
 //!
+//! - Symmetry: unknown-outcome operations the model calls interchangeable (equal inputs, e.g.
+//!   two timed-out writes of values no one read, see `checker::register_ops`) are linearized
+//!   only in call order: a later one is tried only once every earlier twin is linearized. The
+//!   earlier one is available wherever the later one is, so any linearization using the later
+//!   one first can swap them; without this rule the search would try every subset of them.
+//!
 //! Invariants: the stack holds exactly the lifted operations, in linearization order; `state`
 //! is the model applied to them from `init`; the linearized-set bitset mirrors the stack.
 //!
@@ -186,6 +192,11 @@ struct Search<'a, M: Model> {
     best_agrees: usize,
     /// The entry to look at next: where a search that ran out of steps resumes.
     cursor: usize,
+    /// For an unknown-outcome op: the latest earlier-called unknown-outcome op interchangeable
+    /// with it (see the module documentation), which must be linearized first.
+    twin_before: Vec<Option<usize>>,
+    /// Whether each op is on the stack.
+    linearized: Vec<bool>,
 }
 
 impl<'a, M: Model> Search<'a, M> {
@@ -234,6 +245,25 @@ impl<'a, M: Model> Search<'a, M> {
                 unknown += 1;
             }
         }
+        // Each unknown-outcome op's earlier twin: one representative per class of
+        // interchangeable inputs, the latest called.
+        let mut twin_before = vec![None; ops.len()];
+        let mut latest_of_class: Vec<usize> = Vec::new();
+        for &(_, is_return, op) in &events {
+            if is_return || ops[op].completion.is_some() {
+                continue;
+            }
+            match latest_of_class
+                .iter_mut()
+                .find(|latest| model.interchangeable(&ops[**latest].input, &ops[op].input))
+            {
+                Some(latest) => {
+                    twin_before[op] = Some(*latest);
+                    *latest = op;
+                }
+                None => latest_of_class.push(op),
+            }
+        }
         let cursor = next[NIL];
         Search {
             model,
@@ -253,6 +283,8 @@ impl<'a, M: Model> Search<'a, M> {
             best: Vec::new(),
             best_agrees: 0,
             cursor,
+            twin_before,
+            linearized: vec![false; ops.len()],
         }
     }
 
@@ -300,6 +332,10 @@ impl<'a, M: Model> Search<'a, M> {
             self.steps += 1;
             if cur != NIL && self.entry_is_call[cur] {
                 let op = self.entry_op[cur];
+                if self.twin_before[op].is_some_and(|twin| !self.linearized[twin]) {
+                    cur = self.next[cur];
+                    continue;
+                }
                 let model_op = &self.ops[op];
                 if let Some(next_state) =
                     self.model
@@ -310,6 +346,7 @@ impl<'a, M: Model> Search<'a, M> {
                     if self.cache.insert((next_state.clone(), self.set.key())) {
                         let before = std::mem::replace(&mut self.state, next_state);
                         self.stack.push((cur, before));
+                        self.linearized[op] = true;
                         self.lift(cur);
                         if let Slot::Definite(_) = slot {
                             self.definite_remaining -= 1;
@@ -328,6 +365,7 @@ impl<'a, M: Model> Search<'a, M> {
                     return self.not_linearizable();
                 };
                 let op = self.entry_op[call];
+                self.linearized[op] = false;
                 self.state = before;
                 let slot = self.slots[op];
                 self.set.remove(slot);
