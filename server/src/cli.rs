@@ -75,7 +75,7 @@ enum Command {
     /// Print KEY's value (raw bytes on stdout). Exit 1 when absent.
     Get {
         key: String,
-        /// Print "version<TAB>value" instead of the value alone.
+        /// Print the version, a tab and the value, instead of the value alone.
         #[arg(long)]
         with_version: bool,
         #[command(flatten)]

@@ -10,7 +10,7 @@
 //! Both foreign formats are EDN ([`edn`]) in the Jepsen operation model, so the pairing of
 //! invocations with completions ([`pair_operations`]) lives here, shared. Parse, then act: a file
 //! is converted whole before any checking, and anything refused is a
-//! [`ParseError`](crate::history::ParseError) naming the 1-based line.
+//! [`crate::history::ParseError`] naming the 1-based line.
 
 pub mod edn;
 pub mod knossos;

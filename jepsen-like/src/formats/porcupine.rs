@@ -1,7 +1,7 @@
 //! Porcupine's key-value histories (`test_data/kv/cNN-{ok,bad}.txt`): one EDN map per line,
 //! `{:process 0, :type :invoke, :f :append, :key "4", :value "x 0 1 y"}`.
 //!
-//! Checked against [`KvModel`]: per key a string, initially `""`; `:get` returns it, `:put`
+//! Checked against [`KvModel`](crate::model::KvModel): per key a string, initially `""`; `:get` returns it, `:put`
 //! replaces it, `:append` concatenates. Keys are independent, so the history is split into one
 //! [`Partition`] per key (Porcupine's P-compositionality); without the split the c10 files take
 //! Porcupine a minute and more. The files hold only `:invoke` and `:ok`; operations left open

@@ -2,7 +2,7 @@
 //! and the real client, on turmoil's simulated network and disk, under a nemesis, with every
 //! client operation recorded and checked for linearizability.
 //!
-//! One run, [`run`]:
+//! One run, [`run()`]:
 //! 1. draw the run's plan from the seed ([`swarm`]: which nemeses, how often, each node's clock
 //!    rate), then start `nodes` nodes (hosts `n1`…, each with its own simulated disk, its peer
 //!    messages routed through the [`message_faults`] seam) and the client hosts;
@@ -30,7 +30,7 @@
 //! Files: [`network`] (turmoil's TCP behind the node's `Network` trait), [`message_faults`] (the
 //! per-message fault plan behind the node's fault seam), [`nemesis`] (faults and their schedule),
 //! [`swarm`] (what each seed draws), [`workload`] (clients, history recording, the recovery
-//! check), [`run`] (the driver that builds the simulation, applies faults and assembles the
+//! check), [`mod@run`] (the driver that builds the simulation, applies faults and assembles the
 //! report).
 
 pub mod message_faults;
@@ -74,7 +74,7 @@ pub struct SimOptions {
     pub keys: usize,
     /// Faults to inject, alone or together; empty for a fault-free run.
     pub nemeses: Vec<Nemesis>,
-    /// If set, [`run`] writes `history.jsonl` (and `report.html` on a violation) there.
+    /// If set, [`run()`] writes `history.jsonl` (and `report.html` on a violation) there.
     pub out_dir: Option<PathBuf>,
     /// A deliberate bug in every node, for testing the checker; [`PlantedBug::None`] normally.
     pub planted_bug: PlantedBug,
