@@ -105,7 +105,9 @@ fn group_ids_round_trip_through_a_format_3_log() {
     let mut expected = Vec::new();
     for (i, &group) in groups.iter().enumerate() {
         let payload = format!("record {i} of group {group}").into_bytes();
-        let lsns = wal.append(group, &[payload.clone()]).expect("append");
+        let lsns = wal
+            .append(group, std::slice::from_ref(&payload))
+            .expect("append");
         expected.push(record(*lsns.start(), group, &payload));
     }
     let mixed: Vec<(GroupId, Vec<u8>)> = vec![(9, b"nine".to_vec()), (0, b"zero".to_vec())];
@@ -323,4 +325,25 @@ fn a_log_store_refuses_a_record_of_another_group() {
         Err(other) => panic!("unexpected error {other}"),
         Ok((_, recovered)) => panic!("replayed another group's entries: {:?}", recovered.entries),
     }
+}
+
+#[test]
+fn a_repair_marker_written_before_the_upgrade_is_still_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_v2_segment(
+        &dir.path().join("wal"),
+        1,
+        &[vec![encoded(&LogRecord::Entry(entry(1, 1)))]],
+    );
+    // The marker's fields in order (until, term, vote), encoded as the struct is, framed as a
+    // format-2 record as the previous build framed it.
+    let marker = codec::encode(&(9u64, 3u64, Some(2u64)), "repair marker").expect("encode");
+    let mut bytes = Vec::new();
+    v2_record(&marker, 0, &mut bytes);
+    std::fs::write(dir.path().join("repair.marker"), bytes).expect("write marker");
+    let (log, recovered) = LogStore::open(StdFs::shared(), dir.path(), options()).expect("open");
+    assert_eq!(recovered.repair_until, Some(9));
+    // The marker's term and vote were restored over the log's (older) hard state.
+    assert_eq!(log.hard_state().term, 3);
+    assert_eq!(log.hard_state().vote, Some(2));
 }
