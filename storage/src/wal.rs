@@ -335,7 +335,7 @@ impl Wal {
     ///
     /// A torn tail (the last batch, partly written) is truncated. Damage anywhere else fails with
     /// [`StorageError::Damaged`], unless [`WalOptions::repair`] is set: then the log is cut at the
-    /// damage (everything from the damaged record on is removed) and [`Recovered::repair`] says
+    /// damage (everything from the damaged record on is removed) and [`Recovered::repaired`] says
     /// what was cut. Use [`Wal::inspect`] first to learn what a repair would discard.
     pub fn open(fs: SharedFs, dir: &Path, options: WalOptions) -> Result<(Wal, Recovered)> {
         fs.create_dir_all(dir)
