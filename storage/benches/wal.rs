@@ -4,7 +4,7 @@
 //! side in one run (the machine is shared, absolute numbers are noisy).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use storage::{StdFs, SyncPolicy, Wal, WalOptions};
+use storage::{StdFs, SyncPolicy, Wal, WalOptions, GROUP_ZERO};
 
 const RECORD_BYTES: usize = 128;
 
@@ -30,7 +30,7 @@ fn wal_appends(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("group_commit", batch),
             &records,
-            |b, records| b.iter(|| wal.append(records).expect("append")),
+            |b, records| b.iter(|| wal.append(GROUP_ZERO, records).expect("append")),
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let mut wal = open_wal(dir.path());
@@ -40,7 +40,8 @@ fn wal_appends(c: &mut Criterion) {
             |b, records| {
                 b.iter(|| {
                     for record in records {
-                        wal.append(std::slice::from_ref(record)).expect("append");
+                        wal.append(GROUP_ZERO, std::slice::from_ref(record))
+                            .expect("append");
                     }
                 })
             },

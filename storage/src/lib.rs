@@ -1,9 +1,10 @@
 //! ringleader's storage engine.
 //!
 //! Three layers, bottom up:
-//! - [`wal`]: a segmented write-ahead log of CRC-checked records ([`record`]), appended in
-//!   batches made durable by one `fdatasync` (group commit), recovered after a crash with a torn
-//!   tail told apart from corruption.
+//! - [`wal`]: a segmented write-ahead log of CRC-checked records ([`record`]), each tagged with
+//!   the Raft group it belongs to ([`GroupId`]; group 0 only, today), appended in batches made
+//!   durable by one `fdatasync` (group commit), recovered after a crash with a torn tail told
+//!   apart from corruption.
 //! - [`snapshot`]: checkpoints of the state machine written atomically (temp file, fsync, rename,
 //!   directory fsync) and read back through a memory map; [`log_store`] keeps Raft's entries and
 //!   hard state in the WAL and deletes the segments a snapshot covers.
@@ -27,5 +28,6 @@ pub mod wal;
 pub use error::{Result, StorageError};
 pub use fs::{FileSystem, SharedFs, StdFs};
 pub use log_store::{HardState, LogStore, RecoveredLog, StoredEntry};
+pub use record::{GroupId, GROUP_ZERO};
 pub use snapshot::SnapshotPoint;
-pub use wal::{SyncPolicy, Wal, WalOptions};
+pub use wal::{SyncPolicy, Wal, WalOptions, WalRecord};

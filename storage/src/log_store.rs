@@ -15,6 +15,12 @@
 //!
 //! This crate knows nothing of the consensus crate: an entry's payload is opaque bytes, and the
 //! node maps between the two.
+//!
+//! A log store holds one Raft group, group 0 ([`GROUP_ZERO`]): it owns its WAL, tags every record
+//! it writes with its group, and refuses to replay a record of another group (a log shared by
+//! several groups needs the multi-group store of a later issue, which will own the [`Wal`], append
+//! every group's records in one batch with [`Wal::append_mixed`] and hand each group the
+//! [`crate::wal::WalRecord`]s tagged with its id).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::error::{Result, StorageError};
 use crate::fs::{FileSystem, SharedFs};
-use crate::record::{decode_record, encode_record, Decoded};
+use crate::record::{decode_record, encode_record, Decoded, GroupId, RecordFormat, GROUP_ZERO};
 use crate::snapshot::{LoadedSnapshot, SnapshotPoint, SnapshotStore};
 use crate::wal::{Lsn, Wal, WalOptions};
 
@@ -92,6 +98,8 @@ struct RepairMarker {
 
 /// The durable log of one replica.
 pub struct LogStore {
+    /// The Raft group whose records this store writes and replays (always [`GROUP_ZERO`] today).
+    group: GroupId,
     wal: Wal,
     snapshots: SnapshotStore,
     hard_state: HardState,
@@ -108,6 +116,7 @@ pub struct LogStore {
 impl LogStore {
     /// Opens the log kept under `dir` (`dir/wal`, `dir/snap`) and replays it.
     pub fn open(fs: SharedFs, dir: &Path, options: WalOptions) -> Result<(LogStore, RecoveredLog)> {
+        let group = GROUP_ZERO;
         let snapshots = SnapshotStore::open(fs.clone(), &dir.join("snap"))?;
         let snapshot = snapshots.load_latest()?;
         let snapshot_point = snapshot.as_ref().map(|s| s.point).unwrap_or_default();
@@ -119,7 +128,12 @@ impl LogStore {
                 // Everything that passed its checksum, on both sides of the damage, counts: the
                 // marker must be durable before the log is cut.
                 let mut newest = marker.unwrap_or_default();
-                for bytes in &inspection.checksummed {
+                let ours = inspection
+                    .checksummed
+                    .iter()
+                    .filter(|(of, _)| *of == group)
+                    .map(|(_, bytes)| bytes);
+                for bytes in ours {
                     if let Ok(LogRecord::HardState(state)) =
                         codec::decode::<LogRecord>(bytes, "log record")
                     {
@@ -160,8 +174,20 @@ impl LogStore {
         // gaps, which only the tail (at or below the snapshot) may have.
         let mut by_index: BTreeMap<u64, StoredEntry> = BTreeMap::new();
         let mut entry_lsns = BTreeMap::new();
-        for (lsn, bytes) in recovered.records {
-            match codec::decode::<LogRecord>(&bytes, "log record")? {
+        for record in recovered.records {
+            let lsn = record.lsn;
+            if record.group != group {
+                return Err(StorageError::Corrupt {
+                    path: wal.dir().to_path_buf(),
+                    offset: 0,
+                    reason: format!(
+                        "record #{lsn} belongs to Raft group {}, but this log holds only group \
+                         {group}: it was written by a build that shares the log among groups",
+                        record.group
+                    ),
+                });
+            }
+            match codec::decode::<LogRecord>(&record.payload, "log record")? {
                 LogRecord::HardState(state) => hard_state = state,
                 LogRecord::TruncateAfter { .. } => {
                     // A leader's snapshot replaced the whole log: the entries before this record
@@ -204,6 +230,7 @@ impl LogStore {
             .last()
             .map_or(snapshot_point.last_index, |e| e.index);
         let mut store = LogStore {
+            group,
             wal,
             snapshots,
             hard_state,
@@ -257,7 +284,7 @@ impl LogStore {
         if records.is_empty() {
             return Ok(());
         }
-        let lsns = self.wal.append(&records)?;
+        let lsns = self.wal.append(self.group, &records)?;
         for (entry, lsn) in entries.iter().zip(*lsns.start()..) {
             debug_assert!(entry.index <= self.last_index + 1, "entries are contiguous");
             self.entry_lsns.split_off(&entry.index);
@@ -328,7 +355,7 @@ impl LogStore {
                 "log record",
             )?);
         }
-        self.wal.append(&records)?;
+        self.wal.append(self.group, &records)?;
         self.wal.sync()?;
         let oldest_needed = self
             .entry_lsns
@@ -372,6 +399,11 @@ impl LogStore {
             .map_err(|e| StorageError::io("sync directory", &self.dir, e))
     }
 
+    /// The Raft group this store holds.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
     /// The WAL underneath, for status and sync policy.
     pub fn wal(&self) -> &Wal {
         &self.wal
@@ -412,8 +444,13 @@ fn read_repair_marker(fs: &dyn FileSystem, dir: &Path) -> Result<Option<RepairMa
     let bytes = fs
         .read(&path)
         .map_err(|e| StorageError::io("read", &path, e))?;
-    match decode_record(&bytes, 0, 4096) {
-        Decoded::Record { payload, .. } => Ok(Some(codec::decode(payload, "repair marker")?)),
+    // Written in the current record framing; one written before an upgrade uses format 2.
+    let decoded = [RecordFormat::V3, RecordFormat::V2]
+        .into_iter()
+        .map(|format| decode_record(&bytes, 0, 4096, format))
+        .find(|decoded| matches!(decoded, Decoded::Record { .. }));
+    match decoded {
+        Some(Decoded::Record { payload, .. }) => Ok(Some(codec::decode(payload, "repair marker")?)),
         _ => Err(StorageError::Corrupt {
             path,
             offset: 0,
@@ -429,7 +466,12 @@ fn write_repair_marker(fs: &dyn FileSystem, dir: &Path, marker: RepairMarker) ->
     fs.create_dir_all(dir)
         .map_err(|e| StorageError::io("create directory", dir, e))?;
     let mut bytes = Vec::new();
-    encode_record(&codec::encode(&marker, "repair marker")?, 0, &mut bytes);
+    encode_record(
+        GROUP_ZERO,
+        &codec::encode(&marker, "repair marker")?,
+        0,
+        &mut bytes,
+    );
     let temp = dir.join(format!("{REPAIR_MARKER}.tmp"));
     let path = dir.join(REPAIR_MARKER);
     let mut file = fs

@@ -7,6 +7,16 @@
 //! [`crate::record`]. Only the newest segment is ever written; when it reaches
 //! `segment_max_bytes` it is synced and sealed, and a new one begins.
 //!
+//! Every record carries the id of the Raft group it belongs to ([`GroupId`]); the log itself
+//! gives groups no meaning (one sequence of LSNs, one fsync per batch whatever groups it holds)
+//! and hands each recovered record back with its group ([`WalRecord`]).
+//!
+//! Segment format 3 is written; format-2 segments (written before records had a group id) are
+//! still read, every record as group 0, so an upgraded node loses nothing. A log may therefore
+//! hold format-2 segments followed by format-3 ones: the first write after an upgrade seals a
+//! format-2 newest segment (or, when it holds no record yet, replaces its header) so that format-3
+//! records never land in a format-2 segment. Format 1 is refused.
+//!
 //! Recovery ([`Wal::open`]) tells a torn tail from damage. Every batch is fsynced before the
 //! next is written, so only the last batch of the newest segment can be torn:
 //! - a record that fails to decode (cut short, zero-filled, checksum mismatch) with no valid
@@ -29,7 +39,7 @@ use std::time::Duration;
 use crate::error::{DamageReport, Result, StorageError};
 use crate::fs::{join, FileSystem, SharedFs, StorageFile};
 use crate::record::{
-    decode_record, encode_record, intact_header_len, Decoded, RECORD_HEADER_BYTES,
+    decode_record, encode_record, intact_header_len, Decoded, GroupId, RecordFormat,
 };
 
 /// A log sequence number: the position of a record in the log, starting at 1.
@@ -38,8 +48,11 @@ pub type Lsn = u64;
 /// Bytes of a segment header.
 pub const SEGMENT_HEADER_BYTES: usize = 24;
 const SEGMENT_MAGIC: &[u8; 7] = b"RLGWAL\0";
-/// The segment format this code writes; a segment with another version is refused.
-pub const SEGMENT_FORMAT_VERSION: u8 = 2;
+/// The segment format this code writes (records with a group id, [`RecordFormat::V3`]).
+pub const SEGMENT_FORMAT_VERSION: u8 = 3;
+/// The older segment format this code still reads (records without a group id, read as group 0,
+/// [`RecordFormat::V2`]); it is never written. Any other version is refused.
+pub const SEGMENT_FORMAT_VERSION_V2: u8 = 2;
 
 /// When appended records are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,10 +98,20 @@ pub struct TornTail {
     pub discarded_bytes: u64,
 }
 
+/// One record read back by [`Wal::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalRecord {
+    pub lsn: Lsn,
+    /// The group it was appended for (group 0 for a record of a format-2 segment).
+    pub group: GroupId,
+    pub payload: Vec<u8>,
+}
+
 /// What [`Wal::open`] read back: every intact record, in order.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    pub records: Vec<(Lsn, Vec<u8>)>,
+    /// Every record of every group, in LSN order.
+    pub records: Vec<WalRecord>,
     pub torn_tail: Option<TornTail>,
     /// Set when the log was damaged and opened with [`WalOptions::repair`]: where it was cut.
     pub repaired: Option<Damage>,
@@ -98,6 +121,8 @@ pub struct Recovered {
 struct Segment {
     first_lsn: Lsn,
     path: PathBuf,
+    /// How its records are framed (from its header; new segments are always format 3).
+    format: RecordFormat,
     /// Size on disk once sealed (the active segment's size is `Wal::active_len`).
     sealed_bytes: u64,
 }
@@ -144,8 +169,8 @@ fn encode_segment_header(first_lsn: Lsn) -> [u8; SEGMENT_HEADER_BYTES] {
     header
 }
 
-/// The first LSN recorded in a segment header, or why the header is not valid.
-fn decode_segment_header(bytes: &[u8]) -> std::result::Result<Lsn, String> {
+/// The first LSN and record framing recorded in a segment header, or why the header is not valid.
+fn decode_segment_header(bytes: &[u8]) -> std::result::Result<(Lsn, RecordFormat), String> {
     let header = bytes
         .get(0..SEGMENT_HEADER_BYTES)
         .ok_or_else(|| "segment header incomplete".to_string())?;
@@ -156,17 +181,31 @@ fn decode_segment_header(bytes: &[u8]) -> std::result::Result<Lsn, String> {
     if &header[0..7] != SEGMENT_MAGIC {
         return Err("not a ringleader WAL segment (bad magic)".into());
     }
-    if header[7] != SEGMENT_FORMAT_VERSION {
-        return Err(format!(
-            "segment format version {} (this build reads only {SEGMENT_FORMAT_VERSION}; version 1 \
-             logs were written before records carried a durability stamp: start this node from \
-             an empty data directory so that it re-fetches its state from the other replicas)",
-            header[7]
-        ));
-    }
+    let format = match header[7] {
+        SEGMENT_FORMAT_VERSION => RecordFormat::V3,
+        SEGMENT_FORMAT_VERSION_V2 => RecordFormat::V2,
+        version => {
+            return Err(format!(
+                "segment format version {version} (this build reads versions \
+                 {SEGMENT_FORMAT_VERSION_V2} and {SEGMENT_FORMAT_VERSION}; version 1 logs were \
+                 written before records carried a durability stamp: start this node from an \
+                 empty data directory so that it re-fetches its state from the other replicas)"
+            ))
+        }
+    };
     let mut lsn = [0u8; 8];
     lsn.copy_from_slice(&header[8..16]);
-    Ok(u64::from_le_bytes(lsn))
+    Ok((u64::from_le_bytes(lsn), format))
+}
+
+/// The framing to try for the records of a segment whose header did not decode: the one its
+/// version byte names if that is a version this build reads, else the current one. Only used to
+/// salvage (repair) and to tell a torn header from damage, both best effort.
+fn guess_format(bytes: &[u8]) -> RecordFormat {
+    match bytes.get(7) {
+        Some(&SEGMENT_FORMAT_VERSION_V2) => RecordFormat::V2,
+        _ => RecordFormat::V3,
+    }
 }
 
 /// Whether the undecodable record at `offset`, which would have had LSN `lsn`, is proven to have
@@ -179,17 +218,23 @@ fn decode_segment_header(bytes: &[u8]) -> std::result::Result<Lsn, String> {
 /// same (last, unsynced) batch. When the bad record's own header is intact its length is trusted
 /// and the search starts past its end, so a value that happens to contain an encoded record
 /// cannot fool it; otherwise every later offset is tried.
-fn proven_durable(bytes: &[u8], offset: usize, lsn: Lsn, max_record_bytes: usize) -> bool {
-    let mut from = match intact_header_len(bytes, offset) {
-        Some(payload_len) => offset + RECORD_HEADER_BYTES + payload_len,
+fn proven_durable(
+    bytes: &[u8],
+    offset: usize,
+    lsn: Lsn,
+    max_record_bytes: usize,
+    format: RecordFormat,
+) -> bool {
+    let mut from = match intact_header_len(bytes, offset, format) {
+        Some(payload_len) => offset + format.header_bytes() + payload_len,
         None => offset + 1,
     };
-    while let Some(at) = first_valid_record(bytes, from, max_record_bytes) {
+    while let Some(at) = first_valid_record(bytes, from, max_record_bytes, format) {
         let Decoded::Record {
             durable_before,
             next,
             ..
-        } = decode_record(bytes, at, max_record_bytes)
+        } = decode_record(bytes, at, max_record_bytes, format)
         else {
             return false;
         };
@@ -202,10 +247,15 @@ fn proven_durable(bytes: &[u8], offset: usize, lsn: Lsn, max_record_bytes: usize
 }
 
 /// The first offset at or after `from` where a whole, checksummed record starts.
-fn first_valid_record(bytes: &[u8], from: usize, max_record_bytes: usize) -> Option<usize> {
-    (from..bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1)).find(|&candidate| {
+fn first_valid_record(
+    bytes: &[u8],
+    from: usize,
+    max_record_bytes: usize,
+    format: RecordFormat,
+) -> Option<usize> {
+    (from..bytes.len().saturating_sub(format.header_bytes() - 1)).find(|&candidate| {
         matches!(
-            decode_record(bytes, candidate, max_record_bytes),
+            decode_record(bytes, candidate, max_record_bytes, format),
             Decoded::Record { .. }
         )
     })
@@ -230,14 +280,15 @@ pub struct Damage {
 #[derive(Debug, Clone, Default)]
 pub struct Inspection {
     pub damage: Option<Damage>,
-    pub checksummed: Vec<Vec<u8>>,
+    /// Each checksummed record's group and payload.
+    pub checksummed: Vec<(GroupId, Vec<u8>)>,
 }
 
 /// The outcome of reading every segment without changing anything.
 struct Scan {
     /// Segments kept, oldest first, with their scanned lengths.
     kept: Vec<Segment>,
-    records: Vec<(Lsn, Vec<u8>)>,
+    records: Vec<WalRecord>,
     next_lsn: Option<Lsn>,
     /// The newest segment's valid length (its records end there).
     active_len: u64,
@@ -249,18 +300,29 @@ struct Scan {
     damage: Option<Damage>,
     /// Segments after the damaged one (removed by a repair).
     after_damage: Vec<PathBuf>,
-    salvaged: Vec<Vec<u8>>,
+    salvaged: Vec<(GroupId, Vec<u8>)>,
 }
 
 /// Collects every checksummed record in `bytes` from `offset` on, skipping over damage.
-fn salvage(bytes: &[u8], mut offset: usize, max_record_bytes: usize, out: &mut Vec<Vec<u8>>) {
+fn salvage(
+    bytes: &[u8],
+    mut offset: usize,
+    max_record_bytes: usize,
+    format: RecordFormat,
+    out: &mut Vec<(GroupId, Vec<u8>)>,
+) {
     while offset < bytes.len() {
-        match decode_record(bytes, offset, max_record_bytes) {
-            Decoded::Record { payload, next, .. } => {
-                out.push(payload.to_vec());
+        match decode_record(bytes, offset, max_record_bytes, format) {
+            Decoded::Record {
+                group,
+                payload,
+                next,
+                ..
+            } => {
+                out.push((group, payload.to_vec()));
                 offset = next;
             }
-            _ => match first_valid_record(bytes, offset + 1, max_record_bytes) {
+            _ => match first_valid_record(bytes, offset + 1, max_record_bytes, format) {
                 Some(next) => offset = next,
                 None => return,
             },
@@ -290,7 +352,7 @@ impl Wal {
             if !options.repair {
                 return Err(StorageError::Damaged(Box::new(DamageReport {
                     damage: damage.clone(),
-                    previous_record: scan.records.last().map(|(_, payload)| payload.clone()),
+                    previous_record: scan.records.last().map(|record| record.payload.clone()),
                     after_entry: None,
                 })));
             }
@@ -353,6 +415,7 @@ impl Wal {
                 let segment = Segment {
                     first_lsn: next_lsn,
                     path: join(dir, &segment_name(next_lsn)),
+                    format: RecordFormat::V3,
                     sealed_bytes: 0,
                 };
                 let file = create_segment(&*fs, dir, &segment)?;
@@ -364,7 +427,7 @@ impl Wal {
             recovered
                 .records
                 .last()
-                .map_or(next_lsn, |(lsn, _)| lsn + 1),
+                .map_or(next_lsn, |record| record.lsn + 1),
             next_lsn,
             "records end just before the next LSN"
         );
@@ -391,10 +454,10 @@ impl Wal {
             return Ok(Inspection::default());
         }
         let scan = scan(fs, dir, options)?;
-        let mut checksummed: Vec<Vec<u8>> = scan
+        let mut checksummed: Vec<(GroupId, Vec<u8>)> = scan
             .records
             .into_iter()
-            .map(|(_, payload)| payload)
+            .map(|record| (record.group, record.payload))
             .collect();
         checksummed.extend(scan.salvaged);
         Ok(Inspection {
@@ -403,36 +466,65 @@ impl Wal {
         })
     }
 
-    /// Appends `payloads` as consecutive records with one write, then (under
+    /// Appends `payloads` as consecutive records of `group` with one write, then (under
     /// [`SyncPolicy::Always`]) one `fdatasync`. Returns their LSNs. All or nothing: on error no
     /// record of the batch is in the log.
-    pub fn append<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Result<RangeInclusive<Lsn>> {
+    pub fn append<P: AsRef<[u8]>>(
+        &mut self,
+        group: GroupId,
+        payloads: &[P],
+    ) -> Result<RangeInclusive<Lsn>> {
+        self.append_batch(payloads.iter().map(|payload| (group, payload.as_ref())))
+    }
+
+    /// Like [`Wal::append`], for a batch whose records belong to different groups (one write and
+    /// one `fdatasync` for all of them: group commit across groups sharing the log).
+    pub fn append_mixed<P: AsRef<[u8]>>(
+        &mut self,
+        records: &[(GroupId, P)],
+    ) -> Result<RangeInclusive<Lsn>> {
+        self.append_batch(
+            records
+                .iter()
+                .map(|(group, payload)| (*group, payload.as_ref())),
+        )
+    }
+
+    fn append_batch<'a>(
+        &mut self,
+        records: impl Iterator<Item = (GroupId, &'a [u8])> + Clone,
+    ) -> Result<RangeInclusive<Lsn>> {
         if self.poisoned {
             return Err(StorageError::Poisoned {
                 dir: self.dir.clone(),
             });
         }
-        debug_assert!(!payloads.is_empty(), "an empty batch is a caller bug");
-        for payload in payloads {
-            let len = payload.as_ref().len();
+        let mut count: u64 = 0;
+        for (_, payload) in records.clone() {
+            let len = payload.len();
             if len == 0 || len > self.options.max_record_bytes {
                 return Err(StorageError::RecordTooLarge {
                     len,
                     max: self.options.max_record_bytes,
                 });
             }
+            count += 1;
         }
+        debug_assert!(count > 0, "an empty batch is a caller bug");
         let mut buffer = std::mem::take(&mut self.batch_buffer);
         buffer.clear();
-        for payload in payloads {
-            encode_record(payload.as_ref(), self.durable_before, &mut buffer);
+        for (group, payload) in records {
+            encode_record(group, payload, self.durable_before, &mut buffer);
         }
-        let result = self.write_batch(&buffer, payloads.len() as u64);
+        let result = self.write_batch(&buffer, count);
         self.batch_buffer = buffer;
         result
     }
 
     fn write_batch(&mut self, buffer: &[u8], count: u64) -> Result<RangeInclusive<Lsn>> {
+        if self.active_format() != RecordFormat::V3 {
+            self.upgrade_active_segment()?;
+        }
         let holds_records = self.active_len > SEGMENT_HEADER_BYTES as u64;
         if holds_records && self.active_len + buffer.len() as u64 > self.options.segment_max_bytes {
             self.roll_segment()?;
@@ -479,6 +571,7 @@ impl Wal {
         let segment = Segment {
             first_lsn: self.next_lsn,
             path: join(&self.dir, &segment_name(self.next_lsn)),
+            format: RecordFormat::V3,
             sealed_bytes: 0,
         };
         let file = match create_segment(&*self.fs, &self.dir, &segment) {
@@ -524,6 +617,65 @@ impl Wal {
                 .map_err(|e| StorageError::io("sync directory", &self.dir, e))?;
         }
         Ok(removed)
+    }
+
+    /// Before the first write after an upgrade: a format-2 newest segment must not receive
+    /// format-3 records. One holding records is sealed (a new format-3 segment begins); one
+    /// holding none gets a format-3 header instead, atomically (temporary file, fsync, rename,
+    /// directory fsync), because a new segment would need its file name. On failure nothing
+    /// changed unless the log is poisoned (only after the rename, when the old handle is stale).
+    fn upgrade_active_segment(&mut self) -> Result<()> {
+        if self.active_len > SEGMENT_HEADER_BYTES as u64 {
+            return self.roll_segment();
+        }
+        let path = self.active_path().to_path_buf();
+        let first_lsn = self
+            .segments
+            .last()
+            .expect("a WAL always has an active segment")
+            .first_lsn;
+        let temp = path.with_extension("wal.tmp");
+        let written = self.fs.create(&temp).and_then(|mut file| {
+            file.append(&encode_segment_header(first_lsn))
+                .and_then(|()| file.sync_data())
+        });
+        if let Err(error) = written {
+            let _ = self.fs.remove_file(&temp);
+            return Err(StorageError::io("write upgraded header of", &temp, error));
+        }
+        if let Err(error) = self.fs.rename(&temp, &path) {
+            let _ = self.fs.remove_file(&temp);
+            return Err(StorageError::io("rename", &temp, error));
+        }
+        let reopened = self
+            .fs
+            .sync_dir(&self.dir)
+            .map_err(|e| StorageError::io("sync directory", &self.dir, e))
+            .and_then(|()| {
+                self.fs
+                    .open_append(&path)
+                    .map_err(|e| StorageError::io("open", &path, e))
+            });
+        match reopened {
+            Ok(file) => {
+                self.active = file;
+                if let Some(active) = self.segments.last_mut() {
+                    active.format = RecordFormat::V3;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.poisoned = true;
+                Err(error)
+            }
+        }
+    }
+
+    fn active_format(&self) -> RecordFormat {
+        self.segments
+            .last()
+            .expect("a WAL always has an active segment")
+            .format
     }
 
     fn active_path(&self) -> &Path {
@@ -593,6 +745,8 @@ fn scan(fs: &dyn FileSystem, dir: &Path, options: &WalOptions) -> Result<Scan> {
             parse_segment_name(name).map(|first_lsn| Segment {
                 first_lsn,
                 path: join(dir, name),
+                // Set from the header when the segment is scanned.
+                format: RecordFormat::V3,
                 sealed_bytes: 0,
             })
         })
@@ -628,8 +782,12 @@ fn scan(fs: &dyn FileSystem, dir: &Path, options: &WalOptions) -> Result<Scan> {
             .read(&segment.path)
             .map_err(|e| StorageError::io("read", &segment.path, e))?;
         let expected_lsn = scan.next_lsn.unwrap_or(segment.first_lsn);
-        let header_problem = match decode_segment_header(&bytes) {
-            Ok(lsn) if lsn != segment.first_lsn => Some(format!(
+        let header = decode_segment_header(&bytes);
+        if let Ok((_, format)) = header {
+            segment.format = format;
+        }
+        let header_problem = match header {
+            Ok((lsn, _)) if lsn != segment.first_lsn => Some(format!(
                 "header says first LSN {lsn}, file name says {}",
                 segment.first_lsn
             )),
@@ -650,14 +808,18 @@ fn scan(fs: &dyn FileSystem, dir: &Path, options: &WalOptions) -> Result<Scan> {
             Ok(_) => None,
             // A header that never fully arrived, in a segment holding no valid record: a crash
             // while the segment was being created (no record in it was ever acknowledged).
+            // Either framing counts as a record here: a header cannot say which one it meant.
             Err(_)
                 if is_newest
-                    && first_valid_record(
-                        &bytes,
-                        SEGMENT_HEADER_BYTES,
-                        options.max_record_bytes,
-                    )
-                    .is_none() =>
+                    && [RecordFormat::V2, RecordFormat::V3].iter().all(|&format| {
+                        first_valid_record(
+                            &bytes,
+                            SEGMENT_HEADER_BYTES,
+                            options.max_record_bytes,
+                            format,
+                        )
+                        .is_none()
+                    }) =>
             {
                 scan.torn_header = Some(segment.path.clone());
                 scan.next_lsn = Some(expected_lsn);
@@ -679,6 +841,7 @@ fn scan(fs: &dyn FileSystem, dir: &Path, options: &WalOptions) -> Result<Scan> {
                 &bytes,
                 SEGMENT_HEADER_BYTES,
                 options.max_record_bytes,
+                guess_format(&bytes),
                 &mut scan.salvaged,
             );
             salvage_rest(fs, &mut remaining, options, &mut scan)?;
@@ -687,10 +850,20 @@ fn scan(fs: &dyn FileSystem, dir: &Path, options: &WalOptions) -> Result<Scan> {
         let mut lsn = segment.first_lsn;
         let mut offset = SEGMENT_HEADER_BYTES;
         let mut damaged = false;
+        let format = segment.format;
         while offset < bytes.len() {
-            let problem = match decode_record(&bytes, offset, options.max_record_bytes) {
-                Decoded::Record { payload, next, .. } => {
-                    scan.records.push((lsn, payload.to_vec()));
+            let problem = match decode_record(&bytes, offset, options.max_record_bytes, format) {
+                Decoded::Record {
+                    group,
+                    payload,
+                    next,
+                    ..
+                } => {
+                    scan.records.push(WalRecord {
+                        lsn,
+                        group,
+                        payload: payload.to_vec(),
+                    });
                     lsn += 1;
                     offset = next;
                     continue;
@@ -700,7 +873,7 @@ fn scan(fs: &dyn FileSystem, dir: &Path, options: &WalOptions) -> Result<Scan> {
                 Decoded::Invalid { reason } => reason,
             };
             // Only the newest segment holds records written after the last fsync.
-            if is_newest && !proven_durable(&bytes, offset, lsn, options.max_record_bytes) {
+            if is_newest && !proven_durable(&bytes, offset, lsn, options.max_record_bytes, format) {
                 scan.torn_tail = Some((segment.path.clone(), offset, bytes.len()));
                 break;
             }
@@ -715,7 +888,13 @@ fn scan(fs: &dyn FileSystem, dir: &Path, options: &WalOptions) -> Result<Scan> {
                 lsn,
                 reason: format!("{problem} ({why})"),
             });
-            salvage(&bytes, offset, options.max_record_bytes, &mut scan.salvaged);
+            salvage(
+                &bytes,
+                offset,
+                options.max_record_bytes,
+                format,
+                &mut scan.salvaged,
+            );
             salvage_rest(fs, &mut remaining, options, &mut scan)?;
             damaged = true;
             break;
@@ -747,10 +926,12 @@ fn salvage_rest(
         let bytes = fs
             .read(&later.path)
             .map_err(|e| StorageError::io("read", &later.path, e))?;
+        let format = decode_segment_header(&bytes).map_or_else(|_| guess_format(&bytes), |h| h.1);
         salvage(
             &bytes,
             SEGMENT_HEADER_BYTES,
             options.max_record_bytes,
+            format,
             &mut scan.salvaged,
         );
         scan.after_damage.push(later.path);

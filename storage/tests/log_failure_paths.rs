@@ -16,7 +16,7 @@ use storage::record::RECORD_HEADER_BYTES;
 use storage::wal::SEGMENT_HEADER_BYTES;
 use storage::{
     HardState, LogStore, SnapshotPoint, StdFs, StorageError, StoredEntry, SyncPolicy, Wal,
-    WalOptions,
+    WalOptions, GROUP_ZERO,
 };
 
 fn entry(index: u64, term: u64) -> StoredEntry {
@@ -159,7 +159,7 @@ fn a_failed_interval_sync_poisons_the_wal_for_sync_and_append() {
         ..WalOptions::default()
     };
     let (mut wal, _) = Wal::open(fs, dir.path(), options).expect("open");
-    wal.append(&[b"one".to_vec()])
+    wal.append(GROUP_ZERO, &[b"one".to_vec()])
         .expect("append, not synced yet");
     fault.set_failing_sync(true);
     assert!(matches!(
@@ -174,7 +174,11 @@ fn a_failed_interval_sync_poisons_the_wal_for_sync_and_append() {
     // Nothing new was appended since: a sync that found "nothing to do" would report the lost
     // record as durable.
     assert_poisoned(wal.sync(), dir.path(), "sync");
-    assert_poisoned(wal.append(&[b"two".to_vec()]), dir.path(), "append");
+    assert_poisoned(
+        wal.append(GROUP_ZERO, &[b"two".to_vec()]),
+        dir.path(),
+        "append",
+    );
     assert_poisoned(wal.sync(), dir.path(), "sync after a refused append");
 }
 
@@ -195,7 +199,7 @@ const RECORD_BYTES: usize = RECORD_HEADER_BYTES + 40;
 fn sealed_template(dir: &Path) -> Vec<PathBuf> {
     let (mut wal, _) = Wal::open(StdFs::shared(), dir, small_segments()).expect("open");
     for i in 0..12u8 {
-        wal.append(&[vec![i + 1; 40]]).expect("append");
+        wal.append(GROUP_ZERO, &[vec![i + 1; 40]]).expect("append");
     }
     drop(wal);
     let paths = segments(dir);

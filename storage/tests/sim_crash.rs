@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use storage::fs::SimFs;
-use storage::{SyncPolicy, Wal, WalOptions};
+use storage::{SyncPolicy, Wal, WalOptions, GROUP_ZERO};
 
 const DIR: &str = "/data/wal";
 
@@ -50,14 +50,14 @@ fn run_crash_scenario(seed: u64) -> (usize, usize) {
                 let (_, recovered) =
                     Wal::open(SimFs::shared(), Path::new(DIR), options(SyncPolicy::Always))?;
                 observed.lock().unwrap().recovered =
-                    Some(recovered.records.into_iter().map(|(_, p)| p).collect());
+                    Some(recovered.records.into_iter().map(|r| r.payload).collect());
             } else {
                 let (mut durable, _) =
                     Wal::open(SimFs::shared(), Path::new(DIR), options(SyncPolicy::Always))?;
                 for batch in 0..(5 + seed % 7) {
                     let records: Vec<Vec<u8>> =
                         (0..=(batch % 4)).map(|i| payload(batch * 10 + i)).collect();
-                    durable.append(&records)?;
+                    durable.append(GROUP_ZERO, &records)?;
                     observed.lock().unwrap().acknowledged.extend(records);
                 }
                 drop(durable);
@@ -66,7 +66,7 @@ fn run_crash_scenario(seed: u64) -> (usize, usize) {
                     Wal::open(SimFs::shared(), Path::new(DIR), options(SyncPolicy::Never))?;
                 for batch in 0..(1 + seed % 5) {
                     let records = vec![payload(1000 + batch), payload(2000 + batch)];
-                    lazy.append(&records)?;
+                    lazy.append(GROUP_ZERO, &records)?;
                     observed.lock().unwrap().unsynced.extend(records);
                 }
             }
@@ -148,12 +148,12 @@ fn full_disk_refuses_the_write_and_the_log_stays_valid() {
                 Wal::open(SimFs::shared(), Path::new(DIR), options(SyncPolicy::Always))?;
             if reopened {
                 state.lock().unwrap().2 =
-                    Some(recovered.records.into_iter().map(|(_, p)| p).collect());
+                    Some(recovered.records.into_iter().map(|r| r.payload).collect());
             } else {
                 let mut full = false;
                 for i in 0..200 {
                     let record = vec![(i % 250 + 1) as u8; 700];
-                    match wal.append(std::slice::from_ref(&record)) {
+                    match wal.append(GROUP_ZERO, std::slice::from_ref(&record)) {
                         Ok(_) => state.lock().unwrap().0.push(record),
                         Err(error) => {
                             assert!(error.is_disk_full(), "expected ENOSPC, got {error}");
@@ -164,7 +164,7 @@ fn full_disk_refuses_the_write_and_the_log_stays_valid() {
                 }
                 assert!(full, "the disk should have filled up");
                 // A smaller record that fits is still accepted after the refusal.
-                if wal.append(&[vec![9u8; 16]]).is_ok() {
+                if wal.append(GROUP_ZERO, &[vec![9u8; 16]]).is_ok() {
                     state.lock().unwrap().0.push(vec![9u8; 16]);
                 }
                 state.lock().unwrap().1 = true;

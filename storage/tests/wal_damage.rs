@@ -2,14 +2,17 @@
 //! fsync) can be torn, so a damaged record is truncated away only when no valid record written
 //! after it had been synced follows it. Every byte of every record is flipped in turn, and every
 //! truncation offset and zero-filled tail is tried: reopening either fails naming the damage, or
-//! keeps every record before it and drops only records of the last batch. Payloads end in zero bytes and embed encoded records on purpose: both once fooled
-//! recovery into truncating acknowledged records as a "torn tail".
+//! keeps every record before it and drops only records of the last batch. Payloads end in zero
+//! bytes and embed encoded records on purpose: both once fooled recovery into truncating
+//! acknowledged records as a "torn tail". Records belong to different Raft groups (some batches
+//! mix them), with group ids using all eight bytes: a flipped group-id byte must be damage or a
+//! torn write exactly like any other byte, and every kept record must come back with its group.
 
 use std::path::{Path, PathBuf};
 
 use storage::record::{encode_record, RECORD_HEADER_BYTES};
-use storage::wal::{Lsn, SEGMENT_HEADER_BYTES};
-use storage::{StdFs, StorageError, SyncPolicy, Wal, WalOptions};
+use storage::wal::{Lsn, WalRecord, SEGMENT_HEADER_BYTES};
+use storage::{GroupId, StdFs, StorageError, SyncPolicy, Wal, WalOptions};
 
 const SEGMENT_MAX_BYTES: u64 = 120;
 
@@ -37,7 +40,7 @@ fn scratch() -> tempfile::TempDir {
 /// one that carries a whole encoded record inside it.
 fn payloads() -> Vec<Vec<Vec<u8>>> {
     let mut embedded = b"prefix".to_vec();
-    encode_record(b"a record inside a value", 1_000_000, &mut embedded);
+    encode_record(3, b"a record inside a value", 1_000_000, &mut embedded);
     vec![
         vec![vec![1, 2, 3, 0], b"plain".to_vec()],
         vec![vec![0, 0, 0, 7, 0]],
@@ -51,6 +54,19 @@ fn payloads() -> Vec<Vec<Vec<u8>>> {
     ]
 }
 
+/// The group of record `record` of batch `batch`: different within a batch, and with every byte
+/// of the id in use somewhere.
+fn group_of(batch: usize, record: usize) -> GroupId {
+    match (batch + record) % 3 {
+        0 => 0,
+        1 => 0x0102_0304_0506_0708 + batch as u64,
+        _ => u64::MAX - record as u64,
+    }
+}
+
+/// Where a record's group id sits within it (record.rs, format 3).
+const GROUP_ID_BYTES: std::ops::Range<usize> = 16..24;
+
 /// One record's place on disk.
 #[derive(Debug, Clone)]
 struct Placed {
@@ -60,6 +76,7 @@ struct Placed {
     segment: usize,
     start: usize,
     end: usize,
+    group: GroupId,
     payload: Vec<u8>,
 }
 
@@ -77,8 +94,13 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 fn template() -> (tempfile::TempDir, Vec<PathBuf>, Vec<Placed>) {
     let dir = scratch();
     let (mut wal, _) = Wal::open(StdFs::shared(), dir.path(), options()).expect("open");
-    for batch in payloads() {
-        wal.append(&batch).expect("append");
+    for (batch, records) in payloads().into_iter().enumerate() {
+        let grouped: Vec<(GroupId, Vec<u8>)> = records
+            .into_iter()
+            .enumerate()
+            .map(|(record, payload)| (group_of(batch, record), payload))
+            .collect();
+        wal.append_mixed(&grouped).expect("append");
     }
     drop(wal);
     let paths = segments(dir.path());
@@ -90,13 +112,18 @@ fn template() -> (tempfile::TempDir, Vec<PathBuf>, Vec<Placed>) {
     let mut all = payloads()
         .into_iter()
         .enumerate()
-        .flat_map(|(batch, records)| records.into_iter().map(move |r| (batch, r)));
+        .flat_map(|(batch, records)| {
+            records
+                .into_iter()
+                .enumerate()
+                .map(move |(record, r)| (batch, group_of(batch, record), r))
+        });
     let mut lsn = 1;
     for (segment, path) in paths.iter().enumerate() {
         let len = std::fs::metadata(path).expect("stat").len() as usize;
         let mut offset = SEGMENT_HEADER_BYTES;
         while offset < len {
-            let (batch, payload) = all.next().expect("as many records as appended");
+            let (batch, group, payload) = all.next().expect("as many records as appended");
             let end = offset + RECORD_HEADER_BYTES + payload.len();
             placed.push(Placed {
                 lsn,
@@ -104,6 +131,7 @@ fn template() -> (tempfile::TempDir, Vec<PathBuf>, Vec<Placed>) {
                 segment,
                 start: offset,
                 end,
+                group,
                 payload,
             });
             lsn += 1;
@@ -116,7 +144,7 @@ fn template() -> (tempfile::TempDir, Vec<PathBuf>, Vec<Placed>) {
 }
 
 /// What reopening a damaged copy gave: the records, or why it refused.
-type Reopened = Result<Vec<(Lsn, Vec<u8>)>, StorageError>;
+type Reopened = Result<Vec<WalRecord>, StorageError>;
 
 /// Copies the template into a fresh directory, lets `damage` edit one segment, and reopens.
 fn reopen_damaged(
@@ -136,10 +164,14 @@ fn reopen_damaged(
     (dir, target, result)
 }
 
-fn expected_prefix(placed: &[Placed], count: usize) -> Vec<(Lsn, Vec<u8>)> {
+fn expected_prefix(placed: &[Placed], count: usize) -> Vec<WalRecord> {
     placed[..count]
         .iter()
-        .map(|p| (p.lsn, p.payload.clone()))
+        .map(|p| WalRecord {
+            lsn: p.lsn,
+            group: p.group,
+            payload: p.payload.clone(),
+        })
         .collect()
 }
 
@@ -149,9 +181,16 @@ fn every_flipped_byte_is_damage_unless_it_is_in_the_last_batch() {
     let newest = paths.len() - 1;
     let last_batch = placed[placed.len() - 1].batch;
     assert!(placed.iter().filter(|p| p.batch == last_batch).count() > 1);
+    assert!(
+        placed.iter().any(|p| p.group == 0) && placed.iter().any(|p| p.group > u32::MAX as u64)
+    );
     let mut refused = 0;
+    let mut group_byte_flips = 0;
     for (position, record) in placed.iter().enumerate() {
         for byte in record.start..record.end {
+            if GROUP_ID_BYTES.contains(&(byte - record.start)) {
+                group_byte_flips += 1;
+            }
             for mask in [0x01u8, 0x80] {
                 let (_dir, target, result) =
                     reopen_damaged(&paths, record.segment, |bytes| bytes[byte] ^= mask);
@@ -189,6 +228,7 @@ fn every_flipped_byte_is_damage_unless_it_is_in_the_last_batch() {
         }
     }
     assert!(refused > 0);
+    assert_eq!(group_byte_flips, placed.len() * GROUP_ID_BYTES.len());
 }
 
 #[test]
@@ -284,11 +324,15 @@ fn a_repair_cuts_at_the_damage_and_reports_it() {
     assert_eq!(recovered.records, expected_prefix(&placed, 2));
     assert_eq!(recovered.repaired.map(|d| d.lsn), Some(victim.lsn));
     assert_eq!(wal.next_lsn(), victim.lsn);
-    wal.append(&[b"after the repair".to_vec()])
+    wal.append(7, &[b"after the repair".to_vec()])
         .expect("append after repair");
     drop(wal);
     let (_, again) = Wal::open(StdFs::shared(), dir.path(), options()).expect("sound again");
     let mut expected = expected_prefix(&placed, 2);
-    expected.push((victim.lsn, b"after the repair".to_vec()));
+    expected.push(WalRecord {
+        lsn: victim.lsn,
+        group: 7,
+        payload: b"after the repair".to_vec(),
+    });
     assert_eq!(again.records, expected);
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use storage::record::RECORD_HEADER_BYTES;
 use storage::wal::{Lsn, SEGMENT_HEADER_BYTES};
-use storage::{StdFs, StorageError, SyncPolicy, Wal, WalOptions};
+use storage::{StdFs, StorageError, SyncPolicy, Wal, WalOptions, GROUP_ZERO};
 
 /// A scratch directory on tmpfs when there is one: the bit-flip test reopens the log thousands of
 /// times, each with fsyncs.
@@ -40,7 +40,7 @@ fn write_log(dir: &Path, batches: &[Vec<Vec<u8>>], segment_max_bytes: u64) {
     let (mut wal, recovered) = Wal::open(StdFs::shared(), dir, options(segment_max_bytes)).unwrap();
     assert!(recovered.records.is_empty());
     for batch in batches {
-        wal.append(batch).unwrap();
+        wal.append(GROUP_ZERO, batch).unwrap();
     }
 }
 
@@ -60,7 +60,15 @@ type Reopened = (Wal, Vec<(Lsn, Vec<u8>)>, Option<u64>);
 fn reopen(dir: &Path) -> Result<Reopened, StorageError> {
     let (wal, recovered) = Wal::open(StdFs::shared(), dir, options(4096))?;
     let torn = recovered.torn_tail.map(|t| t.offset);
-    Ok((wal, recovered.records, torn))
+    let records = recovered
+        .records
+        .into_iter()
+        .map(|record| {
+            assert_eq!(record.group, GROUP_ZERO, "LSN {}", record.lsn);
+            (record.lsn, record.payload)
+        })
+        .collect();
+    Ok((wal, records, torn))
 }
 
 #[test]
@@ -128,7 +136,8 @@ fn truncation_at_every_offset_of_the_last_records_recovers_the_complete_prefix()
             "tail truncated on disk"
         );
         // The log is usable again: a new record lands after the prefix and survives reopen.
-        wal.append(&[b"after recovery".to_vec()]).unwrap();
+        wal.append(GROUP_ZERO, &[b"after recovery".to_vec()])
+            .unwrap();
         drop(wal);
         let (_, again, torn) = reopen(dir.path()).unwrap();
         assert_eq!(again.len(), complete + 1);
@@ -226,17 +235,17 @@ fn a_missing_middle_segment_is_corruption() {
 fn oversized_and_empty_records_are_refused_and_lose_nothing() {
     let dir = scratch();
     let (mut wal, _) = Wal::open(StdFs::shared(), dir.path(), options(1 << 20)).unwrap();
-    wal.append(&[b"kept".to_vec()]).unwrap();
+    wal.append(GROUP_ZERO, &[b"kept".to_vec()]).unwrap();
     let too_big = vec![1u8; (1 << 20) + 1];
     assert!(matches!(
-        wal.append(&[b"x".to_vec(), too_big]),
+        wal.append(GROUP_ZERO, &[b"x".to_vec(), too_big]),
         Err(StorageError::RecordTooLarge { .. })
     ));
     assert!(matches!(
-        wal.append(&[Vec::<u8>::new()]),
+        wal.append(GROUP_ZERO, &[Vec::<u8>::new()]),
         Err(StorageError::RecordTooLarge { len: 0, .. })
     ));
-    wal.append(&[b"also kept".to_vec()]).unwrap();
+    wal.append(GROUP_ZERO, &[b"also kept".to_vec()]).unwrap();
     drop(wal);
     let (_, records, _) = reopen(dir.path()).unwrap();
     assert_eq!(
@@ -250,7 +259,7 @@ fn purge_removes_only_segments_wholly_below_the_lsn() {
     let dir = scratch();
     let (mut wal, _) = Wal::open(StdFs::shared(), dir.path(), options(300)).unwrap();
     for i in 0..10 {
-        wal.append(&[payload(i, 120)]).unwrap();
+        wal.append(GROUP_ZERO, &[payload(i, 120)]).unwrap();
     }
     let before = wal.segment_count();
     let removed = wal.purge_before(6).unwrap();
@@ -275,7 +284,7 @@ fn a_torn_new_segment_header_makes_the_previous_segment_active_again() {
     };
     let (mut wal, _) = Wal::open(StdFs::shared(), dir.path(), options()).unwrap();
     for i in 0..4 {
-        wal.append(&[payload(i, 100)]).unwrap(); // two records fill a 300-byte segment
+        wal.append(GROUP_ZERO, &[payload(i, 100)]).unwrap(); // two records fill a 300-byte segment
     }
     assert_eq!(wal.segment_count(), 2);
     let next = wal.next_lsn();
@@ -286,7 +295,7 @@ fn a_torn_new_segment_header_makes_the_previous_segment_active_again() {
     assert_eq!(recovered.records.len(), 4);
     assert_eq!(wal.segment_count(), 2, "the torn segment is gone");
     // The previous segment is full: the next record must start a new segment, not grow it.
-    wal.append(&[payload(9, 100)]).unwrap();
+    wal.append(GROUP_ZERO, &[payload(9, 100)]).unwrap();
     assert_eq!(wal.segment_count(), 3);
     let on_disk: u64 = segments(dir.path())
         .iter()
