@@ -52,6 +52,9 @@ pub struct Config {
     /// sent entries rather than the whole snapshot. Costs that many entries of memory. Zero drops
     /// everything the snapshot covers. Default 5 000.
     pub compaction_tail_entries: u64,
+    /// A deliberate bug, for the simulation's planted-bug catalogue. Ignored (the correct code
+    /// runs) unless the crate is built with the `planted-bugs` feature. Default `None`.
+    pub planted_bug: Option<crate::planted::RaftBug>,
 }
 
 /// The default of [`Config::compaction_tail_entries`], etcd's value.
@@ -77,6 +80,7 @@ impl Config {
             lease_margin_ticks: 2,
             seed: id,
             compaction_tail_entries: DEFAULT_COMPACTION_TAIL_ENTRIES,
+            planted_bug: None,
         }
     }
 

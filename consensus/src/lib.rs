@@ -20,6 +20,7 @@
 //! - `election`: the seeded PRNG for election timeouts and vote counting.
 //! - `read`: ReadIndex bookkeeping and the lease check.
 //! - `config`: every timing and size limit.
+//! - `planted`: deliberate bugs for the simulation's catalogue (feature `planted-bugs` only).
 //! - `raft`: the core, tying them together.
 //!
 //! # Driving a node
@@ -65,6 +66,7 @@ mod config;
 mod election;
 mod log;
 mod message;
+pub mod planted;
 mod progress;
 mod raft;
 mod read;
@@ -80,4 +82,5 @@ pub use raft::{
     CompactError, PeerStatus, ProposeError, Raft, ReadError, Ready, Restored, Role, Status,
     TransferError,
 };
+pub use planted::RaftBug;
 pub use read::ReadState;

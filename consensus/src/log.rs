@@ -323,6 +323,16 @@ impl RaftLog {
         Some(last_new)
     }
 
+    /// Drops every entry after `index`, if any and if none of them is committed. Only the
+    /// planted bug [`crate::RaftBug::TruncateMatchingLog`] calls it: a correct follower
+    /// truncates only at a conflict ([`RaftLog::maybe_append`]).
+    pub(crate) fn truncate_after(&mut self, index: Index) {
+        if index < self.last_index() && index >= self.commit_index && index >= self.snapshot_index
+        {
+            self.truncate_from(index + 1);
+        }
+    }
+
     /// Drops `index` and everything after it (index > commit_index is checked by the caller).
     fn truncate_from(&mut self, index: Index) {
         debug_assert!(index > self.commit_index && index > self.snapshot_index);

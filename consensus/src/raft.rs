@@ -20,6 +20,7 @@ use crate::message::{
     AppendResult, Entry, EntryPayload, HardState, Index, Message, MessageBody, NodeId, Snapshot,
     SnapshotMeta, Term,
 };
+use crate::planted::{self, RaftBug};
 use crate::progress::{Progress, ReplicationState};
 use crate::read::{lease_holds, ReadState, ReadTracker};
 
@@ -415,10 +416,15 @@ impl Raft {
             });
         }
         let commit_index = self.log.commit_index();
-        if self.log.term(commit_index) != Some(self.term) {
+        // Planted (thesis §6.4 step 1): serving before our term's first commit.
+        if self.log.term(commit_index) != Some(self.term)
+            && !self.planted(RaftBug::ReadBeforeFirstCommit)
+        {
             return Err(ReadError::LeaderNotReady);
         }
-        if self.voters.len() == 1 || self.lease_valid() {
+        // Planted (thesis §6.4 step 3): answering without confirming leadership.
+        if self.voters.len() == 1 || self.lease_valid() || self.planted(RaftBug::UnconfirmedReads)
+        {
             self.read_states.push(ReadState {
                 request_id,
                 index: commit_index,
@@ -643,6 +649,12 @@ impl Raft {
 
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
+    }
+
+    /// Whether `bug` is planted in this node (always false without the `planted-bugs` feature).
+    #[inline]
+    fn planted(&self, bug: RaftBug) -> bool {
+        planted::active(self.config.planted_bug, bug)
     }
 
     // ----- Terms and roles ----------------------------------------------------------------------
@@ -877,8 +889,10 @@ impl Raft {
     ) {
         // Raft §5.2 (one vote per term, first come first served) and §5.4.1 (up-to-date log). A
         // pre-vote for a future term is not a vote, so it may be granted freely.
+        // Planted (Raft §5.2): forgetting that we already voted in this term.
+        let not_voted = self.vote.is_none() || self.planted(RaftBug::DoubleVote);
         let can_vote = self.vote == Some(from)
-            || (self.vote.is_none() && self.leader.is_none())
+            || (not_voted && self.leader.is_none())
             || (pre_vote && term > self.term);
         let granted =
             can_vote && !self.is_repairing() && self.log.is_up_to_date(last_index, last_term);
@@ -935,7 +949,17 @@ impl Raft {
         };
         match self.log.maybe_append(prev_index, prev_term, entries) {
             Some(last_new) => {
-                self.log.commit_to(leader_commit.min(last_new));
+                if self.planted(RaftBug::TruncateMatchingLog) {
+                    // Planted (Figure 2, AppendEntries rule 3): drops a matching suffix too.
+                    self.log.truncate_after(last_new);
+                }
+                // Planted (Figure 2, AppendEntries rule 5): clamps to our last index instead.
+                let vouched = if self.planted(RaftBug::CommitBeyondLastNew) {
+                    self.log.last_index()
+                } else {
+                    last_new
+                };
+                self.log.commit_to(leader_commit.min(vouched));
                 self.reply_append(
                     from,
                     AppendResult::Success {
@@ -983,9 +1007,11 @@ impl Raft {
             last_term,
             ..
         } = snapshot.meta;
-        let match_index = if last_index <= self.log.commit_index() {
+        // Planted (Raft §7, Figure 13 rules 6-7): installs whatever arrives, stale or not.
+        let stale_too = self.planted(RaftBug::StaleSnapshot);
+        let match_index = if last_index <= self.log.commit_index() && !stale_too {
             self.log.commit_index()
-        } else if self.log.term(last_index) == Some(last_term) {
+        } else if self.log.term(last_index) == Some(last_term) && !stale_too {
             // We already hold the snapshot's last entry, so the log up to it matches: just commit.
             self.log.commit_to(last_index);
             last_index
@@ -1146,6 +1172,10 @@ impl Raft {
     }
 
     fn send_snapshot(&mut self, to: NodeId) -> bool {
+        if self.planted(RaftBug::NeverSendSnapshot) {
+            // Planted (Raft §7): the follower is left waiting for entries we no longer hold.
+            return false;
+        }
         let Some(snapshot) = self.log.snapshot().cloned() else {
             tracing::error!(
                 id = self.id,
@@ -1272,9 +1302,17 @@ impl Raft {
             })
             .collect();
         matched.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum_index = matched[quorum(self.voters.len()) - 1];
-        if quorum_index > self.log.commit_index() && self.log.term(quorum_index) == Some(self.term)
-        {
+        let needed = if self.planted(RaftBug::MajorityOffByOne) {
+            // Planted (Raft §5.3): `n / 2` is one short of a majority.
+            (self.voters.len() / 2).max(1)
+        } else {
+            quorum(self.voters.len())
+        };
+        let quorum_index = matched[needed - 1];
+        // Planted (Raft §5.4.2, Figure 8): counting replicas of an older term's entry.
+        let of_our_term = self.log.term(quorum_index) == Some(self.term)
+            || self.planted(RaftBug::CommitOldTerm);
+        if quorum_index > self.log.commit_index() && of_our_term {
             let before = self.log.commit_index();
             self.log.commit_to(quorum_index);
             debug_assert!(self.log.commit_index() > before);

@@ -367,13 +367,44 @@ pub struct SimArgs {
     /// Where to write history.jsonl, faults.txt and report.html [default: ./ringleader-sim/seed-S].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Plant a deliberate bug in every node to watch the checker catch it (`local-reads`:
-    /// linearizable reads answered from local state). For demonstrations only.
-    #[arg(long, hide = true)]
+    /// Plant a bug from the catalogue in every node, to watch the simulation catch it (the
+    /// catalogue, with the rule each breaks and its seed budget: docs/testing.md). Needs a
+    /// build with the planted bugs: `cargo build --release -p ringleader --features
+    /// planted-bugs`. Some need a nemesis outside the default mix (ack-before-fsync:
+    /// `--nemesis power-loss`).
+    #[arg(long, value_name = "NAME", value_parser = planted_bug_names())]
     plant_bug: Option<String>,
     /// Check each run's history without shrinking a violation (the verdict is the same).
     #[arg(long)]
     no_shrink: bool,
+}
+
+/// The catalogue's names, each with its one-line description, for `--plant-bug`'s help.
+fn planted_bug_names() -> clap::builder::PossibleValuesParser {
+    let catalogue = ringleader_node::planted::CATALOGUE;
+    clap::builder::PossibleValuesParser::new(catalogue.iter().map(|entry| {
+        clap::builder::PossibleValue::new(entry.name).help(format!(
+            "[{}, nemesis {}] {}",
+            entry.layer, entry.nemeses, entry.description
+        ))
+    }))
+}
+
+/// The bug `--plant-bug` names, if this build can plant it.
+fn planted_bug(name: Option<&str>) -> Result<PlantedBug> {
+    let Some(name) = name else {
+        return Ok(PlantedBug::None);
+    };
+    let bug: PlantedBug = name.parse().map_err(anyhow::Error::msg)?;
+    if !ringleader_node::planted::ENABLED {
+        bail!(
+            "--plant-bug {name}: this ringleader was built without the planted bugs (they are \
+             kept out of production builds); build one with them: `cargo build --release -p \
+             ringleader --features planted-bugs`, then run target/release/ringleader sim \
+             --plant-bug {name}"
+        );
+    }
+    Ok(bug)
 }
 
 /// Writes a run's files into `dir` and prints its summary and where the files went.
@@ -403,16 +434,7 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
     } else {
         parse_nemeses(&args.nemesis).map_err(anyhow::Error::msg)?
     };
-    let planted_bug = match args.plant_bug.as_deref() {
-        None => PlantedBug::None,
-        Some("local-reads") => PlantedBug::LocalReads,
-        Some("refuse-writes") => PlantedBug::RefuseWrites,
-        Some("ack-before-fsync") => PlantedBug::AckBeforeFsync,
-        Some(other) => bail!(
-            "--plant-bug {other:?}: the planted bugs are local-reads, refuse-writes and \
-             ack-before-fsync"
-        ),
-    };
+    let planted_bug = planted_bug(args.plant_bug.as_deref())?;
     let options_for = |seed: u64| SimOptions {
         nodes: args.nodes,
         ops: args.ops,
@@ -434,7 +456,7 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
             .unwrap_or_else(|| Path::new("ringleader-sim").join(format!("seed-{seed}")))
     };
     let replay = |seed: u64| {
-        format!(
+        let mut line = format!(
             "ringleader sim --seed {seed} --nodes {} --ops {} --clients {} --keys {} --nemesis {} \
              --clock-drift {}{}{}",
             args.nodes,
@@ -445,7 +467,11 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
             args.clock_drift,
             if args.no_swarm { " --no-swarm" } else { "" },
             if args.no_shrink { " --no-shrink" } else { "" }
-        )
+        );
+        if planted_bug != PlantedBug::None {
+            line.push_str(&format!(" --plant-bug {planted_bug}"));
+        }
+        line
     };
 
     if let Some(range) = &args.seeds {

@@ -171,6 +171,17 @@ impl StateMachine {
 
     /// Applies the committed entry at `index`. Entries must be applied in increasing order.
     pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Outcome {
+        self.apply_planted(index, proposal, None)
+    }
+
+    /// [`StateMachine::apply`] with a deliberate bug planted (see [`crate::planted`]); the bug
+    /// is ignored without the `planted-bugs` feature.
+    pub fn apply_planted(
+        &mut self,
+        index: u64,
+        proposal: &Proposal,
+        planted_bug: Option<crate::planted::StorageBug>,
+    ) -> Outcome {
         debug_assert!(
             index > self.applied_index,
             "entry {index} applied after {}: entries apply in order, exactly once",
@@ -203,7 +214,12 @@ impl StateMachine {
             return Outcome::SessionWindowFull;
         }
         let outcome = self.execute(index, &proposal.command);
-        if let Some(session) = self.sessions.get_mut(&session_ref.client_id) {
+        // Planted (thesis §6.3): the outcome is not cached, so a retry executes again.
+        let forget = crate::planted::active(
+            planted_bug,
+            crate::planted::StorageBug::SessionOutcomeNotCached,
+        );
+        if let Some(session) = self.sessions.get_mut(&session_ref.client_id).filter(|_| !forget) {
             session.outcomes.insert(session_ref.seq, outcome.clone());
         }
         outcome

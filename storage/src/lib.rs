@@ -10,6 +10,8 @@
 //!   hard state in the WAL and deletes the segments a snapshot covers.
 //! - [`kv`]: the key-value state machine, a pure function of the committed log.
 //!
+//! [`planted`] holds deliberate bugs for the simulation's catalogue (feature `planted-bugs`).
+//!
 //! All file I/O goes through the small [`fs::FileSystem`] trait, implemented for the real disk
 //! and for turmoil's simulated disk (feature `turmoil`), so crash tests and the jepsen-like
 //! simulation drive the same code as production. The design is explained in
@@ -21,6 +23,7 @@ pub mod fault;
 pub mod fs;
 pub mod kv;
 pub mod log_store;
+pub mod planted;
 pub mod record;
 pub mod snapshot;
 pub mod wal;

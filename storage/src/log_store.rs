@@ -111,6 +111,8 @@ pub struct LogStore {
     compaction_tail_entries: u64,
     fs: SharedFs,
     dir: PathBuf,
+    /// A deliberate bug (see [`crate::planted`]); ignored without the `planted-bugs` feature.
+    planted_bug: Option<crate::planted::StorageBug>,
 }
 
 impl LogStore {
@@ -240,6 +242,7 @@ impl LogStore {
             compaction_tail_entries: 0,
             fs,
             dir: dir.to_path_buf(),
+            planted_bug: None,
         };
         if let Some(marker) = marker {
             // A term or vote that lived only in the cut-away records is restored, durably,
@@ -277,11 +280,17 @@ impl LogStore {
                 "log record",
             )?);
         }
-        if let Some(state) = hard_state {
+        // Planted (Raft Figure 2, persistent state): a hard state alone is not written.
+        let vote_alone_skipped = entries.is_empty()
+            && crate::planted::active(self.planted_bug, crate::planted::StorageBug::VoteNotPersisted);
+        if let Some(state) = hard_state.filter(|_| !vote_alone_skipped) {
             debug_assert!(state.term >= self.hard_state.term, "terms never decrease");
             records.push(codec::encode(&LogRecord::HardState(state), "log record")?);
         }
         if records.is_empty() {
+            if let Some(state) = hard_state {
+                self.hard_state = state;
+            }
             return Ok(());
         }
         let lsns = self.wal.append(self.group, &records)?;
@@ -295,6 +304,12 @@ impl LogStore {
             self.hard_state = state;
         }
         Ok(())
+    }
+
+    /// Plants a deliberate bug (see [`crate::planted`]); ignored without the `planted-bugs`
+    /// feature.
+    pub fn set_planted_bug(&mut self, bug: Option<crate::planted::StorageBug>) {
+        self.planted_bug = bug;
     }
 
     /// Makes appended records durable (for `SyncPolicy::Interval` owners).

@@ -316,7 +316,7 @@ impl SimReport {
             ));
         }
         if o.planted_bug != PlantedBug::None {
-            text.push_str(&format!("\nplanted bug: {:?}", o.planted_bug));
+            text.push_str(&format!("\nplanted bug: {}", o.planted_bug));
         }
         text
     }

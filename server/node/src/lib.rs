@@ -14,6 +14,7 @@ pub mod lag;
 pub mod network;
 pub mod node;
 pub mod peer;
+pub mod planted;
 pub mod service;
 
 use std::io;

@@ -64,8 +64,9 @@ pub struct NodeConfig {
     pub log_tail_entries: u64,
     /// Seeds Raft's election timer.
     pub seed: u64,
-    /// A deliberate bug, for proving that the jepsen-like simulation catches one. Never set
-    /// outside tests.
+    /// A deliberate bug from the catalogue in [`crate::planted`], for proving that the
+    /// jepsen-like simulation catches it. Ignored (the correct code runs) unless the crate is
+    /// built with the `planted-bugs` feature; never set outside tests.
     pub planted_bug: PlantedBug,
     /// Connection budgets, timeouts and the cluster secret (see [`crate::budget`]).
     pub net: crate::budget::NetConfig,
@@ -74,35 +75,7 @@ pub struct NodeConfig {
     pub transport_faults: Option<Arc<dyn TransportFaults>>,
 }
 
-/// Deliberate bugs the simulation's own tests plant to show its checker is not vacuous (and one
-/// fault, [`PlantedBug::LoseFirstWrite`], that a regression test injects on cue).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PlantedBug {
-    #[default]
-    None,
-    /// Every node, leader or not, answers linearizable reads from its local state at once,
-    /// skipping ReadIndex: a partitioned old leader or a lagging follower serves stale values.
-    LocalReads,
-    /// The node with the highest id applies each no-op entry as a write of a key no client
-    /// reads: its state machine silently diverges from the others' while every answer a client
-    /// sees stays right. Only the replicas' digests can tell.
-    DivergentApply,
-    /// Every node refuses every write (put, delete, cas) as `Invalid`, never proposing it;
-    /// sessions and reads are served. The history stays linearizable (nothing was written), so
-    /// only the simulation's floors of successful operations can tell.
-    RefuseWrites,
-    /// Not a bug but a fault the cluster must survive, placed where the network cannot place it
-    /// on cue: every node swallows each session's first write (sequence number 1), as if the
-    /// request were lost on the way, never proposing it (the connection answers "the node
-    /// stopped before answering"; the client's retries are swallowed too, so the write ends
-    /// with an unknown outcome). The client must go on writing under the same session: the bug
-    /// the simulation found as seed 197 left it answered `SessionExpired` forever.
-    LoseFirstWrite,
-    /// Every node acknowledges writes before they are fsynced (its WAL never syncs). Only a
-    /// power loss of a majority at once can show it: a minority crash is hidden by the
-    /// replicas that kept the entries in their page cache.
-    AckBeforeFsync,
-}
+pub use crate::planted::PlantedBug;
 
 impl NodeConfig {
     /// A single-node or static-cluster configuration with the default timings: 50 ms ticks,
@@ -214,6 +187,7 @@ impl Node {
         let (mut log, recovered) =
             LogStore::open(config.fs.clone(), &config.data_dir, wal_options(&config))?;
         log.set_compaction_tail_entries(config.log_tail_entries);
+        log.set_planted_bug(config.planted_bug.storage_bug());
         if let Some(bytes) = recovered.torn_tail_bytes {
             tracing::warn!(bytes, "recovered the log after truncating a torn tail");
         }
@@ -252,6 +226,7 @@ impl Node {
         raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
         raft_config.seed = config.seed;
         raft_config.compaction_tail_entries = config.log_tail_entries;
+        raft_config.planted_bug = config.planted_bug.raft_bug();
         // Linearizable reads use ReadIndex (no clock assumption). `ReadConsistency::Lease` is
         // served by ReadIndex too until per-request consistency levels arrive.
         raft_config.lease_reads = false;
@@ -451,8 +426,7 @@ impl Node {
                 )
             }
         };
-        if self.config.planted_bug == PlantedBug::RefuseWrites
-            && !matches!(command, Command::RegisterSession)
+        if self.planted(PlantedBug::RefuseWrites) && !matches!(command, Command::RegisterSession)
         {
             // `Invalid`: a definite refusal the client does not retry, so each write ends at
             // once as a `fail` (an `Unavailable` would be retried until its deadline).
@@ -462,8 +436,7 @@ impl Node {
             });
             return;
         }
-        if self.config.planted_bug == PlantedBug::LoseFirstWrite
-            && session.as_ref().is_some_and(|s| s.seq == 1)
+        if self.planted(PlantedBug::LoseFirstWrite) && session.as_ref().is_some_and(|s| s.seq == 1)
         {
             drop(reply);
             return;
@@ -513,9 +486,8 @@ impl Node {
         consistency: ReadConsistency,
         reply: oneshot::Sender<Response>,
     ) {
-        if consistency == ReadConsistency::Stale
-            || self.config.planted_bug == PlantedBug::LocalReads
-        {
+        // Planted (thesis §6.4): every read served locally, ReadIndex skipped.
+        if consistency == ReadConsistency::Stale || self.planted(PlantedBug::LocalReads) {
             let _ = reply.send(Response::Value(self.machine.get(&key).map(to_versioned)));
             return;
         }
@@ -673,7 +645,8 @@ impl Node {
             }
             EntryPayload::Command(bytes) => {
                 let proposal: Proposal = codec::decode(bytes, "proposal")?;
-                Some(self.machine.apply(entry.index, &proposal))
+                let planted = self.config.planted_bug.storage_bug();
+                Some(self.machine.apply_planted(entry.index, &proposal, planted))
             }
         };
         if let Some(pending) = self.pending_writes.remove(&entry.index) {
@@ -693,8 +666,14 @@ impl Node {
 
     /// Whether this node carries [`PlantedBug::DivergentApply`].
     fn diverges(&self) -> bool {
-        self.config.planted_bug == PlantedBug::DivergentApply
+        self.planted(PlantedBug::DivergentApply)
             && self.config.peers.keys().next_back() == Some(&self.config.id)
+    }
+
+    /// Whether `bug` is planted in this node: always false without the `planted-bugs` feature.
+    #[inline]
+    fn planted(&self, bug: PlantedBug) -> bool {
+        self.config.planted_bug.is_active(bug)
     }
 
     fn serve_confirmed_reads(&mut self) {
@@ -889,7 +868,8 @@ fn internal(error: impl std::fmt::Display) -> Response {
 /// The WAL options the node runs with (a planted bug may turn fsync off).
 fn wal_options(config: &NodeConfig) -> WalOptions {
     let mut options = config.wal.clone();
-    if config.planted_bug == PlantedBug::AckBeforeFsync {
+    // Planted (Raft Figure 2: durable before responding): the WAL never syncs.
+    if config.planted_bug.is_active(PlantedBug::AckBeforeFsync) {
         options.sync = SyncPolicy::Never;
     }
     options
