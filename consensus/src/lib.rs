@@ -77,10 +77,10 @@ pub use message::{
     AppendResult, Entry, EntryPayload, HardState, Index, Message, MessageBody, NodeId, Snapshot,
     SnapshotMeta, Term,
 };
+pub use planted::RaftBug;
 pub use progress::ReplicationState;
 pub use raft::{
     CompactError, PeerStatus, ProposeError, Raft, ReadError, Ready, Restored, Role, Status,
     TransferError,
 };
-pub use planted::RaftBug;
 pub use read::ReadState;

@@ -327,8 +327,7 @@ impl RaftLog {
     /// planted bug [`crate::RaftBug::TruncateMatchingLog`] calls it: a correct follower
     /// truncates only at a conflict ([`RaftLog::maybe_append`]).
     pub(crate) fn truncate_after(&mut self, index: Index) {
-        if index < self.last_index() && index >= self.commit_index && index >= self.snapshot_index
-        {
+        if index < self.last_index() && index >= self.commit_index && index >= self.snapshot_index {
             self.truncate_from(index + 1);
         }
     }

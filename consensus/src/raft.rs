@@ -423,8 +423,7 @@ impl Raft {
             return Err(ReadError::LeaderNotReady);
         }
         // Planted (thesis §6.4 step 3): answering without confirming leadership.
-        if self.voters.len() == 1 || self.lease_valid() || self.planted(RaftBug::UnconfirmedReads)
-        {
+        if self.voters.len() == 1 || self.lease_valid() || self.planted(RaftBug::UnconfirmedReads) {
             self.read_states.push(ReadState {
                 request_id,
                 index: commit_index,
@@ -1310,8 +1309,8 @@ impl Raft {
         };
         let quorum_index = matched[needed - 1];
         // Planted (Raft §5.4.2, Figure 8): counting replicas of an older term's entry.
-        let of_our_term = self.log.term(quorum_index) == Some(self.term)
-            || self.planted(RaftBug::CommitOldTerm);
+        let of_our_term =
+            self.log.term(quorum_index) == Some(self.term) || self.planted(RaftBug::CommitOldTerm);
         if quorum_index > self.log.commit_index() && of_our_term {
             let before = self.log.commit_index();
             self.log.commit_to(quorum_index);

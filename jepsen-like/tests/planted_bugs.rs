@@ -31,7 +31,7 @@ fn failure(report: &SimReport, kind: Kind) -> Option<String> {
 }
 
 fn assert_caught(bug: PlantedBug) {
-    assert!(ENABLED, "the planted bugs need the `planted-bugs` feature");
+    const { assert!(ENABLED, "the planted bugs need the `planted-bugs` feature") };
     let entry = bug.entry().expect("a catalogued bug");
     let budget = std::env::var("PLANTED_BUGS_MAX_SEEDS")
         .ok()
@@ -42,7 +42,10 @@ fn assert_caught(bug: PlantedBug) {
         let report = run(&options(entry, bug, seed)).expect("the simulation could not run");
         if let Some(reason) = failure(&report, entry.kind) {
             if matches!(report.verdict, Verdict::Violation { .. }) {
-                assert!(report.html_report.is_some(), "a violation comes with its report");
+                assert!(
+                    report.html_report.is_some(),
+                    "a violation comes with its report"
+                );
             }
             println!("{}\n{}", report.summary(), report.fault_log());
             caught = Some((seed, reason));

@@ -179,6 +179,32 @@ fn sim_fails_a_run_that_served_nothing_even_though_it_is_linearizable() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("too few successful operations"), "{stdout}");
+    // The replay line replays the same run: the planted bug included.
+    assert!(
+        stdout.contains(
+            "replay: ringleader sim --seed 3 --nodes 5 --ops 80 --nemesis \
+             partition,crash,loss,pause,bounce --plant-bug refuse-writes"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn sim_help_lists_the_planted_bug_catalogue() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringleader"))
+        .args(["sim", "--help"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    for entry in ringleader_node::planted::CATALOGUE {
+        assert!(
+            stdout.contains(entry.name),
+            "{} missing: {stdout}",
+            entry.name
+        );
+        assert!(stdout.contains(entry.description), "{stdout}");
+    }
 }
 
 /// `check` prints the verdict first; shrinking comes after it, and `--no-shrink` skips it (the

@@ -219,7 +219,11 @@ impl StateMachine {
             planted_bug,
             crate::planted::StorageBug::SessionOutcomeNotCached,
         );
-        if let Some(session) = self.sessions.get_mut(&session_ref.client_id).filter(|_| !forget) {
+        if let Some(session) = self
+            .sessions
+            .get_mut(&session_ref.client_id)
+            .filter(|_| !forget)
+        {
             session.outcomes.insert(session_ref.seq, outcome.clone());
         }
         outcome

@@ -282,7 +282,10 @@ impl LogStore {
         }
         // Planted (Raft Figure 2, persistent state): a hard state alone is not written.
         let vote_alone_skipped = entries.is_empty()
-            && crate::planted::active(self.planted_bug, crate::planted::StorageBug::VoteNotPersisted);
+            && crate::planted::active(
+                self.planted_bug,
+                crate::planted::StorageBug::VoteNotPersisted,
+            );
         if let Some(state) = hard_state.filter(|_| !vote_alone_skipped) {
             debug_assert!(state.term >= self.hard_state.term, "terms never decrease");
             records.push(codec::encode(&LogRecord::HardState(state), "log record")?);

@@ -426,8 +426,7 @@ impl Node {
                 )
             }
         };
-        if self.planted(PlantedBug::RefuseWrites) && !matches!(command, Command::RegisterSession)
-        {
+        if self.planted(PlantedBug::RefuseWrites) && !matches!(command, Command::RegisterSession) {
             // `Invalid`: a definite refusal the client does not retry, so each write ends at
             // once as a `fail` (an `Unavailable` would be retried until its deadline).
             let _ = reply.send(Response::Error {

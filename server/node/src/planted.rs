@@ -405,8 +405,8 @@ mod tests {
     #[test]
     fn each_bug_is_switched_on_in_at_most_one_layer() {
         for entry in CATALOGUE {
-            let switches =
-                usize::from(entry.bug.raft_bug().is_some()) + usize::from(entry.bug.storage_bug().is_some());
+            let switches = usize::from(entry.bug.raft_bug().is_some())
+                + usize::from(entry.bug.storage_bug().is_some());
             assert!(switches <= 1, "{}", entry.name);
         }
     }
