@@ -16,6 +16,10 @@ pub enum RaftBug {
     /// `min(leaderCommit, its last index)` instead of `min(leaderCommit, index of last new
     /// entry)`, so it may commit a stale suffix the request never vouched for.
     CommitBeyondLastNew,
+    /// Figure 2, AppendEntries rule 5, on the leader's side: a heartbeat carries the leader's
+    /// whole commit index instead of `min(commit, the follower's match)` (etcd's rule), so a
+    /// follower whose log beyond its match is a stale suffix from an old leader commits it.
+    HeartbeatCommitUnclamped,
     /// Thesis §6.4 step 1: a new leader serves ReadIndex reads before an entry of its own term
     /// has committed, with a commit index that may miss writes its predecessor acknowledged.
     ReadBeforeFirstCommit,

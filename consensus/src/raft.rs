@@ -1104,11 +1104,18 @@ impl Raft {
     fn broadcast_heartbeat(&mut self, read_ctx: Option<u64>) {
         let commit_index = self.log.commit_index();
         let sent_tick = self.leader_ticks;
+        let unclamped = self.planted(RaftBug::HeartbeatCommitUnclamped);
         let peers: Vec<(NodeId, Index)> = self
             .progress
             .iter_mut()
             .map(|(&id, pr)| {
-                let commit = pr.match_index.min(commit_index);
+                // Planted (Figure 2, AppendEntries rule 5; etcd's `min(match, committed)`): a
+                // follower's log beyond its match may be a stale suffix the leader never checked.
+                let commit = if unclamped {
+                    commit_index
+                } else {
+                    pr.match_index.min(commit_index)
+                };
                 pr.commit_sent = pr.commit_sent.max(commit);
                 (id, commit)
             })

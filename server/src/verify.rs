@@ -370,8 +370,8 @@ pub struct SimArgs {
     /// Plant a bug from the catalogue in every node, to watch the simulation catch it (the
     /// catalogue, with the rule each breaks and its seed budget: docs/testing.md). Needs a
     /// build with the planted bugs: `cargo build --release -p ringleader --features
-    /// planted-bugs`. Some need a nemesis outside the default mix (ack-before-fsync:
-    /// `--nemesis power-loss`).
+    /// planted-bugs`. Each is caught within its seed budget (seeds from 0) with the nemeses
+    /// listed below and the other options at their defaults.
     #[arg(long, value_name = "NAME", value_parser = planted_bug_names())]
     plant_bug: Option<String>,
     /// Check each run's history without shrinking a violation (the verdict is the same).
@@ -381,11 +381,22 @@ pub struct SimArgs {
 
 /// The catalogue's names, each with its one-line description, for `--plant-bug`'s help.
 fn planted_bug_names() -> clap::builder::PossibleValuesParser {
+    use ringleader_node::planted::Kind;
     let catalogue = ringleader_node::planted::CATALOGUE;
     clap::builder::PossibleValuesParser::new(catalogue.iter().map(|entry| {
+        let caught_with = match entry.kind {
+            Kind::Bug | Kind::FloorFault => format!(
+                "caught within {} seeds with --nemesis {}{}",
+                entry.seed_budget,
+                entry.nemeses,
+                if entry.swarm { "" } else { " --no-swarm" }
+            ),
+            Kind::NotCaught => "not caught within 200 seeds yet".to_string(),
+            Kind::Regression => "a fault the cluster must survive".to_string(),
+        };
         clap::builder::PossibleValue::new(entry.name).help(format!(
-            "[{}, nemesis {}] {}",
-            entry.layer, entry.nemeses, entry.description
+            "[{}; {caught_with}] {}",
+            entry.layer, entry.description
         ))
     }))
 }
