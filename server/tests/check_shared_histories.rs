@@ -180,13 +180,11 @@ fn sim_fails_a_run_that_served_nothing_even_though_it_is_linearizable() {
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("too few successful operations"), "{stdout}");
     // The replay line replays the same run: the planted bug included.
-    assert!(
-        stdout.contains(
-            "replay: ringleader sim --seed 3 --nodes 5 --ops 80 --nemesis \
-             partition,crash,loss,pause,bounce --plant-bug refuse-writes"
-        ),
-        "{stdout}"
-    );
+    let replay = stdout
+        .lines()
+        .find(|line| line.starts_with("replay: ringleader sim --seed 3 "))
+        .unwrap_or_else(|| panic!("no replay line: {stdout}"));
+    assert!(replay.ends_with(" --plant-bug refuse-writes"), "{replay}");
 }
 
 #[test]
