@@ -208,7 +208,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "the leader's heartbeats carry its whole commit index, not min(commit, the follower's match)",
         nemeses: "all",
         swarm: true,
-        seed_budget: 25,
+        seed_budget: 65,
     },
     Entry {
         bug: PlantedBug::ReadBeforeFirstCommit,
@@ -219,7 +219,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "a new leader answers ReadIndex with a commit index from before its first commit",
         nemeses: "all",
         swarm: true,
-        seed_budget: 50,
+        seed_budget: 10,
     },
     Entry {
         bug: PlantedBug::UnconfirmedReads,
@@ -230,7 +230,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "the leader answers ReadIndex at once, so a deposed leader serves stale reads",
         nemeses: "all",
         swarm: true,
-        seed_budget: 100,
+        seed_budget: 200,
     },
     Entry {
         bug: PlantedBug::DoubleVote,
@@ -250,9 +250,9 @@ pub const CATALOGUE: &[Entry] = &[
         kind: Kind::Bug,
         rule: "Raft Figure 2: currentTerm and votedFor are on stable storage before responding",
         description: "the log store writes the hard state only together with entries, so a vote alone is lost on restart",
-        nemeses: "leader,crash,power-loss,bounce",
-        swarm: false,
-        seed_budget: 12,
+        nemeses: "all",
+        swarm: true,
+        seed_budget: 70,
     },
     Entry {
         bug: PlantedBug::TruncateMatchingLog,
@@ -261,7 +261,7 @@ pub const CATALOGUE: &[Entry] = &[
         kind: Kind::Bug,
         rule: "Raft Figure 2, AppendEntries rule 3: only a conflicting entry and those after it are deleted",
         description: "a follower drops its entries after a (stale or duplicated) AppendEntries even when they match",
-        nemeses: "messages,crash,bounce,pause",
+        nemeses: "messages,crash,partition",
         swarm: false,
         seed_budget: 85,
     },
@@ -274,7 +274,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "a follower installs any snapshot it receives, discarding a newer log",
         nemeses: "messages,crash,bounce,pause",
         swarm: false,
-        seed_budget: 20,
+        seed_budget: 8,
     },
     Entry {
         bug: PlantedBug::SessionOutcomeNotCached,
@@ -285,7 +285,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "the state machine does not cache a session write's outcome, so a retried write applies twice",
         nemeses: "all",
         swarm: true,
-        seed_budget: 12,
+        seed_budget: 55,
     },
     Entry {
         bug: PlantedBug::MajorityOffByOne,
@@ -296,7 +296,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "the leader commits once n/2 nodes hold an entry, one short of a majority",
         nemeses: "all",
         swarm: true,
-        seed_budget: 5,
+        seed_budget: 20,
     },
     Entry {
         bug: PlantedBug::NeverSendSnapshot,
