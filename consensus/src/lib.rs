@@ -17,7 +17,8 @@
 //! - `message`: entries, hard state, snapshots and the wire messages.
 //! - `log`: the in-memory log with its durable / committed / applied cursors.
 //! - `progress`: the leader's per-follower replication state (probe, replicate, snapshot).
-//! - `election`: the seeded PRNG for election timeouts and vote counting.
+//! - `prng`: the seeded random numbers behind election timeouts.
+//! - `quorum`: majorities, and the tally of an election.
 //! - `read`: ReadIndex bookkeeping and the lease check.
 //! - `config`: every timing and size limit.
 //! - `planted`: deliberate bugs for the simulation's catalogue (feature `planted-bugs` only).
@@ -63,11 +64,12 @@
 //! log (tail included) plus that snapshot, so compact regularly.
 
 mod config;
-mod election;
 mod log;
 mod message;
 pub mod planted;
+mod prng;
 mod progress;
+mod quorum;
 mod raft;
 mod read;
 

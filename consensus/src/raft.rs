@@ -14,14 +14,15 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 use crate::config::{Config, ConfigError};
-use crate::election::{quorum, Prng, VoteResult, VoteTally};
 use crate::log::RaftLog;
 use crate::message::{
     AppendResult, Entry, EntryPayload, HardState, Index, Message, MessageBody, NodeId, Snapshot,
     SnapshotMeta, Term,
 };
 use crate::planted::{self, RaftBug};
+use crate::prng::Prng;
 use crate::progress::{Progress, ReplicationState};
+use crate::quorum::{quorum, VoteResult, VoteTally};
 use crate::read::{lease_holds, ReadState, ReadTracker};
 
 /// What a node loaded from durable storage at start.
