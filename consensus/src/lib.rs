@@ -55,7 +55,9 @@
 //!
 //! **Reads.** Followers refuse `read_index` with `ReadError::NotLeader { leader_hint }` instead
 //! of forwarding; the server retries at the leader. Pending reads are dropped when leadership
-//! changes; the server's request timeout answers those clients.
+//! changes: the core forgets them, and the application answers their clients (the node answers
+//! each with `NotLeader` as soon as it sees the step-down, and the client retries at the new
+//! leader).
 //!
 //! **Snapshots.** The application decides when to checkpoint and calls [`Raft::compact`] with the
 //! snapshot of its applied state; the core keeps it to send to followers that fell behind the log.

@@ -81,7 +81,8 @@ impl Command {
 /// A client's identity for exactly-once writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRef {
-    /// Chosen by the client, unique among live clients (random 64 bits).
+    /// The session id: the log index of the entry that registered the session
+    /// (`Command::RegisterSession`), so unique and the same on every replica.
     pub client_id: u64,
     /// This request's number; a retry reuses it.
     pub seq: u64,

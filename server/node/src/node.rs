@@ -557,7 +557,8 @@ impl Node {
                 }
                 self.note_read_states(ready.read_states);
                 if self.raft.role() == Role::Leader {
-                    // Raft dropped reads whose confirming heartbeat was never sent: retry them.
+                    // Raft dropped the reads whose confirming heartbeat was never sent (it was
+                    // in the abandoned Ready): answer them `Unavailable`; the client retries.
                     let unconfirmed: Vec<u64> = self
                         .pending_reads
                         .iter()
