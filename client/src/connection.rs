@@ -12,10 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
-use crate::net::Connector;
-use crate::protocol::{
+use ringleader_protocol::net::Connector;
+use ringleader_protocol::{
     decode_frame, encode_frame, frame_codec, Handshake, Request, RequestFrame, Response,
-    ResponseFrame, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION,
+    ResponseFrame, Role, HANDSHAKE_BYTES,
 };
 
 /// Requests a connection holds in flight at most; callers wait for room beyond it.
@@ -62,12 +62,9 @@ impl Connection {
             .map_err(|e| format!("handshake with {addr}: {e}"))?;
         let handshake =
             Handshake::decode(&reply).map_err(|e| format!("handshake with {addr}: {e}"))?;
-        if handshake.version != PROTOCOL_VERSION {
-            return Err(format!(
-                "{addr} speaks protocol version {}, this client {PROTOCOL_VERSION}",
-                handshake.version
-            ));
-        }
+        handshake
+            .check_version()
+            .map_err(|e| format!("handshake with {addr}: {e}"))?;
         let (sender, receiver) = mpsc::channel(MAX_IN_FLIGHT);
         tokio::spawn(run(
             Framed::new(stream, frame_codec(max_frame_bytes)),

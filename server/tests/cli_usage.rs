@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringleader_client::protocol::{
+use ringleader_client::NodeStatus;
+use ringleader_protocol::{
     decode_frame, encode_frame, ErrorKind, Handshake, ReplicaStatus, Request, RequestFrame,
     Response, ResponseFrame, Role, HANDSHAKE_BYTES,
 };
-use ringleader_client::NodeStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A fake node on a fresh port: completes the client handshake, then answers each request with

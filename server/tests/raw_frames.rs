@@ -8,11 +8,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ringleader_client::protocol::{
+use ringleader_client::NodeStatus;
+use ringleader_protocol::{
     decode_frame, encode_frame, ErrorKind, Handshake, Limits, ReadConsistency, Request,
     RequestFrame, Response, ResponseFrame, Role, HANDSHAKE_BYTES,
 };
-use ringleader_client::NodeStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use consensus::NodeId;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
-use ringleader_client::protocol::{
+use ringleader_protocol::{
     decode_frame, encode_frame, ErrorKind, Handshake, Limits, RequestFrame, Response,
     ResponseFrame, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION,
 };
@@ -433,8 +433,8 @@ mod tests {
     use std::time::Duration;
 
     use consensus::{Message, MessageBody};
-    use ringleader_client::protocol::{Request, ResponseFrame};
-    use ringleader_client::TokioConnector;
+    use ringleader_protocol::TokioConnector;
+    use ringleader_protocol::{Request, ResponseFrame};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
