@@ -632,11 +632,7 @@ mod tests {
             let Some(response) = (cluster.script)(&addr, &frame.request) else {
                 return; // drop the connection with the request unanswered
             };
-            let body = encode_frame(&ResponseFrame {
-                id: frame.id,
-                response,
-            })
-            .unwrap();
+            let body = encode_frame(&ResponseFrame::new(frame.id, response)).unwrap();
             if framed.send(Bytes::from(body)).await.is_err() {
                 return;
             }

@@ -103,7 +103,8 @@ async fn run<S>(
             biased;
             frame = framed.next() => {
                 let Some(Ok(bytes)) = frame else { break };
-                let Ok(ResponseFrame { id, response }) = decode_frame::<ResponseFrame>(&bytes) else {
+                // The header is not checked: every request is for the one group, at epoch 0.
+                let Ok(ResponseFrame { id, response, .. }) = decode_frame::<ResponseFrame>(&bytes) else {
                     tracing::warn!("undecodable response frame: closing the connection");
                     break;
                 };
@@ -114,7 +115,7 @@ async fn run<S>(
             pending = requests.recv(), if waiting.len() < MAX_IN_FLIGHT => {
                 let Some((request, reply)) = pending else { break };
                 next_id += 1;
-                let Ok(body) = encode_frame(&RequestFrame { id: next_id, request }) else { continue };
+                let Ok(body) = encode_frame(&RequestFrame::new(next_id, request)) else { continue };
                 if framed.send(Bytes::from(body)).await.is_err() {
                     break;
                 }

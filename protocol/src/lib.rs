@@ -10,7 +10,8 @@
 //! Peer connections (node to node Raft traffic) share the port and the framing; their handshake
 //! names the sending node and is followed by an HMAC challenge proving both sides know the
 //! cluster secret; their frame bodies (Raft messages, large ones in chunks) are defined by the
-//! node. Version 4 added the challenge and the chunks.
+//! node. Version 4 added the challenge and the chunks; version 5 the [`Header`] (group and epoch)
+//! of every request and response frame.
 //!
 //! - [`handshake`]: the first bytes of a connection, and why one is refused.
 //! - [`frame`]: frame bodies (bincode) and the length-delimited codec.
@@ -27,7 +28,7 @@ pub use frame::{
 };
 pub use handshake::{Handshake, HandshakeError, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION};
 pub use message::{
-    ErrorKind, Expect, Limits, NodeStatus, ReadConsistency, ReplicaStatus, Request, RequestFrame,
-    Response, ResponseFrame, Session, Versioned,
+    ErrorKind, Expect, GroupId, Header, Limits, NodeStatus, ReadConsistency, ReplicaStatus,
+    Request, RequestFrame, Response, ResponseFrame, Session, Versioned, ONLY_GROUP,
 };
 pub use net::{Connector, TokioConnector};

@@ -1,5 +1,5 @@
-//! What a client asks and a node answers: requests, responses, their frames, and the size
-//! limits both sides enforce.
+//! What a client asks and a node answers: requests, responses, their frames (an id and a
+//! [`Header`] naming the Raft group and routing epoch), and the size limits both sides enforce.
 
 use serde::{Deserialize, Serialize};
 
@@ -220,16 +220,60 @@ pub enum Response {
     },
 }
 
+/// Names a Raft group: a shard of the key space with its own log and leader.
+pub type GroupId = u64;
+
+/// The one group every node hosts until sharding: a node refuses requests for any other.
+pub const ONLY_GROUP: GroupId = 0;
+
+/// What every request and response carries besides its id, so that a request can be routed to
+/// one of several Raft groups and a stale route can be noticed (protocol version 5).
+///
+/// Today every request is for [`ONLY_GROUP`] at epoch 0 (`Header::default()`): a node answers a
+/// request for another group with [`ErrorKind::Invalid`] and ignores the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Header {
+    /// The group the request is for; in a response, the group of the request it answers.
+    pub group: GroupId,
+    /// The routing epoch: in a request, that of the route the sender chose the node by; in a
+    /// response, that of the answering node. Always 0 until sharding (no route changes yet).
+    pub epoch: u64,
+}
+
 /// A request with its connection-local id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestFrame {
     pub id: u64,
+    pub header: Header,
     pub request: Request,
+}
+
+impl RequestFrame {
+    /// A request for [`ONLY_GROUP`] at epoch 0.
+    pub fn new(id: u64, request: Request) -> Self {
+        RequestFrame {
+            id,
+            header: Header::default(),
+            request,
+        }
+    }
 }
 
 /// A response to the request with the same id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseFrame {
     pub id: u64,
+    pub header: Header,
     pub response: Response,
+}
+
+impl ResponseFrame {
+    /// An answer from [`ONLY_GROUP`] at epoch 0.
+    pub fn new(id: u64, response: Response) -> Self {
+        ResponseFrame {
+            id,
+            header: Header::default(),
+            response,
+        }
+    }
 }

@@ -40,11 +40,7 @@ async fn fake_node(
                     stream.read_exact(&mut body).await?;
                     let frame: RequestFrame = decode_frame(&body).unwrap();
                     if let Some(response) = answer(&frame.request) {
-                        let out = encode_frame(&ResponseFrame {
-                            id: frame.id,
-                            response,
-                        })
-                        .unwrap();
+                        let out = encode_frame(&ResponseFrame::new(frame.id, response)).unwrap();
                         stream.write_u32(out.len() as u32).await?;
                         stream.write_all(&out).await?;
                     }
