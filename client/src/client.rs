@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use crate::connection::{CallError, Connection};
 use crate::error::{Error, Result};
-use crate::net::{Connector, TokioConnector};
-use crate::protocol::{
+use ringleader_protocol::net::{Connector, TokioConnector};
+use ringleader_protocol::{
     ErrorKind, Expect, Limits, NodeStatus, ReadConsistency, Request, Response, Session, Versioned,
 };
 
@@ -556,7 +556,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_util::codec::Framed;
 
-    use crate::protocol::{
+    use ringleader_protocol::{
         decode_frame, encode_frame, frame_codec, Handshake, RequestFrame, ResponseFrame, Role,
         HANDSHAKE_BYTES,
     };
@@ -632,11 +632,7 @@ mod tests {
             let Some(response) = (cluster.script)(&addr, &frame.request) else {
                 return; // drop the connection with the request unanswered
             };
-            let body = encode_frame(&ResponseFrame {
-                id: frame.id,
-                response,
-            })
-            .unwrap();
+            let body = encode_frame(&ResponseFrame::new(frame.id, response)).unwrap();
             if framed.send(Bytes::from(body)).await.is_err() {
                 return;
             }

@@ -12,10 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
-use crate::net::Connector;
-use crate::protocol::{
+use ringleader_protocol::net::Connector;
+use ringleader_protocol::{
     decode_frame, encode_frame, frame_codec, Handshake, Request, RequestFrame, Response,
-    ResponseFrame, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION,
+    ResponseFrame, Role, HANDSHAKE_BYTES,
 };
 
 /// Requests a connection holds in flight at most; callers wait for room beyond it.
@@ -62,12 +62,9 @@ impl Connection {
             .map_err(|e| format!("handshake with {addr}: {e}"))?;
         let handshake =
             Handshake::decode(&reply).map_err(|e| format!("handshake with {addr}: {e}"))?;
-        if handshake.version != PROTOCOL_VERSION {
-            return Err(format!(
-                "{addr} speaks protocol version {}, this client {PROTOCOL_VERSION}",
-                handshake.version
-            ));
-        }
+        handshake
+            .check_version()
+            .map_err(|e| format!("handshake with {addr}: {e}"))?;
         let (sender, receiver) = mpsc::channel(MAX_IN_FLIGHT);
         tokio::spawn(run(
             Framed::new(stream, frame_codec(max_frame_bytes)),
@@ -106,7 +103,8 @@ async fn run<S>(
             biased;
             frame = framed.next() => {
                 let Some(Ok(bytes)) = frame else { break };
-                let Ok(ResponseFrame { id, response }) = decode_frame::<ResponseFrame>(&bytes) else {
+                // The header is not checked: every request is for the one group, at epoch 0.
+                let Ok(ResponseFrame { id, response, .. }) = decode_frame::<ResponseFrame>(&bytes) else {
                     tracing::warn!("undecodable response frame: closing the connection");
                     break;
                 };
@@ -117,7 +115,7 @@ async fn run<S>(
             pending = requests.recv(), if waiting.len() < MAX_IN_FLIGHT => {
                 let Some((request, reply)) = pending else { break };
                 next_id += 1;
-                let Ok(body) = encode_frame(&RequestFrame { id: next_id, request }) else { continue };
+                let Ok(body) = encode_frame(&RequestFrame::new(next_id, request)) else { continue };
                 if framed.send(Bytes::from(body)).await.is_err() {
                     break;
                 }

@@ -23,13 +23,16 @@
 //! # }
 //! ```
 
+//!
+//! The wire protocol itself (handshake, frames, requests and responses, limits) lives in the
+//! `ringleader-protocol` crate, shared with the node; this crate re-exports only the types an
+//! application uses with [`Client`].
+
 mod client;
 mod connection;
 mod error;
-pub mod net;
-pub mod protocol;
 
 pub use client::{CasOutcome, Client, ClientConfig};
 pub use error::{Error, Result};
-pub use net::{Connector, TokioConnector};
-pub use protocol::{Expect, NodeStatus, ReadConsistency, Versioned};
+pub use ringleader_protocol::net::{Connector, TokioConnector};
+pub use ringleader_protocol::{Expect, NodeStatus, ReadConsistency, ReplicaStatus, Versioned};

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ringleader_client::protocol::Expect;
+use ringleader_client::Expect;
 use ringleader_client::{CasOutcome, Client, ClientConfig, NodeStatus, TokioConnector};
 use ringleader_node::node::NodeConfig;
 use serde_json::json;

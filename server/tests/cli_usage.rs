@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringleader_client::protocol::{
+use ringleader_client::NodeStatus;
+use ringleader_protocol::{
     decode_frame, encode_frame, ErrorKind, Handshake, ReplicaStatus, Request, RequestFrame,
     Response, ResponseFrame, Role, HANDSHAKE_BYTES,
 };
-use ringleader_client::NodeStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A fake node on a fresh port: completes the client handshake, then answers each request with
@@ -40,11 +40,7 @@ async fn fake_node(
                     stream.read_exact(&mut body).await?;
                     let frame: RequestFrame = decode_frame(&body).unwrap();
                     if let Some(response) = answer(&frame.request) {
-                        let out = encode_frame(&ResponseFrame {
-                            id: frame.id,
-                            response,
-                        })
-                        .unwrap();
+                        let out = encode_frame(&ResponseFrame::new(frame.id, response)).unwrap();
                         stream.write_u32(out.len() as u32).await?;
                         stream.write_all(&out).await?;
                     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringleader_client::protocol::{Handshake, Role, HANDSHAKE_BYTES};
+use ringleader_protocol::{Handshake, Role, HANDSHAKE_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The node's default client connection budget (`NetConfig::max_client_connections`).

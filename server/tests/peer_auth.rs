@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringleader_client::protocol::{Handshake, Role, HANDSHAKE_BYTES};
+use ringleader_protocol::{Handshake, Role, HANDSHAKE_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Runs `command`; panics if it is still running after `limit` (a node that started serving).

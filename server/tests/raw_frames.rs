@@ -1,18 +1,19 @@
 //! Raw frames to the real binary, bypassing the client and its own checks: the node's limits and
 //! its answers to malformed frames, checked by decoding the exact typed error it sends back, and
-//! that nothing was written. (The client refuses an oversized key before sending it, so a test
-//! through the client never reaches the node's limit.)
+//! that nothing was written; the group/epoch header (group 0 only) and an old protocol version.
+//! (The client refuses an oversized key before sending it, so a test through the client never
+//! reaches the node's limit.)
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use ringleader_client::protocol::{
-    decode_frame, encode_frame, ErrorKind, Handshake, Limits, ReadConsistency, Request,
-    RequestFrame, Response, ResponseFrame, Role, HANDSHAKE_BYTES,
-};
 use ringleader_client::NodeStatus;
+use ringleader_protocol::{
+    decode_frame, encode_frame, ErrorKind, Handshake, Header, Limits, ReadConsistency, Request,
+    RequestFrame, Response, ResponseFrame, Role, HANDSHAKE_BYTES, ONLY_GROUP, PROTOCOL_VERSION,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -46,7 +47,7 @@ async fn send_body(stream: &mut TcpStream, body: &[u8]) {
 async fn send(stream: &mut TcpStream, id: u64, request: Request) {
     send_body(
         stream,
-        &encode_frame(&RequestFrame { id, request }).unwrap(),
+        &encode_frame(&RequestFrame::new(id, request)).unwrap(),
     )
     .await;
 }
@@ -219,4 +220,75 @@ async fn the_node_refuses_oversized_keys_and_values_and_malformed_frames_with_ty
         (after.keys, after.last_index),
         (before.keys, before.last_index)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_serves_group_0_only_ignores_the_epoch_and_refuses_an_old_protocol_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_ports(1);
+    let _node = KillOnDrop(serve(dir.path(), base, 1, 1, &[]));
+    let endpoints = vec![addr(base, 1)];
+    wait_for_leader(&endpoints, 0, Duration::from_secs(10)).await;
+    let before = status(&endpoints).await;
+
+    // A write for a group the node does not host: refused, not applied, and the connection
+    // keeps serving; the response's header names the group asked for.
+    let mut stream = handshaken(&endpoints[0]).await;
+    let put = |key: &str| Request::Put {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        session: None,
+    };
+    let elsewhere = RequestFrame {
+        header: Header { group: 7, epoch: 0 },
+        ..RequestFrame::new(1, put("elsewhere"))
+    };
+    send_body(&mut stream, &encode_frame(&elsewhere).unwrap()).await;
+    let refused = receive(&mut stream).await;
+    assert_error(
+        &refused,
+        1,
+        ErrorKind::Invalid,
+        &["unknown group 7", "group 0 only"],
+    );
+    assert_eq!(refused.header.group, 7);
+    let after = status(&endpoints).await;
+    assert_eq!(
+        (after.keys, after.last_index),
+        (before.keys, before.last_index),
+        "nothing proposed"
+    );
+
+    // Group 0 at any epoch is served as today (nothing routes by the epoch yet).
+    let stale_epoch = RequestFrame {
+        header: Header {
+            group: ONLY_GROUP,
+            epoch: 41,
+        },
+        ..RequestFrame::new(2, put("here"))
+    };
+    send_body(&mut stream, &encode_frame(&stale_epoch).unwrap()).await;
+    let written = receive(&mut stream).await;
+    assert_eq!(written.id, 2);
+    assert!(
+        matches!(written.response, Response::Written { .. }),
+        "{written:?}"
+    );
+    assert_eq!(written.header, Header::default());
+    drop(stream);
+
+    // A version-4 client (frames without the header): the node answers with its own version,
+    // so the other side can say what is wrong, then closes before reading a frame.
+    let mut stream = TcpStream::connect(&endpoints[0]).await.unwrap();
+    let mut old = Handshake::new(Role::Client).encode();
+    old[3] = 4;
+    stream.write_all(&old).await.unwrap();
+    let mut reply = [0u8; HANDSHAKE_BYTES];
+    tokio::time::timeout(READ_DEADLINE, stream.read_exact(&mut reply))
+        .await
+        .expect("handshake reply in time")
+        .unwrap();
+    let reply = Handshake::decode(&reply).unwrap();
+    assert_eq!(reply.version, PROTOCOL_VERSION);
+    assert_closed(&mut stream).await;
 }

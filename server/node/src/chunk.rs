@@ -16,7 +16,7 @@
 
 use bytes::{BufMut, Bytes};
 use consensus::{Message, NodeId};
-use ringleader_client::protocol::{decode_large_frame, encode_frame};
+use ringleader_protocol::{decode_large_frame, encode_frame};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::budget::ByteBudget;

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
-use ringleader_client::{Connector, TokioConnector};
+use ringleader_protocol::net::{Connector, TokioConnector};
 
 /// A network a node can listen on and connect through.
 pub trait Network: Connector {

@@ -19,7 +19,7 @@ use consensus::{
     Config as RaftConfig, Entry, EntryPayload, Message, MessageBody, NodeId, ProposeError, Raft,
     ReadError, Restored, Role, Snapshot, SnapshotMeta,
 };
-use ringleader_client::protocol::{
+use ringleader_protocol::{
     ErrorKind, Expect, Limits, NodeStatus, ReadConsistency, ReplicaStatus, Request, Response,
     Versioned,
 };
@@ -977,7 +977,7 @@ mod tests {
 
     // --- The node driven by hand: `handle` and `process_ready`, no sockets, no run loop. ---
 
-    use ringleader_client::protocol::ReadConsistency;
+    use ringleader_protocol::ReadConsistency;
     use storage::fault::{DiskFault, FaultyFs};
     use storage::StdFs;
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use consensus::{Message, MessageBody, NodeId};
 use futures::SinkExt;
-use ringleader_client::protocol::{Handshake, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION};
+use ringleader_protocol::{Handshake, Role, HANDSHAKE_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
@@ -290,10 +290,10 @@ async fn connect<N: Network>(network: &N, link: &PeerLink) -> Result<N::Stream, 
             .read_exact(&mut reply)
             .await
             .map_err(|e| e.to_string())?;
-        let handshake = Handshake::decode(&reply)?;
-        if handshake.version != PROTOCOL_VERSION {
-            return Err(format!("peer speaks protocol version {}", handshake.version).into());
-        }
+        let handshake = Handshake::decode(&reply).map_err(|e| e.to_string())?;
+        handshake
+            .check_version()
+            .map_err(|e| format!("{}: {e}", link.addr))?;
         if handshake.role
             != (Role::Peer {
                 node_id: link.peer_id,

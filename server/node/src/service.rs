@@ -19,9 +19,9 @@ use bytes::Bytes;
 use consensus::NodeId;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
-use ringleader_client::protocol::{
-    decode_frame, encode_frame, ErrorKind, Handshake, Limits, RequestFrame, Response,
-    ResponseFrame, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION,
+use ringleader_protocol::{
+    decode_frame, encode_frame, ErrorKind, Handshake, Header, Limits, RequestFrame, Response,
+    ResponseFrame, Role, HANDSHAKE_BYTES, ONLY_GROUP, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -326,10 +326,7 @@ async fn serve_peer<S>(
 }
 
 fn error_frame(id: u64, kind: ErrorKind, message: String) -> Bytes {
-    let frame = ResponseFrame {
-        id,
-        response: Response::Error { kind, message },
-    };
+    let frame = ResponseFrame::new(id, Response::Error { kind, message });
     Bytes::from(encode_frame(&frame).unwrap_or_default())
 }
 
@@ -363,7 +360,7 @@ async fn serve_client<S>(
                     // The node dropped the request: it may have been proposed already.
                     Err(_) => Response::Error { kind: ErrorKind::Unknown, message: "the node stopped before answering".into() },
                 };
-                let Ok(body) = encode_frame(&ResponseFrame { id, response }) else { break };
+                let Ok(body) = encode_frame(&ResponseFrame::new(id, response)) else { break };
                 ticket.slot.touch();
                 if framed.send(Bytes::from(body)).await.is_err() {
                     break;
@@ -408,7 +405,7 @@ async fn serve_client<S>(
                 // The frame's share of the byte budget is returned here: the request is now as
                 // large as its own fields, bounded by the node's input queue.
                 drop(frame);
-                let RequestFrame { id, request } = match decoded {
+                let RequestFrame { id, header, request } = match decoded {
                     Ok(frame) => frame,
                     Err(error) => {
                         let _ = framed.send(error_frame(0, ErrorKind::Invalid, format!("malformed request: {error}"))).await;
@@ -416,6 +413,19 @@ async fn serve_client<S>(
                         continue;
                     }
                 };
+                // One group per node until sharding; the epoch is not checked (no route changes yet).
+                if header.group != ONLY_GROUP {
+                    let message = format!("unknown group {}: this node serves group {ONLY_GROUP} only", header.group);
+                    let refusal = ResponseFrame {
+                        id,
+                        header: Header { group: header.group, epoch: 0 },
+                        response: Response::Error { kind: ErrorKind::Invalid, message },
+                    };
+                    if let Ok(body) = encode_frame(&refusal) {
+                        let _ = framed.send(Bytes::from(body)).await;
+                    }
+                    continue;
+                }
                 let (reply, answer) = oneshot::channel();
                 ticket.slot.in_flight.store(in_flight.len() + 1, Ordering::Relaxed);
                 if node.send(NodeInput::Client { request, reply }).await.is_err() {
@@ -433,8 +443,8 @@ mod tests {
     use std::time::Duration;
 
     use consensus::{Message, MessageBody};
-    use ringleader_client::protocol::{Request, ResponseFrame};
-    use ringleader_client::TokioConnector;
+    use ringleader_protocol::TokioConnector;
+    use ringleader_protocol::{Request, ResponseFrame};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -593,10 +603,7 @@ mod tests {
             "{error}"
         );
         // The newcomer is served.
-        let request = RequestFrame {
-            id: 1,
-            request: Request::Status,
-        };
+        let request = RequestFrame::new(1, Request::Status);
         let body = encode_frame(&request).unwrap();
         third
             .write_all(&(body.len() as u32).to_be_bytes())

@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringleader_client::protocol::{ReadConsistency, Request, Response};
 use ringleader_node::node::{Node, NodeConfig, NodeInput, NODE_INPUT_QUEUE};
 use ringleader_node::peer::PeerSenders;
+use ringleader_protocol::{ReadConsistency, Request, Response};
 use storage::fs::SimFs;
 use storage::SyncPolicy;
 use tokio::sync::{mpsc, oneshot};

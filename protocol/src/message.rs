@@ -1,0 +1,279 @@
+//! What a client asks and a node answers: requests, responses, their frames (an id and a
+//! [`Header`] naming the Raft group and routing epoch), and the size limits both sides enforce.
+
+use serde::{Deserialize, Serialize};
+
+/// Size limits of requests; both sides enforce them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_frame_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 64 * 1024,
+            max_value_bytes: 4 * 1024 * 1024,
+            // A value, an expected value (cas) and a key, plus framing.
+            max_frame_bytes: 8 * 1024 * 1024 + 128 * 1024,
+        }
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ReadConsistency {
+    /// Linearizable: the leader confirms it still leads (ReadIndex) before answering.
+    #[default]
+    Linearizable,
+    /// Linearizable through a leader lease: no round trip, assumes bounded clock drift.
+    Lease,
+    /// Whatever the contacted node has applied: fast, possibly stale.
+    Stale,
+}
+
+/// What a compare-and-swap requires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expect {
+    Value(Vec<u8>),
+    Version(u64),
+    Absent,
+}
+
+/// Exactly-once identity of a write (Raft thesis §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub client_id: u64,
+    pub seq: u64,
+    pub first_unacked_seq: u64,
+}
+
+/// An operation a client asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Get {
+        key: Vec<u8>,
+        consistency: ReadConsistency,
+    },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        session: Option<Session>,
+    },
+    Delete {
+        key: Vec<u8>,
+        session: Option<Session>,
+    },
+    Cas {
+        key: Vec<u8>,
+        expect: Expect,
+        new_value: Vec<u8>,
+        session: Option<Session>,
+    },
+    /// The node's view of itself and its group.
+    Status,
+    /// Open an exactly-once session (a log entry); the answer is `SessionRegistered`.
+    RegisterSession,
+}
+
+impl Request {
+    /// Checks the request against `limits` before it is sent or acted on.
+    pub fn check(&self, limits: &Limits) -> Result<(), String> {
+        let (key, values): (&[u8], Vec<&[u8]>) = match self {
+            Request::Get { key, .. } | Request::Delete { key, .. } => (key, vec![]),
+            Request::Put { key, value, .. } => (key, vec![value]),
+            Request::Cas {
+                key,
+                expect,
+                new_value,
+                ..
+            } => match expect {
+                Expect::Value(expected) => (key, vec![new_value, expected]),
+                _ => (key, vec![new_value]),
+            },
+            Request::Status | Request::RegisterSession => return Ok(()),
+        };
+        if key.is_empty() {
+            return Err("the key is empty".into());
+        }
+        if key.len() > limits.max_key_bytes {
+            return Err(format!(
+                "key of {} bytes exceeds the limit of {} bytes",
+                key.len(),
+                limits.max_key_bytes
+            ));
+        }
+        for value in values {
+            if value.len() > limits.max_value_bytes {
+                return Err(format!(
+                    "value of {} bytes exceeds the limit of {} bytes",
+                    value.len(),
+                    limits.max_value_bytes
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the request changes data.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Request::Put { .. } | Request::Delete { .. } | Request::Cas { .. }
+        )
+    }
+}
+
+/// A value with the version (log index) of the write that set it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned {
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+/// Kinds of failure a node reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// No leader, or no quorum, right now: retry (the write did not happen).
+    Unavailable,
+    /// The request was proposed but leadership changed before it committed: it may or may not
+    /// have happened. Retrying with the same session is safe.
+    Unknown,
+    /// The request breaks a limit or is malformed; retrying will not help.
+    Invalid,
+    /// The session expired before this retry arrived; the outcome is unknown.
+    SessionExpired,
+    /// The node is shutting down.
+    ShuttingDown,
+    /// A bug or a disk failure on the node.
+    Internal,
+    /// The node's disk is full: the write was not applied (certainly), and writes will succeed
+    /// again once space is freed. Reads keep working.
+    DiskFull,
+}
+
+/// One peer's replication state as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub node: u64,
+    pub match_index: u64,
+    pub last_heard_ms: Option<u64>,
+    /// The leader sees this replica falling further behind: its lag has grown over the last
+    /// several status checks and exceeds a snapshot's worth of entries (the group is degraded).
+    pub lagging: bool,
+}
+
+/// A node's answer to [`Request::Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: String,
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// The index of the last entry in this node's log.
+    pub last_index: u64,
+    /// The index the node's newest snapshot covers (taken locally or installed from the leader).
+    pub snapshot_index: u64,
+    /// Snapshots received from a leader (InstallSnapshot) since this node started.
+    pub snapshots_installed: u64,
+    pub log_bytes: u64,
+    pub keys: u64,
+    /// A digest of the state machine at `applied_index`: replicas that applied the same log
+    /// report the same digest (the simulation compares them after healing).
+    pub digest: u64,
+    /// Filled in by the leader only.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Value(Option<Versioned>),
+    Written {
+        version: u64,
+    },
+    Deleted {
+        existed: bool,
+    },
+    CasMismatch {
+        current: Option<Versioned>,
+    },
+    /// This node does not lead; the leader, if known, is at this address.
+    NotLeader {
+        leader: Option<u64>,
+        leader_addr: Option<String>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+    Status(Box<NodeStatus>),
+    /// A session was opened with this id.
+    SessionRegistered {
+        client_id: u64,
+    },
+}
+
+/// Names a Raft group: a shard of the key space with its own log and leader.
+pub type GroupId = u64;
+
+/// The one group every node hosts until sharding: a node refuses requests for any other.
+pub const ONLY_GROUP: GroupId = 0;
+
+/// What every request and response carries besides its id, so that a request can be routed to
+/// one of several Raft groups and a stale route can be noticed (protocol version 5).
+///
+/// Today every request is for [`ONLY_GROUP`] at epoch 0 (`Header::default()`): a node answers a
+/// request for another group with [`ErrorKind::Invalid`] and ignores the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Header {
+    /// The group the request is for; in a response, the group of the request it answers.
+    pub group: GroupId,
+    /// The routing epoch: in a request, that of the route the sender chose the node by; in a
+    /// response, that of the answering node. Always 0 until sharding (no route changes yet).
+    pub epoch: u64,
+}
+
+/// A request with its connection-local id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub id: u64,
+    pub header: Header,
+    pub request: Request,
+}
+
+impl RequestFrame {
+    /// A request for [`ONLY_GROUP`] at epoch 0.
+    pub fn new(id: u64, request: Request) -> Self {
+        RequestFrame {
+            id,
+            header: Header::default(),
+            request,
+        }
+    }
+}
+
+/// A response to the request with the same id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    pub id: u64,
+    pub header: Header,
+    pub response: Response,
+}
+
+impl ResponseFrame {
+    /// An answer from [`ONLY_GROUP`] at epoch 0.
+    pub fn new(id: u64, response: Response) -> Self {
+        ResponseFrame {
+            id,
+            header: Header::default(),
+            response,
+        }
+    }
+}
