@@ -4,6 +4,8 @@
 //! peer connections, the [`node`] task owns Raft, the log and the state machine, and [`peer`]
 //! tasks carry Raft messages to the other nodes. Networking goes through [`network::Network`],
 //! so the jepsen-like simulation runs this same code on turmoil's network and disk.
+//! The crates' mirrored types (Raft's and the log's entries and hard states, the protocol's and
+//! the state machine's values, conditions and sessions) are converted in one place, [`mapping`].
 //! Replication is explained in `docs/replication.md`.
 
 pub mod auth;
@@ -11,6 +13,7 @@ pub mod budget;
 pub mod chunk;
 pub mod faults;
 pub mod lag;
+pub mod mapping;
 pub mod network;
 pub mod node;
 pub mod peer;

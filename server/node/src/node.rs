@@ -20,15 +20,15 @@ use consensus::{
     ReadError, Restored, Role, Snapshot, SnapshotMeta,
 };
 use ringleader_protocol::{
-    ErrorKind, Expect, Limits, NodeStatus, ReadConsistency, ReplicaStatus, Request, Response,
-    Versioned,
+    ErrorKind, Limits, NodeStatus, ReadConsistency, ReplicaStatus, Request, Response,
 };
-use storage::kv::{Command, Expectation, Outcome, Proposal, SessionRef, StateMachine};
-use storage::{codec, LogStore, SharedFs, SnapshotPoint, StoredEntry, SyncPolicy, WalOptions};
+use storage::kv::{Command, Proposal, StateMachine};
+use storage::{codec, LogStore, SharedFs, SnapshotPoint, SyncPolicy, WalOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::faults::TransportFaults;
 use crate::lag::LagTracker;
+use crate::mapping;
 use crate::peer::PeerSenders;
 
 /// Inputs queued for the node at most; senders wait beyond it.
@@ -173,14 +173,6 @@ pub struct Node {
     ticks: u64,
 }
 
-fn to_stored(entry: &Entry) -> Result<StoredEntry, storage::StorageError> {
-    Ok(StoredEntry {
-        index: entry.index,
-        term: entry.term,
-        payload: codec::encode(&entry.payload, "entry payload")?,
-    })
-}
-
 impl Node {
     /// Opens the node's storage, recovers its state and prepares Raft. Does not start the loop.
     pub fn open(config: NodeConfig, peers: PeerSenders) -> Result<Node, NodeError> {
@@ -210,17 +202,9 @@ impl Node {
         let mut entries =
             Vec::with_capacity(recovered.tail_entries.len() + recovered.entries.len());
         for stored in recovered.tail_entries.iter().chain(&recovered.entries) {
-            entries.push(Entry {
-                index: stored.index,
-                term: stored.term,
-                payload: codec::decode(&stored.payload, "entry payload")?,
-            });
+            entries.push(mapping::from_stored_entry(stored)?);
         }
-        let hard_state = consensus::HardState {
-            term: recovered.hard_state.term,
-            vote: recovered.hard_state.vote,
-            commit: recovered.hard_state.commit,
-        };
+        let hard_state = mapping::from_stored_hard_state(&recovered.hard_state);
         let mut raft_config = RaftConfig::new(config.id, voters);
         raft_config.election_timeout_ticks = config.election_timeout_ticks;
         raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
@@ -410,21 +394,14 @@ impl Node {
                 expect,
                 new_value,
                 session,
-            } => {
-                let expect = match expect {
-                    Expect::Value(value) => Expectation::Value(value),
-                    Expect::Version(version) => Expectation::Version(version),
-                    Expect::Absent => Expectation::Absent,
-                };
-                (
-                    Command::Cas {
-                        key,
-                        expect,
-                        new_value,
-                    },
-                    session,
-                )
-            }
+            } => (
+                Command::Cas {
+                    key,
+                    expect: mapping::to_expectation(expect),
+                    new_value,
+                },
+                session,
+            ),
         };
         if self.planted(PlantedBug::RefuseWrites) && !matches!(command, Command::RegisterSession) {
             // `Invalid`: a definite refusal the client does not retry, so each write ends at
@@ -447,11 +424,7 @@ impl Node {
             }
         }
         let proposal = Proposal {
-            session: session.map(|s| SessionRef {
-                client_id: s.client_id,
-                seq: s.seq,
-                first_unacked_seq: s.first_unacked_seq,
-            }),
+            session: session.map(mapping::to_session_ref),
             command,
         };
         let bytes = match codec::encode(&proposal, "proposal") {
@@ -487,7 +460,9 @@ impl Node {
     ) {
         // Planted (thesis §6.4): every read served locally, ReadIndex skipped.
         if consistency == ReadConsistency::Stale || self.planted(PlantedBug::LocalReads) {
-            let _ = reply.send(Response::Value(self.machine.get(&key).map(to_versioned)));
+            let _ = reply.send(Response::Value(
+                self.machine.get(&key).map(mapping::to_versioned),
+            ));
             return;
         }
         self.next_read_id += 1;
@@ -532,13 +507,9 @@ impl Node {
             let entries = ready
                 .entries
                 .iter()
-                .map(to_stored)
+                .map(mapping::to_stored_entry)
                 .collect::<Result<Vec<_>, _>>()?;
-            let hard_state = ready.hard_state.map(|h| storage::HardState {
-                term: h.term,
-                vote: h.vote,
-                commit: h.commit,
-            });
+            let hard_state = ready.hard_state.as_ref().map(mapping::to_stored_hard_state);
             if let Err(error) = self.log.append(hard_state, &entries) {
                 let recoverable = error.is_disk_full()
                     && !self.log.wal().is_poisoned()
@@ -652,7 +623,7 @@ impl Node {
         if let Some(pending) = self.pending_writes.remove(&entry.index) {
             let response = match outcome {
                 // The entry we proposed is the one that committed here.
-                Some(outcome) if pending.term == entry.term => to_response(outcome),
+                Some(outcome) if pending.term == entry.term => mapping::to_response(outcome),
                 // Another leader's entry took the index: ours was lost (or will be retried).
                 _ => Response::Error {
                     kind: ErrorKind::Unknown,
@@ -686,7 +657,7 @@ impl Node {
             .collect();
         for id in ready {
             if let Some(read) = self.pending_reads.remove(&id) {
-                let value = self.machine.get(&read.key).map(to_versioned);
+                let value = self.machine.get(&read.key).map(mapping::to_versioned);
                 let _ = read.reply.send(Response::Value(value));
             }
         }
@@ -851,13 +822,6 @@ impl Node {
     }
 }
 
-fn to_versioned(value: &storage::kv::Versioned) -> Versioned {
-    Versioned {
-        value: value.value.clone(),
-        version: value.version,
-    }
-}
-
 fn internal(error: impl std::fmt::Display) -> Response {
     Response::Error {
         kind: ErrorKind::Internal,
@@ -894,26 +858,6 @@ fn disk_full_response() -> Response {
         kind: ErrorKind::DiskFull,
         message: "no space left on the node's disk: the write was not applied; reads still work"
             .into(),
-    }
-}
-
-fn to_response(outcome: Outcome) -> Response {
-    match outcome {
-        Outcome::Value(value) => Response::Value(value.as_ref().map(to_versioned)),
-        Outcome::Written { version } => Response::Written { version },
-        Outcome::Deleted { existed } => Response::Deleted { existed },
-        Outcome::CasMismatch { current } => Response::CasMismatch {
-            current: current.as_ref().map(to_versioned),
-        },
-        Outcome::SessionExpired => Response::Error {
-            kind: ErrorKind::SessionExpired,
-            message: "the session expired".into(),
-        },
-        Outcome::SessionRegistered { client_id } => Response::SessionRegistered { client_id },
-        Outcome::SessionWindowFull => Response::Error {
-            kind: ErrorKind::Unavailable,
-            message: "too many writes in flight for this session".into(),
-        },
     }
 }
 

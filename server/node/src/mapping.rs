@@ -1,0 +1,142 @@
+//! The one home for the mappings between the mirrored types of the crates a node joins.
+//!
+//! Each crate owns its types so that it depends on no other: `consensus` has its `Entry` and
+//! `HardState`, `storage` its `StoredEntry` and `HardState` (what is made durable), the state
+//! machine its `Expectation`, `SessionRef` and `Versioned`, and the wire protocol its `Expect`,
+//! `Session` and `Versioned` (what clients see). The node is where they meet; every conversion
+//! between them lives here, so a field added to one side has one place to be mapped.
+
+use consensus::Entry;
+use ringleader_protocol::{ErrorKind, Expect, Response, Session, Versioned};
+use storage::kv::{Expectation, Outcome, SessionRef};
+use storage::{codec, StorageError, StoredEntry};
+
+// Consensus ↔ storage: what is made durable.
+
+/// A Raft entry as the log stores it (its payload encoded).
+pub fn to_stored_entry(entry: &Entry) -> Result<StoredEntry, StorageError> {
+    Ok(StoredEntry {
+        index: entry.index,
+        term: entry.term,
+        payload: codec::encode(&entry.payload, "entry payload")?,
+    })
+}
+
+/// A stored entry back as a Raft entry (its payload decoded).
+pub fn from_stored_entry(stored: &StoredEntry) -> Result<Entry, StorageError> {
+    Ok(Entry {
+        index: stored.index,
+        term: stored.term,
+        payload: codec::decode(&stored.payload, "entry payload")?,
+    })
+}
+
+/// Raft's hard state as the log stores it.
+pub fn to_stored_hard_state(hard_state: &consensus::HardState) -> storage::HardState {
+    storage::HardState {
+        term: hard_state.term,
+        vote: hard_state.vote,
+        commit: hard_state.commit,
+    }
+}
+
+/// The stored hard state back as Raft's.
+pub fn from_stored_hard_state(hard_state: &storage::HardState) -> consensus::HardState {
+    consensus::HardState {
+        term: hard_state.term,
+        vote: hard_state.vote,
+        commit: hard_state.commit,
+    }
+}
+
+// Protocol ↔ state machine: what clients see.
+
+/// A compare-and-set's condition as the state machine checks it.
+pub fn to_expectation(expect: Expect) -> Expectation {
+    match expect {
+        Expect::Value(value) => Expectation::Value(value),
+        Expect::Version(version) => Expectation::Version(version),
+        Expect::Absent => Expectation::Absent,
+    }
+}
+
+/// A request's session as the state machine de-duplicates by it.
+pub fn to_session_ref(session: Session) -> SessionRef {
+    SessionRef {
+        client_id: session.client_id,
+        seq: session.seq,
+        first_unacked_seq: session.first_unacked_seq,
+    }
+}
+
+/// A stored value and its version, as a client receives it.
+pub fn to_versioned(value: &storage::kv::Versioned) -> Versioned {
+    Versioned {
+        value: value.value.clone(),
+        version: value.version,
+    }
+}
+
+/// What applying a command did, as the answer to the client that asked for it.
+pub fn to_response(outcome: Outcome) -> Response {
+    match outcome {
+        Outcome::Value(value) => Response::Value(value.as_ref().map(to_versioned)),
+        Outcome::Written { version } => Response::Written { version },
+        Outcome::Deleted { existed } => Response::Deleted { existed },
+        Outcome::CasMismatch { current } => Response::CasMismatch {
+            current: current.as_ref().map(to_versioned),
+        },
+        Outcome::SessionExpired => Response::Error {
+            kind: ErrorKind::SessionExpired,
+            message: "the session expired".into(),
+        },
+        Outcome::SessionRegistered { client_id } => Response::SessionRegistered { client_id },
+        Outcome::SessionWindowFull => Response::Error {
+            kind: ErrorKind::Unavailable,
+            message: "too many writes in flight for this session".into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use consensus::EntryPayload;
+
+    use super::*;
+
+    #[test]
+    fn entries_and_hard_states_round_trip_through_their_stored_forms() {
+        for payload in [
+            EntryPayload::Noop,
+            EntryPayload::Command(b"put k v".to_vec()),
+        ] {
+            let entry = Entry {
+                index: 7,
+                term: 3,
+                payload,
+            };
+            let stored = to_stored_entry(&entry).unwrap();
+            assert_eq!((stored.index, stored.term), (7, 3));
+            assert_eq!(from_stored_entry(&stored).unwrap(), entry);
+        }
+        let hard_state = consensus::HardState {
+            term: 9,
+            vote: Some(2),
+            commit: 40,
+        };
+        assert_eq!(
+            from_stored_hard_state(&to_stored_hard_state(&hard_state)),
+            hard_state
+        );
+    }
+
+    #[test]
+    fn a_stored_payload_that_does_not_decode_is_an_error_not_a_panic() {
+        let stored = StoredEntry {
+            index: 1,
+            term: 1,
+            payload: vec![0xff; 3],
+        };
+        assert!(from_stored_entry(&stored).is_err());
+    }
+}
