@@ -8,15 +8,21 @@
 //! send, and the receiver reads one frame at a time, so TCP's window paces the transfer.
 //! `consensus::Message` is unchanged: the transport alone chunks.
 //!
+//! What travels is an [`Envelope`]: the Raft message and the id of the Raft group it belongs to,
+//! so that one connection between two nodes can carry the traffic of many groups (TiKV wraps
+//! raft-rs messages the same way); `consensus::Message` stays group-agnostic. Today every node
+//! hosts group 0 only, and a peer's envelope for another group is dropped.
+//!
 //! A peer frame's body starts with a tag byte:
-//! - `0`: a whole message follows (bincode of `consensus::Message`);
+//! - `0`: a whole envelope follows (bincode of [`Envelope`]);
 //! - `1`: a chunk: the whole message's length (`u64` big-endian), then the chunk's bytes. The
 //!   chunks of one message are consecutive frames on one connection; the message is complete
 //!   when their bytes add up to the announced length.
 
 use bytes::{BufMut, Bytes};
 use consensus::{Message, NodeId};
-use ringleader_protocol::{decode_large_frame, encode_frame};
+use ringleader_protocol::{decode_large_frame, encode_frame, GroupId, ONLY_GROUP};
+use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::budget::ByteBudget;
@@ -63,10 +69,26 @@ pub enum ChunkError {
     Decode { len: usize, error: String },
 }
 
-/// Encodes `message` as the peer frames that carry it: one when it fits in [`CHUNK_BYTES`],
-/// else consecutive chunks.
+/// One Raft message between peers, with the group it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub group: GroupId,
+    pub message: Message,
+}
+
+/// Encodes `message` of the only group a node hosts today ([`ONLY_GROUP`]) as the peer frames
+/// that carry it (see [`encode_envelope`]).
 pub fn encode_message(message: &Message) -> Result<Vec<Bytes>, ChunkError> {
-    let body = encode_frame(message).map_err(ChunkError::Encode)?;
+    encode_envelope(&Envelope {
+        group: ONLY_GROUP,
+        message: message.clone(),
+    })
+}
+
+/// Encodes `envelope` as the peer frames that carry it: one when it fits in [`CHUNK_BYTES`],
+/// else consecutive chunks.
+pub fn encode_envelope(envelope: &Envelope) -> Result<Vec<Bytes>, ChunkError> {
+    let body = encode_frame(envelope).map_err(ChunkError::Encode)?;
     split(&body)
 }
 
@@ -118,8 +140,8 @@ impl Reassembler {
         }
     }
 
-    /// Takes one peer frame; returns a message once one is complete.
-    pub fn push(&mut self, frame: &[u8]) -> Result<Option<Message>, ChunkError> {
+    /// Takes one peer frame; returns an envelope once one is complete.
+    pub fn push(&mut self, frame: &[u8]) -> Result<Option<Envelope>, ChunkError> {
         let (&tag, rest) = frame.split_first().ok_or(ChunkError::Empty)?;
         match tag {
             TAG_WHOLE => {
@@ -197,7 +219,7 @@ impl Reassembler {
     }
 }
 
-fn decode(body: &[u8]) -> Result<Message, ChunkError> {
+fn decode(body: &[u8]) -> Result<Envelope, ChunkError> {
     decode_large_frame(body).map_err(|error| ChunkError::Decode {
         len: body.len(),
         error,
@@ -250,7 +272,7 @@ mod tests {
                 received = out;
             }
         }
-        assert_eq!(received, Some(message));
+        assert_eq!(received.map(|e| e.message), Some(message));
         assert_eq!(peer.available_bytes(), 64 * 1024 * 1024);
         assert_eq!(total.available_bytes(), 64 * 1024 * 1024);
     }
@@ -262,7 +284,11 @@ mod tests {
         assert_eq!(frames.len(), 1);
         let (peer, total) = budgets(0);
         let mut reassembler = Reassembler::new(1, peer, total);
-        assert_eq!(reassembler.push(&frames[0]).unwrap(), Some(message));
+        let envelope = reassembler.push(&frames[0]).unwrap();
+        assert_eq!(
+            envelope.map(|e| (e.group, e.message)),
+            Some((ONLY_GROUP, message))
+        );
     }
 
     #[test]

@@ -299,14 +299,25 @@ async fn serve_peer<S>(
                 return;
             }
         };
-        let message = match reassembler.push(&bytes) {
-            Ok(Some(message)) => message,
+        let envelope = match reassembler.push(&bytes) {
+            Ok(Some(envelope)) => envelope,
             Ok(None) => continue,
             Err(error) => {
                 tracing::warn!(peer = peer_id, %error, "undecodable peer frame: closing");
                 return;
             }
         };
+        // Every node hosts group 0 only today: a message for another group has no replica here
+        // (a peer running a newer placement); dropping it is what Raft tolerates.
+        if envelope.group != ringleader_protocol::ONLY_GROUP {
+            tracing::warn!(
+                peer = peer_id,
+                group = envelope.group,
+                "a peer message for a group this node does not host: dropped"
+            );
+            continue;
+        }
+        let message = envelope.message;
         if message.from != peer_id || message.to != self_id {
             tracing::warn!(
                 peer = peer_id,
@@ -726,5 +737,34 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(input, Some(NodeInput::Peer(m)) if m == message));
+    }
+
+    /// A message for a group this node does not host is dropped, and the connection goes on
+    /// carrying group 0's messages.
+    #[tokio::test]
+    async fn a_peer_message_for_another_group_is_dropped_and_the_connection_goes_on() {
+        let mut h = start(net()).await;
+        let mut stream = peer(&h.addr, 2, SECRET).await.unwrap();
+        let foreign = crate::chunk::Envelope {
+            group: 7,
+            message: heartbeat(2, 1),
+        };
+        for frame in crate::chunk::encode_envelope(&foreign).unwrap() {
+            stream
+                .write_all(&(frame.len() as u32).to_be_bytes())
+                .await
+                .unwrap();
+            stream.write_all(&frame).await.unwrap();
+        }
+        let mut ours = heartbeat(2, 1);
+        ours.term = 2;
+        send_peer_message(&mut stream, &ours).await;
+        let input = tokio::time::timeout(Duration::from_secs(20), h.node_inputs.recv())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&input, Some(NodeInput::Peer(m)) if *m == ours),
+            "the first message to reach the node is group 0's (term 2), not group 7's"
+        );
     }
 }
