@@ -79,16 +79,25 @@ pub struct Envelope {
 /// Encodes `message` of the only group a node hosts today ([`ONLY_GROUP`]) as the peer frames
 /// that carry it (see [`encode_envelope`]).
 pub fn encode_message(message: &Message) -> Result<Vec<Bytes>, ChunkError> {
-    encode_envelope(&Envelope {
-        group: ONLY_GROUP,
-        message: message.clone(),
-    })
+    encode_borrowed(ONLY_GROUP, message)
 }
 
 /// Encodes `envelope` as the peer frames that carry it: one when it fits in [`CHUNK_BYTES`],
 /// else consecutive chunks.
 pub fn encode_envelope(envelope: &Envelope) -> Result<Vec<Bytes>, ChunkError> {
-    let body = encode_frame(envelope).map_err(ChunkError::Encode)?;
+    encode_borrowed(envelope.group, &envelope.message)
+}
+
+/// [`Envelope`]'s encoding from a borrowed message: the same fields in the same order, so the
+/// same bytes, without copying the message (a snapshot may be hundreds of MiB).
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    group: GroupId,
+    message: &'a Message,
+}
+
+fn encode_borrowed(group: GroupId, message: &Message) -> Result<Vec<Bytes>, ChunkError> {
+    let body = encode_frame(&EnvelopeRef { group, message }).map_err(ChunkError::Encode)?;
     split(&body)
 }
 
