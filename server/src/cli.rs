@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ringleader_client::Expect;
 use ringleader_client::{CasOutcome, Client, ClientConfig, NodeStatus, TokioConnector};
-use ringleader_node::node::NodeConfig;
+use ringleader_node::NodeConfig;
 use serde_json::json;
 use storage::{StdFs, SyncPolicy};
 

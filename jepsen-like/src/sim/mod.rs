@@ -47,7 +47,7 @@ use std::time::Duration;
 pub use message_faults::{LinkFaults, MessageStats};
 pub use nemesis::{parse_nemeses, FaultEvent, Nemesis};
 pub use network::TurmoilNetwork;
-pub use ringleader_node::node::PlantedBug;
+pub use ringleader_node::PlantedBug;
 pub use run::run;
 pub use swarm::SwarmPlan;
 pub use workload::{

@@ -15,7 +15,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use ringleader_node::node::NodeConfig;
+use ringleader_node::NodeConfig;
 use storage::fs::SimFs;
 
 use crate::checker::{self, KeyOutcome};

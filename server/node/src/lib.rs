@@ -1,31 +1,44 @@
 //! The ringleader node and the library behind the `ringleader` binary.
 //!
-//! A node is three tasks' worth of work around one owner: the [`service`] accepts client and
-//! peer connections, the [`node`] task owns Raft, the log and the state machine, and [`peer`]
-//! tasks carry Raft messages to the other nodes. Networking goes through [`network::Network`],
-//! so the jepsen-like simulation runs this same code on turmoil's network and disk.
-//! The crates' mirrored types (Raft's and the log's entries and hard states, the protocol's and
-//! the state machine's values, conditions and sessions) are converted in one place, [`mapping`].
-//! Replication is explained in `docs/replication.md`.
+//! A node, in layers (docs/architecture.md follows one write through them, file by file):
+//!
+//! - [`service`] accepts client and peer connections; [`router`] tells it which Raft group a
+//!   request or a peer's message is for, and [`auth`]/[`budget`] guard the door;
+//! - [`host`] is the one task that owns the node's log, clock and transport, and the
+//!   [`replica`]s of its groups (group 0 only, until sharding);
+//! - a [`replica`] is one group's Raft and key-value state machine, with no I/O: a write is
+//!   proposed, committed and applied there;
+//! - [`peer`] tasks carry Raft messages to the other nodes, as [`chunk`]ed envelopes.
+//!
+//! Networking goes through [`network::Network`], so the jepsen-like simulation runs this same
+//! code on turmoil's network and disk. The crates' mirrored types (Raft's and the log's entries
+//! and hard states, the protocol's and the state machine's values, conditions and sessions) are
+//! converted in one place, [`mapping`]. Replication is explained in `docs/replication.md`.
 
 pub mod auth;
 pub mod budget;
 pub mod chunk;
+pub mod config;
 pub mod faults;
+pub mod host;
 pub mod lag;
 pub mod mapping;
 pub mod network;
-pub mod node;
 pub mod peer;
 pub mod planted;
+pub mod replica;
+pub mod router;
 pub mod service;
+
+pub use config::NodeConfig;
+pub use planted::PlantedBug;
 
 use std::io;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::host::{Host, NodeError, NodeInput, NODE_INPUT_QUEUE};
 use crate::network::Network;
-use crate::node::{Node, NodeConfig, NodeError, NodeInput, NODE_INPUT_QUEUE};
 use crate::peer::PeerSenders;
 
 /// A running node: its tasks, and the handle to stop it.
@@ -74,10 +87,10 @@ pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<Running
         config.net.cluster_secret.clone(),
     )
     .with_faults(config.transport_faults.clone());
-    let node = Node::open(config.clone(), peers)?;
+    let host = Host::open(config.clone(), peers)?;
     let (inputs_sender, inputs) = mpsc::channel(NODE_INPUT_QUEUE);
     let (shutdown, shutdown_receiver) = watch::channel(false);
-    let node_task = tokio::spawn(node.run(inputs));
+    let node_task = tokio::spawn(host.run(inputs));
     tokio::spawn(service::accept_loop(
         network,
         listener,
@@ -86,6 +99,7 @@ pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<Running
             peer_ids: config.peers.keys().copied().collect(),
             limits: config.limits,
             net: config.net.clone(),
+            router: router::Router::single_group(),
         },
         inputs_sender.clone(),
         shutdown_receiver,

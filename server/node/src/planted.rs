@@ -5,13 +5,13 @@
 //!
 //! Test builds only: the bugs exist in builds with the cargo feature `planted-bugs` (which
 //! forwards to `consensus/planted-bugs` and `storage/planted-bugs`). Without it
-//! [`NodeConfig::planted_bug`](crate::node::NodeConfig::planted_bug) is ignored: every check
+//! [`NodeConfig::planted_bug`](crate::config::NodeConfig::planted_bug) is ignored: every check
 //! of it on a production code path is the constant `false` ([`PlantedBug::is_active`]).
 //! `cargo build --release -p ringleader` has none of them.
 //!
 //! The bugs themselves live where they would be written: in `consensus` ([`consensus::RaftBug`],
 //! behind `Config::planted_bug`), in `storage` ([`storage::planted::StorageBug`]) and in the
-//! node ([`crate::node`]); this module names them for the command line, says which rule each
+//! node ([`crate::replica`], [`crate::host`]); this module names them for the command line, says which rule each
 //! breaks, and maps each to its layer's switch.
 
 use std::fmt;

@@ -21,7 +21,7 @@ use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use ringleader_protocol::{
     decode_frame, encode_frame, ErrorKind, Handshake, Header, Limits, RequestFrame, Response,
-    ResponseFrame, Role, HANDSHAKE_BYTES, ONLY_GROUP, PROTOCOL_VERSION,
+    ResponseFrame, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -30,8 +30,9 @@ use tokio_util::codec::Framed;
 use crate::auth;
 use crate::budget::{ByteBudget, ConnRegistry, FrameCodec, FrameError, NetConfig, Shed, Ticket};
 use crate::chunk::{Reassembler, MAX_PEER_FRAME_BYTES};
+use crate::host::NodeInput;
 use crate::network::Network;
-use crate::node::NodeInput;
+use crate::router::Router;
 
 /// Requests one client connection may have in flight; the server stops reading beyond it.
 pub const MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION: usize = 256;
@@ -42,6 +43,7 @@ struct Shared {
     peer_ids: BTreeSet<NodeId>,
     limits: Limits,
     net: NetConfig,
+    router: Router,
     node: mpsc::Sender<NodeInput>,
     clients: Arc<ConnRegistry>,
     peers: BTreeMap<NodeId, Arc<ConnRegistry>>,
@@ -57,6 +59,8 @@ pub struct ServiceConfig {
     pub peer_ids: BTreeSet<NodeId>,
     pub limits: Limits,
     pub net: NetConfig,
+    /// Which group each request and peer message is for.
+    pub router: Router,
 }
 
 /// Accepts connections until `shutdown` flips to true.
@@ -72,6 +76,7 @@ pub async fn accept_loop<N: Network>(
         peer_ids,
         limits,
         net,
+        router,
     } = config;
     let others = || peer_ids.iter().copied().filter(move |id| *id != self_id);
     let shared = Arc::new(Shared {
@@ -93,6 +98,7 @@ pub async fn accept_loop<N: Network>(
         peer_ids,
         limits,
         net,
+        router,
         node,
     });
     let handshaking = Arc::new(Semaphore::new(shared.net.max_handshaking_connections));
@@ -307,9 +313,9 @@ async fn serve_peer<S>(
                 return;
             }
         };
-        // Every node hosts group 0 only today: a message for another group has no replica here
-        // (a peer running a newer placement); dropping it is what Raft tolerates.
-        if envelope.group != ringleader_protocol::ONLY_GROUP {
+        // A message for a group with no replica here (a peer running a newer placement) is
+        // dropped: Raft tolerates lost messages.
+        if !shared.router.hosts(envelope.group) {
             tracing::warn!(
                 peer = peer_id,
                 group = envelope.group,
@@ -317,7 +323,7 @@ async fn serve_peer<S>(
             );
             continue;
         }
-        let message = envelope.message;
+        let crate::chunk::Envelope { group, message } = envelope;
         if message.from != peer_id || message.to != self_id {
             tracing::warn!(
                 peer = peer_id,
@@ -328,7 +334,7 @@ async fn serve_peer<S>(
             return;
         }
         ticket.slot.in_flight.store(1, Ordering::Relaxed);
-        let sent = shared.node.send(NodeInput::Peer(message)).await;
+        let sent = shared.node.send(NodeInput::Peer { group, message }).await;
         ticket.slot.in_flight.store(0, Ordering::Relaxed);
         if sent.is_err() {
             return;
@@ -355,6 +361,7 @@ async fn serve_client<S>(
     let mut reading = true;
     let mut watchdog = tokio::time::interval(shared.net.check_interval);
     let node = &shared.node;
+    let router = &shared.router;
     loop {
         ticket
             .slot
@@ -424,9 +431,10 @@ async fn serve_client<S>(
                         continue;
                     }
                 };
-                // One group per node until sharding; the epoch is not checked (no route changes yet).
-                if header.group != ONLY_GROUP {
-                    let message = format!("unknown group {}: this node serves group {ONLY_GROUP} only", header.group);
+                // The epoch is not checked yet: routes do not change until sharding.
+                let group = match router.route(&header, &request) {
+                    Ok(group) => group,
+                    Err(message) => {
                     let refusal = ResponseFrame {
                         id,
                         header: Header { group: header.group, epoch: 0 },
@@ -436,10 +444,11 @@ async fn serve_client<S>(
                         let _ = framed.send(Bytes::from(body)).await;
                     }
                     continue;
-                }
+                    }
+                };
                 let (reply, answer) = oneshot::channel();
                 ticket.slot.in_flight.store(in_flight.len() + 1, Ordering::Relaxed);
-                if node.send(NodeInput::Client { request, reply }).await.is_err() {
+                if node.send(NodeInput::Client { group, request, reply }).await.is_err() {
                     let _ = framed.send(error_frame(id, ErrorKind::ShuttingDown, "the node stopped".into())).await;
                     break;
                 }
@@ -484,6 +493,7 @@ mod tests {
                 peer_ids: [1, 2].into_iter().collect(),
                 limits: Limits::default(),
                 net,
+                router: Router::single_group(),
             },
             inputs,
             shutdown_receiver,
@@ -631,7 +641,7 @@ mod tests {
         let input = tokio::time::timeout(Duration::from_secs(5), h.node_inputs.recv())
             .await
             .unwrap();
-        assert!(matches!(input, Some(NodeInput::Peer(m)) if m == heartbeat(2, 1)));
+        assert!(matches!(input, Some(NodeInput::Peer { message: m, .. }) if m == heartbeat(2, 1)));
     }
 
     #[tokio::test]
@@ -736,7 +746,7 @@ mod tests {
         let input = tokio::time::timeout(Duration::from_secs(20), h.node_inputs.recv())
             .await
             .unwrap();
-        assert!(matches!(input, Some(NodeInput::Peer(m)) if m == message));
+        assert!(matches!(input, Some(NodeInput::Peer { message: m, .. }) if m == message));
     }
 
     /// A message for a group this node does not host is dropped, and the connection goes on
@@ -763,7 +773,7 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            matches!(&input, Some(NodeInput::Peer(m)) if *m == ours),
+            matches!(&input, Some(NodeInput::Peer { message: m, .. }) if *m == ours),
             "the first message to reach the node is group 0's (term 2), not group 7's"
         );
     }

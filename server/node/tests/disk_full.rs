@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringleader_client::{Client, ClientConfig, Error, TokioConnector};
-use ringleader_node::node::NodeConfig;
+use ringleader_node::NodeConfig;
 use ringleader_node::RunningNode;
 use storage::fault::{DiskFault, FaultyFs};
 use storage::StdFs;

@@ -15,8 +15,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringleader_node::node::{Node, NodeConfig, NodeInput, NODE_INPUT_QUEUE};
+use ringleader_node::host::{Host, NodeInput, NODE_INPUT_QUEUE};
 use ringleader_node::peer::PeerSenders;
+use ringleader_node::NodeConfig;
 use ringleader_protocol::{ReadConsistency, Request, Response};
 use storage::fs::SimFs;
 use storage::SyncPolicy;
@@ -64,7 +65,11 @@ fn config(sync: SyncPolicy) -> NodeConfig {
 async fn call(inputs: &mpsc::Sender<NodeInput>, request: Request) -> Option<Response> {
     let (reply, answer) = oneshot::channel();
     inputs
-        .send(NodeInput::Client { request, reply })
+        .send(NodeInput::Client {
+            group: ringleader_protocol::ONLY_GROUP,
+            request,
+            reply,
+        })
         .await
         .ok()?;
     answer.await.ok()
@@ -100,7 +105,7 @@ fn crash_and_restart(sync: SyncPolicy, seed: u64) -> (usize, Lost) {
     sim.host("node", move || {
         let shared = host_shared.clone();
         async move {
-            let node = Node::open(config(sync), PeerSenders::default())?;
+            let node = Host::open(config(sync), PeerSenders::default())?;
             let (sender, inputs) = mpsc::channel(NODE_INPUT_QUEUE);
             {
                 let mut state = lock(&shared);

@@ -1,0 +1,98 @@
+//! A node's configuration: its identity and peers, where its data lives, its Raft timings,
+//! limits and budgets. Built from the command line (`ringleader serve`) or by the simulation.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use consensus::NodeId;
+use ringleader_protocol::{GroupId, Limits};
+use storage::{SharedFs, WalOptions};
+
+use crate::faults::TransportFaults;
+use crate::planted::PlantedBug;
+use crate::replica::ReplicaConfig;
+
+/// Everything a node needs to start.
+#[derive(Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Every voter's address, this node's included.
+    pub peers: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    pub fs: SharedFs,
+    pub wal: WalOptions,
+    pub limits: Limits,
+    /// The length of one Raft tick.
+    pub tick: Duration,
+    pub election_timeout_ticks: u32,
+    pub heartbeat_interval_ticks: u32,
+    /// Take a snapshot (and compact the log) after this many applied entries.
+    pub snapshot_every_entries: u64,
+    /// Entries a snapshot keeps behind it, in memory and on disk, so that a follower at most
+    /// this far behind is sent entries instead of the whole snapshot (Raft's
+    /// `compaction_tail_entries`). Default 5 000, as etcd.
+    pub log_tail_entries: u64,
+    /// Seeds Raft's election timer.
+    pub seed: u64,
+    /// A deliberate bug from the catalogue in [`crate::planted`], for proving that the
+    /// jepsen-like simulation catches it. Ignored (the correct code runs) unless the crate is
+    /// built with the `planted-bugs` feature; never set outside tests.
+    pub planted_bug: PlantedBug,
+    /// Connection budgets, timeouts and the cluster secret (see [`crate::budget`]).
+    pub net: crate::budget::NetConfig,
+    /// The simulation's fault seam between Raft and the peer transport (see [`crate::faults`]);
+    /// `None` in production.
+    pub transport_faults: Option<Arc<dyn TransportFaults>>,
+}
+
+impl NodeConfig {
+    /// A single-node or static-cluster configuration with the default timings: 50 ms ticks,
+    /// elections after 0.5–1 s of silence, heartbeats every 100 ms.
+    pub fn new(
+        id: NodeId,
+        peers: BTreeMap<NodeId, String>,
+        data_dir: PathBuf,
+        fs: SharedFs,
+    ) -> Self {
+        NodeConfig {
+            id,
+            peers,
+            data_dir,
+            fs,
+            wal: WalOptions::default(),
+            limits: Limits::default(),
+            tick: Duration::from_millis(50),
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 2,
+            snapshot_every_entries: 10_000,
+            log_tail_entries: consensus::DEFAULT_COMPACTION_TAIL_ENTRIES,
+            seed: id,
+            planted_bug: PlantedBug::None,
+            net: crate::budget::NetConfig::default(),
+            transport_faults: None,
+        }
+    }
+
+    /// This node's own address.
+    pub fn addr(&self) -> String {
+        self.peers.get(&self.id).cloned().unwrap_or_default()
+    }
+
+    /// What the replica of `group` on this node is configured with (every group shares the
+    /// node's timings today: a node hosts group 0 only).
+    pub fn replica(&self, group: GroupId) -> ReplicaConfig {
+        ReplicaConfig {
+            group,
+            id: self.id,
+            peers: self.peers.clone(),
+            election_timeout_ticks: self.election_timeout_ticks,
+            heartbeat_interval_ticks: self.heartbeat_interval_ticks,
+            snapshot_every_entries: self.snapshot_every_entries,
+            log_tail_entries: self.log_tail_entries,
+            seed: self.seed,
+            planted_bug: self.planted_bug,
+        }
+    }
+}

@@ -1,0 +1,775 @@
+//! The host: the one task per node that owns the node's durable log, its peer transport, its
+//! clock, and the replicas of the Raft groups the node belongs to (group 0 only, today).
+//!
+//! Data flows one way: requests and peer messages arrive on one bounded channel
+//! ([`NodeInput`]), already routed to a group by the [`crate::router`]; the host hands each to
+//! that group's [`Replica`]. Then, for every replica with a `Ready`, it does the I/O in the order
+//! Raft requires:
+//!
+//! 1. persist the Ready to the [`storage::LogStore`] with one write and one fsync (so every
+//!    request that arrived while the previous fsync ran shares the next one: group commit);
+//! 2. send its messages to the peers;
+//! 3. hand it back to the replica, which applies the committed entries to its state machine and
+//!    answers the waiting clients.
+//!
+//! A write is answered only after its entry is committed by a quorum of durable logs and applied.
+//! Nothing here reads a clock directly: ticks come from `tokio::time`, which turmoil simulates.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use consensus::{Message, Ready};
+use ringleader_protocol::{ErrorKind, GroupId, NodeStatus, Request, Response, ONLY_GROUP};
+use storage::{LogStore, SyncPolicy, WalOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::NodeConfig;
+use crate::mapping;
+use crate::peer::PeerSenders;
+use crate::planted::PlantedBug;
+use crate::replica::Replica;
+
+/// Inputs queued for the node at most; senders wait beyond it.
+pub const NODE_INPUT_QUEUE: usize = 4096;
+/// Inputs handled before the node processes a Ready: the upper bound of one group commit.
+const MAX_INPUTS_PER_ROUND: usize = 1024;
+/// After a write failed for lack of disk space, new writes are refused at once for this long;
+/// then the next one tries the disk again (so writes resume, without a restart, once space is
+/// freed).
+const DISK_FULL_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What the node is asked to do.
+pub enum NodeInput {
+    /// A client request for `group` (see [`crate::router::Router::route`]) and where to send
+    /// the answer.
+    Client {
+        group: GroupId,
+        request: Request,
+        reply: oneshot::Sender<Response>,
+    },
+    /// A Raft message from a peer, for the replica of `group`.
+    Peer { group: GroupId, message: Message },
+    /// Stop: hand leadership over if leading, sync the log, answer what is pending, exit.
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage: {0}")]
+    Storage(#[from] storage::StorageError),
+    #[error("raft configuration: {0}")]
+    Config(#[from] consensus::ConfigError),
+}
+
+/// A running node's state, owned by its task.
+pub struct Host {
+    config: NodeConfig,
+    io: Io,
+    replicas: BTreeMap<GroupId, Replica>,
+}
+
+/// What the host does I/O with, apart from the replicas it does it for.
+struct Io {
+    /// The durable log of group 0 (the only group a node hosts today).
+    log: LogStore,
+    peers: PeerSenders,
+    /// Repairing a damaged log (`serve --repair`) until Raft says the log is whole again.
+    repairing: bool,
+    /// Set when the disk was found full: writes are refused with `DiskFull` until then.
+    disk_full_until: Option<tokio::time::Instant>,
+}
+
+impl Host {
+    /// Opens the node's storage, recovers each replica's state and prepares Raft. Does not
+    /// start the loop.
+    pub fn open(config: NodeConfig, peers: PeerSenders) -> Result<Host, NodeError> {
+        let (mut log, recovered) =
+            LogStore::open(config.fs.clone(), &config.data_dir, wal_options(&config))?;
+        log.set_compaction_tail_entries(config.log_tail_entries);
+        log.set_planted_bug(config.planted_bug.storage_bug());
+        if let Some(bytes) = recovered.torn_tail_bytes {
+            tracing::warn!(bytes, "recovered the log after truncating a torn tail");
+        }
+        let replica = Replica::recover(config.replica(ONLY_GROUP), &recovered)?;
+        Ok(Host {
+            config,
+            io: Io {
+                log,
+                peers,
+                repairing: recovered.repair_until.is_some(),
+                disk_full_until: None,
+            },
+            replicas: BTreeMap::from([(ONLY_GROUP, replica)]),
+        })
+    }
+
+    /// Runs the node until a [`NodeInput::Shutdown`] arrives or every sender is gone.
+    pub async fn run(mut self, mut inputs: mpsc::Receiver<NodeInput>) {
+        let mut ticker = tokio::time::interval(self.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Under `SyncPolicy::Interval` the log is synced on this timer instead of per Ready.
+        let sync_every = match self.config.wal.sync {
+            SyncPolicy::Interval(every) => Some(every),
+            SyncPolicy::Always | SyncPolicy::Never => None,
+        };
+        let mut sync_timer = tokio::time::interval(sync_every.unwrap_or(Duration::from_secs(3600)));
+        if self.config.peers.len() == 1 {
+            // A single voter need not wait out an election timeout.
+            self.replicas.values_mut().for_each(Replica::campaign);
+        }
+        loop {
+            if let Err(error) = self.process_ready() {
+                // The disk failed: nothing more can be made durable. Stop rather than lie.
+                tracing::error!(%error, "storage failure: the node stops");
+                self.fail_all_pending(ErrorKind::Internal, &format!("storage failure: {error}"));
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = ticker.tick() => self.tick(),
+                _ = sync_timer.tick(), if sync_every.is_some() => {
+                    if let Err(error) = self.io.log.sync() {
+                        tracing::error!(%error, "storage failure: the node stops");
+                        self.fail_all_pending(ErrorKind::Internal, &format!("storage failure: {error}"));
+                        return;
+                    }
+                }
+                input = inputs.recv() => {
+                    let Some(input) = input else { return };
+                    if let Some(done) = self.handle(input) {
+                        self.shut_down(&mut inputs, &mut ticker).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    // Take whatever else is already queued: it all shares the next fsync.
+                    for _ in 0..MAX_INPUTS_PER_ROUND {
+                        let Ok(input) = inputs.try_recv() else { break };
+                        if let Some(done) = self.handle(input) {
+                            self.shut_down(&mut inputs, &mut ticker).await;
+                            let _ = done.send(());
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One tick of the logical clock, for every replica (none while the simulation has
+    /// stopped this node's clock).
+    fn tick(&mut self) {
+        if let Some(faults) = &self.config.transport_faults {
+            if faults.clock_stopped(self.config.id) {
+                return;
+            }
+        }
+        self.replicas.values_mut().for_each(Replica::tick);
+    }
+
+    /// Handles one input; returns the shutdown acknowledgement if it was a shutdown.
+    fn handle(&mut self, input: NodeInput) -> Option<oneshot::Sender<()>> {
+        match input {
+            NodeInput::Peer { group, message } => match self.replicas.get_mut(&group) {
+                Some(replica) => replica.step(message),
+                None => tracing::warn!(group, "a peer message for a group not hosted: dropped"),
+            },
+            NodeInput::Client {
+                group,
+                request,
+                reply,
+            } => self.handle_request(group, request, reply),
+            NodeInput::Shutdown { done } => return Some(done),
+        }
+        None
+    }
+
+    fn handle_request(
+        &mut self,
+        group: GroupId,
+        request: Request,
+        reply: oneshot::Sender<Response>,
+    ) {
+        if let Err(message) = request.check(&self.config.limits) {
+            let _ = reply.send(Response::Error {
+                kind: ErrorKind::Invalid,
+                message,
+            });
+            return;
+        }
+        if matches!(request, Request::Status) {
+            let _ = reply.send(Response::Status(Box::new(self.status())));
+            return;
+        }
+        let refuse_writes = self
+            .io
+            .disk_full_until
+            .is_some_and(|until| tokio::time::Instant::now() < until)
+            .then(disk_full_response);
+        match self.replicas.get_mut(&group) {
+            Some(replica) => replica.handle_request(request, reply, refuse_writes),
+            None => {
+                let _ = reply.send(Response::Error {
+                    kind: ErrorKind::Invalid,
+                    message: format!("unknown group {group}: not hosted on this node"),
+                });
+            }
+        }
+    }
+
+    /// Persists, sends, applies and answers everything the replicas have ready.
+    fn process_ready(&mut self) -> Result<(), storage::StorageError> {
+        for replica in self.replicas.values_mut() {
+            self.io.process_ready(replica)?;
+        }
+        Ok(())
+    }
+
+    fn fail_all_pending(&mut self, kind: ErrorKind, message: &str) {
+        for replica in self.replicas.values_mut() {
+            replica.fail_all_pending(kind, message);
+        }
+    }
+
+    /// Graceful stop: hand leadership to the most caught-up peer (so the cluster does not wait
+    /// out an election timeout), keep serving for up to two election timeouts while it happens,
+    /// then sync the log and answer what is left.
+    async fn shut_down(
+        &mut self,
+        inputs: &mut mpsc::Receiver<NodeInput>,
+        ticker: &mut tokio::time::Interval,
+    ) {
+        let mut transferring = false;
+        for replica in self.replicas.values_mut() {
+            transferring |= replica.transfer_leadership_away();
+        }
+        if transferring {
+            let deadline = tokio::time::Instant::now()
+                + self.config.tick * self.config.election_timeout_ticks * 2;
+            while self.replicas.values().any(Replica::is_leader)
+                && tokio::time::Instant::now() < deadline
+            {
+                if self.process_ready().is_err() {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    _ = ticker.tick() => self.replicas.values_mut().for_each(Replica::tick),
+                    Some(input) = inputs.recv() => match input {
+                        NodeInput::Peer { group, message } => {
+                            if let Some(replica) = self.replicas.get_mut(&group) {
+                                replica.step(message);
+                            }
+                        }
+                        NodeInput::Client { reply, .. } => {
+                            let _ = reply.send(Response::Error {
+                                kind: ErrorKind::ShuttingDown,
+                                message: "the node is shutting down".into(),
+                            });
+                        }
+                        NodeInput::Shutdown { .. } => {}
+                    },
+                }
+            }
+        }
+        let _ = self.process_ready();
+        if let Err(error) = self.io.log.sync() {
+            tracing::error!(%error, "final log sync failed");
+        }
+        self.fail_all_pending(ErrorKind::ShuttingDown, "the node is shutting down");
+        tracing::info!(id = self.config.id, "node stopped");
+    }
+
+    fn status(&self) -> NodeStatus {
+        let Some(replica) = self.replicas.get(&ONLY_GROUP) else {
+            unreachable!("a host always holds group 0");
+        };
+        let status = replica.raft.status();
+        NodeStatus {
+            id: self.config.id,
+            addr: self.config.addr(),
+            data_dir: self.config.data_dir.display().to_string(),
+            role: format!("{:?}", status.role).to_lowercase(),
+            term: status.term,
+            leader: status.leader,
+            commit_index: status.commit_index,
+            applied_index: replica.machine.applied_index(),
+            last_index: status.last_index,
+            snapshot_index: replica.last_snapshot_index,
+            snapshots_installed: replica.snapshots_installed,
+            log_bytes: self.io.log.wal().size_bytes(),
+            keys: replica.machine.len() as u64,
+            digest: replica.machine.digest(),
+            replicas: replica.replica_statuses(self.config.tick),
+        }
+    }
+}
+
+impl Io {
+    /// Persists, sends, applies and answers everything `replica` has ready.
+    fn process_ready(&mut self, replica: &mut Replica) -> Result<(), storage::StorageError> {
+        while replica.has_ready() {
+            let ready = replica.ready();
+            if !self.persist(replica, ready)? {
+                break;
+            }
+            self.maybe_snapshot(replica)?;
+            if self.repairing && !replica.is_repairing() {
+                // Everything up to the old commit index is durable here again.
+                self.log.finish_repair()?;
+                self.repairing = false;
+                tracing::info!(
+                    last_index = self.log.last_index(),
+                    "repair complete: the log is whole again; voting resumes"
+                );
+            }
+        }
+        replica.notice_leadership_change();
+        Ok(())
+    }
+
+    /// The I/O of one Ready, in Raft's order: durable first (a message may promise that this
+    /// state is on disk), then the messages, then back to the replica to apply. Returns false
+    /// if the disk was full and the Ready was abandoned.
+    fn persist(
+        &mut self,
+        replica: &mut Replica,
+        mut ready: Ready,
+    ) -> Result<bool, storage::StorageError> {
+        debug_assert_eq!(replica.group(), ONLY_GROUP, "the log holds group 0 only");
+        if let Some(snapshot) = &ready.snapshot {
+            let point = storage::SnapshotPoint {
+                last_index: snapshot.meta.last_index,
+                last_term: snapshot.meta.last_term,
+            };
+            self.log.save_snapshot(point, &snapshot.data, true)?;
+            replica.snapshot_installed(point.last_index);
+        }
+        let entries = ready
+            .entries
+            .iter()
+            .map(mapping::to_stored_entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        let hard_state = ready.hard_state.as_ref().map(mapping::to_stored_hard_state);
+        if let Err(error) = self.log.append(hard_state, &entries) {
+            let recoverable =
+                error.is_disk_full() && !self.log.wal().is_poisoned() && ready.snapshot.is_none();
+            if !recoverable {
+                return Err(error);
+            }
+            // The WAL put itself back as it was: nothing of this Ready is on disk. Forget it,
+            // tell its writers, and try the disk again on the next input or tick.
+            tracing::warn!(%error, "disk full: refusing writes, serving reads");
+            replica.abandon_ready(ready, disk_full_response);
+            self.disk_full_until = Some(tokio::time::Instant::now() + DISK_FULL_BACKOFF);
+            return Ok(false);
+        }
+        let wrote = hard_state.is_some() || !entries.is_empty();
+        if wrote && self.disk_full_until.take().is_some() {
+            tracing::info!("the disk accepts writes again");
+        }
+        for message in std::mem::take(&mut ready.messages) {
+            self.peers.send(message);
+        }
+        replica.apply_ready(ready)?;
+        Ok(true)
+    }
+
+    /// Saves the snapshot a replica cut, if one is due, and lets Raft compact its log to it.
+    fn maybe_snapshot(&mut self, replica: &mut Replica) -> Result<(), storage::StorageError> {
+        let Some((point, data)) = replica.snapshot_due()? else {
+            return Ok(());
+        };
+        match self.log.save_snapshot(point, &data, false) {
+            Ok(()) => replica.snapshot_saved(point, data),
+            // Compaction can wait for space; the log stays whole meanwhile.
+            Err(error) if error.is_disk_full() && !self.log.wal().is_poisoned() => {
+                tracing::warn!(%error, "disk full: snapshot postponed");
+                replica.snapshot_postponed(point);
+            }
+            Err(error) => return Err(error),
+        }
+        Ok(())
+    }
+}
+
+/// The WAL options the node runs with (a planted bug may turn fsync off).
+fn wal_options(config: &NodeConfig) -> WalOptions {
+    let mut options = config.wal.clone();
+    // Planted (Raft Figure 2: durable before responding): the WAL never syncs.
+    if config.planted_bug.is_active(PlantedBug::AckBeforeFsync) {
+        options.sync = SyncPolicy::Never;
+    }
+    options
+}
+
+fn disk_full_response() -> Response {
+    Response::Error {
+        kind: ErrorKind::DiskFull,
+        message: "no space left on the node's disk: the write was not applied; reads still work"
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use consensus::{MessageBody, NodeId, Role, Snapshot, SnapshotMeta};
+    use storage::kv::StateMachine;
+    use storage::SharedFs;
+
+    use super::*;
+
+    impl Host {
+        /// The replica of group 0.
+        fn group0(&mut self) -> &mut Replica {
+            self.replicas.get_mut(&ONLY_GROUP).expect("group 0")
+        }
+    }
+
+    fn follower(dir: &std::path::Path) -> Host {
+        let peers: BTreeMap<NodeId, String> = (1..=3)
+            .map(|id| (id, format!("127.0.0.1:{}", 1 + id)))
+            .collect();
+        let config = NodeConfig::new(2, peers, dir.to_path_buf(), storage::StdFs::shared());
+        Host::open(config, PeerSenders::default()).expect("open")
+    }
+
+    fn install_snapshot(last_index: u64, data: Vec<u8>) -> NodeInput {
+        NodeInput::Peer {
+            group: ONLY_GROUP,
+            message: Message {
+                from: 1,
+                to: 2,
+                term: 1,
+                body: MessageBody::InstallSnapshot {
+                    snapshot: Snapshot {
+                        meta: SnapshotMeta {
+                            last_index,
+                            last_term: 1,
+                            voters: vec![1, 2, 3],
+                        },
+                        data,
+                    },
+                },
+            },
+        }
+    }
+
+    fn state_at(index: u64) -> Vec<u8> {
+        let mut machine = StateMachine::new();
+        machine.apply_noop(index);
+        machine.to_snapshot().expect("encode")
+    }
+
+    #[test]
+    fn a_snapshot_that_does_not_decode_to_its_state_is_refused_before_it_is_saved() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = follower(dir.path());
+        let mut garbage = state_at(7);
+        garbage.truncate(garbage.len() / 2);
+        for bad in [b"not a state machine".to_vec(), garbage, state_at(5)] {
+            assert!(node.handle(install_snapshot(7, bad)).is_none());
+            node.process_ready().expect("the node stays up");
+            assert_eq!(node.group0().snapshots_installed, 0);
+            assert_eq!(node.group0().machine.applied_index(), 0);
+            assert_eq!(node.io.log.snapshot_point().last_index, 0, "nothing saved");
+        }
+        // A sound one is installed, and the node stays a follower of the sender.
+        node.handle(install_snapshot(7, state_at(7)));
+        node.process_ready().expect("install");
+        assert_eq!(node.group0().snapshots_installed, 1);
+        assert_eq!(node.group0().machine.applied_index(), 7);
+        assert_eq!(node.io.log.snapshot_point().last_index, 7);
+        assert_eq!(node.group0().raft.leader(), Some(1));
+    }
+
+    // --- The node driven by hand: `handle` and `process_ready`, no sockets, no run loop. ---
+
+    use ringleader_protocol::ReadConsistency;
+    use storage::fault::{DiskFault, FaultyFs};
+    use storage::StdFs;
+
+    /// A node of a `voters`-node cluster (node 1) on `fs`, with `adjust` applied to its config.
+    fn node_1(
+        dir: &std::path::Path,
+        voters: u64,
+        fs: SharedFs,
+        adjust: impl FnOnce(&mut NodeConfig),
+    ) -> Host {
+        let peers: BTreeMap<NodeId, String> = (1..=voters)
+            .map(|id| (id, format!("127.0.0.1:{}", 7000 + id)))
+            .collect();
+        let mut config = NodeConfig::new(1, peers, dir.to_path_buf(), fs);
+        adjust(&mut config);
+        Host::open(config, PeerSenders::default()).expect("open")
+    }
+
+    /// A single node that has elected itself.
+    fn single_leader(dir: &std::path::Path, fs: SharedFs) -> Host {
+        let mut node = node_1(dir, 1, fs, |_| {});
+        node.group0().raft.campaign();
+        node.process_ready().expect("persist the election");
+        assert_eq!(node.group0().raft.role(), Role::Leader);
+        node
+    }
+
+    fn from_peer(from: NodeId, term: u64, body: MessageBody) -> NodeInput {
+        NodeInput::Peer {
+            group: ONLY_GROUP,
+            message: Message {
+                from,
+                to: 1,
+                term,
+                body,
+            },
+        }
+    }
+
+    /// Node 1 of three, elected with node 2's vote, its no-op committed by node 2: a leader
+    /// that can serve reads but commits nothing more without an answer from a peer (their
+    /// messages go nowhere: `PeerSenders::default()`).
+    fn leader_of_three(dir: &std::path::Path) -> Host {
+        let mut node = node_1(dir, 3, StdFs::shared(), |_| {});
+        node.group0().raft.campaign();
+        node.process_ready().expect("persist");
+        if node.group0().raft.role() == Role::PreCandidate {
+            let term = node.group0().raft.term() + 1;
+            node.handle(from_peer(
+                2,
+                term,
+                MessageBody::PreVoteResponse { granted: true },
+            ));
+            node.process_ready().expect("persist");
+        }
+        assert_eq!(node.group0().raft.role(), Role::Candidate);
+        let term = node.group0().raft.term();
+        node.handle(from_peer(
+            2,
+            term,
+            MessageBody::RequestVoteResponse { granted: true },
+        ));
+        node.process_ready().expect("persist");
+        assert_eq!(node.group0().raft.role(), Role::Leader);
+        let match_index = node.group0().raft.status().last_index;
+        node.handle(from_peer(
+            2,
+            term,
+            MessageBody::AppendEntriesResponse {
+                result: consensus::AppendResult::Success { match_index },
+            },
+        ));
+        node.process_ready().expect("persist");
+        assert_eq!(
+            node.group0().raft.status().commit_index,
+            match_index,
+            "no-op committed"
+        );
+        node
+    }
+
+    fn request(node: &mut Host, request: Request) -> oneshot::Receiver<Response> {
+        let (reply, answer) = oneshot::channel();
+        assert!(node
+            .handle(NodeInput::Client {
+                group: ONLY_GROUP,
+                request,
+                reply
+            })
+            .is_none());
+        answer
+    }
+
+    fn put(node: &mut Host, key: &str, value: &str) -> oneshot::Receiver<Response> {
+        request(
+            node,
+            Request::Put {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+                session: None,
+            },
+        )
+    }
+
+    fn get(node: &mut Host, key: &str) -> oneshot::Receiver<Response> {
+        request(
+            node,
+            Request::Get {
+                key: key.as_bytes().to_vec(),
+                consistency: ReadConsistency::Linearizable,
+            },
+        )
+    }
+
+    /// The answer already sent on `answer`; panics if there is none yet.
+    fn answered(answer: &mut oneshot::Receiver<Response>) -> Response {
+        answer.try_recv().expect("answered")
+    }
+
+    fn assert_error(response: Response, expected: ErrorKind) {
+        assert!(
+            matches!(&response, Response::Error { kind, .. } if *kind == expected),
+            "expected a {expected:?} error, got {response:?}"
+        );
+    }
+
+    fn counting_fs() -> (SharedFs, std::sync::Arc<DiskFault>) {
+        FaultyFs::wrap(StdFs::shared())
+    }
+
+    #[test]
+    fn writes_queued_while_the_disk_was_busy_share_one_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fs, disk) = counting_fs();
+        let mut node = single_leader(dir.path(), fs);
+        // What one write costs on its own.
+        let before = disk.file_syncs();
+        let mut alone = put(&mut node, "alone", "1");
+        node.process_ready().expect("persist");
+        assert!(matches!(answered(&mut alone), Response::Written { .. }));
+        let syncs_for_one = disk.file_syncs() - before;
+        assert!(syncs_for_one >= 1, "an acknowledged write was fsynced");
+        // A hundred queued before the node processes its Ready: one group commit.
+        let before = disk.file_syncs();
+        let mut answers: Vec<_> = (0..100)
+            .map(|i| put(&mut node, &format!("k{i}"), &i.to_string()))
+            .collect();
+        node.process_ready().expect("persist");
+        assert_eq!(
+            disk.file_syncs() - before,
+            syncs_for_one,
+            "100 queued writes cost the fsyncs of one"
+        );
+        // Each in its own entry, in the order queued (a version is the entry's log index).
+        let versions: Vec<u64> = answers
+            .iter_mut()
+            .map(|answer| match answered(answer) {
+                Response::Written { version } => version,
+                other => panic!("expected Written, got {other:?}"),
+            })
+            .collect();
+        assert!(versions.windows(2).all(|pair| pair[1] == pair[0] + 1));
+        assert_eq!(node.group0().machine.len(), 101);
+    }
+
+    #[test]
+    fn a_leader_that_sees_a_higher_term_answers_its_pending_requests() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = leader_of_three(dir.path());
+        let mut writes: Vec<_> = (0..3)
+            .map(|i| put(&mut node, &format!("k{i}"), "v"))
+            .collect();
+        let mut read = get(&mut node, "k0");
+        node.process_ready().expect("persist");
+        // Nothing commits or confirms without a peer's answer: all of it is pending.
+        for write in &mut writes {
+            assert!(write.try_recv().is_err(), "pending");
+        }
+        assert!(read.try_recv().is_err(), "pending");
+        // Node 3 leads a later term.
+        let term = node.group0().raft.term() + 1;
+        node.handle(from_peer(
+            3,
+            term,
+            MessageBody::Heartbeat {
+                commit: 0,
+                sent_tick: 0,
+                read_ctx: None,
+            },
+        ));
+        node.process_ready().expect("persist");
+        assert_eq!(node.group0().raft.role(), Role::Follower);
+        // Its writes' fate is unknown to it (they may still commit under node 3)...
+        for write in &mut writes {
+            assert_error(answered(write), ErrorKind::Unknown);
+        }
+        // ...and its read can no longer be confirmed: the client is sent to the new leader.
+        match answered(&mut read) {
+            Response::NotLeader {
+                leader,
+                leader_addr,
+            } => {
+                assert_eq!(leader, Some(3));
+                assert_eq!(leader_addr.as_deref(), Some("127.0.0.1:7003"));
+            }
+            other => panic!("expected NotLeader, got {other:?}"),
+        }
+        assert_eq!(node.group0().pending_requests(), 0);
+    }
+
+    /// A shutdown answers everything still waiting, even when the disk stopped acknowledging
+    /// (so the writes could not commit): writes `Unknown`, reads `ShuttingDown`.
+    #[tokio::test]
+    async fn shutdown_answers_every_pending_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fs, disk) = counting_fs();
+        let mut node = single_leader(dir.path(), fs);
+        let mut written = put(&mut node, "before", "1");
+        node.process_ready().expect("persist");
+        assert!(matches!(answered(&mut written), Response::Written { .. }));
+        // The disk fails every fsync from now on: nothing more can be acknowledged.
+        disk.set_failing_sync(true);
+        let mut writes: Vec<_> = (0..3)
+            .map(|i| put(&mut node, &format!("k{i}"), "v"))
+            .collect();
+        let mut read = get(&mut node, "before");
+        assert!(node.process_ready().is_err(), "the fsync failed");
+        for write in &mut writes {
+            assert!(write.try_recv().is_err(), "pending");
+        }
+        assert!(read.try_recv().is_err(), "pending");
+
+        let (_inputs, mut receiver) = mpsc::channel(4);
+        let mut ticker = tokio::time::interval(node.config.tick);
+        node.shut_down(&mut receiver, &mut ticker).await;
+        for write in &mut writes {
+            assert_error(answered(write), ErrorKind::Unknown);
+        }
+        assert_error(answered(&mut read), ErrorKind::ShuttingDown);
+    }
+
+    #[test]
+    fn a_snapshot_is_saved_and_the_state_is_restored_from_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let small_snapshots = |config: &mut NodeConfig| {
+            config.snapshot_every_entries = 10;
+            config.log_tail_entries = 1;
+        };
+        let mut node = node_1(dir.path(), 1, StdFs::shared(), small_snapshots);
+        node.group0().raft.campaign();
+        node.process_ready().expect("persist");
+        for i in 0..25 {
+            let mut answer = put(&mut node, &format!("k{i}"), &format!("v{i}"));
+            node.process_ready().expect("persist");
+            assert!(matches!(answered(&mut answer), Response::Written { .. }));
+        }
+        let saved = node.io.log.snapshot_point().last_index;
+        assert!(saved >= 20, "snapshots taken: the last at {saved}");
+        assert_eq!(node.group0().last_snapshot_index, saved);
+        drop(node);
+
+        // Reopened: the state up to the snapshot comes from it (the log before it is gone)...
+        let mut node = node_1(dir.path(), 1, StdFs::shared(), small_snapshots);
+        assert_eq!(node.group0().machine.applied_index(), saved);
+        assert!(
+            node.group0().machine.len() >= 18,
+            "keys restored from the snapshot"
+        );
+        // ...and the rest from the log, once the node leads again.
+        node.group0().raft.campaign();
+        node.process_ready().expect("persist");
+        assert_eq!(node.group0().raft.role(), Role::Leader);
+        for i in 0..25 {
+            let mut answer = get(&mut node, &format!("k{i}"));
+            node.process_ready().expect("serve");
+            match answered(&mut answer) {
+                Response::Value(Some(found)) => {
+                    assert_eq!(found.value, format!("v{i}").into_bytes(), "k{i}")
+                }
+                other => panic!("k{i}: {other:?}"),
+            }
+        }
+        assert_eq!(node.group0().machine.len(), 25);
+    }
+}
