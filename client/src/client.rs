@@ -8,14 +8,16 @@
 //! short backoff; everything stops at the per-request deadline.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::connection::{CallError, Connection};
+use crate::connection::{Answer, CallError, Connection};
 use crate::error::{Error, Result};
 use ringleader_protocol::net::{Connector, TokioConnector};
 use ringleader_protocol::{
-    ErrorKind, Expect, Limits, NodeStatus, ReadConsistency, Request, Response, Session, Versioned,
+    ErrorKind, Expect, Limits, NodeStatus, ReadConsistency, Receipt, Request, Response, ServedAt,
+    Session, Versioned, WriteAck,
 };
 
 /// How a client behaves.
@@ -58,6 +60,36 @@ impl ClientConfig {
     }
 }
 
+/// How fresh a read must be (see `docs/consistency.md` for each level's guarantee and price).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadLevel {
+    /// The leader confirms it still leads before answering (a heartbeat round).
+    #[default]
+    Linearizable,
+    /// The leader answers alone while its lease holds (assumes bounded clock drift).
+    Lease,
+    /// Any replica that has applied this client's session position: read-your-writes and
+    /// monotonic reads.
+    Session,
+    /// Any replica's local state, possibly stale; refused when it may be older than
+    /// `max_staleness`.
+    Stale { max_staleness: Option<Duration> },
+}
+
+/// A read's answer and its receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    pub value: Option<Versioned>,
+    pub receipt: Option<Receipt>,
+}
+
+/// A put's new version and its receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub version: u64,
+    pub receipt: Option<Receipt>,
+}
+
 /// The result of a compare-and-swap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CasOutcome {
@@ -82,6 +114,8 @@ pub struct Client<C: Connector = TokioConnector> {
     connector: C,
     routing: Arc<Mutex<Routing>>,
     session: Arc<Mutex<SessionState>>,
+    /// The session position (see [`Client::session_position`]).
+    position: Arc<AtomicU64>,
 }
 
 /// Writes whose outcome stayed unknown are remembered (so the cluster keeps their outcome, and so
@@ -139,58 +173,87 @@ impl<C: Connector> Client<C> {
                 connections: BTreeMap::new(),
             })),
             session: Arc::new(Mutex::new(SessionState::new(None))),
+            position: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// Reads a key, linearizably.
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<Versioned>> {
-        self.get_with(key, ReadConsistency::Linearizable).await
+        Ok(self.read(key, ReadLevel::Linearizable).await?.value)
     }
 
-    /// Reads a key at the given consistency.
-    pub async fn get_with(
-        &self,
-        key: impl Into<Vec<u8>>,
-        consistency: ReadConsistency,
-    ) -> Result<Option<Versioned>> {
+    /// Reads a key at the given level; the answer comes with its receipt.
+    pub async fn read(&self, key: impl Into<Vec<u8>>, level: ReadLevel) -> Result<Read> {
+        let consistency = match level {
+            ReadLevel::Linearizable => ReadConsistency::Linearizable,
+            ReadLevel::Lease => ReadConsistency::Lease,
+            ReadLevel::Session => ReadConsistency::Session {
+                min_index: self.session_position(),
+            },
+            ReadLevel::Stale { max_staleness } => ReadConsistency::Stale {
+                max_staleness_ms: max_staleness.map(|d| d.as_millis() as u64),
+            },
+        };
         let request = Request::Get {
             key: key.into(),
             consistency,
         };
         match self.call(request).await? {
-            Response::Value(value) => Ok(value),
-            other => Err(unexpected(other)),
+            (Response::Value(value), receipt) => Ok(Read { value, receipt }),
+            (other, _) => Err(unexpected(other)),
         }
     }
 
     /// Sets a key; returns its new version.
     pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
+        Ok(self.put_with(key, value, WriteAck::Majority).await?.version)
+    }
+
+    /// Sets a key, acknowledged as `ack` asks; returns its new version and the receipt.
+    pub async fn put_with(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        ack: WriteAck,
+    ) -> Result<Written> {
         let (key, value) = (key.into(), value.into());
-        let response = self
+        let answer = self
             .write(|session| Request::Put {
                 key: key.clone(),
                 value: value.clone(),
                 session: Some(session),
+                ack,
             })
             .await?;
-        match response {
-            Response::Written { version } => Ok(version),
-            other => Err(unexpected(other)),
+        match answer {
+            (Response::Written { version }, receipt) => Ok(Written { version, receipt }),
+            (other, _) => Err(unexpected(other)),
         }
     }
 
     /// Deletes a key; returns whether it existed.
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<bool> {
+        Ok(self.delete_with(key, WriteAck::Majority).await?.0)
+    }
+
+    /// Deletes a key, acknowledged as `ack` asks (not [`WriteAck::Leader`]); returns whether it
+    /// existed, and the receipt.
+    pub async fn delete_with(
+        &self,
+        key: impl Into<Vec<u8>>,
+        ack: WriteAck,
+    ) -> Result<(bool, Option<Receipt>)> {
         let key = key.into();
         match self
             .write(|session| Request::Delete {
                 key: key.clone(),
                 session: Some(session),
+                ack,
             })
             .await?
         {
-            Response::Deleted { existed } => Ok(existed),
-            other => Err(unexpected(other)),
+            (Response::Deleted { existed }, receipt) => Ok((existed, receipt)),
+            (other, _) => Err(unexpected(other)),
         }
     }
 
@@ -201,6 +264,21 @@ impl<C: Connector> Client<C> {
         expect: Expect,
         new_value: impl Into<Vec<u8>>,
     ) -> Result<CasOutcome> {
+        Ok(self
+            .cas_with(key, expect, new_value, WriteAck::Majority)
+            .await?
+            .0)
+    }
+
+    /// Sets `key` to `new_value` if `expect` holds, acknowledged as `ack` asks (not
+    /// [`WriteAck::Leader`]); the outcome comes with its receipt.
+    pub async fn cas_with(
+        &self,
+        key: impl Into<Vec<u8>>,
+        expect: Expect,
+        new_value: impl Into<Vec<u8>>,
+        ack: WriteAck,
+    ) -> Result<(CasOutcome, Option<Receipt>)> {
         let (key, new_value) = (key.into(), new_value.into());
         match self
             .write(|session| Request::Cas {
@@ -208,13 +286,26 @@ impl<C: Connector> Client<C> {
                 expect: expect.clone(),
                 new_value: new_value.clone(),
                 session: Some(session),
+                ack,
             })
             .await?
         {
-            Response::Written { version } => Ok(CasOutcome::Swapped { version }),
-            Response::CasMismatch { current } => Ok(CasOutcome::Mismatch { current }),
-            other => Err(unexpected(other)),
+            (Response::Written { version }, receipt) => {
+                Ok((CasOutcome::Swapped { version }, receipt))
+            }
+            (Response::CasMismatch { current }, receipt) => {
+                Ok((CasOutcome::Mismatch { current }, receipt))
+            }
+            (other, _) => Err(unexpected(other)),
         }
+    }
+
+    /// The client's session position: the highest log index its replies have shown it (a
+    /// write it made, a value it read). A [`ReadLevel::Session`] read is served only by a
+    /// replica that has applied at least this far, so the client reads its own writes and
+    /// never goes back in time, whichever replica answers.
+    pub fn session_position(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
     }
 
     /// Asks one node (not the leader) for its status. A node that refuses the connection gives
@@ -237,8 +328,8 @@ impl<C: Connector> Client<C> {
         })
         .await;
         match response {
-            Ok(Ok(Response::Status(status))) => Ok(*status),
-            Ok(Ok(other)) => Err(unexpected(other)),
+            Ok(Ok((Response::Status(status), _))) => Ok(*status),
+            Ok(Ok((other, _))) => Err(unexpected(other)),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(Error::Timeout {
                 timeout,
@@ -267,8 +358,8 @@ impl<C: Connector> Client<C> {
             return Ok(client_id);
         }
         let client_id = match self.call(Request::RegisterSession).await? {
-            Response::SessionRegistered { client_id } => client_id,
-            other => return Err(unexpected(other)),
+            (Response::SessionRegistered { client_id }, _) => client_id,
+            (other, _) => return Err(unexpected(other)),
         };
         // Concurrent first writes may both register: the first id stored wins, the other
         // session is simply never used (and expires).
@@ -276,7 +367,7 @@ impl<C: Connector> Client<C> {
         Ok(*state.client_id.get_or_insert(client_id))
     }
 
-    async fn write(&self, make: impl Fn(Session) -> Request) -> Result<Response> {
+    async fn write(&self, make: impl Fn(Session) -> Request) -> Result<Answer> {
         let session = loop {
             let client_id = self.ensure_session().await?;
             let mut state = self.session.lock().unwrap_or_else(|p| p.into_inner());
@@ -366,7 +457,7 @@ impl<C: Connector> Client<C> {
     /// then the error says the request was certainly not applied. When every endpoint refuses
     /// connections for [`ClientConfig::connect_retry_window`], the call fails early with
     /// [`Error::Unreachable`] rather than waiting out the request timeout.
-    async fn call(&self, request: Request) -> Result<Response> {
+    async fn call(&self, request: Request) -> Result<Answer> {
         request.check(&self.config.limits).map_err(Error::Invalid)?;
         let timeout = self.config.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -446,6 +537,7 @@ impl<C: Connector> Client<C> {
                     }
                     Ok(Ok(response)) => response,
                 };
+            let (response, receipt) = response;
             match response {
                 Response::NotLeader {
                     leader_addr,
@@ -483,6 +575,7 @@ impl<C: Connector> Client<C> {
                         tokio::time::sleep(self.config.retry_backoff).await;
                     }
                     ErrorKind::Invalid => return Err(Error::Invalid(message)),
+                    ErrorKind::AckTimeout => return Err(Error::NotOnAllReplicas(message)),
                     ErrorKind::SessionExpired => return Err(Error::SessionExpired),
                     ErrorKind::Internal => return Err(Error::Server(message)),
                     ErrorKind::DiskFull => {
@@ -493,11 +586,21 @@ impl<C: Connector> Client<C> {
                     }
                 },
                 answer => {
-                    self.routing
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .leader = Some(addr);
-                    return Ok(answer);
+                    if let Some(receipt) = &receipt {
+                        self.position.fetch_max(receipt.index, Ordering::AcqRel);
+                    }
+                    // Only the leader serves writes and linearizable reads; a replica that
+                    // answered a stale or session read is not thereby the leader.
+                    let from_leader = receipt.as_ref().is_none_or(|r| {
+                        !matches!(r.served_at, ServedAt::Stale | ServedAt::Session)
+                    });
+                    if from_leader {
+                        self.routing
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .leader = Some(addr);
+                    }
+                    return Ok((answer, receipt));
                 }
             }
         }

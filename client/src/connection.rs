@@ -14,7 +14,7 @@ use tokio_util::codec::Framed;
 
 use ringleader_protocol::net::Connector;
 use ringleader_protocol::{
-    decode_frame, encode_frame, frame_codec, Handshake, Request, RequestFrame, Response,
+    decode_frame, encode_frame, frame_codec, Handshake, Receipt, Request, RequestFrame, Response,
     ResponseFrame, Role, HANDSHAKE_BYTES,
 };
 
@@ -32,7 +32,10 @@ pub enum CallError {
     Lost,
 }
 
-type Pending = (Request, oneshot::Sender<Response>);
+/// A node's answer and its consistency receipt (none for refusals and errors).
+pub type Answer = (Response, Option<Receipt>);
+
+type Pending = (Request, oneshot::Sender<Answer>);
 
 /// A handle to a connection task. Cheap to clone.
 #[derive(Clone)]
@@ -75,7 +78,7 @@ impl Connection {
 
     /// Sends a request and waits for its response; `Err` when the connection is gone, saying
     /// whether the request may have reached the node.
-    pub async fn call(&self, request: Request) -> Result<Response, CallError> {
+    pub async fn call(&self, request: Request) -> Result<Answer, CallError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send((request, reply))
@@ -96,7 +99,7 @@ async fn run<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut waiting: BTreeMap<u64, oneshot::Sender<Response>> = BTreeMap::new();
+    let mut waiting: BTreeMap<u64, oneshot::Sender<Answer>> = BTreeMap::new();
     let mut next_id = 0u64;
     loop {
         tokio::select! {
@@ -104,12 +107,12 @@ async fn run<S>(
             frame = framed.next() => {
                 let Some(Ok(bytes)) = frame else { break };
                 // The header is not checked: every request is for the one group, at epoch 0.
-                let Ok(ResponseFrame { id, response, .. }) = decode_frame::<ResponseFrame>(&bytes) else {
+                let Ok(ResponseFrame { id, response, receipt, .. }) = decode_frame::<ResponseFrame>(&bytes) else {
                     tracing::warn!("undecodable response frame: closing the connection");
                     break;
                 };
                 if let Some(reply) = waiting.remove(&id) {
-                    let _ = reply.send(response);
+                    let _ = reply.send((response, receipt));
                 }
             }
             pending = requests.recv(), if waiting.len() < MAX_IN_FLIGHT => {

@@ -30,6 +30,10 @@ pub enum Error {
     /// writes succeed again once space is freed on that node.
     #[error("disk full on node {node}: {message}")]
     DiskFull { node: String, message: String },
+    /// A write acknowledged by every replica (`WriteAck::All`) committed — it is durable on a
+    /// majority and will not be lost — but not every replica applied it in time.
+    #[error("written, but not on every replica in time: {0}")]
+    NotOnAllReplicas(String),
     /// No endpoint was given.
     #[error("no endpoints configured")]
     NoEndpoints,

@@ -32,7 +32,9 @@ mod client;
 mod connection;
 mod error;
 
-pub use client::{CasOutcome, Client, ClientConfig};
+pub use client::{CasOutcome, Client, ClientConfig, Read, ReadLevel, Written};
 pub use error::{Error, Result};
 pub use ringleader_protocol::net::{Connector, TokioConnector};
-pub use ringleader_protocol::{Expect, NodeStatus, ReadConsistency, ReplicaStatus, Versioned};
+pub use ringleader_protocol::{
+    Expect, NodeStatus, Receipt, ReplicaStatus, ServedAt, Versioned, WriteAck,
+};

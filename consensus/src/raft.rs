@@ -651,6 +651,12 @@ impl Raft {
         self.leader
     }
 
+    /// A follower's ticks since it last heard from its leader (the election timer's count);
+    /// `None` when it is not a follower of a known leader.
+    pub fn ticks_since_leader_contact(&self) -> Option<u32> {
+        (self.role == Role::Follower && self.leader.is_some()).then_some(self.election_elapsed)
+    }
+
     /// Whether `bug` is planted in this node (always false without the `planted-bugs` feature).
     #[inline]
     fn planted(&self, bug: RaftBug) -> bool {

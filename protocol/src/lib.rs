@@ -28,7 +28,8 @@ pub use frame::{
 };
 pub use handshake::{Handshake, HandshakeError, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION};
 pub use message::{
-    ErrorKind, Expect, GroupId, Header, Limits, NodeStatus, ReadConsistency, ReplicaStatus,
-    Request, RequestFrame, Response, ResponseFrame, Session, Versioned, ONLY_GROUP,
+    ErrorKind, Expect, GroupId, Header, Limits, NodeStatus, ReadConsistency, Receipt,
+    ReplicaStatus, Request, RequestFrame, Response, ResponseFrame, ServedAt, Session, Versioned,
+    WriteAck, ONLY_GROUP,
 };
 pub use net::{Connector, TokioConnector};

@@ -22,16 +22,78 @@ impl Default for Limits {
     }
 }
 
-/// How fresh a read must be.
+/// How fresh a read must be, and so which replica may answer it and what it costs
+/// (docs/consistency.md has each level's guarantee, price and anomaly).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum ReadConsistency {
-    /// Linearizable: the leader confirms it still leads (ReadIndex) before answering.
+    /// Linearizable: the leader confirms it still leads (ReadIndex: a heartbeat round shared
+    /// with the reads arriving at the same time) before answering.
     #[default]
     Linearizable,
-    /// Linearizable through a leader lease: no round trip, assumes bounded clock drift.
+    /// Linearizable through the leader's lease: the leader answers alone, no round trip, while
+    /// a quorum acknowledged it within the lease (shorter than the election timeout by the
+    /// clock-drift bound). Falls back to a ReadIndex round when the lease does not hold; the
+    /// receipt says which served it.
     Lease,
-    /// Whatever the contacted node has applied: fast, possibly stale.
+    /// Read-your-writes and monotonic reads: any replica that has applied at least
+    /// `min_index` (the client's session position: the highest index its replies showed it).
+    Session { min_index: u64 },
+    /// Whatever the contacted replica has applied: answers while that replica is reachable,
+    /// possibly stale. With `max_staleness_ms`, refused (`Unavailable`) rather than answered
+    /// when the replica cannot promise its state is at most that old.
+    Stale { max_staleness_ms: Option<u64> },
+}
+
+impl ReadConsistency {
+    /// Whether only the leader may answer (a follower redirects the client to it).
+    pub fn needs_leader(&self) -> bool {
+        matches!(self, ReadConsistency::Linearizable | ReadConsistency::Lease)
+    }
+}
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum WriteAck {
+    /// Once committed: durable on a majority and applied on the leader. Survives any minority
+    /// of crashes.
+    #[default]
+    Majority,
+    /// Once every replica of the group has applied it: a read at any replica afterwards sees
+    /// it. Fails with [`ErrorKind::AckTimeout`] (the write still commits) while one is down.
+    All,
+    /// Once durable on the leader alone, before any follower has it: faster, and **lost** if
+    /// that leader dies before replicating it. Puts only (the outcome of a delete or a
+    /// compare-and-set is not known before it is applied).
+    Leader,
+}
+
+/// The level a reply was actually served at (see [`Receipt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServedAt {
+    Linearizable,
+    Lease,
+    Session,
     Stale,
+    Majority,
+    All,
+    Leader,
+}
+
+/// What a reply can prove about its own consistency: the level actually served, by which
+/// node, and the Raft term and log index the answer reflects (for a read, the replica's
+/// applied index; for a write, the entry's index). A client keeps its session position from
+/// these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub served_at: ServedAt,
+    pub node: u64,
+    pub term: u64,
+    pub index: u64,
+    /// Stale and session reads: an upper bound on how far behind the cluster's committed
+    /// state the answer may be (`None`: the replica cannot bound it, e.g. it never heard a
+    /// leader). Measured from the last leader message whose commit the replica had applied, so
+    /// it leaves out that message's transit time.
+    pub staleness_bound_ms: Option<u64>,
 }
 
 /// What a compare-and-swap requires.
@@ -61,16 +123,19 @@ pub enum Request {
         key: Vec<u8>,
         value: Vec<u8>,
         session: Option<Session>,
+        ack: WriteAck,
     },
     Delete {
         key: Vec<u8>,
         session: Option<Session>,
+        ack: WriteAck,
     },
     Cas {
         key: Vec<u8>,
         expect: Expect,
         new_value: Vec<u8>,
         session: Option<Session>,
+        ack: WriteAck,
     },
     /// The node's view of itself and its group.
     Status,
@@ -152,6 +217,10 @@ pub enum ErrorKind {
     /// The node's disk is full: the write was not applied (certainly), and writes will succeed
     /// again once space is freed. Reads keep working.
     DiskFull,
+    /// A write asked to be acknowledged by every replica ([`WriteAck::All`]) committed — it is
+    /// durable on a majority and will not be lost — but not every replica applied it in time
+    /// (one is down or cut off). Retrying it with the same session is safe.
+    AckTimeout,
 }
 
 /// One peer's replication state as the leader sees it.
@@ -259,21 +328,24 @@ impl RequestFrame {
     }
 }
 
-/// A response to the request with the same id.
+/// A response to the request with the same id, with its receipt (every answer to a read or
+/// a write has one; refusals and errors do not).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseFrame {
     pub id: u64,
     pub header: Header,
     pub response: Response,
+    pub receipt: Option<Receipt>,
 }
 
 impl ResponseFrame {
-    /// An answer from [`ONLY_GROUP`] at epoch 0.
+    /// An answer from [`ONLY_GROUP`] at epoch 0, without a receipt.
     pub fn new(id: u64, response: Response) -> Self {
         ResponseFrame {
             id,
             header: Header::default(),
             response,
+            receipt: None,
         }
     }
 }

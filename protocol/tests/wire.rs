@@ -58,6 +58,7 @@ fn request_and_response_frames_carry_a_group_and_epoch_header() {
                 seq: 2,
                 first_unacked_seq: 1,
             }),
+            ack: WriteAck::All,
         },
     );
     assert_eq!(
@@ -85,6 +86,13 @@ fn request_and_response_frames_carry_a_group_and_epoch_header() {
         id: 5,
         header,
         response: Response::Written { version: 17 },
+        receipt: Some(Receipt {
+            served_at: ServedAt::All,
+            node: 2,
+            term: 4,
+            index: 17,
+            staleness_bound_ms: None,
+        }),
     };
     let decoded: ResponseFrame = decode_frame(&encode_frame(&response).unwrap()).unwrap();
     assert_eq!(decoded.header, header);
@@ -104,6 +112,7 @@ fn limits_are_enforced() {
         key: vec![1; key_len],
         value: vec![2; value_len],
         session: None,
+        ack: ringleader_protocol::WriteAck::Majority,
     };
     assert!(put(1, 0).check(&limits).is_ok());
     assert!(put(0, 1).check(&limits).is_err());

@@ -17,7 +17,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ringleader_client::Expect;
-use ringleader_client::{CasOutcome, Client, ClientConfig, NodeStatus, TokioConnector};
+use ringleader_client::{
+    CasOutcome, Client, ClientConfig, NodeStatus, ReadLevel, Receipt, ServedAt, TokioConnector,
+    WriteAck,
+};
 use ringleader_node::NodeConfig;
 use serde_json::json;
 use storage::{StdFs, SyncPolicy};
@@ -70,6 +73,8 @@ enum Command {
         key: String,
         value: String,
         #[command(flatten)]
+        write: WriteArgs,
+        #[command(flatten)]
         target: Target,
     },
     /// Print KEY's value (raw bytes on stdout). Exit 1 when absent.
@@ -79,11 +84,15 @@ enum Command {
         #[arg(long)]
         with_version: bool,
         #[command(flatten)]
+        read: ReadArgs,
+        #[command(flatten)]
         target: Target,
     },
     /// Delete KEY. Exit 1 when it did not exist.
     Delete {
         key: String,
+        #[command(flatten)]
+        write: WriteArgs,
         #[command(flatten)]
         target: Target,
     },
@@ -101,6 +110,8 @@ enum Command {
         /// Expect the key to be absent.
         #[arg(long, group = "expect")]
         expect_absent: bool,
+        #[command(flatten)]
+        write: WriteArgs,
         #[command(flatten)]
         target: Target,
     },
@@ -184,6 +195,79 @@ pub struct ServeArgs {
     cluster_secret_file: Option<PathBuf>,
 }
 
+/// How fresh a read must be (docs/consistency.md: each level's guarantee, price and anomaly).
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+enum Consistency {
+    /// The leader confirms it still leads (a heartbeat round), then answers: never stale.
+    Linearizable,
+    /// The leader answers alone while its lease holds: no round trip; assumes the nodes'
+    /// clocks drift less than the lease margin (a round trip is used when the lease lapsed).
+    Lease,
+    /// Any replica that has applied what this client saw (read-your-writes, monotonic reads;
+    /// a one-shot CLI call has seen nothing, so any replica qualifies).
+    Session,
+    /// Whatever the contacted replica has applied: answers while that replica is reachable,
+    /// even cut off from the leader; possibly stale (see --max-staleness).
+    Stale,
+}
+
+#[derive(Args)]
+struct ReadArgs {
+    /// Read consistency.
+    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+    consistency: Consistency,
+    /// With `--consistency stale`: fail (exit 2) rather than answer with state that may be
+    /// older than this (e.g. 500ms, 2s).
+    #[arg(long, value_parser = parse_timeout)]
+    max_staleness: Option<Duration>,
+}
+
+impl ReadArgs {
+    fn level(&self) -> Result<ReadLevel> {
+        if self.max_staleness.is_some() && self.consistency != Consistency::Stale {
+            bail!("--max-staleness applies to --consistency stale only");
+        }
+        Ok(match self.consistency {
+            Consistency::Linearizable => ReadLevel::Linearizable,
+            Consistency::Lease => ReadLevel::Lease,
+            Consistency::Session => ReadLevel::Session,
+            Consistency::Stale => ReadLevel::Stale {
+                max_staleness: self.max_staleness,
+            },
+        })
+    }
+}
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+enum Ack {
+    /// Once durable on a majority and applied: survives any minority of crashes.
+    Majority,
+    /// Once every replica has applied it; a clear error (exit 2) when one is down, though the
+    /// write still commits.
+    All,
+    /// Once durable on the leader alone: faster, and LOST if that leader dies before
+    /// replicating it. Puts only.
+    Leader,
+}
+
+#[derive(Args)]
+struct WriteArgs {
+    /// When the write is acknowledged.
+    #[arg(long, value_enum, default_value_t = Ack::Majority)]
+    ack: Ack,
+}
+
+impl WriteArgs {
+    fn ack(&self) -> WriteAck {
+        match self.ack {
+            Ack::Majority => WriteAck::Majority,
+            Ack::All => WriteAck::All,
+            Ack::Leader => WriteAck::Leader,
+        }
+    }
+}
+
 #[derive(Args)]
 struct Target {
     /// Node addresses (HOST:PORT), comma-separated; any node will do.
@@ -192,9 +276,13 @@ struct Target {
     /// Give up after this long: milliseconds, or with a unit (500ms, 5s).
     #[arg(long = "timeout", visible_alias = "timeout-ms", env = "RINGLEADER_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
     timeout: Duration,
-    /// Print the result as one JSON object on stdout.
+    /// Print the result as one JSON object on stdout (with the reply's consistency receipt).
     #[arg(long)]
     json: bool,
+    /// Print the reply's consistency receipt on stderr: the level served, by which node, the
+    /// term and log index it reflects, and for stale reads how stale it may be.
+    #[arg(short, long)]
+    verbose: bool,
     /// Keys and values (arguments, stdin and `get`'s output) are hexadecimal.
     #[arg(long, conflicts_with = "base64")]
     hex: bool,
@@ -208,6 +296,16 @@ impl Target {
         let mut config = ClientConfig::new(self.endpoints.clone());
         config.request_timeout = self.timeout;
         Ok(Client::new(config)?)
+    }
+
+    /// With `-v`, the receipt on stderr.
+    fn show_receipt(&self, receipt: Option<&Receipt>) {
+        if self.verbose {
+            match receipt {
+                Some(receipt) => eprintln!("{}", describe_receipt(receipt)),
+                None => eprintln!("no receipt"),
+            }
+        }
     }
 
     fn encoding(&self) -> Encoding {
@@ -407,28 +505,49 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cluster {
             command: ClusterCommand::Start(args),
         } => cluster::start(args).await,
-        Command::Put { key, value, target } => {
+        Command::Put {
+            key,
+            value,
+            write,
+            target,
+        } => {
             let key_bytes = target.bytes("key", &key, false)?;
             let value = target.bytes("value", &value, true)?;
-            let version = target.client()?.put(key_bytes.clone(), value).await?;
+            let written = target
+                .client()?
+                .put_with(key_bytes.clone(), value, write.ack())
+                .await?;
+            target.show_receipt(written.receipt.as_ref());
             if target.json {
                 let (name, key) = target.json_bytes("key", &key_bytes);
-                out.json(&json!({ name: key, "version": version }))?;
+                out.json(&json!({
+                    name: key, "version": written.version,
+                    "receipt": receipt_json(written.receipt.as_ref()),
+                }))?;
             } else {
-                out.line(version)?;
+                out.line(written.version)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Get {
             key,
             with_version,
+            read,
             target,
         } => {
             let key_bytes = target.bytes("key", &key, true)?;
-            let found = target.client()?.get(key_bytes.clone()).await?;
+            let answer = target
+                .client()?
+                .read(key_bytes.clone(), read.level()?)
+                .await?;
+            target.show_receipt(answer.receipt.as_ref());
+            let found = answer.value;
             if target.json {
                 let (key_name, key_json) = target.json_bytes("key", &key_bytes);
-                let mut doc = json!({ key_name: key_json, "found": found.is_some() });
+                let mut doc = json!({
+                    key_name: key_json, "found": found.is_some(),
+                    "receipt": receipt_json(answer.receipt.as_ref()),
+                });
                 if let Some(found) = &found {
                     let (name, value) = target.json_bytes("value", &found.value);
                     doc["version"] = json!(found.version);
@@ -453,12 +572,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Delete { key, target } => {
+        Command::Delete { key, write, target } => {
             let key_bytes = target.bytes("key", &key, true)?;
-            let existed = target.client()?.delete(key_bytes.clone()).await?;
+            let (existed, receipt) = target
+                .client()?
+                .delete_with(key_bytes.clone(), write.ack())
+                .await?;
+            target.show_receipt(receipt.as_ref());
             if target.json {
                 let (name, key) = target.json_bytes("key", &key_bytes);
-                out.json(&json!({ name: key, "existed": existed }))?;
+                out.json(&json!({
+                    name: key, "existed": existed, "receipt": receipt_json(receipt.as_ref()),
+                }))?;
             }
             Ok(if existed {
                 ExitCode::SUCCESS
@@ -472,6 +597,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             expect_value,
             expect_version,
             expect_absent,
+            write,
             target,
         } => {
             let expect = match (expect_value, expect_version, expect_absent) {
@@ -486,14 +612,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let key_bytes = target.bytes("key", &key, false)?;
             let new = target.bytes("new value", &new, true)?;
-            let outcome = target.client()?.cas(key_bytes.clone(), expect, new).await?;
+            let (outcome, receipt) = target
+                .client()?
+                .cas_with(key_bytes.clone(), expect, new, write.ack())
+                .await?;
+            target.show_receipt(receipt.as_ref());
             let (key_name, key_json) = target.json_bytes("key", &key_bytes);
             match outcome {
                 CasOutcome::Swapped { version } => {
                     if target.json {
-                        out.json(
-                            &json!({ key_name: key_json, "swapped": true, "version": version }),
-                        )?;
+                        out.json(&json!({
+                            key_name: key_json, "swapped": true, "version": version,
+                            "receipt": receipt_json(receipt.as_ref()),
+                        }))?;
                     } else {
                         out.line(version)?;
                     }
@@ -505,6 +636,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                             key_name: key_json,
                             "swapped": false,
                             "current_version": current.as_ref().map(|c| c.version),
+                            "receipt": receipt_json(receipt.as_ref()),
                         }))?;
                     } else {
                         match current {
@@ -604,6 +736,53 @@ fn why_down(error: &ringleader_client::Error) -> String {
             format!("no answer within {} ms", timeout.as_millis())
         }
         other => other.to_string(),
+    }
+}
+
+/// A receipt in words: `served stale by node 3 (term 4, index 118), at most 350 ms stale`.
+fn describe_receipt(receipt: &Receipt) -> String {
+    let mut text = format!(
+        "served {} by node {} (term {}, index {})",
+        served_name(receipt.served_at),
+        receipt.node,
+        receipt.term,
+        receipt.index
+    );
+    match (receipt.served_at, receipt.staleness_bound_ms) {
+        (ServedAt::Stale | ServedAt::Session, Some(ms)) => {
+            text.push_str(&format!(", at most {ms} ms stale"))
+        }
+        (ServedAt::Stale | ServedAt::Session, None) => {
+            text.push_str(", staleness unbounded (the replica has not heard a leader)")
+        }
+        _ => {}
+    }
+    text
+}
+
+fn served_name(served_at: ServedAt) -> &'static str {
+    match served_at {
+        ServedAt::Linearizable => "linearizable",
+        ServedAt::Lease => "lease",
+        ServedAt::Session => "session",
+        ServedAt::Stale => "stale",
+        ServedAt::Majority => "majority",
+        ServedAt::All => "all",
+        ServedAt::Leader => "leader",
+    }
+}
+
+/// A receipt as JSON (`null` when the reply had none).
+fn receipt_json(receipt: Option<&Receipt>) -> serde_json::Value {
+    match receipt {
+        None => serde_json::Value::Null,
+        Some(receipt) => json!({
+            "served": served_name(receipt.served_at),
+            "node": receipt.node,
+            "term": receipt.term,
+            "index": receipt.index,
+            "staleness_bound_ms": receipt.staleness_bound_ms,
+        }),
     }
 }
 

@@ -118,6 +118,7 @@ async fn the_node_refuses_oversized_keys_and_values_and_malformed_frames_with_ty
             key: long_key.clone(),
             value: b"v".to_vec(),
             session: None,
+            ack: ringleader_protocol::WriteAck::Majority,
         },
     )
     .await;
@@ -136,6 +137,7 @@ async fn the_node_refuses_oversized_keys_and_values_and_malformed_frames_with_ty
             key: b"big-value".to_vec(),
             value: long_value.clone(),
             session: None,
+            ack: ringleader_protocol::WriteAck::Majority,
         },
     )
     .await;
@@ -238,6 +240,7 @@ async fn the_node_serves_group_0_only_ignores_the_epoch_and_refuses_an_old_proto
         key: key.as_bytes().to_vec(),
         value: b"v".to_vec(),
         session: None,
+        ack: ringleader_protocol::WriteAck::Majority,
     };
     let elsewhere = RequestFrame {
         header: Header { group: 7, epoch: 0 },

@@ -413,13 +413,16 @@ fn error_label(error: &Error) -> String {
         Error::Invalid(message) => format!("invalid: {message}"),
         Error::Server(message) => format!("server: {message}"),
         Error::DiskFull { node, .. } => format!("disk full on {node}"),
+        Error::NotOnAllReplicas(_) => "committed, not yet on every replica".into(),
         Error::NoEndpoints => "no endpoints".into(),
     }
 }
 
 /// The completion of a write or cas that returned an error.
 fn write_error(error: &Error) -> (CompletionType, Json, Option<String>) {
-    let kind = if error.outcome_unknown() {
+    // A write that committed but was not seen on every replica in time did happen; `info`
+    // (it may have) is the honest record of an outcome without its version.
+    let kind = if error.outcome_unknown() || matches!(error, Error::NotOnAllReplicas(_)) {
         CompletionType::Info
     } else {
         CompletionType::Fail

@@ -93,6 +93,7 @@ impl NodeConfig {
             log_tail_entries: self.log_tail_entries,
             seed: self.seed,
             planted_bug: self.planted_bug,
+            tick_ms: self.tick.as_millis() as u64,
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::config::NodeConfig;
 use crate::mapping;
 use crate::peer::PeerSenders;
 use crate::planted::PlantedBug;
-use crate::replica::Replica;
+use crate::replica::{Replica, ReplyTo};
 
 /// Inputs queued for the node at most; senders wait beyond it.
 pub const NODE_INPUT_QUEUE: usize = 4096;
@@ -45,7 +45,7 @@ pub enum NodeInput {
     Client {
         group: GroupId,
         request: Request,
-        reply: oneshot::Sender<Response>,
+        reply: ReplyTo,
     },
     /// A Raft message from a peer, for the replica of `group`.
     Peer { group: GroupId, message: Message },
@@ -184,21 +184,19 @@ impl Host {
         None
     }
 
-    fn handle_request(
-        &mut self,
-        group: GroupId,
-        request: Request,
-        reply: oneshot::Sender<Response>,
-    ) {
+    fn handle_request(&mut self, group: GroupId, request: Request, reply: ReplyTo) {
         if let Err(message) = request.check(&self.config.limits) {
-            let _ = reply.send(Response::Error {
-                kind: ErrorKind::Invalid,
-                message,
-            });
+            let _ = reply.send(
+                Response::Error {
+                    kind: ErrorKind::Invalid,
+                    message,
+                }
+                .into(),
+            );
             return;
         }
         if matches!(request, Request::Status) {
-            let _ = reply.send(Response::Status(Box::new(self.status())));
+            let _ = reply.send(Response::Status(Box::new(self.status())).into());
             return;
         }
         let refuse_writes = self
@@ -209,10 +207,13 @@ impl Host {
         match self.replicas.get_mut(&group) {
             Some(replica) => replica.handle_request(request, reply, refuse_writes),
             None => {
-                let _ = reply.send(Response::Error {
-                    kind: ErrorKind::Invalid,
-                    message: format!("unknown group {group}: not hosted on this node"),
-                });
+                let _ = reply.send(
+                    Response::Error {
+                        kind: ErrorKind::Invalid,
+                        message: format!("unknown group {group}: not hosted on this node"),
+                    }
+                    .into(),
+                );
             }
         }
     }
@@ -262,10 +263,13 @@ impl Host {
                             }
                         }
                         NodeInput::Client { reply, .. } => {
-                            let _ = reply.send(Response::Error {
-                                kind: ErrorKind::ShuttingDown,
-                                message: "the node is shutting down".into(),
-                            });
+                            let _ = reply.send(
+                                Response::Error {
+                                    kind: ErrorKind::ShuttingDown,
+                                    message: "the node is shutting down".into(),
+                                }
+                                .into(),
+                            );
                         }
                         NodeInput::Shutdown { .. } => {}
                     },
@@ -364,6 +368,7 @@ impl Io {
             self.disk_full_until = Some(tokio::time::Instant::now() + DISK_FULL_BACKOFF);
             return Ok(false);
         }
+        replica.entries_durable(&ready.entries);
         let wrote = hard_state.is_some() || !entries.is_empty();
         if wrote && self.disk_full_until.take().is_some() {
             tracing::info!("the disk accepts writes again");
@@ -419,7 +424,10 @@ mod tests {
     use storage::kv::StateMachine;
     use storage::SharedFs;
 
+    use ringleader_protocol::WriteAck;
+
     use super::*;
+    use crate::replica::Reply;
 
     impl Host {
         /// The replica of group 0.
@@ -569,7 +577,7 @@ mod tests {
         node
     }
 
-    fn request(node: &mut Host, request: Request) -> oneshot::Receiver<Response> {
+    fn request(node: &mut Host, request: Request) -> oneshot::Receiver<Reply> {
         let (reply, answer) = oneshot::channel();
         assert!(node
             .handle(NodeInput::Client {
@@ -581,18 +589,19 @@ mod tests {
         answer
     }
 
-    fn put(node: &mut Host, key: &str, value: &str) -> oneshot::Receiver<Response> {
+    fn put(node: &mut Host, key: &str, value: &str) -> oneshot::Receiver<Reply> {
         request(
             node,
             Request::Put {
                 key: key.as_bytes().to_vec(),
                 value: value.as_bytes().to_vec(),
                 session: None,
+                ack: WriteAck::Majority,
             },
         )
     }
 
-    fn get(node: &mut Host, key: &str) -> oneshot::Receiver<Response> {
+    fn get(node: &mut Host, key: &str) -> oneshot::Receiver<Reply> {
         request(
             node,
             Request::Get {
@@ -603,8 +612,8 @@ mod tests {
     }
 
     /// The answer already sent on `answer`; panics if there is none yet.
-    fn answered(answer: &mut oneshot::Receiver<Response>) -> Response {
-        answer.try_recv().expect("answered")
+    fn answered(answer: &mut oneshot::Receiver<Reply>) -> Response {
+        answer.try_recv().expect("answered").response
     }
 
     fn assert_error(response: Response, expected: ErrorKind) {

@@ -24,7 +24,10 @@ use consensus::{
     Config as RaftConfig, Entry, EntryPayload, Message, MessageBody, NodeId, ProposeError, Raft,
     ReadError, Ready, Restored, Role, Snapshot, SnapshotMeta,
 };
-use ringleader_protocol::{ErrorKind, GroupId, ReadConsistency, ReplicaStatus, Request, Response};
+use ringleader_protocol::{
+    ErrorKind, GroupId, ReadConsistency, Receipt, ReplicaStatus, Request, Response, ServedAt,
+    WriteAck,
+};
 use storage::kv::{Command, Proposal, StateMachine};
 use storage::{codec, RecoveredLog, SnapshotPoint, StorageError};
 use tokio::sync::oneshot;
@@ -36,6 +39,34 @@ use crate::planted::PlantedBug;
 
 /// Ticks between two samples of the followers' progress (see [`crate::lag`]).
 const LAG_SAMPLE_EVERY_TICKS: u64 = 20;
+/// Requests a replica keeps waiting at most, per kind (session reads waiting for their index,
+/// writes waiting for every replica); beyond it new ones are refused `Unavailable`.
+const MAX_WAITING: usize = 10_000;
+
+/// A node's answer to one client request: the response, and the receipt that says what
+/// consistency it was served with (none for refusals and errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub response: Response,
+    pub receipt: Option<Receipt>,
+}
+
+impl From<Response> for Reply {
+    fn from(response: Response) -> Self {
+        Reply {
+            response,
+            receipt: None,
+        }
+    }
+}
+
+/// Where a request's answer goes.
+pub type ReplyTo = oneshot::Sender<Reply>;
+
+/// Sends an answer without a receipt (a refusal, an error, a redirect).
+fn answer(reply: ReplyTo, response: Response) {
+    let _ = reply.send(Reply::from(response));
+}
 
 /// What a replica needs to know about itself and its group.
 #[derive(Clone)]
@@ -54,18 +85,40 @@ pub struct ReplicaConfig {
     /// Seeds Raft's election timer.
     pub seed: u64,
     pub planted_bug: PlantedBug,
+    /// The length of one tick, for the staleness bounds of receipts.
+    pub tick_ms: u64,
 }
 
 struct PendingWrite {
     term: u64,
-    reply: oneshot::Sender<Response>,
+    ack: WriteAck,
+    reply: ReplyTo,
 }
 
 struct PendingRead {
     key: Vec<u8>,
-    reply: oneshot::Sender<Response>,
+    reply: ReplyTo,
+    /// What the client asked for (linearizable or lease).
+    asked: ServedAt,
     /// Set once Raft confirmed the read: serve when applied reaches it.
     read_index: Option<u64>,
+}
+
+/// A session read waiting for this replica to apply the client's position.
+struct WaitingRead {
+    key: Vec<u8>,
+    reply: ReplyTo,
+    min_index: u64,
+    /// Given up (the client is sent to the leader) at this tick.
+    deadline_tick: u64,
+}
+
+/// A write acknowledged only once every replica has applied it ([`WriteAck::All`]).
+struct AwaitingAll {
+    reply: ReplyTo,
+    response: Response,
+    receipt: Receipt,
+    deadline_tick: u64,
 }
 
 /// One group's replica: Raft, the state machine, and the requests waiting on them.
@@ -76,6 +129,10 @@ pub struct Replica {
     pending_writes: BTreeMap<u64, PendingWrite>,
     pending_reads: BTreeMap<u64, PendingRead>,
     next_read_id: u64,
+    /// Session reads waiting for their index to be applied here, by request id.
+    waiting_reads: BTreeMap<u64, WaitingRead>,
+    /// Applied writes waiting for every replica, by log index.
+    awaiting_all: BTreeMap<u64, AwaitingAll>,
     pub(crate) last_snapshot_index: u64,
     /// Snapshots received from a leader since start (for status).
     pub(crate) snapshots_installed: u64,
@@ -152,6 +209,8 @@ impl Replica {
             pending_writes: BTreeMap::new(),
             pending_reads: BTreeMap::new(),
             next_read_id: 0,
+            waiting_reads: BTreeMap::new(),
+            awaiting_all: BTreeMap::new(),
             last_snapshot_index,
             snapshots_installed: 0,
             was_leader: false,
@@ -180,10 +239,13 @@ impl Replica {
         self.raft.campaign();
     }
 
-    /// One tick of the logical clock: Raft's timers, and the leader's lag samples.
+    /// One tick of the logical clock: Raft's timers, the leader's lag samples, and the
+    /// deadlines of requests waiting on other replicas.
     pub fn tick(&mut self) {
         self.raft.tick();
         self.ticks += 1;
+        self.expire_waiting();
+        self.settle_awaiting_all();
         if !self.ticks.is_multiple_of(LAG_SAMPLE_EVERY_TICKS) {
             return;
         }
@@ -198,6 +260,63 @@ impl Replica {
                     .record(peer, progress.match_index, status.last_index);
             }
         }
+    }
+
+    /// Session reads whose index did not arrive in time go to the leader; `all` writes whose
+    /// replicas did not all apply them in time get `AckTimeout`.
+    fn expire_waiting(&mut self) {
+        let now = self.ticks;
+        let expired: Vec<u64> = self
+            .waiting_reads
+            .iter()
+            .filter(|(_, read)| read.deadline_tick <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(read) = self.waiting_reads.remove(&id) {
+                let response = if self.is_leader() {
+                    Response::Error {
+                        kind: ErrorKind::Unavailable,
+                        message: format!(
+                            "this replica has not applied index {} yet (applied {})",
+                            read.min_index,
+                            self.machine.applied_index()
+                        ),
+                    }
+                } else {
+                    self.not_leader()
+                };
+                answer(read.reply, response);
+            }
+        }
+        let timed_out: Vec<u64> = self
+            .awaiting_all
+            .iter()
+            .filter(|(_, write)| write.deadline_tick <= now)
+            .map(|(index, _)| *index)
+            .collect();
+        for index in timed_out {
+            if let Some(write) = self.awaiting_all.remove(&index) {
+                let behind = self.replicas_behind(index);
+                answer(
+                    write.reply,
+                    Response::Error {
+                        kind: ErrorKind::AckTimeout,
+                        message: format!(
+                            "committed at index {index} (durable on a majority, it will not be \
+                             lost), but node(s) {behind:?} did not apply it within {} ticks",
+                            self.all_ack_timeout_ticks()
+                        ),
+                    },
+                );
+            }
+        }
+    }
+
+    /// How long a write acknowledged by every replica waits for the slowest: two election
+    /// timeouts (a replica that is down or cut off for that long is not coming soon).
+    fn all_ack_timeout_ticks(&self) -> u64 {
+        2 * u64::from(self.config.election_timeout_ticks)
     }
 
     /// A Raft message from a peer. A snapshot is decoded and checked before Raft sees it: one
@@ -226,53 +345,73 @@ impl Replica {
     }
 
     /// A client request for this group (already checked against the limits; `Status` is the
-    /// host's). Writes are proposed to Raft and answered once applied; reads wait for their
-    /// confirmation. `refuse_writes`: the host's disk is full, so a leader answers writes with it
-    /// at once instead of proposing them.
+    /// host's). Writes are proposed to Raft and answered once applied (or, as their `ack`
+    /// asks, once durable here or applied everywhere); reads are served as their consistency
+    /// asks. `refuse_writes`: the host's disk is full, so a leader answers writes with it at once
+    /// instead of proposing them.
     pub fn handle_request(
         &mut self,
         request: Request,
-        reply: oneshot::Sender<Response>,
+        reply: ReplyTo,
         refuse_writes: Option<Response>,
     ) {
-        let (command, session) = match request {
+        let (command, session, ack) = match request {
             Request::Status => {
                 debug_assert!(false, "status is answered by the host");
-                let _ = reply.send(internal("status is not a group's request"));
+                answer(reply, internal("status is not a group's request"));
                 return;
             }
             Request::Get { key, consistency } => {
                 self.start_read(key, consistency, reply);
                 return;
             }
-            Request::RegisterSession => (Command::RegisterSession, None),
+            Request::RegisterSession => (Command::RegisterSession, None, WriteAck::Majority),
             Request::Put {
                 key,
                 value,
                 session,
-            } => (Command::Put { key, value }, session),
-            Request::Delete { key, session } => (Command::Delete { key }, session),
+                ack,
+            } => (Command::Put { key, value }, session, ack),
+            Request::Delete { key, session, ack } => {
+                if ack == WriteAck::Leader {
+                    answer(reply, leader_ack_refused("delete"));
+                    return;
+                }
+                (Command::Delete { key }, session, ack)
+            }
             Request::Cas {
                 key,
                 expect,
                 new_value,
                 session,
-            } => (
-                Command::Cas {
-                    key,
-                    expect: mapping::to_expectation(expect),
-                    new_value,
-                },
-                session,
-            ),
+                ack,
+            } => {
+                if ack == WriteAck::Leader {
+                    answer(reply, leader_ack_refused("compare-and-set"));
+                    return;
+                }
+                let expect = mapping::to_expectation(expect);
+                (
+                    Command::Cas {
+                        key,
+                        expect,
+                        new_value,
+                    },
+                    session,
+                    ack,
+                )
+            }
         };
         if self.planted(PlantedBug::RefuseWrites) && !matches!(command, Command::RegisterSession) {
             // `Invalid`: a definite refusal the client does not retry, so each write ends at
             // once as a `fail` (an `Unavailable` would be retried until its deadline).
-            let _ = reply.send(Response::Error {
-                kind: ErrorKind::Invalid,
-                message: "planted bug: this node refuses writes".into(),
-            });
+            answer(
+                reply,
+                Response::Error {
+                    kind: ErrorKind::Invalid,
+                    message: "planted bug: this node refuses writes".into(),
+                },
+            );
             return;
         }
         if self.planted(PlantedBug::LoseFirstWrite) && session.as_ref().is_some_and(|s| s.seq == 1)
@@ -282,7 +421,7 @@ impl Replica {
         }
         if let Some(refusal) = refuse_writes {
             if self.is_leader() {
-                let _ = reply.send(refusal);
+                answer(reply, refusal);
                 return;
             }
         }
@@ -293,41 +432,83 @@ impl Replica {
         let bytes = match codec::encode(&proposal, "proposal") {
             Ok(bytes) => bytes,
             Err(error) => {
-                let _ = reply.send(internal(error));
+                answer(reply, internal(error));
                 return;
             }
         };
+        if ack == WriteAck::All && self.awaiting_all.len() >= MAX_WAITING {
+            answer(reply, busy("writes waiting for every replica"));
+            return;
+        }
         match self.raft.propose(bytes) {
             Ok(index) => {
                 let term = self.raft.term();
                 self.pending_writes
-                    .insert(index, PendingWrite { term, reply });
+                    .insert(index, PendingWrite { term, ack, reply });
             }
-            Err(ProposeError::NotLeader { .. }) => {
-                let _ = reply.send(self.not_leader());
-            }
-            Err(error) => {
-                let _ = reply.send(Response::Error {
+            Err(ProposeError::NotLeader { .. }) => answer(reply, self.not_leader()),
+            Err(error) => answer(
+                reply,
+                Response::Error {
                     kind: ErrorKind::Unavailable,
                     message: error.to_string(),
-                });
-            }
+                },
+            ),
         }
     }
 
-    fn start_read(
-        &mut self,
-        key: Vec<u8>,
-        consistency: ReadConsistency,
-        reply: oneshot::Sender<Response>,
-    ) {
+    fn start_read(&mut self, key: Vec<u8>, consistency: ReadConsistency, reply: ReplyTo) {
         // Planted (thesis §6.4): every read served locally, ReadIndex skipped.
-        if consistency == ReadConsistency::Stale || self.planted(PlantedBug::LocalReads) {
-            let _ = reply.send(Response::Value(
-                self.machine.get(&key).map(mapping::to_versioned),
-            ));
+        if self.planted(PlantedBug::LocalReads) {
+            self.serve_read(&key, reply, ServedAt::Linearizable);
             return;
         }
+        let asked = match consistency {
+            ReadConsistency::Stale { max_staleness_ms } => {
+                let bound = self.staleness_bound_ms();
+                if let Some(max) = max_staleness_ms {
+                    if bound.is_none_or(|bound| bound > max) {
+                        let bound = bound.map_or("unbounded".to_string(), |b| format!("{b} ms"));
+                        answer(
+                            reply,
+                            Response::Error {
+                                kind: ErrorKind::Unavailable,
+                                message: format!(
+                                    "node {}'s state may be stale by {bound}, more than the \
+                                     {max} ms allowed",
+                                    self.config.id
+                                ),
+                            },
+                        );
+                        return;
+                    }
+                }
+                self.serve_read(&key, reply, ServedAt::Stale);
+                return;
+            }
+            ReadConsistency::Session { min_index } => {
+                if self.machine.applied_index() >= min_index {
+                    self.serve_read(&key, reply, ServedAt::Session);
+                } else if self.waiting_reads.len() >= MAX_WAITING {
+                    answer(reply, busy("session reads waiting for their index"));
+                } else {
+                    self.next_read_id += 1;
+                    let deadline_tick = self.ticks + u64::from(self.config.election_timeout_ticks);
+                    self.waiting_reads.insert(
+                        self.next_read_id,
+                        WaitingRead {
+                            key,
+                            reply,
+                            min_index,
+                            deadline_tick,
+                        },
+                    );
+                }
+                return;
+            }
+            ReadConsistency::Linearizable => ServedAt::Linearizable,
+            ReadConsistency::Lease => ServedAt::Lease,
+        };
         self.next_read_id += 1;
         let id = self.next_read_id;
         match self.raft.read_index(id) {
@@ -337,20 +518,74 @@ impl Replica {
                     PendingRead {
                         key,
                         reply,
+                        asked,
                         read_index: None,
                     },
                 );
             }
-            Err(ReadError::NotLeader { .. }) => {
-                let _ = reply.send(self.not_leader());
-            }
-            Err(error) => {
-                let _ = reply.send(Response::Error {
+            Err(ReadError::NotLeader { .. }) => answer(reply, self.not_leader()),
+            Err(error) => answer(
+                reply,
+                Response::Error {
                     kind: ErrorKind::Unavailable,
                     message: error.to_string(),
-                });
-            }
+                },
+            ),
         }
+    }
+
+    /// Answers a read from this replica's state, with its receipt.
+    fn serve_read(&self, key: &[u8], reply: ReplyTo, served_at: ServedAt) {
+        let value = self.machine.get(key).map(mapping::to_versioned);
+        let staleness_bound_ms = match served_at {
+            ServedAt::Stale | ServedAt::Session => self.staleness_bound_ms(),
+            _ => Some(0),
+        };
+        let receipt = Receipt {
+            served_at,
+            node: self.config.id,
+            term: self.raft.term(),
+            index: self.machine.applied_index(),
+            staleness_bound_ms,
+        };
+        let _ = reply.send(Reply {
+            response: Response::Value(value),
+            receipt: Some(receipt),
+        });
+    }
+
+    /// An upper bound on how far this replica's applied state may be behind the group's
+    /// committed state, in milliseconds; `None` when it cannot say (it never heard a leader).
+    ///
+    /// A leader is behind by at most the time since a quorum last acknowledged it (no other
+    /// leader can have committed anything before that), plus what it has committed and not yet
+    /// applied. A follower is behind by at most the time since it last heard from the leader,
+    /// if it has applied everything that leader told it was committed; else it cannot say.
+    pub fn staleness_bound_ms(&self) -> Option<u64> {
+        let tick_ms = self.config.tick_ms;
+        let status = self.raft.status();
+        if self.machine.applied_index() < status.commit_index {
+            return None;
+        }
+        if status.role == Role::Leader {
+            // The quorum-th freshest contact, the leader counting itself as heard now.
+            let mut heard: Vec<u64> = status
+                .progress
+                .iter()
+                .filter(|(id, _)| **id != self.config.id)
+                .map(|(_, peer)| u64::from(peer.last_heard_ticks))
+                .collect();
+            heard.sort_unstable();
+            let quorum = self.config.peers.len() / 2 + 1;
+            let ticks = if quorum <= 1 {
+                0
+            } else {
+                heard.get(quorum - 2).copied()?
+            };
+            return Some(ticks * tick_ms);
+        }
+        let ticks = self.raft.ticks_since_leader_contact()?;
+        Some(u64::from(ticks) * tick_ms)
     }
 
     pub fn has_ready(&self) -> bool {
@@ -376,7 +611,7 @@ impl Replica {
         self.raft.abandon_ready();
         for entry in &ready.entries {
             if let Some(write) = self.pending_writes.remove(&entry.index) {
-                let _ = write.reply.send(refusal());
+                answer(write.reply, refusal());
             }
         }
         self.note_read_states(ready.read_states);
@@ -391,12 +626,49 @@ impl Replica {
                 .collect();
             for id in unconfirmed {
                 if let Some(read) = self.pending_reads.remove(&id) {
-                    let _ = read.reply.send(Response::Error {
-                        kind: ErrorKind::Unavailable,
-                        message: "the leader's disk is full; retry the read".into(),
-                    });
+                    answer(
+                        read.reply,
+                        Response::Error {
+                            kind: ErrorKind::Unavailable,
+                            message: "the leader's disk is full; retry the read".into(),
+                        },
+                    );
                 }
             }
+        }
+    }
+
+    /// The host made `entries` durable in this node's log. Writes that asked to be acknowledged
+    /// by the leader alone ([`WriteAck::Leader`]) are answered now, before any follower has
+    /// them: if this leader dies before replicating them, they are lost.
+    pub fn entries_durable(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            let leader_ack = self
+                .pending_writes
+                .get(&entry.index)
+                .is_some_and(|write| write.ack == WriteAck::Leader && write.term == entry.term);
+            if !leader_ack {
+                continue;
+            }
+            if let Some(write) = self.pending_writes.remove(&entry.index) {
+                let receipt = self.write_receipt(ServedAt::Leader, entry);
+                let _ = write.reply.send(Reply {
+                    response: Response::Written {
+                        version: entry.index,
+                    },
+                    receipt: Some(receipt),
+                });
+            }
+        }
+    }
+
+    fn write_receipt(&self, served_at: ServedAt, entry: &Entry) -> Receipt {
+        Receipt {
+            served_at,
+            node: self.config.id,
+            term: entry.term,
+            index: entry.index,
+            staleness_bound_ms: None,
         }
     }
 
@@ -422,6 +694,8 @@ impl Replica {
         self.note_read_states(ready.read_states);
         self.raft.advance();
         self.serve_confirmed_reads();
+        self.serve_waiting_reads();
+        self.settle_awaiting_all();
         Ok(())
     }
 
@@ -461,16 +735,42 @@ impl Replica {
             }
         };
         if let Some(pending) = self.pending_writes.remove(&entry.index) {
-            let response = match outcome {
+            let outcome = match outcome {
                 // The entry we proposed is the one that committed here.
-                Some(outcome) if pending.term == entry.term => mapping::to_response(outcome),
+                Some(outcome) if pending.term == entry.term => outcome,
                 // Another leader's entry took the index: ours was lost (or will be retried).
-                _ => Response::Error {
-                    kind: ErrorKind::Unknown,
-                    message: "leadership changed before the write committed".into(),
-                },
+                _ => {
+                    answer(
+                        pending.reply,
+                        Response::Error {
+                            kind: ErrorKind::Unknown,
+                            message: "leadership changed before the write committed".into(),
+                        },
+                    );
+                    return Ok(());
+                }
             };
-            let _ = pending.reply.send(response);
+            let response = mapping::to_response(outcome);
+            let is_answer = !matches!(response, Response::Error { .. });
+            match pending.ack {
+                WriteAck::All if is_answer => {
+                    let receipt = self.write_receipt(ServedAt::All, entry);
+                    let deadline_tick = self.ticks + self.all_ack_timeout_ticks();
+                    self.awaiting_all.insert(
+                        entry.index,
+                        AwaitingAll {
+                            reply: pending.reply,
+                            response,
+                            receipt,
+                            deadline_tick,
+                        },
+                    );
+                }
+                _ => {
+                    let receipt = is_answer.then(|| self.write_receipt(ServedAt::Majority, entry));
+                    let _ = pending.reply.send(Reply { response, receipt });
+                }
+            }
         }
         Ok(())
     }
@@ -497,10 +797,64 @@ impl Replica {
             .collect();
         for id in ready {
             if let Some(read) = self.pending_reads.remove(&id) {
-                let value = self.machine.get(&read.key).map(mapping::to_versioned);
-                let _ = read.reply.send(Response::Value(value));
+                self.serve_read(&read.key, read.reply, read.asked);
             }
         }
+    }
+
+    /// Session reads whose index this replica has now applied.
+    fn serve_waiting_reads(&mut self) {
+        let applied = self.machine.applied_index();
+        let ready: Vec<u64> = self
+            .waiting_reads
+            .iter()
+            .filter(|(_, read)| read.min_index <= applied)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            if let Some(read) = self.waiting_reads.remove(&id) {
+                self.serve_read(&read.key, read.reply, ServedAt::Session);
+            }
+        }
+    }
+
+    /// Answers the `all` writes every replica has now applied.
+    fn settle_awaiting_all(&mut self) {
+        if self.awaiting_all.is_empty() {
+            return;
+        }
+        let done: Vec<u64> = self
+            .awaiting_all
+            .keys()
+            .copied()
+            .filter(|index| self.replicas_behind(*index).is_empty())
+            .collect();
+        for index in done {
+            if let Some(write) = self.awaiting_all.remove(&index) {
+                let _ = write.reply.send(Reply {
+                    response: write.response,
+                    receipt: Some(write.receipt),
+                });
+            }
+        }
+    }
+
+    /// The replicas (this one included) not known to have applied `index`.
+    fn replicas_behind(&self, index: u64) -> Vec<NodeId> {
+        let status = self.raft.status();
+        self.config
+            .peers
+            .keys()
+            .copied()
+            .filter(|node| {
+                let applied = if *node == self.config.id {
+                    self.machine.applied_index()
+                } else {
+                    status.progress.get(node).map_or(0, |peer| peer.match_index)
+                };
+                applied < index
+            })
+            .collect()
     }
 
     /// When this replica stops leading, answer its waiting clients: their writes' fate is
@@ -509,13 +863,29 @@ impl Replica {
         let is_leader = self.is_leader();
         if self.was_leader && !is_leader {
             for (_, write) in std::mem::take(&mut self.pending_writes) {
-                let _ = write.reply.send(Response::Error {
-                    kind: ErrorKind::Unknown,
-                    message: "this node lost leadership before the write committed".into(),
-                });
+                answer(
+                    write.reply,
+                    Response::Error {
+                        kind: ErrorKind::Unknown,
+                        message: "this node lost leadership before the write committed".into(),
+                    },
+                );
             }
             for (_, read) in std::mem::take(&mut self.pending_reads) {
-                let _ = read.reply.send(self.not_leader());
+                answer(read.reply, self.not_leader());
+            }
+            // Committed and applied here, but this node can no longer follow the replicas.
+            for (index, write) in std::mem::take(&mut self.awaiting_all) {
+                answer(
+                    write.reply,
+                    Response::Error {
+                        kind: ErrorKind::AckTimeout,
+                        message: format!(
+                            "committed at index {index} (it will not be lost), but this node \
+                             stopped leading before every replica was seen applying it"
+                        ),
+                    },
+                );
             }
         }
         self.was_leader = is_leader;
@@ -568,16 +938,39 @@ impl Replica {
     /// already sit on a quorum and commit without this node.
     pub fn fail_all_pending(&mut self, kind: ErrorKind, message: &str) {
         for (_, write) in std::mem::take(&mut self.pending_writes) {
-            let _ = write.reply.send(Response::Error {
-                kind: ErrorKind::Unknown,
-                message: message.into(),
-            });
+            answer(
+                write.reply,
+                Response::Error {
+                    kind: ErrorKind::Unknown,
+                    message: message.into(),
+                },
+            );
         }
-        for (_, read) in std::mem::take(&mut self.pending_reads) {
-            let _ = read.reply.send(Response::Error {
-                kind,
-                message: message.into(),
-            });
+        for (_, write) in std::mem::take(&mut self.awaiting_all) {
+            answer(
+                write.reply,
+                Response::Error {
+                    kind: ErrorKind::AckTimeout,
+                    message: format!("committed, but not seen applied everywhere: {message}"),
+                },
+            );
+        }
+        let reads = std::mem::take(&mut self.pending_reads)
+            .into_values()
+            .map(|read| read.reply)
+            .chain(
+                std::mem::take(&mut self.waiting_reads)
+                    .into_values()
+                    .map(|read| read.reply),
+            );
+        for reply in reads {
+            answer(
+                reply,
+                Response::Error {
+                    kind,
+                    message: message.into(),
+                },
+            );
         }
     }
 
@@ -609,7 +1002,10 @@ impl Replica {
     /// Client requests waiting for an answer.
     #[cfg(test)]
     pub(crate) fn pending_requests(&self) -> usize {
-        self.pending_writes.len() + self.pending_reads.len()
+        self.pending_writes.len()
+            + self.pending_reads.len()
+            + self.waiting_reads.len()
+            + self.awaiting_all.len()
     }
 
     /// The followers' replication state as this replica (if leading) sees it, for `status`.
@@ -629,6 +1025,22 @@ impl Replica {
             .collect();
         replicas.sort_by_key(|r| r.node);
         replicas
+    }
+}
+
+fn leader_ack_refused(what: &str) -> Response {
+    Response::Error {
+        kind: ErrorKind::Invalid,
+        message: format!(
+            "--ack leader applies to puts only: a {what}'s outcome is not known before it is applied"
+        ),
+    }
+}
+
+fn busy(what: &str) -> Response {
+    Response::Error {
+        kind: ErrorKind::Unavailable,
+        message: format!("too many {what} ({MAX_WAITING}); retry later"),
     }
 }
 

@@ -32,6 +32,7 @@ use crate::budget::{ByteBudget, ConnRegistry, FrameCodec, FrameError, NetConfig,
 use crate::chunk::{Reassembler, MAX_PEER_FRAME_BYTES};
 use crate::host::NodeInput;
 use crate::network::Network;
+use crate::replica::Reply;
 use crate::router::Router;
 
 /// Requests one client connection may have in flight; the server stops reading beyond it.
@@ -372,13 +373,14 @@ async fn serve_client<S>(
         }
         tokio::select! {
             biased;
-            Some((id, answer)) = in_flight.next(), if !in_flight.is_empty() => {
-                let response = match answer {
-                    Ok(response) => response,
+            Some((id, group, answer)) = in_flight.next(), if !in_flight.is_empty() => {
+                let Reply { response, receipt } = match answer {
+                    Ok(reply) => reply,
                     // The node dropped the request: it may have been proposed already.
-                    Err(_) => Response::Error { kind: ErrorKind::Unknown, message: "the node stopped before answering".into() },
+                    Err(_) => Reply::from(Response::Error { kind: ErrorKind::Unknown, message: "the node stopped before answering".into() }),
                 };
-                let Ok(body) = encode_frame(&ResponseFrame::new(id, response)) else { break };
+                let frame = ResponseFrame { id, header: Header { group, epoch: 0 }, response, receipt };
+                let Ok(body) = encode_frame(&frame) else { break };
                 ticket.slot.touch();
                 if framed.send(Bytes::from(body)).await.is_err() {
                     break;
@@ -439,6 +441,7 @@ async fn serve_client<S>(
                         id,
                         header: Header { group: header.group, epoch: 0 },
                         response: Response::Error { kind: ErrorKind::Invalid, message },
+                        receipt: None,
                     };
                     if let Ok(body) = encode_frame(&refusal) {
                         let _ = framed.send(Bytes::from(body)).await;
@@ -452,7 +455,7 @@ async fn serve_client<S>(
                     let _ = framed.send(error_frame(id, ErrorKind::ShuttingDown, "the node stopped".into())).await;
                     break;
                 }
-                in_flight.push(async move { (id, answer.await) });
+                in_flight.push(async move { (id, group, answer.await) });
             }
         }
     }

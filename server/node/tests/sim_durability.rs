@@ -72,7 +72,7 @@ async fn call(inputs: &mpsc::Sender<NodeInput>, request: Request) -> Option<Resp
         })
         .await
         .ok()?;
-    answer.await.ok()
+    answer.await.ok().map(|reply| reply.response)
 }
 
 /// Waits (in simulated time, bounded by the simulation's duration) for incarnation `n`.
@@ -127,6 +127,7 @@ fn crash_and_restart(sync: SyncPolicy, seed: u64) -> (usize, Lost) {
                     key: key.clone().into_bytes(),
                     value: value.clone().into_bytes(),
                     session: None,
+                    ack: ringleader_protocol::WriteAck::Majority,
                 };
                 match call(&inputs, request).await {
                     Some(Response::Written { .. }) => {
