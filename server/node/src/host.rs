@@ -781,4 +781,232 @@ mod tests {
         }
         assert_eq!(node.group0().machine.len(), 25);
     }
+
+    // --- Consistency levels and receipts. ---
+
+    use consensus::{Entry, EntryPayload};
+    use ringleader_protocol::{Receipt, ServedAt};
+    use storage::kv::{Command, Proposal};
+
+    fn put_entry(index: u64, term: u64, key: &str, value: &str) -> Entry {
+        let proposal = Proposal {
+            session: None,
+            command: Command::Put {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+            },
+        };
+        Entry {
+            index,
+            term,
+            payload: EntryPayload::Command(storage::codec::encode(&proposal, "test").unwrap()),
+        }
+    }
+
+    /// Node 1 of three, following node 2 (term 1), which sent it `entries` and `commit`.
+    fn follower_of_2(dir: &std::path::Path, entries: Vec<Entry>, commit: u64) -> Host {
+        let mut node = node_1(dir, 3, StdFs::shared(), |_| {});
+        node.handle(from_peer(
+            2,
+            1,
+            MessageBody::AppendEntries {
+                prev_index: 0,
+                prev_term: 0,
+                entries,
+                commit,
+            },
+        ));
+        node.process_ready().expect("persist");
+        assert_eq!(node.group0().raft.leader(), Some(2));
+        node
+    }
+
+    fn read(node: &mut Host, key: &str, consistency: ReadConsistency) -> oneshot::Receiver<Reply> {
+        request(
+            node,
+            Request::Get {
+                key: key.as_bytes().to_vec(),
+                consistency,
+            },
+        )
+    }
+
+    fn receipt_of(answer: &mut oneshot::Receiver<Reply>) -> (Response, Receipt) {
+        let reply = answer.try_recv().expect("answered");
+        let receipt = reply.receipt.expect("a receipt");
+        (reply.response, receipt)
+    }
+
+    fn value_of(response: &Response) -> Option<Vec<u8>> {
+        match response {
+            Response::Value(found) => found.as_ref().map(|v| v.value.clone()),
+            other => panic!("expected a value, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_follower_answers_stale_reads_from_its_own_state_and_says_how_stale() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let entries = vec![put_entry(1, 1, "k", "v1")];
+        let mut node = follower_of_2(dir.path(), entries, 1);
+        let mut stale = read(
+            &mut node,
+            "k",
+            ReadConsistency::Stale {
+                max_staleness_ms: None,
+            },
+        );
+        let (response, receipt) = receipt_of(&mut stale);
+        assert_eq!(value_of(&response), Some(b"v1".to_vec()));
+        assert_eq!(receipt.served_at, ServedAt::Stale);
+        assert_eq!((receipt.node, receipt.term, receipt.index), (1, 1, 1));
+        assert_eq!(
+            receipt.staleness_bound_ms,
+            Some(0),
+            "it just heard the leader"
+        );
+        // A linearizable read is the leader's.
+        let mut linearizable = read(&mut node, "k", ReadConsistency::Linearizable);
+        assert!(matches!(
+            answered(&mut linearizable),
+            Response::NotLeader {
+                leader: Some(2),
+                ..
+            }
+        ));
+        // Five ticks (50 ms each) without the leader: at most 250 ms stale.
+        for _ in 0..5 {
+            node.tick();
+        }
+        let mut bounded = read(
+            &mut node,
+            "k",
+            ReadConsistency::Stale {
+                max_staleness_ms: Some(1000),
+            },
+        );
+        let (_, receipt) = receipt_of(&mut bounded);
+        assert_eq!(receipt.staleness_bound_ms, Some(250));
+        let mut too_old = read(
+            &mut node,
+            "k",
+            ReadConsistency::Stale {
+                max_staleness_ms: Some(100),
+            },
+        );
+        assert_error(answered(&mut too_old), ErrorKind::Unavailable);
+    }
+
+    #[test]
+    fn a_session_read_waits_until_the_replica_has_applied_the_clients_position() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let entries = vec![put_entry(1, 1, "k", "v1")];
+        let mut node = follower_of_2(dir.path(), entries, 1);
+        // Applied 1 >= 1: served at once.
+        let mut now = read(&mut node, "k", ReadConsistency::Session { min_index: 1 });
+        let (response, receipt) = receipt_of(&mut now);
+        assert_eq!(value_of(&response), Some(b"v1".to_vec()));
+        assert_eq!((receipt.served_at, receipt.index), (ServedAt::Session, 1));
+        // The client saw index 2 elsewhere: this replica waits for it...
+        let mut later = read(&mut node, "k", ReadConsistency::Session { min_index: 2 });
+        node.process_ready().expect("nothing to do");
+        assert!(later.try_recv().is_err(), "waits for index 2");
+        node.handle(from_peer(
+            2,
+            1,
+            MessageBody::AppendEntries {
+                prev_index: 1,
+                prev_term: 1,
+                entries: vec![put_entry(2, 1, "k", "v2")],
+                commit: 2,
+            },
+        ));
+        node.process_ready().expect("persist and apply");
+        // ...and answers once applied: never older than what the client saw.
+        let (response, receipt) = receipt_of(&mut later);
+        assert_eq!(value_of(&response), Some(b"v2".to_vec()));
+        assert_eq!(receipt.index, 2);
+        // A position this replica does not reach in time: the client is sent to the leader.
+        let mut never = read(&mut node, "k", ReadConsistency::Session { min_index: 9 });
+        for _ in 0..node.config.election_timeout_ticks {
+            node.handle(from_peer(
+                2,
+                1,
+                MessageBody::Heartbeat {
+                    commit: 2,
+                    sent_tick: 0,
+                    read_ctx: None,
+                },
+            ));
+            node.tick();
+        }
+        assert!(matches!(
+            answered(&mut never),
+            Response::NotLeader {
+                leader: Some(2),
+                ..
+            }
+        ));
+    }
+
+    fn put_acked(key: &str, ack: WriteAck) -> Request {
+        Request::Put {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            session: None,
+            ack,
+        }
+    }
+
+    #[test]
+    fn a_leader_ack_answers_once_durable_on_the_leader_before_any_follower_has_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = leader_of_three(dir.path());
+        let mut majority = request(&mut node, put_acked("a", WriteAck::Majority));
+        let mut leader = request(&mut node, put_acked("b", WriteAck::Leader));
+        node.process_ready().expect("persist");
+        // Nothing committed (no follower answered), yet the leader-acked put is answered.
+        assert!(majority.try_recv().is_err(), "a majority write waits");
+        let (response, receipt) = receipt_of(&mut leader);
+        let Response::Written { version } = response else {
+            panic!("expected Written, got {response:?}");
+        };
+        assert_eq!(receipt.served_at, ServedAt::Leader);
+        assert_eq!(receipt.index, version);
+        assert!(
+            node.group0().raft.status().commit_index < version,
+            "not committed"
+        );
+        // Deletes and compare-and-sets have no outcome before they apply: refused.
+        let mut delete = request(
+            &mut node,
+            Request::Delete {
+                key: b"a".to_vec(),
+                session: None,
+                ack: WriteAck::Leader,
+            },
+        );
+        assert_error(answered(&mut delete), ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn reads_and_majority_writes_carry_receipts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = single_leader(dir.path(), StdFs::shared());
+        let mut put = request(&mut node, put_acked("k", WriteAck::Majority));
+        node.process_ready().expect("persist");
+        let (response, receipt) = receipt_of(&mut put);
+        let Response::Written { version } = response else {
+            panic!("expected Written, got {response:?}");
+        };
+        assert_eq!(
+            (receipt.served_at, receipt.index),
+            (ServedAt::Majority, version)
+        );
+        let mut get = read(&mut node, "k", ReadConsistency::Linearizable);
+        node.process_ready().expect("serve");
+        let (_, receipt) = receipt_of(&mut get);
+        assert_eq!(receipt.served_at, ServedAt::Linearizable);
+        assert!(receipt.index >= version);
+    }
 }
