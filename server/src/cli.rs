@@ -120,6 +120,9 @@ enum Command {
     Check(crate::verify::CheckArgs),
     /// Run the deterministic simulation of a cluster under faults and check its history.
     Sim(crate::verify::SimArgs),
+    /// Drive a running cluster with concurrent clients; print throughput and latency
+    /// percentiles for one operation at one consistency level.
+    Bench(crate::bench::BenchArgs),
     /// Every node's own view (role, term, leader, commit, applied and last index); a node that
     /// does not answer is shown as down, with why. Exit 0 healthy, 1 degraded (no leader, a node
     /// down, or a node lagging), 2 no node answers: usable as a health check.
@@ -392,6 +395,11 @@ fn parse_peer(text: &str) -> std::result::Result<(u64, String), String> {
 }
 
 /// `1500`, `1500ms`, `2s`, `1.5s`.
+/// A duration: milliseconds, or with a unit (500ms, 2s, 1.5s).
+pub(crate) fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    parse_timeout(text)
+}
+
 fn parse_timeout(text: &str) -> std::result::Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration (milliseconds, or 500ms, 2s, 1.5s)");
     let duration = if let Some(ms) = text.strip_suffix("ms") {
@@ -654,6 +662,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             max_lag_entries,
             target,
         } => status(&target, max_lag_entries, &mut out).await,
+        Command::Bench(args) => {
+            crate::bench::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check(_) | Command::Sim(_) => bail!("check and sim run outside the async runtime"),
         Command::Cluster { .. } => bail!("cluster stop and down run outside the async runtime"),
     }

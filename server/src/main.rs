@@ -5,6 +5,7 @@
 //! Exit codes of the client commands: 0 success, 1 key absent or cas mismatch, 2 any error (with
 //! one line on stderr).
 
+mod bench;
 mod binary;
 mod cli;
 mod cluster;
