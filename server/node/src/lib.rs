@@ -12,6 +12,7 @@ pub mod auth;
 pub mod budget;
 pub mod chunk;
 pub mod faults;
+pub mod injected;
 pub mod lag;
 pub mod mapping;
 pub mod network;
@@ -21,6 +22,7 @@ pub mod planted;
 pub mod service;
 
 use std::io;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -67,13 +69,27 @@ pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<Running
             addr: addr.clone(),
             source,
         })?;
+    // An operator's fault rules (`--allow-faults`) use the simulation's seam when the simulation
+    // does not (it never sets `allow_faults`; if both were set, the simulation's seam wins for
+    // what the node sends).
+    let injected = config.net.allow_faults.then(|| {
+        Arc::new(injected::InjectedFaults::new(
+            config.id,
+            config.peers.keys().copied().collect(),
+        ))
+    });
+    let transport_faults = config.transport_faults.clone().or_else(|| {
+        injected
+            .clone()
+            .map(|faults| faults as Arc<dyn faults::TransportFaults>)
+    });
     let peers = PeerSenders::start(
         network.clone(),
         config.id,
         &config.peers,
         config.net.cluster_secret.clone(),
     )
-    .with_faults(config.transport_faults.clone());
+    .with_faults(transport_faults);
     let node = Node::open(config.clone(), peers)?;
     let (inputs_sender, inputs) = mpsc::channel(NODE_INPUT_QUEUE);
     let (shutdown, shutdown_receiver) = watch::channel(false);
@@ -86,6 +102,7 @@ pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<Running
             peer_ids: config.peers.keys().copied().collect(),
             limits: config.limits,
             net: config.net.clone(),
+            faults: injected,
         },
         inputs_sender.clone(),
         shutdown_receiver,
