@@ -99,6 +99,10 @@ async fn a_partitioned_minority_answers_stale_reads_with_the_old_value_and_fails
     let (code, stdout, stderr) = cli(&["get", "k", "--timeout", "30s"], &majority_arg);
     assert_eq!((code, stdout.trim()), (0, "new"), "{stderr}");
 
+    // Both majority nodes have applied it (so node 1 would have too, were it not cut off).
+    wait_for_stale_value(&addr(base, 2), "k", "new").await;
+    wait_for_stale_value(&addr(base, 3), "k", "new").await;
+
     // Pinned to the minority: a stale read answers what node 1 has, the old value...
     let (code, stdout, stderr) = cli(
         &[
