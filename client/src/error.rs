@@ -30,6 +30,18 @@ pub enum Error {
     /// writes succeed again once space is freed on that node.
     #[error("disk full on node {node}: {message}")]
     DiskFull { node: String, message: String },
+    /// A pinned client ([`crate::ClientConfig::pinned`]) asked a node that does not lead; it
+    /// follows no redirect. The request was not applied.
+    #[error("{addr} is not the leader ({}) and the client is pinned to it", match (leader, leader_addr) {
+        (Some(id), Some(at)) => format!("node {id} at {at} is"),
+        (Some(id), None) => format!("node {id} is"),
+        _ => "it knows no leader".to_string(),
+    })]
+    NotLeader {
+        addr: String,
+        leader: Option<u64>,
+        leader_addr: Option<String>,
+    },
     /// No endpoint was given.
     #[error("no endpoints configured")]
     NoEndpoints,

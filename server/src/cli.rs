@@ -17,7 +17,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ringleader_client::Expect;
-use ringleader_client::{CasOutcome, Client, ClientConfig, NodeStatus, TokioConnector};
+use ringleader_client::{
+    CasOutcome, Client, ClientConfig, NodeStatus, ReadConsistency, TokioConnector,
+};
 use ringleader_node::NodeConfig;
 use serde_json::json;
 use storage::{StdFs, SyncPolicy};
@@ -78,6 +80,11 @@ enum Command {
         /// Print the version, a tab and the value, instead of the value alone.
         #[arg(long)]
         with_version: bool,
+        /// `linearizable`: the leader confirms it still leads before answering (fails without a
+        /// quorum). `stale`: whatever the contacted node has applied, leader or not: answers
+        /// while that node is reachable, possibly an old value.
+        #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+        consistency: Consistency,
         #[command(flatten)]
         target: Target,
     },
@@ -104,6 +111,10 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Drop or delay the peer (Raft) traffic of a running cluster's nodes, for experiments:
+    /// partition, isolate, delay, heal, show. The nodes must run with --allow-faults; client
+    /// traffic is never touched. See docs/faults.md.
+    Fault(crate::fault::FaultArgs),
     /// Check a history for linearizability (JSONL, or Knossos EDN / Porcupine kv files). Exit 0
     /// yes, 1 no, 2 malformed or empty, 3 unknown.
     Check(crate::verify::CheckArgs),
@@ -130,6 +141,22 @@ const DEFAULT_MAX_LAG_ENTRIES: u64 = 1_000;
 /// `status`: a voter missing from `--endpoints` counts as down when the leader has not heard from
 /// it for this long (heartbeats go every tick, 50 ms by default; elections start after 0.5-1 s).
 const NOT_HEARD_MS: u64 = 2_000;
+
+/// `get --consistency`.
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+enum Consistency {
+    Linearizable,
+    Stale,
+}
+
+impl Consistency {
+    fn level(self) -> ReadConsistency {
+        match self {
+            Consistency::Linearizable => ReadConsistency::Linearizable,
+            Consistency::Stale => ReadConsistency::Stale,
+        }
+    }
+}
 
 #[derive(Subcommand)]
 enum ClusterCommand {
@@ -182,6 +209,10 @@ pub struct ServeArgs {
     /// generates one in its data directory.
     #[arg(long, env = "RINGLEADER_CLUSTER_SECRET_FILE")]
     cluster_secret_file: Option<PathBuf>,
+    /// Accept `ringleader fault` rules (drop or delay this node's peer traffic) from an operator
+    /// who proves knowledge of the cluster secret. For experiments only; off by default.
+    #[arg(long)]
+    allow_faults: bool,
 }
 
 #[derive(Args)]
@@ -201,12 +232,24 @@ struct Target {
     /// Keys and values (arguments, stdin and `get`'s output) are base64.
     #[arg(long)]
     base64: bool,
+    /// Talk to the one node in --endpoints and no other: no leader discovery, no redirects (a
+    /// "not the leader" answer is an error, exit 2), as a client stuck on one side of a
+    /// partition would.
+    #[arg(long)]
+    pin: bool,
 }
 
 impl Target {
     fn client(&self) -> Result<Client<TokioConnector>> {
+        if self.pin && self.endpoints.len() != 1 {
+            bail!(
+                "--pin needs exactly one address in --endpoints (or RINGLEADER_ENDPOINTS), not {}",
+                self.endpoints.len()
+            );
+        }
         let mut config = ClientConfig::new(self.endpoints.clone());
         config.request_timeout = self.timeout;
+        config.pinned = self.pin;
         Ok(Client::new(config)?)
     }
 
@@ -294,7 +337,7 @@ fn parse_peer(text: &str) -> std::result::Result<(u64, String), String> {
 }
 
 /// `1500`, `1500ms`, `2s`, `1.5s`.
-fn parse_timeout(text: &str) -> std::result::Result<Duration, String> {
+pub(crate) fn parse_timeout(text: &str) -> std::result::Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration (milliseconds, or 500ms, 2s, 1.5s)");
     let duration = if let Some(ms) = text.strip_suffix("ms") {
         Duration::from_millis(ms.trim().parse().map_err(|_| bad())?)
@@ -422,10 +465,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Get {
             key,
             with_version,
+            consistency,
             target,
         } => {
             let key_bytes = target.bytes("key", &key, true)?;
-            let found = target.client()?.get(key_bytes.clone()).await?;
+            let found = target
+                .client()?
+                .get_with(key_bytes.clone(), consistency.level())
+                .await?;
             if target.json {
                 let (key_name, key_json) = target.json_bytes("key", &key_bytes);
                 let mut doc = json!({ key_name: key_json, "found": found.is_some() });
@@ -522,6 +569,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             max_lag_entries,
             target,
         } => status(&target, max_lag_entries, &mut out).await,
+        Command::Fault(args) => crate::fault::run(args).await,
         Command::Check(_) | Command::Sim(_) => bail!("check and sim run outside the async runtime"),
         Command::Cluster { .. } => bail!("cluster stop and down run outside the async runtime"),
     }
@@ -569,6 +617,10 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     config.net.cluster_secret =
         ringleader_node::auth::load_secret(args.cluster_secret_file.as_deref())?;
     config.log_tail_entries = args.log_tail_entries;
+    config.net.allow_faults = args.allow_faults;
+    if args.allow_faults {
+        tracing::warn!("--allow-faults: an operator with the cluster secret may drop or delay this node's peer traffic (`ringleader fault`)");
+    }
     let sync_interval = match config.wal.sync {
         SyncPolicy::Interval(interval) => Some(interval),
         _ => None,

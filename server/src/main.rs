@@ -8,6 +8,7 @@
 mod binary;
 mod cli;
 mod cluster;
+mod fault;
 mod verify;
 
 use std::process::ExitCode;

@@ -414,6 +414,7 @@ fn error_label(error: &Error) -> String {
         Error::Server(message) => format!("server: {message}"),
         Error::DiskFull { node, .. } => format!("disk full on {node}"),
         Error::NoEndpoints => "no endpoints".into(),
+        Error::NotLeader { .. } => "not the leader (pinned client)".into(),
     }
 }
 
