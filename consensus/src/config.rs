@@ -37,13 +37,21 @@ pub struct Config {
     /// Run a PreVote round before incrementing the term (thesis §9.6). Default true.
     pub pre_vote: bool,
     /// Leaders step down without a quorum's word for an election timeout, and followers that
-    /// heard from a leader within it refuse to vote (thesis §6.2, §4.2.3). Default true.
+    /// heard from a leader within it refuse to vote (thesis §6.2, §4.2.3); a node restarted with
+    /// a term refuses votes for an election timeout (it may have acknowledged a leader just
+    /// before going down). These are the fences that make leader leases safe, so they are on
+    /// whenever `check_quorum` is, whatever `allow_lease_reads` says: a node that never serves
+    /// a lease read must still not help depose a leader that may (the leader is another node,
+    /// whose configuration it does not know). Default true.
     pub check_quorum: bool,
-    /// Answer ReadIndex from a leader lease (thesis §6.4.1); needs `check_quorum`. Assumes bounded
-    /// clock drift, see `read.rs`. Default false.
-    pub lease_reads: bool,
-    /// The lease lasts `election_timeout_ticks - lease_margin_ticks` ticks from the heartbeat's
-    /// send time. Default 2.
+    /// Reads asking for [`ReadMode::Lease`](crate::ReadMode::Lease) may be answered from the
+    /// leader lease (thesis §6.4.1) while it holds; when false, or without `check_quorum`, they
+    /// take a ReadIndex round like [`ReadMode::ReadIndex`](crate::ReadMode::ReadIndex) reads.
+    /// Leases assume bounded clock drift (see [`Config::lease_ticks`]); turn this off where that
+    /// cannot be trusted. Default true.
+    pub allow_lease_reads: bool,
+    /// The lease lasts `election_timeout_ticks - lease_margin_ticks` leader ticks from the send
+    /// time of the heartbeats a quorum acknowledged; the margin absorbs clock drift. Default 2.
     pub lease_margin_ticks: u32,
     /// Seeds the election-timeout PRNG; give every node a different seed. Default: the id.
     pub seed: u64,
@@ -76,12 +84,37 @@ impl Config {
             max_pending_reads: 4096,
             pre_vote: true,
             check_quorum: true,
-            lease_reads: false,
+            allow_lease_reads: true,
             lease_margin_ticks: 2,
             seed: id,
             compaction_tail_entries: DEFAULT_COMPACTION_TAIL_ENTRIES,
             planted_bug: None,
         }
+    }
+
+    /// Whether reads in [`ReadMode::Lease`](crate::ReadMode::Lease) may be answered from the
+    /// lease: allowed, and fenced by `check_quorum`.
+    pub fn leases_usable(&self) -> bool {
+        self.allow_lease_reads && self.check_quorum
+    }
+
+    /// How long a lease lasts, in leader ticks, from the send tick of the heartbeats that
+    /// confirmed it: `election_timeout_ticks - lease_margin_ticks`. Safe while no node's clock
+    /// runs faster than the leader's by more than [`Config::lease_drift_bound`]: a follower
+    /// refuses votes for `election_timeout_ticks` of *its* ticks after acknowledging, which
+    /// outlasts the lease as long as its ticks are no more than that much shorter.
+    pub fn lease_ticks(&self) -> u64 {
+        u64::from(
+            self.election_timeout_ticks
+                .saturating_sub(self.lease_margin_ticks),
+        )
+    }
+
+    /// The clock drift the lease tolerates, as a fraction `(lease_margin_ticks,
+    /// election_timeout_ticks)`: clocks may run apart by less than `margin / timeout` (with the
+    /// defaults, 2/10 = 20%). A receipt for a lease read can state it.
+    pub fn lease_drift_bound(&self) -> (u32, u32) {
+        (self.lease_margin_ticks, self.election_timeout_ticks)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -101,12 +134,9 @@ impl Config {
                 reason: "need 0 < heartbeat_interval_ticks < election_timeout_ticks",
             });
         }
-        if self.lease_reads
-            && (!self.check_quorum || self.lease_margin_ticks >= self.election_timeout_ticks)
-        {
+        if self.leases_usable() && self.lease_margin_ticks >= self.election_timeout_ticks {
             return Err(ConfigError::Timing {
-                reason:
-                    "lease_reads needs check_quorum and lease_margin_ticks < election_timeout_ticks",
+                reason: "allow_lease_reads needs lease_margin_ticks < election_timeout_ticks",
             });
         }
         if self.max_inflight_appends == 0

@@ -141,7 +141,8 @@ pub enum MessageBody {
     /// Leader liveness and commit propagation. `commit` is `min(leader commit, follower match)`, so
     /// a follower can apply it without a log check. `sent_tick` (the leader's own tick count in this
     /// term) is echoed back and dates the follower's acknowledgement for leader leases;
-    /// `read_ctx` is echoed back to confirm leadership for pending ReadIndex requests.
+    /// `read_ctx` (the newest pending read's context, on every heartbeat while reads wait) is
+    /// echoed back to confirm leadership for pending ReadIndex requests.
     Heartbeat {
         commit: Index,
         sent_tick: u64,
@@ -254,10 +255,7 @@ impl fmt::Display for Message {
                 }
                 Ok(())
             }
-            MessageBody::HeartbeatResponse {
-                sent_tick: _,
-                read_ctx,
-            } => {
+            MessageBody::HeartbeatResponse { read_ctx, .. } => {
                 write!(f, "HeartbeatResponse term={}", self.term)?;
                 if let Some(ctx) = read_ctx {
                     write!(f, " read_ctx={ctx}")?;
