@@ -58,7 +58,8 @@
 //! assuming bounded clock drift; otherwise a ReadIndex round). Reads registered before the next
 //! `Ready` share one heartbeat round, and every periodic heartbeat repeats the newest pending
 //! read's context, so a lost round is recovered without asking again. Each [`ReadState`] says
-//! which [`ReadPath`] served it. Followers refuse `read_index` with
+//! which [`ReadPath`] served it. Followers report their applied index with every answer to the
+//! leader ([`PeerStatus::applied_index`]). Followers refuse `read_index` with
 //! `ReadError::NotLeader { leader_hint }` instead of forwarding; the server retries at the leader. Pending reads are dropped when leadership
 //! changes: the core forgets them, and the application answers their clients (the node answers
 //! each with `NotLeader` as soon as it sees the step-down, and the client retries at the new

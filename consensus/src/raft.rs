@@ -132,6 +132,10 @@ pub struct PeerStatus {
     pub state: ReplicationState,
     /// Leader ticks since this peer was last heard from.
     pub last_heard_ticks: u32,
+    /// The highest index this peer reported its state machine applied, in this leader's term
+    /// (its last `AppendEntriesResponse` or `HeartbeatResponse`; 0 until it answers). A peer
+    /// that restarts re-applies from its durable log, so an index once reported stays applied.
+    pub applied_index: Index,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -372,16 +376,22 @@ impl Raft {
                     self.handle_snapshot(from, snapshot);
                 }
             }
-            MessageBody::AppendEntriesResponse { result } => {
+            MessageBody::AppendEntriesResponse {
+                result,
+                applied_index,
+            } => {
                 if self.role == Role::Leader {
+                    self.note_applied(from, applied_index);
                     self.handle_append_response(from, result);
                 }
             }
             MessageBody::HeartbeatResponse {
                 sent_tick,
                 read_ctx,
+                applied_index,
             } => {
                 if self.role == Role::Leader {
+                    self.note_applied(from, applied_index);
                     self.handle_heartbeat_response(from, sent_tick, read_ctx);
                 }
             }
@@ -638,6 +648,7 @@ impl Raft {
                     next_index: pr.next_index,
                     state: pr.state,
                     last_heard_ticks: pr.ticks_since_heard,
+                    applied_index: pr.applied_index,
                 };
                 (id, status)
             })
@@ -766,6 +777,7 @@ impl Raft {
                         MessageBody::HeartbeatResponse {
                             sent_tick: 0,
                             read_ctx: None,
+                            applied_index: self.log.applied_index(),
                         },
                     );
                 }
@@ -1050,6 +1062,7 @@ impl Raft {
             MessageBody::HeartbeatResponse {
                 sent_tick,
                 read_ctx,
+                applied_index: self.log.applied_index(),
             },
         );
     }
@@ -1077,7 +1090,14 @@ impl Raft {
     }
 
     fn reply_append(&mut self, to: NodeId, result: AppendResult) {
-        self.send(to, MessageBody::AppendEntriesResponse { result });
+        let applied_index = self.log.applied_index();
+        self.send(
+            to,
+            MessageBody::AppendEntriesResponse {
+                result,
+                applied_index,
+            },
+        );
     }
 
     // ----- Replication: leader side -------------------------------------------------------------
@@ -1310,6 +1330,25 @@ impl Raft {
                 }
             }
         }
+    }
+
+    /// Records a peer's reported applied index. A follower cannot have applied an entry we
+    /// lack (every committed entry is in our log), so a higher claim is refused as bogus.
+    fn note_applied(&mut self, from: NodeId, applied_index: Index) {
+        let last_index = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        if applied_index > last_index {
+            tracing::error!(
+                id = self.id,
+                from,
+                applied_index,
+                "follower claims to have applied entries we lack"
+            );
+            return;
+        }
+        pr.applied_index = pr.applied_index.max(applied_index);
     }
 
     fn handle_heartbeat_response(&mut self, from: NodeId, sent_tick: u64, read_ctx: Option<u64>) {

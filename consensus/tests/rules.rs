@@ -482,6 +482,41 @@ fn a_lost_read_round_is_recovered_by_the_periodic_heartbeat() {
 }
 
 #[test]
+fn followers_report_their_applied_index_to_the_leader() {
+    let mut cluster = Cluster::new(3, |c| c.check_quorum = true);
+    elect(&mut cluster, 1);
+    cluster.partition(groups(&[&[1, 2], &[3]]));
+    let index = cluster.propose(1, "put x=1").unwrap();
+    cluster.settle();
+    // Followers apply an entry after their answer to the append that committed it, so the
+    // next heartbeat's answer is what carries it.
+    tick_and_settle(&mut cluster, 2);
+    let status = cluster.raft(1).status();
+    assert_eq!(status.applied_index, index);
+    assert_eq!(status.progress[&2].applied_index, index);
+    assert!(
+        status.progress[&3].applied_index < index,
+        "n3 never got the entry"
+    );
+    cluster.heal();
+    tick_and_settle(&mut cluster, 4);
+    assert_eq!(cluster.raft(1).status().progress[&3].applied_index, index);
+    // A claim beyond the leader's log is refused.
+    let term = cluster.raft(1).term();
+    cluster.deliver(Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::HeartbeatResponse {
+            sent_tick: 0,
+            read_ctx: None,
+            applied_index: index + 100,
+        },
+    });
+    assert_eq!(cluster.raft(1).status().progress[&2].applied_index, index);
+}
+
+#[test]
 fn a_restarted_node_refuses_votes_for_an_election_timeout_even_if_it_never_serves_leases() {
     // The vote fence protects the *leader's* lease, so it does not depend on this node's
     // `allow_lease_reads`.
