@@ -50,8 +50,9 @@ pub struct Config {
     /// Leases assume bounded clock drift (see [`Config::lease_ticks`]); turn this off where that
     /// cannot be trusted. Default true.
     pub allow_lease_reads: bool,
-    /// The lease lasts `election_timeout_ticks - lease_margin_ticks` leader ticks from the send
-    /// time of the heartbeats a quorum acknowledged; the margin absorbs clock drift. Default 2.
+    /// The lease lasts `election_timeout_ticks - lease_margin_ticks - 1` leader ticks from the
+    /// send tick of the heartbeats a quorum acknowledged; the margin absorbs clock drift (see
+    /// [`Config::lease_ticks`]). Default 2.
     pub lease_margin_ticks: u32,
     /// Seeds the election-timeout PRNG; give every node a different seed. Default: the id.
     pub seed: u64,
@@ -99,20 +100,29 @@ impl Config {
     }
 
     /// How long a lease lasts, in leader ticks, from the send tick of the heartbeats that
-    /// confirmed it: `election_timeout_ticks - lease_margin_ticks`. Safe while no node's clock
-    /// runs faster than the leader's by more than [`Config::lease_drift_bound`]: a follower
-    /// refuses votes for `election_timeout_ticks` of *its* ticks after acknowledging, which
-    /// outlasts the lease as long as its ticks are no more than that much shorter.
+    /// confirmed it: `T - m - 1` for `T = election_timeout_ticks`, `m = lease_margin_ticks`
+    /// (7 with the defaults).
+    ///
+    /// Why it is safe: a follower that acknowledged a heartbeat refuses votes until `T` of *its*
+    /// ticks have passed since it received it, which is at least `T - 1` of its tick periods
+    /// (its first tick may come right after the heartbeat); the lease ends at most `T - m - 1`
+    /// leader tick periods after the heartbeat left. So no quorum can elect another leader
+    /// within the lease as long as a follower's tick rate is at most `(T - 1) / (T - m - 1)`
+    /// times the leader's, which always exceeds `1 + m / T`: the stated bound,
+    /// [`Config::lease_drift_bound`]. (The `- 1` pays for that tick quantization; without it the
+    /// defaults would tolerate only 9/8.)
     pub fn lease_ticks(&self) -> u64 {
         u64::from(
             self.election_timeout_ticks
-                .saturating_sub(self.lease_margin_ticks),
+                .saturating_sub(self.lease_margin_ticks)
+                .saturating_sub(1),
         )
     }
 
     /// The clock drift the lease tolerates, as a fraction `(lease_margin_ticks,
-    /// election_timeout_ticks)`: clocks may run apart by less than `margin / timeout` (with the
-    /// defaults, 2/10 = 20%). A receipt for a lease read can state it.
+    /// election_timeout_ticks)`: every node's tick rate must stay below `1 + margin / timeout`
+    /// times every other's (with the defaults, 2/10: no clock 20% faster than another). A
+    /// receipt for a lease read can state it.
     pub fn lease_drift_bound(&self) -> (u32, u32) {
         (self.lease_margin_ticks, self.election_timeout_ticks)
     }
@@ -134,9 +144,9 @@ impl Config {
                 reason: "need 0 < heartbeat_interval_ticks < election_timeout_ticks",
             });
         }
-        if self.leases_usable() && self.lease_margin_ticks >= self.election_timeout_ticks {
+        if self.leases_usable() && self.lease_ticks() == 0 {
             return Err(ConfigError::Timing {
-                reason: "allow_lease_reads needs lease_margin_ticks < election_timeout_ticks",
+                reason: "allow_lease_reads needs lease_margin_ticks + 1 < election_timeout_ticks",
             });
         }
         if self.max_inflight_appends == 0
@@ -161,4 +171,35 @@ pub enum ConfigError {
     Timing { reason: &'static str },
     #[error("a batching or queue limit is zero")]
     ZeroLimit,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lease must end before any quorum member's vote fence can, for every clock within the
+    /// stated bound: `(T - 1)` follower periods (the fence, less the tick quantization) must
+    /// cover `lease_ticks` leader periods when the follower runs `1 + m / T` times as fast.
+    #[test]
+    fn the_lease_fits_inside_the_vote_fence_at_the_stated_drift_bound() {
+        for timeout in 2..=40u32 {
+            for margin in 0..timeout {
+                let mut config = Config::new(1, vec![1, 2, 3]);
+                config.election_timeout_ticks = timeout;
+                config.heartbeat_interval_ticks = 1;
+                config.lease_margin_ticks = margin;
+                let lease = config.lease_ticks();
+                if lease == 0 {
+                    assert!(config.validate().is_err(), "T={timeout} m={margin}");
+                    continue;
+                }
+                let (m, t) = config.lease_drift_bound();
+                // lease * (1 + m/t) <= t - 1, in integers.
+                assert!(
+                    lease * u64::from(t + m) <= u64::from(t - 1) * u64::from(t),
+                    "T={timeout} m={margin}: a {lease}-tick lease outlives the fence"
+                );
+            }
+        }
+    }
 }

@@ -19,12 +19,13 @@
 //! **Lease** ([`ReadMode::Lease`]). With CheckQuorum, followers that heard from the leader refuse
 //! votes for an election timeout (leader stickiness), and a restarted node refuses them for an
 //! election timeout too (it may have acknowledged a leader just before it went down). If a
-//! quorum acknowledged heartbeats the leader sent at most
-//! `election_timeout_ticks - lease_margin_ticks` of its ticks ago, no new leader can exist yet and
-//! the read is answered at once. This assumes ticks on different nodes advance at rates that differ
-//! by less than `lease_margin_ticks / election_timeout_ticks` (bounded clock drift: with the
-//! defaults 2/10, a follower's clock may run at most 20% faster than the leader's); if that can
-//! be violated, set `Config::allow_lease_reads` to false and every read takes a round. A `Lease`
+//! quorum acknowledged heartbeats the leader sent less than
+//! `Config::lease_ticks() = election_timeout_ticks - lease_margin_ticks - 1` of its ticks ago, no
+//! new leader can exist yet and the read is answered at once. This assumes ticks on different
+//! nodes advance at rates that differ by less than `lease_margin_ticks / election_timeout_ticks`
+//! (bounded clock drift: with the defaults 2/10, no clock runs 20% faster than another; the
+//! derivation, and the tick the `- 1` pays for, are on `Config::lease_ticks`); if that can be
+//! violated, set `Config::allow_lease_reads` to false and every read takes a round. A `Lease`
 //! read whose lease does not hold falls back to a ReadIndex round.
 //!
 //! Invariant: ReadIndex reads are released in request order, each with the commit index at the
