@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use consensus::{
     Config as RaftConfig, Entry, EntryPayload, Message, MessageBody, NodeId, ProposeError, Raft,
-    ReadError, Ready, Restored, Role, Snapshot, SnapshotMeta,
+    ReadError, ReadMode, Ready, Restored, Role, Snapshot, SnapshotMeta,
 };
 use ringleader_protocol::{ErrorKind, GroupId, ReadConsistency, ReplicaStatus, Request, Response};
 use storage::kv::{Command, Proposal, StateMachine};
@@ -121,9 +121,8 @@ impl Replica {
         raft_config.seed = config.seed;
         raft_config.compaction_tail_entries = config.log_tail_entries;
         raft_config.planted_bug = config.planted_bug.raft_bug();
-        // Linearizable reads use ReadIndex (no clock assumption). `ReadConsistency::Lease` is
-        // served by ReadIndex too until per-request consistency levels arrive.
-        raft_config.lease_reads = false;
+        // Leases stay allowed (Raft's default): each read chooses its mode (`start_read`), and
+        // the vote fences that make them safe are on with CheckQuorum regardless.
         let last_snapshot_index = snapshot.as_ref().map_or(0, |s| s.meta.last_index);
         let mut raft = Raft::new(
             raft_config,
@@ -330,7 +329,13 @@ impl Replica {
         }
         self.next_read_id += 1;
         let id = self.next_read_id;
-        match self.raft.read_index(id) {
+        // `Lease` is answered from the leader lease while it holds (no round trip; assumes
+        // bounded clock drift), else by a ReadIndex round; `Linearizable` always takes a round.
+        let mode = match consistency {
+            ReadConsistency::Lease => ReadMode::Lease,
+            ReadConsistency::Linearizable | ReadConsistency::Stale => ReadMode::ReadIndex,
+        };
+        match self.raft.read_index(id, mode) {
             Ok(()) => {
                 self.pending_reads.insert(
                     id,
