@@ -42,6 +42,11 @@ pub struct ClientConfig {
     pub connect_retry_window: Duration,
     /// Request size limits, checked before sending.
     pub limits: Limits,
+    /// Talk to the one endpoint given and no other: no leader discovery, no redirects. A
+    /// `NotLeader` answer becomes [`Error::NotLeader`] instead of a redirect. This is what a
+    /// client stuck on one side of a network partition sees (`ringleader ... --pin`); it needs
+    /// exactly one endpoint.
+    pub pinned: bool,
 }
 
 impl ClientConfig {
@@ -56,6 +61,7 @@ impl ClientConfig {
             retry_backoff: Duration::from_millis(50),
             connect_retry_window: Duration::from_secs(1),
             limits: Limits::default(),
+            pinned: false,
         }
     }
 }
@@ -163,6 +169,12 @@ impl<C: Connector> Client<C> {
     pub fn with_connector(config: ClientConfig, connector: C) -> Result<Self> {
         if config.endpoints.is_empty() {
             return Err(Error::NoEndpoints);
+        }
+        if config.pinned && config.endpoints.len() != 1 {
+            return Err(Error::Invalid(format!(
+                "a pinned client talks to exactly one endpoint; {} were given",
+                config.endpoints.len()
+            )));
         }
         Ok(Client {
             config: Arc::new(config),
@@ -542,6 +554,16 @@ impl<C: Connector> Client<C> {
                 Response::NotLeader {
                     leader_addr,
                     leader,
+                } if self.config.pinned => {
+                    return Err(Error::NotLeader {
+                        addr,
+                        leader,
+                        leader_addr,
+                    });
+                }
+                Response::NotLeader {
+                    leader_addr,
+                    leader,
                 } => {
                     last_problem = match (leader, &leader_addr) {
                         (Some(id), Some(at)) => {
@@ -760,6 +782,57 @@ mod tests {
 
     fn registered(client_id: u64) -> Option<Response> {
         Some(Response::SessionRegistered { client_id })
+    }
+
+    /// Pinned to "a": its NotLeader answer is the result, the leader it names ("b") is never
+    /// contacted, and a stale read "a" can answer is answered by "a".
+    #[tokio::test(start_paused = true)]
+    async fn a_pinned_client_follows_no_redirect() {
+        let cluster = FakeCluster::new(|addr, request| match (addr, request) {
+            (
+                "a",
+                Request::Get {
+                    consistency: ReadConsistency::Stale { .. },
+                    ..
+                },
+            ) => Some(Response::Value(None)),
+            ("a", _) => Some(Response::NotLeader {
+                leader: Some(2),
+                leader_addr: Some("b".into()),
+            }),
+            _ => Some(Response::Written { version: 3 }),
+        });
+        let mut config = ClientConfig::new(vec!["a".into()]);
+        config.pinned = true;
+        let client = Client::with_connector(config, cluster.clone()).unwrap();
+        let error = client.get("k").await.unwrap_err();
+        assert_eq!(
+            error,
+            Error::NotLeader {
+                addr: "a".into(),
+                leader: Some(2),
+                leader_addr: Some("b".into())
+            }
+        );
+        assert!(error.to_string().contains("node 2 at b is"), "{error}");
+        let stale = ReadLevel::Stale {
+            max_staleness: None,
+        };
+        assert_eq!(
+            client.read("k", stale).await.map(|read| read.value),
+            Ok(None)
+        );
+        assert!(
+            cluster.received().iter().all(|(addr, _)| addr == "a"),
+            "only the pinned endpoint was asked: {:?}",
+            cluster.received()
+        );
+        let mut two = ClientConfig::new(vec!["a".into(), "b".into()]);
+        two.pinned = true;
+        assert!(matches!(
+            Client::with_connector(two, cluster.clone()),
+            Err(Error::Invalid(_))
+        ));
     }
 
     #[tokio::test(start_paused = true)]

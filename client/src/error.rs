@@ -34,6 +34,18 @@ pub enum Error {
     /// majority and will not be lost — but not every replica applied it in time.
     #[error("written, but not on every replica in time: {0}")]
     NotOnAllReplicas(String),
+    /// A pinned client ([`crate::ClientConfig::pinned`]) asked a node that does not lead; it
+    /// follows no redirect. The request was not applied.
+    #[error("{addr} is not the leader ({}) and the client is pinned to it", match (leader, leader_addr) {
+        (Some(id), Some(at)) => format!("node {id} at {at} is"),
+        (Some(id), None) => format!("node {id} is"),
+        _ => "it knows no leader".to_string(),
+    })]
+    NotLeader {
+        addr: String,
+        leader: Option<u64>,
+        leader_addr: Option<String>,
+    },
     /// No endpoint was given.
     #[error("no endpoints configured")]
     NoEndpoints,

@@ -37,13 +37,22 @@ pub struct Config {
     /// Run a PreVote round before incrementing the term (thesis §9.6). Default true.
     pub pre_vote: bool,
     /// Leaders step down without a quorum's word for an election timeout, and followers that
-    /// heard from a leader within it refuse to vote (thesis §6.2, §4.2.3). Default true.
+    /// heard from a leader within it refuse to vote (thesis §6.2, §4.2.3); a node restarted with
+    /// a term refuses votes for an election timeout (it may have acknowledged a leader just
+    /// before going down). These are the fences that make leader leases safe, so they are on
+    /// whenever `check_quorum` is, whatever `allow_lease_reads` says: a node that never serves
+    /// a lease read must still not help depose a leader that may (the leader is another node,
+    /// whose configuration it does not know). Default true.
     pub check_quorum: bool,
-    /// Answer ReadIndex from a leader lease (thesis §6.4.1); needs `check_quorum`. Assumes bounded
-    /// clock drift, see `read.rs`. Default false.
-    pub lease_reads: bool,
-    /// The lease lasts `election_timeout_ticks - lease_margin_ticks` ticks from the heartbeat's
-    /// send time. Default 2.
+    /// Reads asking for [`ReadMode::Lease`](crate::ReadMode::Lease) may be answered from the
+    /// leader lease (thesis §6.4.1) while it holds; when false, or without `check_quorum`, they
+    /// take a ReadIndex round like [`ReadMode::ReadIndex`](crate::ReadMode::ReadIndex) reads.
+    /// Leases assume bounded clock drift (see [`Config::lease_ticks`]); turn this off where that
+    /// cannot be trusted. Default true.
+    pub allow_lease_reads: bool,
+    /// The lease lasts `election_timeout_ticks - lease_margin_ticks - 1` leader ticks from the
+    /// send tick of the heartbeats a quorum acknowledged; the margin absorbs clock drift (see
+    /// [`Config::lease_ticks`]). Default 2.
     pub lease_margin_ticks: u32,
     /// Seeds the election-timeout PRNG; give every node a different seed. Default: the id.
     pub seed: u64,
@@ -76,12 +85,46 @@ impl Config {
             max_pending_reads: 4096,
             pre_vote: true,
             check_quorum: true,
-            lease_reads: false,
+            allow_lease_reads: true,
             lease_margin_ticks: 2,
             seed: id,
             compaction_tail_entries: DEFAULT_COMPACTION_TAIL_ENTRIES,
             planted_bug: None,
         }
+    }
+
+    /// Whether reads in [`ReadMode::Lease`](crate::ReadMode::Lease) may be answered from the
+    /// lease: allowed, and fenced by `check_quorum`.
+    pub fn leases_usable(&self) -> bool {
+        self.allow_lease_reads && self.check_quorum
+    }
+
+    /// How long a lease lasts, in leader ticks, from the send tick of the heartbeats that
+    /// confirmed it: `T - m - 1` for `T = election_timeout_ticks`, `m = lease_margin_ticks`
+    /// (7 with the defaults).
+    ///
+    /// Why it is safe: a follower that acknowledged a heartbeat refuses votes until `T` of *its*
+    /// ticks have passed since it received it, which is at least `T - 1` of its tick periods
+    /// (its first tick may come right after the heartbeat); the lease ends at most `T - m - 1`
+    /// leader tick periods after the heartbeat left. So no quorum can elect another leader
+    /// within the lease as long as a follower's tick rate is at most `(T - 1) / (T - m - 1)`
+    /// times the leader's, which always exceeds `1 + m / T`: the stated bound,
+    /// [`Config::lease_drift_bound`]. (The `- 1` pays for that tick quantization; without it the
+    /// defaults would tolerate only 9/8.)
+    pub fn lease_ticks(&self) -> u64 {
+        u64::from(
+            self.election_timeout_ticks
+                .saturating_sub(self.lease_margin_ticks)
+                .saturating_sub(1),
+        )
+    }
+
+    /// The clock drift the lease tolerates, as a fraction `(lease_margin_ticks,
+    /// election_timeout_ticks)`: every node's tick rate must stay below `1 + margin / timeout`
+    /// times every other's (with the defaults, 2/10: no clock 20% faster than another). A
+    /// receipt for a lease read can state it.
+    pub fn lease_drift_bound(&self) -> (u32, u32) {
+        (self.lease_margin_ticks, self.election_timeout_ticks)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -101,12 +144,9 @@ impl Config {
                 reason: "need 0 < heartbeat_interval_ticks < election_timeout_ticks",
             });
         }
-        if self.lease_reads
-            && (!self.check_quorum || self.lease_margin_ticks >= self.election_timeout_ticks)
-        {
+        if self.leases_usable() && self.lease_ticks() == 0 {
             return Err(ConfigError::Timing {
-                reason:
-                    "lease_reads needs check_quorum and lease_margin_ticks < election_timeout_ticks",
+                reason: "allow_lease_reads needs lease_margin_ticks + 1 < election_timeout_ticks",
             });
         }
         if self.max_inflight_appends == 0
@@ -131,4 +171,35 @@ pub enum ConfigError {
     Timing { reason: &'static str },
     #[error("a batching or queue limit is zero")]
     ZeroLimit,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lease must end before any quorum member's vote fence can, for every clock within the
+    /// stated bound: `(T - 1)` follower periods (the fence, less the tick quantization) must
+    /// cover `lease_ticks` leader periods when the follower runs `1 + m / T` times as fast.
+    #[test]
+    fn the_lease_fits_inside_the_vote_fence_at_the_stated_drift_bound() {
+        for timeout in 2..=40u32 {
+            for margin in 0..timeout {
+                let mut config = Config::new(1, vec![1, 2, 3]);
+                config.election_timeout_ticks = timeout;
+                config.heartbeat_interval_ticks = 1;
+                config.lease_margin_ticks = margin;
+                let lease = config.lease_ticks();
+                if lease == 0 {
+                    assert!(config.validate().is_err(), "T={timeout} m={margin}");
+                    continue;
+                }
+                let (m, t) = config.lease_drift_bound();
+                // lease * (1 + m/t) <= t - 1, in integers.
+                assert!(
+                    lease * u64::from(t + m) <= u64::from(t - 1) * u64::from(t),
+                    "T={timeout} m={margin}: a {lease}-tick lease outlives the fence"
+                );
+            }
+        }
+    }
 }

@@ -10,8 +10,8 @@
 //! interface of etcd-io/raft's `RawNode`: leader election with randomized timeouts, PreVote
 //! (§9.6) and CheckQuorum with leader stickiness (§6.2, §4.2.3); log replication with fast
 //! backtracking, pipelining and batching; commitment by quorum restricted to the leader's term
-//! (§5.4.2, Figure 8); snapshots and `InstallSnapshot` (§7); ReadIndex and optional leader leases
-//! (thesis §6.4); and leadership transfer (thesis §3.10). Membership changes are not implemented.
+//! (§5.4.2, Figure 8); snapshots and `InstallSnapshot` (§7); ReadIndex and leader leases, chosen per
+//! read (thesis §6.4); and leadership transfer (thesis §3.10). Membership changes are not implemented.
 //!
 //! # Modules
 //! - `message`: entries, hard state, snapshots and the wire messages.
@@ -29,7 +29,7 @@
 //! ```text
 //! loop {
 //!     feed inputs: raft.tick() every tick interval, raft.step(msg) per received message,
-//!                  raft.propose(cmd), raft.read_index(id), ...
+//!                  raft.propose(cmd), raft.read_index(id, mode), ...
 //!     if raft.has_ready() {
 //!         let ready = raft.ready();
 //!         1. persist durably: ready.hard_state (if Some), ready.snapshot (if Some: replaces the
@@ -53,8 +53,14 @@
 //! `advance`. After a crash, restart with [`Restored`] built from what was persisted; anything not
 //! persisted never had an effect outside the process.
 //!
-//! **Reads.** Followers refuse `read_index` with `ReadError::NotLeader { leader_hint }` instead
-//! of forwarding; the server retries at the leader. Pending reads are dropped when leadership
+//! **Reads.** Each read names its [`ReadMode`]: `ReadIndex` (a heartbeat quorum confirms the
+//! leader, no clock assumption) or `Lease` (answered at once while the leader's lease holds,
+//! assuming bounded clock drift; otherwise a ReadIndex round). Reads registered before the next
+//! `Ready` share one heartbeat round, and every periodic heartbeat repeats the newest pending
+//! read's context, so a lost round is recovered without asking again. Each [`ReadState`] says
+//! which [`ReadPath`] served it. Followers report their applied index with every answer to the
+//! leader ([`PeerStatus::applied_index`]). Followers refuse `read_index` with
+//! `ReadError::NotLeader { leader_hint }` instead of forwarding; the server retries at the leader. Pending reads are dropped when leadership
 //! changes: the core forgets them, and the application answers their clients (the node answers
 //! each with `NotLeader` as soon as it sees the step-down, and the client retries at the new
 //! leader).
@@ -87,4 +93,4 @@ pub use raft::{
     CompactError, PeerStatus, ProposeError, Raft, ReadError, Ready, Restored, Role, Status,
     TransferError,
 };
-pub use read::ReadState;
+pub use read::{ReadMode, ReadPath, ReadState};

@@ -134,14 +134,19 @@ pub enum MessageBody {
         entries: Vec<Entry>,
         commit: Index,
     },
-    /// Answers both `AppendEntries` and `InstallSnapshot`.
+    /// Answers both `AppendEntries` and `InstallSnapshot`. `applied_index` is the highest
+    /// index the follower's state machine has applied (as of its last `advance`), so the leader
+    /// knows when every replica applied a write.
     AppendEntriesResponse {
         result: AppendResult,
+        applied_index: Index,
     },
     /// Leader liveness and commit propagation. `commit` is `min(leader commit, follower match)`, so
     /// a follower can apply it without a log check. `sent_tick` (the leader's own tick count in this
     /// term) is echoed back and dates the follower's acknowledgement for leader leases;
-    /// `read_ctx` is echoed back to confirm leadership for pending ReadIndex requests.
+    /// `read_ctx` (the newest pending read's context, on every heartbeat while reads wait) is
+    /// echoed back to confirm leadership for pending ReadIndex requests. The response also
+    /// carries the follower's applied index, as `AppendEntriesResponse` does.
     Heartbeat {
         commit: Index,
         sent_tick: u64,
@@ -150,6 +155,7 @@ pub enum MessageBody {
     HeartbeatResponse {
         sent_tick: u64,
         read_ctx: Option<u64>,
+        applied_index: Index,
     },
     /// Raft §7: the whole snapshot in one message (bounded by what the application checkpoints).
     InstallSnapshot {
@@ -227,7 +233,9 @@ impl fmt::Display for Message {
                 )?;
                 fmt_entries(f, entries)
             }
-            MessageBody::AppendEntriesResponse { result } => match result {
+            // The applied index is left out of the text (it is in `Status`), so the golden
+            // scenarios written before it existed read the same.
+            MessageBody::AppendEntriesResponse { result, .. } => match result {
                 AppendResult::Success { match_index } => write!(
                     f,
                     "AppendEntriesResponse term={} match={match_index}",
@@ -254,10 +262,7 @@ impl fmt::Display for Message {
                 }
                 Ok(())
             }
-            MessageBody::HeartbeatResponse {
-                sent_tick: _,
-                read_ctx,
-            } => {
+            MessageBody::HeartbeatResponse { read_ctx, .. } => {
                 write!(f, "HeartbeatResponse term={}", self.term)?;
                 if let Some(ctx) = read_ctx {
                     write!(f, " read_ctx={ctx}")?;

@@ -41,6 +41,8 @@ pub(crate) struct Progress {
     pub(crate) commit_sent: Index,
     /// Highest leader tick (`Heartbeat::sent_tick`) this peer acknowledged; dates the lease.
     pub(crate) lease_ack_tick: Option<u64>,
+    /// Highest applied index this peer reported (`Status`; the node's `all` write level).
+    pub(crate) applied_index: Index,
 }
 
 impl Progress {
@@ -55,6 +57,7 @@ impl Progress {
             ticks_in_state: 0,
             commit_sent: 0,
             lease_ack_tick: None,
+            applied_index: 0,
         }
     }
 

@@ -23,7 +23,7 @@ use crate::planted::{self, RaftBug};
 use crate::prng::Prng;
 use crate::progress::{Progress, ReplicationState};
 use crate::quorum::{quorum, VoteResult, VoteTally};
-use crate::read::{lease_holds, ReadState, ReadTracker};
+use crate::read::{lease_remaining, ReadMode, ReadPath, ReadState, ReadTracker};
 
 /// What a node loaded from durable storage at start.
 #[derive(Clone, Debug, Default)]
@@ -103,7 +103,8 @@ pub struct Ready {
     pub messages: Vec<Message>,
     /// Apply in order, exactly once. May include entries from `entries` of this same Ready.
     pub committed_entries: Vec<Entry>,
-    /// Linearizable reads: serve each once the state machine's applied index >= `index`.
+    /// Linearizable reads: serve each once the state machine's applied index >= `index`. Each
+    /// says which path confirmed it (a heartbeat quorum or the lease).
     pub read_states: Vec<ReadState>,
 }
 
@@ -131,6 +132,10 @@ pub struct PeerStatus {
     pub state: ReplicationState,
     /// Leader ticks since this peer was last heard from.
     pub last_heard_ticks: u32,
+    /// The highest index this peer reported its state machine applied, in this leader's term
+    /// (its last `AppendEntriesResponse` or `HeartbeatResponse`; 0 until it answers). A peer
+    /// that restarts re-applies from its durable log, so an index once reported stays applied.
+    pub applied_index: Index,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,6 +150,9 @@ pub struct Status {
     pub commit_index: Index,
     pub applied_index: Index,
     pub transfer_target: Option<NodeId>,
+    /// Leader ticks the lease still holds for (`None` unless this node leads and its lease
+    /// holds; see `Config::lease_ticks` for the clock-drift assumption).
+    pub lease_remaining_ticks: Option<u64>,
     /// Per-peer replication progress; empty unless this node is the leader.
     pub progress: BTreeMap<NodeId, PeerStatus>,
 }
@@ -181,8 +189,9 @@ pub struct Raft {
     /// Set once this leader sent `TimeoutNow` in its term: a transfer lets voters ignore
     /// stickiness, so the lease no longer protects reads.
     lease_revoked: bool,
-    /// After a restart with `lease_reads`, the node may not know it recently acknowledged a leader
-    /// whose lease is still running, so it refuses votes for one election timeout.
+    /// After a restart, the node may not know it recently acknowledged a leader whose lease is
+    /// still running, so it refuses votes for one election timeout (with CheckQuorum, like
+    /// stickiness). Not set on a node restored without a term: it never acknowledged anyone.
     startup_vote_fence: bool,
     reads: ReadTracker,
     read_states: Vec<ReadState>,
@@ -228,7 +237,9 @@ impl Raft {
             leader_ticks: 0,
             transfer: None,
             lease_revoked: false,
-            startup_vote_fence: config.lease_reads,
+            // An acknowledgement is only sent after the term it answers is durable, so a node
+            // with no durable term has never vouched for a lease.
+            startup_vote_fence: hard_state.term > 0,
             reads: ReadTracker::default(),
             read_states: Vec::new(),
             messages: Vec::new(),
@@ -365,16 +376,22 @@ impl Raft {
                     self.handle_snapshot(from, snapshot);
                 }
             }
-            MessageBody::AppendEntriesResponse { result } => {
+            MessageBody::AppendEntriesResponse {
+                result,
+                applied_index,
+            } => {
                 if self.role == Role::Leader {
+                    self.note_applied(from, applied_index);
                     self.handle_append_response(from, result);
                 }
             }
             MessageBody::HeartbeatResponse {
                 sent_tick,
                 read_ctx,
+                applied_index,
             } => {
                 if self.role == Role::Leader {
+                    self.note_applied(from, applied_index);
                     self.handle_heartbeat_response(from, sent_tick, read_ctx);
                 }
             }
@@ -408,9 +425,12 @@ impl Raft {
     }
 
     /// Requests a linearizable read (thesis §6.4). On success the answer arrives later as a
-    /// `ReadState` with this `request_id` in `Ready::read_states` (immediately on a single-node
-    /// cluster or under a valid lease). Followers refuse with `NotLeader` rather than forwarding.
-    pub fn read_index(&mut self, request_id: u64) -> Result<(), ReadError> {
+    /// `ReadState` with this `request_id` in `Ready::read_states`. In [`ReadMode::Lease`], while
+    /// the lease holds, it is in the very next Ready (served by the lease); otherwise the read
+    /// waits for a heartbeat round, shared by every read registered before the next Ready is
+    /// built, and repeated by every periodic heartbeat until a quorum answers. A single voter
+    /// answers at once. Followers refuse with `NotLeader` rather than forwarding.
+    pub fn read_index(&mut self, request_id: u64, mode: ReadMode) -> Result<(), ReadError> {
         if self.role != Role::Leader {
             return Err(ReadError::NotLeader {
                 leader_hint: self.leader,
@@ -424,20 +444,32 @@ impl Raft {
             return Err(ReadError::LeaderNotReady);
         }
         // Planted (thesis §6.4 step 3): answering without confirming leadership.
-        if self.voters.len() == 1 || self.lease_valid() || self.planted(RaftBug::UnconfirmedReads) {
+        if self.voters.len() == 1 || self.planted(RaftBug::UnconfirmedReads) {
             self.read_states.push(ReadState {
                 request_id,
                 index: commit_index,
+                served: ReadPath::Quorum,
             });
             return Ok(());
+        }
+        if mode == ReadMode::Lease {
+            if let Some(remaining_ticks) = self.lease_remaining_ticks() {
+                self.read_states.push(ReadState {
+                    request_id,
+                    index: commit_index,
+                    served: ReadPath::Lease { remaining_ticks },
+                });
+                return Ok(());
+            }
         }
         if self.reads.len() >= self.config.max_pending_reads {
             return Err(ReadError::Backpressure {
                 pending: self.reads.len(),
             });
         }
-        let ctx = self.reads.register(request_id, commit_index);
-        self.broadcast_heartbeat(Some(ctx));
+        // The round goes out when the next Ready is built (see `ready`), once for all the reads
+        // registered until then.
+        self.reads.register(request_id, commit_index);
         Ok(())
     }
 
@@ -513,7 +545,8 @@ impl Raft {
                 || self.log.has_pending_snapshot()
                 || self.log.has_next_committed()
                 || !self.messages.is_empty()
-                || !self.read_states.is_empty())
+                || !self.read_states.is_empty()
+                || self.read_round_wanted())
     }
 
     /// Takes everything pending. Call `advance` once it is handled, before the next `ready`.
@@ -523,6 +556,10 @@ impl Raft {
             self.in_flight_ready.is_none(),
             "ready() called again before advance()"
         );
+        if self.read_round_wanted() {
+            // One heartbeat per peer confirms every read registered since the last one left.
+            self.broadcast_heartbeat();
+        }
         let previous_hard_state = self.handed_hard_state;
         let hard_state = self.hard_state();
         let hard_state = (hard_state != self.handed_hard_state).then(|| {
@@ -611,6 +648,7 @@ impl Raft {
                     next_index: pr.next_index,
                     state: pr.state,
                     last_heard_ticks: pr.ticks_since_heard,
+                    applied_index: pr.applied_index,
                 };
                 (id, status)
             })
@@ -626,6 +664,7 @@ impl Raft {
             commit_index: self.log.commit_index(),
             applied_index: self.log.applied_index(),
             transfer_target: self.transfer.map(|t| t.to),
+            lease_remaining_ticks: self.lease_remaining_ticks(),
             progress,
         }
     }
@@ -655,6 +694,31 @@ impl Raft {
     /// `None` when it is not a follower of a known leader.
     pub fn ticks_since_leader_contact(&self) -> Option<u32> {
         (self.role == Role::Follower && self.leader.is_some()).then_some(self.election_elapsed)
+    }
+
+    /// How many more of its ticks this leader's lease holds for: `Some` only on a leader with
+    /// a quorum's heartbeat acknowledgements younger than `Config::lease_ticks`, leases usable
+    /// (`Config::leases_usable`) and no leadership transfer under way. A receipt can state it
+    /// together with `Config::lease_drift_bound`.
+    pub fn lease_remaining_ticks(&self) -> Option<u64> {
+        if self.role != Role::Leader
+            || !self.config.leases_usable()
+            || self.lease_revoked
+            || self.transfer.is_some()
+        {
+            return None;
+        }
+        lease_remaining(
+            self.progress.values().map(|pr| pr.lease_ack_tick),
+            self.leader_ticks,
+            self.config.lease_ticks(),
+            quorum(self.voters.len()),
+        )
+    }
+
+    /// The configuration this node runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Whether `bug` is planted in this node (always false without the `planted-bugs` feature).
@@ -719,6 +783,7 @@ impl Raft {
                         MessageBody::HeartbeatResponse {
                             sent_tick: 0,
                             read_ctx: None,
+                            applied_index: self.log.applied_index(),
                         },
                     );
                 }
@@ -1003,6 +1068,7 @@ impl Raft {
             MessageBody::HeartbeatResponse {
                 sent_tick,
                 read_ctx,
+                applied_index: self.log.applied_index(),
             },
         );
     }
@@ -1030,7 +1096,14 @@ impl Raft {
     }
 
     fn reply_append(&mut self, to: NodeId, result: AppendResult) {
-        self.send(to, MessageBody::AppendEntriesResponse { result });
+        let applied_index = self.log.applied_index();
+        self.send(
+            to,
+            MessageBody::AppendEntriesResponse {
+                result,
+                applied_index,
+            },
+        );
     }
 
     // ----- Replication: leader side -------------------------------------------------------------
@@ -1080,7 +1153,7 @@ impl Raft {
         }
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed = 0;
-            self.broadcast_heartbeat(None);
+            self.broadcast_heartbeat();
         }
     }
 
@@ -1094,21 +1167,16 @@ impl Raft {
         1 + heard >= quorum(self.voters.len())
     }
 
-    fn lease_valid(&self) -> bool {
-        if !self.config.lease_reads || self.lease_revoked || self.transfer.is_some() {
-            return false;
-        }
-        let lease_ticks =
-            u64::from(self.config.election_timeout_ticks - self.config.lease_margin_ticks);
-        lease_holds(
-            self.progress.values().map(|pr| pr.lease_ack_tick),
-            self.leader_ticks,
-            lease_ticks,
-            quorum(self.voters.len()),
-        )
+    /// Whether reads registered since the last heartbeat still wait for their round.
+    fn read_round_wanted(&self) -> bool {
+        self.role == Role::Leader && self.reads.round_wanted()
     }
 
-    fn broadcast_heartbeat(&mut self, read_ctx: Option<u64>) {
+    /// Sends every peer a heartbeat. While reads wait for confirmation it carries the newest
+    /// one's context, whether this is the round they asked for or the periodic heartbeat (which
+    /// recovers a round that was lost).
+    fn broadcast_heartbeat(&mut self) {
+        let read_ctx = self.reads.take_round_ctx();
         let commit_index = self.log.commit_index();
         let sent_tick = self.leader_ticks;
         let unclamped = self.planted(RaftBug::HeartbeatCommitUnclamped);
@@ -1268,6 +1336,25 @@ impl Raft {
                 }
             }
         }
+    }
+
+    /// Records a peer's reported applied index. A follower cannot have applied an entry we
+    /// lack (every committed entry is in our log), so a higher claim is refused as bogus.
+    fn note_applied(&mut self, from: NodeId, applied_index: Index) {
+        let last_index = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        if applied_index > last_index {
+            tracing::error!(
+                id = self.id,
+                from,
+                applied_index,
+                "follower claims to have applied entries we lack"
+            );
+            return;
+        }
+        pr.applied_index = pr.applied_index.max(applied_index);
     }
 
     fn handle_heartbeat_response(&mut self, from: NodeId, sent_tick: u64, read_ctx: Option<u64>) {

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use common::{Cluster, TestRng};
-use consensus::Role;
+use consensus::{ReadMode, Role};
 
 /// Rounds (a tick on every node, then a full delivery) allowed to elect a leader and commit once
 /// the faults stop. Generous: a few election timeouts of 10-20 ticks each.
@@ -45,7 +45,7 @@ fn new_run(seed: u64) -> Run {
     let cluster = Cluster::new(n, |c| {
         c.pre_vote = pre_vote;
         c.check_quorum = check_quorum;
-        c.lease_reads = lease_reads;
+        c.allow_lease_reads = lease_reads;
         c.heartbeat_interval_ticks = heartbeat;
         c.max_inflight_appends = inflight;
         c.max_entries_per_append = max_entries;
@@ -59,7 +59,8 @@ fn new_run(seed: u64) -> Run {
     Run {
         cluster,
         rng,
-        // Leases assume bounded clock drift, so with leases on every node ticks together.
+        // Leases assume bounded clock drift, so with leases allowed every node ticks together
+        // (with them refused, `Lease` reads take a round and the clocks may skew).
         lockstep_ticks: lease_reads,
         next_request_id: 0,
     }
@@ -118,9 +119,25 @@ fn random_step(run: &mut Run) {
             }
         }
         80..=82 => {
-            if let Some(leader) = run.cluster.leader() {
+            // Any node that believes it leads, a deposed one included: that is where a stale
+            // read would come from. (The rng is drawn only when there is a choice, so seeds
+            // with one leader keep their other choices.)
+            let leaders = run.cluster.leaders();
+            let leader = match leaders.len() {
+                0 => None,
+                1 => Some(leaders[0]),
+                n => Some(leaders[run.rng.below(n)]),
+            };
+            if let Some(leader) = leader {
                 run.next_request_id += 1;
-                let _ = run.cluster.read_index(leader, run.next_request_id);
+                // Half the reads ask for the lease (by parity: no extra draw from the rng, so
+                // each seed's other choices stay what they were).
+                let mode = if run.next_request_id.is_multiple_of(2) {
+                    ReadMode::Lease
+                } else {
+                    ReadMode::ReadIndex
+                };
+                let _ = run.cluster.read_with(leader, run.next_request_id, mode);
             }
         }
         83..=84 => {

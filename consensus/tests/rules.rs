@@ -6,7 +6,9 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::Cluster;
-use consensus::{Config, EntryPayload, ProposeError, ReadError, Role};
+use consensus::{
+    Config, EntryPayload, Message, MessageBody, ProposeError, ReadError, ReadMode, ReadPath, Role,
+};
 
 fn groups(spec: &[&[u64]]) -> Vec<BTreeSet<u64>> {
     spec.iter().map(|g| g.iter().copied().collect()).collect()
@@ -321,30 +323,249 @@ fn read_index_waits_for_the_noop_and_a_heartbeat_quorum() {
 
 #[test]
 fn lease_reads_answer_immediately_only_while_the_lease_holds() {
-    let mut cluster = Cluster::new(3, |c| {
-        c.check_quorum = true;
-        c.lease_reads = true;
-    });
+    let mut cluster = Cluster::new(3, |c| c.check_quorum = true);
     tick_and_settle(&mut cluster, 40);
     let leader = cluster.leader().expect("a leader");
     tick_and_settle(&mut cluster, 3);
-    cluster.read_index(leader, 1).unwrap();
+    cluster.read_with(leader, 1, ReadMode::Lease).unwrap();
+    assert_eq!(cluster.read_results.len(), 1, "lease held: no round trip");
+    let lease = cluster.read_results[0].1.served;
+    let ReadPath::Lease { remaining_ticks } = lease else {
+        panic!("served by {lease:?}, not the lease");
+    };
+    // The last acknowledged heartbeat left at most one heartbeat interval ago.
+    let config = cluster.raft(leader).config().clone();
+    assert!(remaining_ticks <= config.lease_ticks());
+    assert!(remaining_ticks + u64::from(config.heartbeat_interval_ticks) >= config.lease_ticks());
     assert_eq!(
-        cluster.read_results.len(),
-        1,
-        "lease held: answered without a round trip"
+        cluster.raft(leader).status().lease_remaining_ticks,
+        Some(remaining_ticks)
     );
     cluster.read_results.clear();
+    // A ReadIndex read waits for its round even while the lease holds.
+    cluster.read_index(leader, 2).unwrap();
+    assert!(
+        cluster.read_results.is_empty(),
+        "ReadIndex skipped its round"
+    );
+    cluster.settle();
+    assert_eq!(cluster.read_results.len(), 1);
+    assert_eq!(cluster.read_results[0].1.served, ReadPath::Quorum);
+    cluster.read_results.clear();
+
     let others: Vec<u64> = cluster.ids().into_iter().filter(|&i| i != leader).collect();
     cluster.partition(groups(&[&[leader], &others]));
     for _ in 0..9 {
         cluster.tick(leader);
         cluster.network.clear();
     }
-    cluster.read_index(leader, 2).unwrap();
+    assert_eq!(cluster.raft(leader).role(), Role::Leader);
+    assert_eq!(cluster.raft(leader).lease_remaining_ticks(), None);
+    cluster.read_with(leader, 3, ReadMode::Lease).unwrap();
     assert!(
         cluster.read_results.is_empty(),
         "acks older than the lease must not answer a read"
+    );
+    // It fell back to a round, which completes once the partition heals.
+    cluster.heal();
+    cluster.settle();
+    assert_eq!(cluster.read_results.len(), 1);
+    assert_eq!(cluster.read_results[0].1.request_id, 3);
+    assert_eq!(cluster.read_results[0].1.served, ReadPath::Quorum);
+}
+
+#[test]
+fn lease_reads_take_a_round_where_leases_are_not_usable() {
+    for configure in [
+        (|c: &mut Config| c.allow_lease_reads = false) as fn(&mut Config),
+        |c: &mut Config| c.check_quorum = false,
+    ] {
+        let mut cluster = Cluster::new(3, configure);
+        elect(&mut cluster, 1);
+        tick_and_settle(&mut cluster, 3);
+        assert_eq!(cluster.raft(1).lease_remaining_ticks(), None);
+        cluster.read_with(1, 1, ReadMode::Lease).unwrap();
+        assert!(cluster.read_results.is_empty(), "served without a round");
+        cluster.settle();
+        assert_eq!(cluster.read_results.len(), 1);
+        assert_eq!(cluster.read_results[0].1.served, ReadPath::Quorum);
+    }
+}
+
+#[test]
+fn reads_registered_together_share_one_heartbeat_round() {
+    let mut cluster = Cluster::new(3, |c| c.check_quorum = true);
+    elect(&mut cluster, 1);
+    cluster.network.clear();
+    // 100 reads between two Readys: the round goes out when the Ready is built, once.
+    cluster.read_batch(1, 1..=100, ReadMode::ReadIndex).unwrap();
+    let rounds: Vec<&Message> = cluster
+        .network
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::Heartbeat { .. }))
+        .collect();
+    let mut to: Vec<u64> = rounds.iter().map(|m| m.to).collect();
+    to.sort_unstable();
+    assert_eq!(to, vec![2, 3], "one heartbeat per peer, not one per read");
+    for heartbeat in &rounds {
+        assert!(
+            matches!(
+                heartbeat.body,
+                MessageBody::Heartbeat {
+                    read_ctx: Some(_),
+                    ..
+                }
+            ),
+            "the round carries the newest read's context: {heartbeat}"
+        );
+    }
+    assert_eq!(cluster.network.len(), 2, "nothing but the round was sent");
+    assert!(
+        cluster.read_results.is_empty(),
+        "no quorum has answered yet"
+    );
+    // One peer's acknowledgement makes a quorum with the leader: all 100 are released, in order.
+    let heartbeat = cluster.network.remove(0);
+    cluster.network.clear();
+    cluster.deliver(heartbeat);
+    let ack = cluster.network.remove(0);
+    cluster.deliver(ack);
+    let ids: Vec<u64> = cluster
+        .read_results
+        .iter()
+        .map(|(_, r)| r.request_id)
+        .collect();
+    assert_eq!(ids, (1..=100).collect::<Vec<u64>>());
+    assert!(cluster
+        .read_results
+        .iter()
+        .all(|(_, r)| r.served == ReadPath::Quorum));
+}
+
+#[test]
+fn a_lost_read_round_is_recovered_by_the_periodic_heartbeat() {
+    let mut cluster = Cluster::new(3, |c| {
+        c.check_quorum = true;
+        c.heartbeat_interval_ticks = 2;
+    });
+    elect(&mut cluster, 1);
+    cluster.network.clear();
+    cluster.read_batch(1, 1..=3, ReadMode::ReadIndex).unwrap();
+    assert_eq!(cluster.network.len(), 2);
+    cluster.network.clear(); // the round is lost
+    cluster.settle();
+    assert!(cluster.read_results.is_empty());
+    // The next heartbeat interval, and no new read_index call.
+    cluster.tick(1);
+    cluster.tick(1);
+    assert!(cluster.network.iter().all(|m| matches!(
+        m.body,
+        MessageBody::Heartbeat {
+            read_ctx: Some(3),
+            ..
+        }
+    )));
+    cluster.settle();
+    let ids: Vec<u64> = cluster
+        .read_results
+        .iter()
+        .map(|(_, r)| r.request_id)
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    // With nothing pending, heartbeats carry no context again.
+    cluster.tick(1);
+    cluster.tick(1);
+    assert!(cluster
+        .network
+        .iter()
+        .all(|m| matches!(m.body, MessageBody::Heartbeat { read_ctx: None, .. })));
+}
+
+#[test]
+fn followers_report_their_applied_index_to_the_leader() {
+    let mut cluster = Cluster::new(3, |c| c.check_quorum = true);
+    elect(&mut cluster, 1);
+    cluster.partition(groups(&[&[1, 2], &[3]]));
+    let index = cluster.propose(1, "put x=1").unwrap();
+    cluster.settle();
+    // Followers apply an entry after their answer to the append that committed it, so the
+    // next heartbeat's answer is what carries it.
+    tick_and_settle(&mut cluster, 2);
+    let status = cluster.raft(1).status();
+    assert_eq!(status.applied_index, index);
+    assert_eq!(status.progress[&2].applied_index, index);
+    assert!(
+        status.progress[&3].applied_index < index,
+        "n3 never got the entry"
+    );
+    cluster.heal();
+    tick_and_settle(&mut cluster, 4);
+    assert_eq!(cluster.raft(1).status().progress[&3].applied_index, index);
+    // A claim beyond the leader's log is refused.
+    let term = cluster.raft(1).term();
+    cluster.deliver(Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::HeartbeatResponse {
+            sent_tick: 0,
+            read_ctx: None,
+            applied_index: index + 100,
+        },
+    });
+    assert_eq!(cluster.raft(1).status().progress[&2].applied_index, index);
+}
+
+#[test]
+fn a_restarted_node_refuses_votes_for_an_election_timeout_even_if_it_never_serves_leases() {
+    // The vote fence protects the *leader's* lease, so it does not depend on this node's
+    // `allow_lease_reads`.
+    let mut cluster = Cluster::new(3, |c| {
+        c.check_quorum = true;
+        c.allow_lease_reads = false;
+    });
+    elect(&mut cluster, 1);
+    let term = cluster.raft(1).term();
+    cluster.crash(3);
+    cluster.restart(3);
+    let (last_index, last_term) = (cluster.raft(2).log().last_index(), term);
+    let vote_request = Message {
+        from: 2,
+        to: 3,
+        term: term + 1,
+        body: MessageBody::RequestVote {
+            last_index,
+            last_term,
+            leadership_transfer: false,
+        },
+    };
+    cluster.network.clear();
+    cluster.deliver(vote_request.clone());
+    assert_eq!(
+        cluster.raft(3).term(),
+        term,
+        "n3 adopted the candidate's term"
+    );
+    assert!(
+        cluster.network.is_empty(),
+        "n3 answered: {:?}",
+        cluster.network
+    );
+    // Once an election timeout has passed, it votes again (with PreVote, a campaign of its own
+    // in the meantime changes no term).
+    let timeout = cluster.raft(3).config().election_timeout_ticks;
+    for _ in 0..timeout {
+        cluster.tick(3);
+    }
+    cluster.network.clear();
+    cluster.deliver(vote_request);
+    assert_eq!(cluster.raft(3).term(), term + 1);
+    assert!(
+        cluster
+            .network
+            .iter()
+            .any(|m| m.to == 2
+                && matches!(m.body, MessageBody::RequestVoteResponse { granted: true }))
     );
 }
 

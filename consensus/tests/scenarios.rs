@@ -11,7 +11,9 @@
 //!   (`tail` is `compaction_tail_entries`).
 //! - `tick <id|all> [x<count>] [deliver]`: tick the node(s), optionally delivering all messages
 //!   (silently; effects are still printed) after each round of ticks.
-//! - `campaign <id>`, `propose <id> <text>`, `read <id> <request>`,
+//! - `campaign <id>`, `propose <id> <text>`, `read <id> <request>[..<last>] [lease]` (requests
+//!   `request..=last` registered together, before the node's next Ready; `lease`: in
+//!   `ReadMode::Lease`, else `ReadMode::ReadIndex`),
 //!   `transfer <from> <to>`, `compact <id>`, `crash <id>`, `restart <id>`.
 //! - `deliver`: deliver every queued message, and those they cause, in order, printing each one
 //!   and its effects; `deliver round`: only the messages queued right now; `drop`: lose them all.
@@ -28,6 +30,7 @@ use std::fs;
 use std::path::Path;
 
 use common::Cluster;
+use consensus::ReadMode;
 
 struct Interpreter {
     cluster: Option<Cluster>,
@@ -68,7 +71,7 @@ impl Interpreter {
                         match key.as_str() {
                             "prevote" => c.pre_vote = flag(),
                             "checkquorum" => c.check_quorum = flag(),
-                            "lease" => c.lease_reads = flag(),
+                            "lease" => c.allow_lease_reads = flag(),
                             "election" => c.election_timeout_ticks = number(),
                             "heartbeat" => c.heartbeat_interval_ticks = number(),
                             "inflight" => c.max_inflight_appends = number() as usize,
@@ -115,9 +118,19 @@ impl Interpreter {
                     Err(e) => format!("refused: {e}"),
                 });
             }
-            ["read", id, request] => {
-                let request = request.parse().expect("request id");
-                let result = self.cluster().read_index(parse_id(id), request);
+            ["read", id, requests, mode @ ..] => {
+                let (first, last) = match requests.split_once("..") {
+                    Some((first, last)) => (first, last),
+                    None => (*requests, *requests),
+                };
+                let first: u64 = first.parse().expect("request id");
+                let last: u64 = last.parse().expect("request id");
+                let mode = match mode {
+                    [] => ReadMode::ReadIndex,
+                    ["lease"] => ReadMode::Lease,
+                    _ => panic!("usage: read <id> <request>[..<last>] [lease]"),
+                };
+                let result = self.cluster().read_batch(parse_id(id), first..=last, mode);
                 if let Err(e) = result {
                     out.push(format!("refused: {e}"));
                 }
@@ -224,10 +237,11 @@ fn run_script(text: &str) -> String {
 
 /// Every script the suite holds, by file name: a script that disappears (or one added without
 /// being listed here) fails the test instead of silently shrinking the suite.
-const SCRIPTS: [&str; 5] = [
+const SCRIPTS: [&str; 6] = [
     "election.txt",
     "figure8.txt",
     "prevote.txt",
+    "read_rounds.txt",
     "replication.txt",
     "snapshot_and_reads.txt",
 ];

@@ -19,6 +19,9 @@ pub enum Role {
     Peer {
         node_id: u64,
     },
+    /// An operator tool (`ringleader fault`): proves knowledge of the cluster secret as a peer
+    /// does, then sends [`crate::admin::AdminRequest`]s. Carries no node id.
+    Admin,
 }
 
 /// Why a handshake is refused.
@@ -57,6 +60,7 @@ impl Handshake {
         let (role, node_id) = match self.role {
             Role::Client => (0u8, 0u64),
             Role::Peer { node_id } => (1u8, node_id),
+            Role::Admin => (2u8, 0),
         };
         bytes[4] = role;
         bytes[5..13].copy_from_slice(&node_id.to_le_bytes());
@@ -77,6 +81,7 @@ impl Handshake {
             1 => Role::Peer {
                 node_id: u64::from_le_bytes(id),
             },
+            2 => Role::Admin,
             other => return Err(HandshakeError::UnknownRole(other)),
         };
         Ok(Handshake {

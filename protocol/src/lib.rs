@@ -17,7 +17,10 @@
 //! - [`frame`]: frame bodies (bincode) and the length-delimited codec.
 //! - [`message`]: what a client asks and a node answers, the limits both enforce.
 //! - [`net`]: how connections are opened (a trait, so the simulation can swap in simulated TCP).
+//! - [`admin`]: operator requests outside the key-value API (fault rules), on an authenticated
+//!   connection role of their own.
 
+pub mod admin;
 pub mod frame;
 pub mod handshake;
 pub mod message;

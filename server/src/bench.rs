@@ -59,7 +59,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16)]
     clients: usize,
     /// How long to run (after `--load`), e.g. 10s.
-    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_timeout)]
     duration: Duration,
     /// Distinct keys, drawn uniformly.
     #[arg(long, default_value_t = 1000)]

@@ -115,6 +115,10 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Drop or delay the peer (Raft) traffic of a running cluster's nodes, for experiments:
+    /// partition, isolate, delay, heal, show. The nodes must run with --allow-faults; client
+    /// traffic is never touched. See docs/faults.md.
+    Fault(crate::fault::FaultArgs),
     /// Check a history for linearizability (JSONL, or Knossos EDN / Porcupine kv files). Exit 0
     /// yes, 1 no, 2 malformed or empty, 3 unknown.
     Check(crate::verify::CheckArgs),
@@ -196,6 +200,10 @@ pub struct ServeArgs {
     /// generates one in its data directory.
     #[arg(long, env = "RINGLEADER_CLUSTER_SECRET_FILE")]
     cluster_secret_file: Option<PathBuf>,
+    /// Accept `ringleader fault` rules (drop or delay this node's peer traffic) from an operator
+    /// who proves knowledge of the cluster secret. For experiments only; off by default.
+    #[arg(long)]
+    allow_faults: bool,
 }
 
 /// How fresh a read must be (docs/consistency.md: each level's guarantee, price and anomaly).
@@ -292,12 +300,24 @@ struct Target {
     /// Keys and values (arguments, stdin and `get`'s output) are base64.
     #[arg(long)]
     base64: bool,
+    /// Talk to the one node in --endpoints and no other: no leader discovery, no redirects (a
+    /// "not the leader" answer is an error, exit 2), as a client stuck on one side of a
+    /// partition would.
+    #[arg(long)]
+    pin: bool,
 }
 
 impl Target {
     fn client(&self) -> Result<Client<TokioConnector>> {
+        if self.pin && self.endpoints.len() != 1 {
+            bail!(
+                "--pin needs exactly one address in --endpoints (or RINGLEADER_ENDPOINTS), not {}",
+                self.endpoints.len()
+            );
+        }
         let mut config = ClientConfig::new(self.endpoints.clone());
         config.request_timeout = self.timeout;
+        config.pinned = self.pin;
         Ok(Client::new(config)?)
     }
 
@@ -395,12 +415,7 @@ fn parse_peer(text: &str) -> std::result::Result<(u64, String), String> {
 }
 
 /// `1500`, `1500ms`, `2s`, `1.5s`.
-/// A duration: milliseconds, or with a unit (500ms, 2s, 1.5s).
-pub(crate) fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    parse_timeout(text)
-}
-
-fn parse_timeout(text: &str) -> std::result::Result<Duration, String> {
+pub(crate) fn parse_timeout(text: &str) -> std::result::Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration (milliseconds, or 500ms, 2s, 1.5s)");
     let duration = if let Some(ms) = text.strip_suffix("ms") {
         Duration::from_millis(ms.trim().parse().map_err(|_| bad())?)
@@ -666,6 +681,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             crate::bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fault(args) => crate::fault::run(args).await,
         Command::Check(_) | Command::Sim(_) => bail!("check and sim run outside the async runtime"),
         Command::Cluster { .. } => bail!("cluster stop and down run outside the async runtime"),
     }
@@ -713,6 +729,10 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     config.net.cluster_secret =
         ringleader_node::auth::load_secret(args.cluster_secret_file.as_deref())?;
     config.log_tail_entries = args.log_tail_entries;
+    config.net.allow_faults = args.allow_faults;
+    if args.allow_faults {
+        tracing::warn!("--allow-faults: an operator with the cluster secret may drop or delay this node's peer traffic (`ringleader fault`)");
+    }
     let sync_interval = match config.wal.sync {
         SyncPolicy::Interval(interval) => Some(interval),
         _ => None,

@@ -62,6 +62,10 @@ pub struct UpArgs {
     /// Passed to each node: entries a snapshot keeps behind it for lagging followers.
     #[arg(long, default_value_t = 5_000)]
     log_tail_entries: u64,
+    /// Passed to each node: accept `ringleader fault` rules (drop or delay peer traffic), for
+    /// experiments. Never on by default.
+    #[arg(long)]
+    allow_faults: bool,
 }
 
 #[derive(Args)]
@@ -88,6 +92,12 @@ pub struct StartArgs {
     node: u64,
     #[command(flatten)]
     dir: DirArgs,
+}
+
+/// The addresses of the nodes of the cluster in `dir` (made by `cluster up`), node 1 first.
+pub fn node_addresses(dir: &Path) -> Result<Vec<String>> {
+    let layout = Layout::load(dir)?;
+    Ok((1..=layout.nodes).map(|i| layout.addr(i)).collect())
 }
 
 /// What DIR/cluster.json records: enough to rebuild any node's `serve` line.
@@ -504,7 +514,7 @@ pub async fn up(args: UpArgs, log_format: LogFormat) -> Result<ExitCode> {
             );
         }
     }
-    let layout = Layout {
+    let mut layout = Layout {
         dir: args.dir.clone(),
         nodes: args.nodes,
         base_port: args.base_port,
@@ -521,6 +531,9 @@ pub async fn up(args: UpArgs, log_format: LogFormat) -> Result<ExitCode> {
                 .to_string(),
         ],
     };
+    if args.allow_faults {
+        layout.extra_args.push("--allow-faults".into());
+    }
     layout.save()?;
     std::fs::write(&supervisor_pid_path, format!("{}\n", std::process::id()))
         .with_context(|| format!("writing {}", supervisor_pid_path.display()))?;

@@ -9,6 +9,7 @@ mod bench;
 mod binary;
 mod cli;
 mod cluster;
+mod fault;
 mod verify;
 
 use std::process::ExitCode;

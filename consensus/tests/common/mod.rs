@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use consensus::{
     Config, Entry, EntryPayload, HardState, Index, Message, NodeId, ProposeError, Raft, ReadError,
-    ReadState, Restored, Role, Snapshot, SnapshotMeta, Term,
+    ReadMode, ReadPath, ReadState, Restored, Role, Snapshot, SnapshotMeta, Term,
 };
 
 /// splitmix64, for the harness's own choices (network faults, random actions).
@@ -302,8 +302,14 @@ impl Cluster {
                     );
                 }
                 self.read_results.push((id, *read));
+                let path = match read.served {
+                    ReadPath::Quorum => String::new(),
+                    ReadPath::Lease { remaining_ticks } => {
+                        format!(" by lease ({remaining_ticks} ticks left)")
+                    }
+                };
                 self.events.push(format!(
-                    "n{id} read {} ready at index {}",
+                    "n{id} read {} ready at index {}{path}",
                     read.request_id, read.index
                 ));
             }
@@ -365,11 +371,38 @@ impl Cluster {
             .unwrap_or(Err(ProposeError::NotLeader { leader_hint: None }))
     }
 
+    /// A ReadIndex read on node `id`.
     pub fn read_index(&mut self, id: NodeId, request_id: u64) -> Result<(), ReadError> {
+        self.read_with(id, request_id, ReadMode::ReadIndex)
+    }
+
+    pub fn read_with(
+        &mut self,
+        id: NodeId,
+        request_id: u64,
+        mode: ReadMode,
+    ) -> Result<(), ReadError> {
+        self.read_batch(id, request_id..=request_id, mode)
+    }
+
+    /// Registers reads `request_ids` on node `id` back to back, before its next Ready (as a
+    /// server does with requests that arrive together). Stops at the first refusal.
+    pub fn read_batch(
+        &mut self,
+        id: NodeId,
+        request_ids: std::ops::RangeInclusive<u64>,
+        mode: ReadMode,
+    ) -> Result<(), ReadError> {
         let required = self.checker.max_committed();
-        self.checker.reads.insert((id, request_id), required);
-        self.with_node(id, |r| r.read_index(request_id))
-            .unwrap_or(Err(ReadError::NotLeader { leader_hint: None }))
+        for request_id in request_ids.clone() {
+            self.checker.reads.insert((id, request_id), required);
+        }
+        self.with_node(id, |r| {
+            request_ids
+                .into_iter()
+                .try_for_each(|request_id| r.read_index(request_id, mode))
+        })
+        .unwrap_or(Err(ReadError::NotLeader { leader_hint: None }))
     }
 
     pub fn transfer(&mut self, id: NodeId, to: NodeId) -> String {

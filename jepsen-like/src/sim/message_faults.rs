@@ -211,6 +211,7 @@ impl TransportFaults for MessageFaults {
             }
             MessageBody::AppendEntriesResponse {
                 result: AppendResult::Success { .. },
+                ..
             } => {
                 plan.replicated.insert(message.to);
             }

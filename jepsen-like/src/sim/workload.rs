@@ -415,6 +415,7 @@ fn error_label(error: &Error) -> String {
         Error::DiskFull { node, .. } => format!("disk full on {node}"),
         Error::NotOnAllReplicas(_) => "committed, not yet on every replica".into(),
         Error::NoEndpoints => "no endpoints".into(),
+        Error::NotLeader { .. } => "not the leader (pinned client)".into(),
     }
 }
 

@@ -14,6 +14,10 @@
 //!
 //! The acceptor's fresh nonce makes a recorded exchange useless for a replay. Tags are compared
 //! in constant time (`Mac::verify_slice`).
+//!
+//! An operator tool (`ringleader fault`, role `Admin`) runs the same exchange with initiator id 0
+//! and its own side labels ("admin acceptor", "admin initiator"), so an admin proof can never be
+//! replayed as a peer's, nor a peer's as an admin's ([`initiate_admin`], [`accept_admin`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -145,6 +149,25 @@ pub fn ensure_secret_file(dir: &Path) -> Result<PathBuf, AuthError> {
     Ok(path)
 }
 
+/// The labels of the two sides' tags: peers and admin tools label theirs differently.
+struct Sides {
+    acceptor: &'static [u8],
+    initiator: &'static [u8],
+}
+
+const PEER_SIDES: Sides = Sides {
+    acceptor: b"acceptor",
+    initiator: b"initiator",
+};
+
+const ADMIN_SIDES: Sides = Sides {
+    acceptor: b"admin acceptor",
+    initiator: b"admin initiator",
+};
+
+/// The initiator id an admin tool uses in the transcript (no node has id 0).
+pub const ADMIN_INITIATOR_ID: NodeId = 0;
+
 /// What both tags are computed over.
 struct Transcript {
     initiator_nonce: [u8; NONCE_BYTES],
@@ -173,6 +196,50 @@ pub async fn initiate<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    initiate_as(
+        &PEER_SIDES,
+        stream,
+        secret,
+        initiator_id,
+        acceptor_id,
+        initiator_nonce,
+    )
+    .await
+}
+
+/// [`initiate`] for an admin tool (role `Admin`), after it sent `Handshake(Admin) || nonce` and
+/// read the node's handshake naming `acceptor_id`.
+pub async fn initiate_admin<S>(
+    stream: &mut S,
+    secret: &ClusterSecret,
+    acceptor_id: NodeId,
+    initiator_nonce: [u8; NONCE_BYTES],
+) -> Result<(), AuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    initiate_as(
+        &ADMIN_SIDES,
+        stream,
+        secret,
+        ADMIN_INITIATOR_ID,
+        acceptor_id,
+        initiator_nonce,
+    )
+    .await
+}
+
+async fn initiate_as<S>(
+    sides: &Sides,
+    stream: &mut S,
+    secret: &ClusterSecret,
+    initiator_id: NodeId,
+    acceptor_id: NodeId,
+    initiator_nonce: [u8; NONCE_BYTES],
+) -> Result<(), AuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut acceptor_nonce = [0u8; NONCE_BYTES];
     stream.read_exact(&mut acceptor_nonce).await?;
     let mut acceptor_tag = [0u8; TAG_BYTES];
@@ -184,11 +251,11 @@ where
         acceptor_id,
     };
     secret
-        .tag(b"acceptor", &transcript)
+        .tag(sides.acceptor, &transcript)
         .verify_slice(&acceptor_tag)
         .map_err(|_| AuthError::BadTag)?;
     let own_tag = secret
-        .tag(b"initiator", &transcript)
+        .tag(sides.initiator, &transcript)
         .finalize()
         .into_bytes();
     stream.write_all(&own_tag).await?;
@@ -206,6 +273,38 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    accept_as(&PEER_SIDES, stream, secret, initiator_id, acceptor_id).await
+}
+
+/// [`accept`] for an admin tool, after the node read `Handshake(Admin)` and answered.
+pub async fn accept_admin<S>(
+    stream: &mut S,
+    secret: &ClusterSecret,
+    acceptor_id: NodeId,
+) -> Result<(), AuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    accept_as(
+        &ADMIN_SIDES,
+        stream,
+        secret,
+        ADMIN_INITIATOR_ID,
+        acceptor_id,
+    )
+    .await
+}
+
+async fn accept_as<S>(
+    sides: &Sides,
+    stream: &mut S,
+    secret: &ClusterSecret,
+    initiator_id: NodeId,
+    acceptor_id: NodeId,
+) -> Result<(), AuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut initiator_nonce = [0u8; NONCE_BYTES];
     stream.read_exact(&mut initiator_nonce).await?;
     let transcript = Transcript {
@@ -214,7 +313,10 @@ where
         initiator_id,
         acceptor_id,
     };
-    let own_tag = secret.tag(b"acceptor", &transcript).finalize().into_bytes();
+    let own_tag = secret
+        .tag(sides.acceptor, &transcript)
+        .finalize()
+        .into_bytes();
     let mut reply = [0u8; NONCE_BYTES + TAG_BYTES];
     reply[..NONCE_BYTES].copy_from_slice(&transcript.acceptor_nonce);
     reply[NONCE_BYTES..].copy_from_slice(&own_tag);
@@ -222,7 +324,7 @@ where
     let mut initiator_tag = [0u8; TAG_BYTES];
     stream.read_exact(&mut initiator_tag).await?;
     secret
-        .tag(b"initiator", &transcript)
+        .tag(sides.initiator, &transcript)
         .verify_slice(&initiator_tag)
         .map_err(|_| AuthError::BadTag)
 }
@@ -287,6 +389,40 @@ mod tests {
         attacker.write_all(&reply[NONCE_BYTES..]).await.unwrap();
         let result = acceptor.await.unwrap();
         assert!(matches!(result, Err(AuthError::BadTag)), "{result:?}");
+    }
+
+    /// An admin tool's proof is labelled as such: a node expecting a peer's refuses it (and the
+    /// other way round), even with the right secret and the same ids.
+    #[tokio::test]
+    async fn an_admin_proof_is_not_a_peer_proof() {
+        let secret = secret("correct horse battery staple");
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let admin = {
+            let secret = secret.clone();
+            async move {
+                let nonce = fresh_nonce();
+                a.write_all(&nonce).await?;
+                initiate_admin(&mut a, &secret, 2, nonce).await
+            }
+        };
+        let peer_acceptor = async move { accept(&mut b, &secret, ADMIN_INITIATOR_ID, 2).await };
+        let (admin, acceptor) = tokio::join!(admin, peer_acceptor);
+        assert!(matches!(admin, Err(AuthError::BadTag)), "{admin:?}");
+        assert!(acceptor.is_err());
+        let secret = self::secret("correct horse battery staple");
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let admin = {
+            let secret = secret.clone();
+            async move {
+                let nonce = fresh_nonce();
+                a.write_all(&nonce).await?;
+                initiate_admin(&mut a, &secret, 2, nonce).await
+            }
+        };
+        let admin_acceptor = async move { accept_admin(&mut b, &secret, 2).await };
+        let (admin, acceptor) = tokio::join!(admin, admin_acceptor);
+        assert!(admin.is_ok(), "{admin:?}");
+        assert!(acceptor.is_ok(), "{acceptor:?}");
     }
 
     #[test]

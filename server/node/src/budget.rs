@@ -31,6 +31,10 @@ use crate::auth::ClusterSecret;
 pub struct NetConfig {
     /// The secret peers prove they know; required when the node has peers.
     pub cluster_secret: Option<ClusterSecret>,
+    /// Whether an operator who proves knowledge of the cluster secret may set fault rules
+    /// (drop or delay peer traffic, see [`crate::injected`]). Off by default; `serve
+    /// --allow-faults` turns it on, for experiments only.
+    pub allow_faults: bool,
     /// Client connections served at once; past it the least recently active idle one is shed.
     pub max_client_connections: usize,
     /// Connections from one authenticated peer at once; past it that peer's oldest is shed.
@@ -60,6 +64,7 @@ impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
             cluster_secret: None,
+            allow_faults: false,
             max_client_connections: 1024,
             max_connections_per_peer: 4,
             max_handshaking_connections: 256,

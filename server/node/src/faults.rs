@@ -1,5 +1,6 @@
 //! A seam for fault injection between a node's Raft and its peer transport, used by the
-//! jepsen-like simulation; production passes no [`TransportFaults`] and the seam costs one
+//! jepsen-like simulation and by an operator's rules on a node started with `--allow-faults`
+//! ([`crate::injected`]); otherwise there is no [`TransportFaults`] and the seam costs one
 //! `Option` check per message.
 //!
 //! Why a seam and not the network: peer messages travel on TCP, which never drops, duplicates or

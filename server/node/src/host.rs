@@ -566,6 +566,7 @@ mod tests {
             term,
             MessageBody::AppendEntriesResponse {
                 result: consensus::AppendResult::Success { match_index },
+                applied_index: 0,
             },
         ));
         node.process_ready().expect("persist");

@@ -21,6 +21,7 @@ pub mod chunk;
 pub mod config;
 pub mod faults;
 pub mod host;
+pub mod injected;
 pub mod lag;
 pub mod mapping;
 pub mod network;
@@ -34,6 +35,7 @@ pub use config::NodeConfig;
 pub use planted::PlantedBug;
 
 use std::io;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -80,13 +82,27 @@ pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<Running
             addr: addr.clone(),
             source,
         })?;
+    // An operator's fault rules (`--allow-faults`) use the simulation's seam when the simulation
+    // does not (it never sets `allow_faults`; if both were set, the simulation's seam wins for
+    // what the node sends).
+    let injected = config.net.allow_faults.then(|| {
+        Arc::new(injected::InjectedFaults::new(
+            config.id,
+            config.peers.keys().copied().collect(),
+        ))
+    });
+    let transport_faults = config.transport_faults.clone().or_else(|| {
+        injected
+            .clone()
+            .map(|faults| faults as Arc<dyn faults::TransportFaults>)
+    });
     let peers = PeerSenders::start(
         network.clone(),
         config.id,
         &config.peers,
         config.net.cluster_secret.clone(),
     )
-    .with_faults(config.transport_faults.clone());
+    .with_faults(transport_faults);
     let host = Host::open(config.clone(), peers)?;
     let (inputs_sender, inputs) = mpsc::channel(NODE_INPUT_QUEUE);
     let (shutdown, shutdown_receiver) = watch::channel(false);
@@ -100,6 +116,7 @@ pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<Running
             limits: config.limits,
             net: config.net.clone(),
             router: router::Router::single_group(),
+            faults: injected,
         },
         inputs_sender.clone(),
         shutdown_receiver,

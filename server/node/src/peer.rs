@@ -46,7 +46,8 @@ struct PeerQueue {
 #[derive(Clone, Default)]
 pub struct PeerSenders {
     queues: BTreeMap<NodeId, PeerQueue>,
-    /// The simulation's fault seam (see [`crate::faults`]); `None` in production.
+    /// The fault seam (see [`crate::faults`]): the simulation's, or an operator's rules under
+    /// `--allow-faults`; `None` otherwise.
     faults: Option<Arc<dyn TransportFaults>>,
     /// Delayed copies in flight (bounded by [`MAX_DELAYED_MESSAGES`]).
     delayed: Arc<AtomicUsize>,

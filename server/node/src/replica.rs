@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use consensus::{
     Config as RaftConfig, Entry, EntryPayload, Message, MessageBody, NodeId, ProposeError, Raft,
-    ReadError, Ready, Restored, Role, Snapshot, SnapshotMeta,
+    ReadError, ReadMode, ReadPath, Ready, Restored, Role, Snapshot, SnapshotMeta,
 };
 use ringleader_protocol::{
     ErrorKind, GroupId, ReadConsistency, Receipt, ReplicaStatus, Request, Response, ServedAt,
@@ -178,9 +178,8 @@ impl Replica {
         raft_config.seed = config.seed;
         raft_config.compaction_tail_entries = config.log_tail_entries;
         raft_config.planted_bug = config.planted_bug.raft_bug();
-        // Linearizable reads use ReadIndex (no clock assumption). `ReadConsistency::Lease` is
-        // served by ReadIndex too until per-request consistency levels arrive.
-        raft_config.lease_reads = false;
+        // Leases stay allowed (Raft's default): each read chooses its mode (`start_read`), and
+        // the vote fences that make them safe are on with CheckQuorum regardless.
         let last_snapshot_index = snapshot.as_ref().map_or(0, |s| s.meta.last_index);
         let mut raft = Raft::new(
             raft_config,
@@ -511,7 +510,13 @@ impl Replica {
         };
         self.next_read_id += 1;
         let id = self.next_read_id;
-        match self.raft.read_index(id) {
+        // `Lease` is answered from the leader lease while it holds (no round trip; assumes
+        // bounded clock drift), else by a ReadIndex round; `Linearizable` always takes a round.
+        let mode = match asked {
+            ServedAt::Lease => ReadMode::Lease,
+            _ => ReadMode::ReadIndex,
+        };
+        match self.raft.read_index(id, mode) {
             Ok(()) => {
                 self.pending_reads.insert(
                     id,
@@ -704,6 +709,11 @@ impl Replica {
         for read in read_states {
             if let Some(pending) = self.pending_reads.get_mut(&read.request_id) {
                 pending.read_index = Some(read.index);
+                // The receipt says what served it: a lease read whose lease had lapsed took a
+                // heartbeat round, as a linearizable one does.
+                if read.served == ReadPath::Quorum {
+                    pending.asked = ServedAt::Linearizable;
+                }
             }
         }
     }
@@ -850,7 +860,10 @@ impl Replica {
                 let applied = if *node == self.config.id {
                     self.machine.applied_index()
                 } else {
-                    status.progress.get(node).map_or(0, |peer| peer.match_index)
+                    status
+                        .progress
+                        .get(node)
+                        .map_or(0, |peer| peer.applied_index)
                 };
                 applied < index
             })

@@ -5,7 +5,9 @@
 //! connections and each peer's connections have separate budgets, so clients can never lock the
 //! peers out; large client frames are paid for from a shared byte budget before they are
 //! buffered; a connection idle too long, or too slow to finish a started frame, is closed. A
-//! peer must prove it knows the cluster secret ([`crate::auth`]) before it gets the peer role.
+//! peer must prove it knows the cluster secret ([`crate::auth`]) before it gets the peer role;
+//! so must an operator tool before it may send admin requests (fault rules, see
+//! [`crate::injected`]), which a node started without `--allow-faults` refuses.
 //! A malformed or oversized frame is answered with an `Invalid` error and the connection is
 //! closed; it never reaches the node, so it can never be half-applied.
 
@@ -19,9 +21,10 @@ use bytes::Bytes;
 use consensus::NodeId;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
+use ringleader_protocol::admin::{AdminRequest, AdminResponse, MAX_ADMIN_FRAME_BYTES};
 use ringleader_protocol::{
-    decode_frame, encode_frame, ErrorKind, Handshake, Header, Limits, RequestFrame, Response,
-    ResponseFrame, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION,
+    decode_frame, encode_frame, frame_codec, ErrorKind, Handshake, Header, Limits, RequestFrame,
+    Response, ResponseFrame, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -31,12 +34,17 @@ use crate::auth;
 use crate::budget::{ByteBudget, ConnRegistry, FrameCodec, FrameError, NetConfig, Shed, Ticket};
 use crate::chunk::{Reassembler, MAX_PEER_FRAME_BYTES};
 use crate::host::NodeInput;
+use crate::injected::InjectedFaults;
 use crate::network::Network;
 use crate::replica::Reply;
 use crate::router::Router;
 
 /// Requests one client connection may have in flight; the server stops reading beyond it.
 pub const MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION: usize = 256;
+
+/// Authenticated admin connections served at once; past it a new one is closed after its
+/// authentication (an operator tool opens one per node and command).
+pub const MAX_ADMIN_CONNECTIONS: usize = 4;
 
 /// What every connection task shares.
 struct Shared {
@@ -51,6 +59,9 @@ struct Shared {
     client_frame_budget: ByteBudget,
     peer_reassembly_budgets: BTreeMap<NodeId, ByteBudget>,
     total_reassembly_budget: ByteBudget,
+    /// The operator's fault rules; `None` unless the node runs with `--allow-faults`.
+    faults: Option<Arc<InjectedFaults>>,
+    admins: Arc<Semaphore>,
 }
 
 /// What the listening side needs to know about its node.
@@ -62,6 +73,9 @@ pub struct ServiceConfig {
     pub net: NetConfig,
     /// Which group each request and peer message is for.
     pub router: Router,
+    /// The operator's fault rules (`--allow-faults`), shared with the peer senders; `None`:
+    /// admin fault requests are refused.
+    pub faults: Option<Arc<InjectedFaults>>,
 }
 
 /// Accepts connections until `shutdown` flips to true.
@@ -78,6 +92,7 @@ pub async fn accept_loop<N: Network>(
         limits,
         net,
         router,
+        faults,
     } = config;
     let others = || peer_ids.iter().copied().filter(move |id| *id != self_id);
     let shared = Arc::new(Shared {
@@ -101,6 +116,8 @@ pub async fn accept_loop<N: Network>(
         net,
         router,
         node,
+        faults,
+        admins: Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS)),
     });
     let handshaking = Arc::new(Semaphore::new(shared.net.max_handshaking_connections));
     loop {
@@ -180,6 +197,13 @@ async fn serve_connection<S>(
             };
             serve_peer(stream, remote, node_id, shared, ticket).await
         }
+        Role::Admin => {
+            let Ok(_permit) = shared.admins.clone().try_acquire_owned() else {
+                tracing::warn!(%remote, "too many admin connections: closed");
+                return;
+            };
+            serve_admin(stream, remote, shared).await
+        }
     }
 }
 
@@ -208,6 +232,19 @@ where
     let node_id = match handshake.role {
         Role::Client => return Some(Role::Client),
         Role::Peer { node_id } => node_id,
+        Role::Admin => {
+            let Some(secret) = &shared.net.cluster_secret else {
+                tracing::warn!(%remote, "refused an admin connection: this node has no cluster secret");
+                return None;
+            };
+            return match auth::accept_admin(stream, secret, shared.self_id).await {
+                Ok(()) => Some(Role::Admin),
+                Err(error) => {
+                    tracing::warn!(%remote, %error, "refused an admin connection that failed authentication");
+                    None
+                }
+            };
+        }
     };
     if node_id == shared.self_id {
         // Two processes configured with the same id would each think they are the other's
@@ -325,6 +362,11 @@ async fn serve_peer<S>(
             continue;
         }
         let crate::chunk::Envelope { group, message } = envelope;
+        // An operator's cut (`--allow-faults`) drops what arrives from across it, as a network
+        // partition would.
+        if shared.faults.as_ref().is_some_and(|f| f.cuts(peer_id)) {
+            continue;
+        }
         if message.from != peer_id || message.to != self_id {
             tracing::warn!(
                 peer = peer_id,
@@ -338,6 +380,48 @@ async fn serve_peer<S>(
         let sent = shared.node.send(NodeInput::Peer { group, message }).await;
         ticket.slot.in_flight.store(0, Ordering::Relaxed);
         if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// Answers an authenticated operator's admin requests, one at a time, until it hangs up or
+/// stays idle past the idle timeout.
+async fn serve_admin<S>(stream: S, remote: SocketAddr, shared: &Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut framed = Framed::new(stream, frame_codec(MAX_ADMIN_FRAME_BYTES));
+    loop {
+        let frame = match tokio::time::timeout(shared.net.idle_timeout, framed.next()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) | Err(_) => return,
+            Ok(Some(Err(error))) => {
+                tracing::debug!(%remote, %error, "bad admin frame: closing");
+                return;
+            }
+        };
+        let response = match decode_frame::<AdminRequest>(&frame) {
+            Err(error) => AdminResponse::Refused {
+                message: format!("malformed admin request: {error}"),
+            },
+            Ok(request) => match &shared.faults {
+                None => AdminResponse::Refused {
+                    message: format!(
+                        "node {} was not started with --allow-faults: fault injection is off",
+                        shared.self_id
+                    ),
+                },
+                Some(faults) => {
+                    tracing::info!(%remote, ?request, "admin request");
+                    faults.apply(&request)
+                }
+            },
+        };
+        let Ok(body) = encode_frame(&response) else {
+            return;
+        };
+        if framed.send(Bytes::from(body)).await.is_err() {
             return;
         }
     }
@@ -497,6 +581,7 @@ mod tests {
                 limits: Limits::default(),
                 net,
                 router: Router::single_group(),
+                faults: None,
             },
             inputs,
             shutdown_receiver,
