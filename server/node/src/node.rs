@@ -20,7 +20,8 @@ use consensus::{
     ReadError, Restored, Role, Snapshot, SnapshotMeta,
 };
 use ringleader_protocol::{
-    ErrorKind, Limits, NodeStatus, ReadConsistency, ReplicaStatus, Request, Response,
+    ErrorKind, GroupStatus, Limits, NodeStatus, ReadConsistency, ReplicaStatus, Request, Response,
+    ONLY_GROUP,
 };
 use storage::kv::{Command, Proposal, StateMachine};
 use storage::{codec, LogStore, SharedFs, SnapshotPoint, SyncPolicy, WalOptions};
@@ -802,10 +803,9 @@ impl Node {
             })
             .collect();
         replicas.sort_by_key(|r| r.node);
-        NodeStatus {
-            id: self.config.id,
-            addr: self.config.addr(),
-            data_dir: self.config.data_dir.display().to_string(),
+        // One entry: this node hosts group 0 only (issue 14); the host will list every group.
+        let group = GroupStatus {
+            group: ONLY_GROUP,
             role: format!("{:?}", status.role).to_lowercase(),
             term: status.term,
             leader: status.leader,
@@ -814,10 +814,15 @@ impl Node {
             last_index: status.last_index,
             snapshot_index: self.last_snapshot_index,
             snapshots_installed: self.snapshots_installed,
-            log_bytes: self.log.wal().size_bytes(),
             keys: self.machine.len() as u64,
             digest: self.machine.digest(),
             replicas,
+        };
+        NodeStatus {
+            id: self.config.id,
+            addr: self.config.addr(),
+            log_bytes: self.log.wal().size_bytes(),
+            groups: vec![group],
         }
     }
 }
