@@ -505,13 +505,13 @@ impl Node {
                 self.last_snapshot_index = point.last_index;
                 self.snapshots_installed += 1;
             }
-            let entries = ready
+            let entries: Vec<_> = ready
                 .entries
                 .iter()
-                .map(mapping::to_stored_entry)
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(mapping::to_stored_entry_ref)
+                .collect();
             let hard_state = ready.hard_state.as_ref().map(mapping::to_stored_hard_state);
-            if let Err(error) = self.log.append(hard_state, &entries) {
+            if let Err(error) = self.log.append_borrowed(hard_state, &entries) {
                 let recoverable = error.is_disk_full()
                     && !self.log.wal().is_poisoned()
                     && ready.snapshot.is_none();
