@@ -10,8 +10,9 @@
 //! the last [`LogStore::set_compaction_tail_entries`] entries the snapshot covers, and replay
 //! returns those still on disk as [`RecoveredLog::tail_entries`], so that Raft can send them to a
 //! follower that is only a little behind instead of the whole snapshot.
-//! One [`LogStore::append`] is one WAL batch: one write and one fsync for the hard state and all
-//! the entries of a Raft `Ready`, which is where group commit comes from.
+//! One [`LogStore::append`] (or [`LogStore::append_borrowed`], the node's: payloads encoded
+//! straight into their records) is one WAL batch: one write and one fsync for the hard state and
+//! all the entries of a Raft `Ready`, which is where group commit comes from.
 //!
 //! This crate knows nothing of the consensus crate: an entry's payload is opaque bytes, and the
 //! node maps between the two.
