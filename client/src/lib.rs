@@ -35,4 +35,6 @@ mod error;
 pub use client::{CasOutcome, Client, ClientConfig};
 pub use error::{Error, Result};
 pub use ringleader_protocol::net::{Connector, TokioConnector};
-pub use ringleader_protocol::{Expect, NodeStatus, ReadConsistency, ReplicaStatus, Versioned};
+pub use ringleader_protocol::{
+    Expect, GroupId, GroupStatus, NodeStatus, ReadConsistency, ReplicaStatus, Versioned, ONLY_GROUP,
+};

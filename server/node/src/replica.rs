@@ -24,7 +24,9 @@ use consensus::{
     Config as RaftConfig, Entry, EntryPayload, Message, MessageBody, NodeId, ProposeError, Raft,
     ReadError, ReadMode, Ready, Restored, Role, Snapshot, SnapshotMeta,
 };
-use ringleader_protocol::{ErrorKind, GroupId, ReadConsistency, ReplicaStatus, Request, Response};
+use ringleader_protocol::{
+    ErrorKind, GroupId, GroupStatus, ReadConsistency, ReplicaStatus, Request, Response,
+};
 use storage::kv::{Command, Proposal, StateMachine};
 use storage::{codec, RecoveredLog, SnapshotPoint, StorageError};
 use tokio::sync::oneshot;
@@ -617,8 +619,9 @@ impl Replica {
         self.pending_writes.len() + self.pending_reads.len()
     }
 
-    /// The followers' replication state as this replica (if leading) sees it, for `status`.
-    pub fn replica_statuses(&self, tick: Duration) -> Vec<ReplicaStatus> {
+    /// This group's part of the node's status: its Raft state, its state machine, and (on the
+    /// leader) the followers' replication state.
+    pub fn status(&self, tick: Duration) -> GroupStatus {
         let status = self.raft.status();
         let tick_ms = tick.as_millis() as u64;
         let mut replicas: Vec<ReplicaStatus> = status
@@ -633,7 +636,20 @@ impl Replica {
             })
             .collect();
         replicas.sort_by_key(|r| r.node);
-        replicas
+        GroupStatus {
+            group: self.config.group,
+            role: format!("{:?}", status.role).to_lowercase(),
+            term: status.term,
+            leader: status.leader,
+            commit_index: status.commit_index,
+            applied_index: self.machine.applied_index(),
+            last_index: status.last_index,
+            snapshot_index: self.last_snapshot_index,
+            snapshots_installed: self.snapshots_installed,
+            keys: self.machine.len() as u64,
+            digest: self.machine.digest(),
+            replicas,
+        }
     }
 }
 
