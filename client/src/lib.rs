@@ -36,5 +36,6 @@ pub use client::{CasOutcome, Client, ClientConfig, Read, ReadLevel, Written};
 pub use error::{Error, Result};
 pub use ringleader_protocol::net::{Connector, TokioConnector};
 pub use ringleader_protocol::{
-    Expect, NodeStatus, Receipt, ReplicaStatus, ServedAt, Versioned, WriteAck,
+    Expect, GroupId, GroupStatus, NodeStatus, Receipt, ReplicaStatus, ServedAt, Versioned,
+    WriteAck, ONLY_GROUP,
 };

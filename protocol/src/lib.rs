@@ -11,7 +11,8 @@
 //! names the sending node and is followed by an HMAC challenge proving both sides know the
 //! cluster secret; their frame bodies (Raft messages, large ones in chunks) are defined by the
 //! node. Version 4 added the challenge and the chunks; version 5 the [`Header`] (group and epoch)
-//! of every request and response frame.
+//! of every request and response frame; version 6 shaped [`NodeStatus`] for many groups (one
+//! [`GroupStatus`] per hosted group) and took the server-only data directory out of it.
 //!
 //! - [`handshake`]: the first bytes of a connection, and why one is refused.
 //! - [`frame`]: frame bodies (bincode) and the length-delimited codec.
@@ -31,7 +32,7 @@ pub use frame::{
 };
 pub use handshake::{Handshake, HandshakeError, Role, HANDSHAKE_BYTES, PROTOCOL_VERSION};
 pub use message::{
-    ErrorKind, Expect, GroupId, Header, Limits, NodeStatus, ReadConsistency, Receipt,
+    ErrorKind, Expect, GroupId, GroupStatus, Header, Limits, NodeStatus, ReadConsistency, Receipt,
     ReplicaStatus, Request, RequestFrame, Response, ResponseFrame, ServedAt, Session, Versioned,
     WriteAck, ONLY_GROUP,
 };

@@ -234,29 +234,48 @@ pub struct ReplicaStatus {
     pub lagging: bool,
 }
 
-/// A node's answer to [`Request::Status`].
+/// A node's answer to [`Request::Status`]: the node itself, then one entry per Raft group it
+/// hosts (group 0 only until sharding).
+///
+/// Only what a client may see: server-side details such as the data directory stay in the
+/// node's logs (protocol version 6 removed `data_dir`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub id: u64,
     pub addr: String,
-    pub data_dir: String,
+    /// Bytes of the node's write-ahead log on disk.
+    pub log_bytes: u64,
+    /// One entry per hosted group, in ascending group order.
+    pub groups: Vec<GroupStatus>,
+}
+
+impl NodeStatus {
+    /// The node's view of `group`, if it hosts it.
+    pub fn group(&self, group: GroupId) -> Option<&GroupStatus> {
+        self.groups.iter().find(|g| g.group == group)
+    }
+}
+
+/// One Raft group as a node hosting it sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub group: GroupId,
     pub role: String,
     pub term: u64,
     pub leader: Option<u64>,
     pub commit_index: u64,
     pub applied_index: u64,
-    /// The index of the last entry in this node's log.
+    /// The index of the last entry in this node's log of the group.
     pub last_index: u64,
     /// The index the node's newest snapshot covers (taken locally or installed from the leader).
     pub snapshot_index: u64,
     /// Snapshots received from a leader (InstallSnapshot) since this node started.
     pub snapshots_installed: u64,
-    pub log_bytes: u64,
     pub keys: u64,
     /// A digest of the state machine at `applied_index`: replicas that applied the same log
     /// report the same digest (the simulation compares them after healing).
     pub digest: u64,
-    /// Filled in by the leader only.
+    /// Filled in by the group's leader only.
     pub replicas: Vec<ReplicaStatus>,
 }
 

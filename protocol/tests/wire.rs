@@ -19,22 +19,22 @@ fn handshake_round_trips_and_rejects_garbage() {
 #[test]
 fn an_old_version_handshake_is_refused_with_a_clear_error() {
     assert_eq!(Handshake::new(Role::Client).check_version(), Ok(()));
-    // Version 4 frames had no group/epoch header: a node of version 4 would misread them.
+    // Version 5's status had no groups: a client of version 5 would misread a node's status.
     let mut old = Handshake::new(Role::Client).encode();
-    old[3] = 4;
+    old[3] = 5;
     let old = Handshake::decode(&old).expect("the bytes of an old handshake still parse");
-    assert_eq!(old.version, 4);
+    assert_eq!(old.version, 5);
     let refused = old.check_version().unwrap_err();
     assert_eq!(
         refused,
         HandshakeError::Version {
-            theirs: 4,
+            theirs: 5,
             ours: PROTOCOL_VERSION
         }
     );
     let message = refused.to_string();
     assert!(
-        message.contains("protocol version 4") && message.contains("version 5"),
+        message.contains("protocol version 5") && message.contains("version 6"),
         "{message}"
     );
     // A newer version is refused the same way.
@@ -160,4 +160,40 @@ fn bodies_over_16_mib_decode_with_a_limit_that_fits() {
     // A short body claiming a huge vector is refused, not allocated.
     let claim = encode_frame(&(u64::MAX / 2)).unwrap();
     assert!(decode_large_frame::<Vec<u8>>(&claim).is_err());
+}
+
+#[test]
+fn a_status_lists_groups_and_finds_one_by_id() {
+    let group = |id: GroupId, role: &str| GroupStatus {
+        group: id,
+        role: role.into(),
+        term: 4 + id,
+        leader: Some(1),
+        commit_index: 10,
+        applied_index: 9,
+        last_index: 11,
+        snapshot_index: 0,
+        snapshots_installed: 0,
+        keys: 3,
+        digest: 77,
+        replicas: vec![ReplicaStatus {
+            node: 2,
+            match_index: 10,
+            last_heard_ms: Some(5),
+            lagging: false,
+        }],
+    };
+    let status = NodeStatus {
+        id: 1,
+        addr: "127.0.0.1:7001".into(),
+        log_bytes: 4096,
+        groups: vec![group(ONLY_GROUP, "leader"), group(7, "follower")],
+    };
+    assert_eq!(status.group(ONLY_GROUP), Some(&group(ONLY_GROUP, "leader")));
+    assert_eq!(status.group(7).map(|g| g.term), Some(11));
+    assert_eq!(status.group(3), None);
+    // Every group survives the wire.
+    let frame = ResponseFrame::new(2, Response::Status(Box::new(status.clone())));
+    let decoded: ResponseFrame = decode_frame(&encode_frame(&frame).unwrap()).unwrap();
+    assert_eq!(decoded.response, Response::Status(Box::new(status)));
 }

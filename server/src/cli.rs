@@ -18,8 +18,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ringleader_client::Expect;
 use ringleader_client::{
-    CasOutcome, Client, ClientConfig, NodeStatus, ReadLevel, Receipt, ServedAt, TokioConnector,
-    WriteAck,
+    CasOutcome, Client, ClientConfig, GroupStatus, NodeStatus, ReadLevel, Receipt, ServedAt,
+    TokioConnector, WriteAck, ONLY_GROUP,
 };
 use ringleader_node::NodeConfig;
 use serde_json::json;
@@ -818,6 +818,14 @@ fn receipt_json(receipt: Option<&Receipt>) -> serde_json::Value {
     }
 }
 
+/// A node that answered `status`, with its view of group 0 (what the health judgement and the
+/// top-level fields of each node use).
+#[derive(Clone, Copy)]
+struct Group0View<'a> {
+    node: &'a NodeStatus,
+    group: &'a GroupStatus,
+}
+
 /// `status`: asks every endpoint for its own view, then judges the whole.
 async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<ExitCode> {
     let client = target.client()?;
@@ -830,15 +838,30 @@ async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<
     for (addr, answer) in futures::future::join_all(queries).await {
         answers.push((addr, answer.map_err(|e| why_down(&e))));
     }
-    let up: Vec<&NodeStatus> = answers
+    // Every top-level figure of a node is its group 0's (the only group until sharding); a node
+    // that answers without group 0 is counted as down.
+    let views: Vec<(&String, std::result::Result<Group0View<'_>, String>)> = answers
         .iter()
-        .filter_map(|(_, a)| a.as_ref().ok())
+        .map(|(addr, answer)| {
+            let view = match answer {
+                Err(why) => Err(why.clone()),
+                Ok(node) => match node.group(ONLY_GROUP) {
+                    Some(group) => Ok(Group0View { node, group }),
+                    None => Err(format!("node {} does not host group {ONLY_GROUP}", node.id)),
+                },
+            };
+            (addr, view)
+        })
+        .collect();
+    let up: Vec<Group0View<'_>> = views
+        .iter()
+        .filter_map(|(_, v)| v.as_ref().ok().copied())
         .collect();
     // The leader of the highest term (a deposed leader that has not heard yet is stale).
     let leader = up
         .iter()
-        .filter(|s| s.role == "leader")
-        .max_by_key(|s| s.term)
+        .filter(|v| v.group.role == "leader")
+        .max_by_key(|v| v.group.term)
         .copied();
     let mut problems: Vec<String> = Vec::new();
     if up.is_empty() {
@@ -847,35 +870,49 @@ async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<
         problems.push("no leader".to_string());
     }
     let mut nodes = Vec::new();
-    for (addr, answer) in &answers {
-        match answer {
+    for (addr, view) in &views {
+        match view {
             Err(why) => {
                 problems.push(format!("the node at {addr} is down: {why}"));
                 nodes.push(json!({"addr": addr, "up": false, "error": why}));
             }
-            Ok(s) => {
+            Ok(Group0View { node, group: s }) => {
                 let seen_by_leader =
-                    leader.and_then(|l| l.replicas.iter().find(|r| r.node == s.id));
-                let lag_entries = leader.map(|l| l.commit_index.saturating_sub(s.applied_index));
+                    leader.and_then(|l| l.group.replicas.iter().find(|r| r.node == node.id));
+                let lag_entries =
+                    leader.map(|l| l.group.commit_index.saturating_sub(s.applied_index));
                 let lagging = seen_by_leader.is_some_and(|r| r.lagging)
                     || lag_entries.is_some_and(|lag| lag > max_lag_entries);
                 if lagging {
                     problems.push(format!(
                         "node {} is lagging: applied {} of the leader's commit {}",
-                        s.id,
+                        node.id,
                         s.applied_index,
-                        leader.map_or(0, |l| l.commit_index)
+                        leader.map_or(0, |l| l.group.commit_index)
                     ));
                 }
+                let groups: Vec<serde_json::Value> = node
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        json!({
+                            "group": g.group, "role": g.role, "term": g.term, "leader": g.leader,
+                            "commit_index": g.commit_index, "applied_index": g.applied_index,
+                            "last_index": g.last_index, "snapshot_index": g.snapshot_index,
+                            "keys": g.keys,
+                        })
+                    })
+                    .collect();
                 nodes.push(json!({
-                    "addr": addr, "up": true, "id": s.id, "role": s.role, "term": s.term,
+                    "addr": addr, "up": true, "id": node.id, "role": s.role, "term": s.term,
                     "leader": s.leader, "commit_index": s.commit_index,
                     "applied_index": s.applied_index, "last_index": s.last_index,
-                    "snapshot_index": s.snapshot_index, "log_bytes": s.log_bytes,
-                    "keys": s.keys, "data_dir": s.data_dir,
+                    "snapshot_index": s.snapshot_index, "log_bytes": node.log_bytes,
+                    "keys": s.keys,
                     "match_index": seen_by_leader.map(|r| r.match_index),
                     "last_heard_ms": seen_by_leader.and_then(|r| r.last_heard_ms),
                     "lag_entries": lag_entries, "lagging": lagging,
+                    "groups": groups,
                 }));
             }
         }
@@ -884,9 +921,10 @@ async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<
     // the leader reports of them.
     if let Some(leader) = leader {
         let unreached = leader
+            .group
             .replicas
             .iter()
-            .filter(|r| r.node != leader.id && !up.iter().any(|s| s.id == r.node));
+            .filter(|r| r.node != leader.node.id && !up.iter().any(|v| v.node.id == r.node));
         for replica in unreached {
             match replica.last_heard_ms {
                 Some(ms) if ms <= NOT_HEARD_MS => {}
@@ -918,9 +956,11 @@ async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<
         out.json(&json!({
             "health": health,
             "problems": problems,
-            "leader": leader.map(|l| l.id),
-            "term": leader.map(|l| l.term).or_else(|| up.iter().map(|s| s.term).max()),
-            "commit_index": leader.map(|l| l.commit_index),
+            "leader": leader.map(|l| l.node.id),
+            "term": leader
+                .map(|l| l.group.term)
+                .or_else(|| up.iter().map(|v| v.group.term).max()),
+            "commit_index": leader.map(|l| l.group.commit_index),
             "nodes": nodes,
         }))?;
     } else {

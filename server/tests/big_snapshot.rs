@@ -75,16 +75,17 @@ async fn a_wiped_follower_catches_up_from_a_snapshot_over_16_mib() {
     loop {
         let leader_status = probe.status_of(&leader_addr).await.unwrap();
         if let Ok(status) = probe.status_of(&follower_addr).await {
-            if status.snapshots_installed >= 1 && status.applied_index >= leader_status.commit_index
+            if group0(&status).snapshots_installed >= 1
+                && group0(&status).applied_index >= group0(&leader_status).commit_index
             {
                 eprintln!(
                     "node {follower} caught up to index {} (snapshot at {}) in {:?}; {} keys",
-                    status.applied_index,
-                    status.snapshot_index,
+                    group0(&status).applied_index,
+                    group0(&status).snapshot_index,
                     restarted.elapsed(),
-                    status.keys
+                    group0(&status).keys
                 );
-                assert!(status.keys as usize >= WRITES);
+                assert!(group0(&status).keys as usize >= WRITES);
                 break;
             }
         }

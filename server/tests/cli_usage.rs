@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringleader_client::NodeStatus;
+use ringleader_client::{GroupStatus, NodeStatus, ONLY_GROUP};
 use ringleader_protocol::{
     decode_frame, encode_frame, ErrorKind, Handshake, ReplicaStatus, Request, RequestFrame,
     Response, ResponseFrame, Role, HANDSHAKE_BYTES,
@@ -92,19 +92,21 @@ fn status_of(id: u64, role: &str, term: u64, commit: u64, applied: u64) -> NodeS
     NodeStatus {
         id,
         addr: String::new(),
-        data_dir: format!("/fake/node-{id}"),
-        role: role.into(),
-        term,
-        leader: (role == "leader").then_some(id),
-        commit_index: commit,
-        applied_index: applied,
-        last_index: commit,
-        snapshot_index: 0,
-        snapshots_installed: 0,
         log_bytes: 0,
-        keys: 0,
-        digest: 0,
-        replicas: Vec::new(),
+        groups: vec![GroupStatus {
+            group: ONLY_GROUP,
+            role: role.into(),
+            term,
+            leader: (role == "leader").then_some(id),
+            commit_index: commit,
+            applied_index: applied,
+            last_index: commit,
+            snapshot_index: 0,
+            snapshots_installed: 0,
+            keys: 0,
+            digest: 0,
+            replicas: Vec::new(),
+        }],
     }
 }
 
@@ -287,7 +289,7 @@ async fn check_refuses_an_empty_history() {
 async fn status_exit_codes_follow_health() {
     // Healthy: a leader and a follower that keeps up.
     let mut leader = status_of(1, "leader", 4, 5_000, 5_000);
-    leader.replicas = vec![ReplicaStatus {
+    leader.groups[0].replicas = vec![ReplicaStatus {
         node: 2,
         match_index: 5_000,
         last_heard_ms: Some(40),
@@ -326,7 +328,7 @@ async fn status_exit_codes_follow_health() {
 
     // The leader reports its follower as lagging: degraded.
     let mut reports_lagging = leader.clone();
-    reports_lagging.replicas[0].lagging = true;
+    reports_lagging.groups[0].replicas[0].lagging = true;
     let endpoints = format!("{},{}", fake_status(reports_lagging).await, healthy[1]);
     let (code, stdout, _) = run(&["status", "--endpoints", &endpoints], &[]).await;
     assert_eq!(code, 1, "{stdout}");

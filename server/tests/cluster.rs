@@ -108,18 +108,22 @@ async fn cluster_survives_kill_9_of_its_leader_and_the_node_catches_up() {
 
     // kill -9 the leader and time the failover.
     let leader = wait_for_leader(&endpoints, 0, Duration::from_secs(5)).await;
-    assert!(leader.term >= first_leader.term);
+    assert!(group0(&leader).term >= group0(&first_leader).term);
     kill_9_pid(read_pid(dir.path(), leader.id));
     let killed_at = Instant::now();
     let survivors: Vec<String> = (1..=3)
         .filter(|i| *i != leader.id)
         .map(|i| addr(base, i))
         .collect();
-    let new_leader = wait_for_leader(&survivors, leader.term, Duration::from_secs(10)).await;
+    let new_leader =
+        wait_for_leader(&survivors, group0(&leader).term, Duration::from_secs(10)).await;
     let failover = killed_at.elapsed();
     eprintln!(
         "FAILOVER: node {} elected in term {} {:?} after kill -9 of leader {}",
-        new_leader.id, new_leader.term, failover, leader.id
+        new_leader.id,
+        group0(&new_leader).term,
+        failover,
+        leader.id
     );
 
     // Every acknowledged write is there.
@@ -149,21 +153,23 @@ async fn cluster_survives_kill_9_of_its_leader_and_the_node_catches_up() {
             "500",
         ],
     ));
-    let target = wait_for_leader(&survivors, 0, Duration::from_secs(5))
-        .await
-        .commit_index;
+    let target = group0(&wait_for_leader(&survivors, 0, Duration::from_secs(5)).await).commit_index;
     let probe = client(endpoints.clone(), Duration::from_millis(500));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(status) = probe.status_of(&addr(base, leader.id)).await {
-            if status.applied_index >= target {
-                assert_eq!(status.keys, 13_000, "the restarted node holds every key");
+            if group0(&status).applied_index >= target {
+                assert_eq!(
+                    group0(&status).keys,
+                    13_000,
+                    "the restarted node holds every key"
+                );
                 // The leader compacted its log past where this node's ended: it had to send a snapshot.
                 assert!(
-                    status.snapshots_installed >= 1,
+                    group0(&status).snapshots_installed >= 1,
                     "caught up by InstallSnapshot: {status:?}"
                 );
-                assert!(status.snapshot_index > leader.last_index);
+                assert!(group0(&status).snapshot_index > group0(&leader).last_index);
                 break;
             }
         }

@@ -188,9 +188,9 @@ async fn a_flood_of_idle_clients_and_slow_large_frames_does_not_take_the_cluster
     let probe = client(vec![addr(base, follower)], Duration::from_secs(2));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let commit = fresh.status_of(&leader_addr).await.unwrap().commit_index;
+        let commit = group0(&fresh.status_of(&leader_addr).await.unwrap()).commit_index;
         if let Ok(status) = probe.status_of(&addr(base, follower)).await {
-            if status.applied_index >= commit {
+            if group0(&status).applied_index >= commit {
                 break;
             }
         }

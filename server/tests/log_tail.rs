@@ -60,12 +60,12 @@ async fn restarted_follower_catches_up(extra: &[&str]) -> u64 {
     keys += write_keys(&endpoints, "b", 10, 40).await;
     let leader_status = wait_for_leader(&endpoints, 0, Duration::from_secs(5)).await;
     assert!(
-        leader_status.snapshot_index > before.last_index,
+        group0(&leader_status).snapshot_index > group0(&before).last_index,
         "the leader's snapshot ({}) covers entries the follower lacks (it ends at {})",
-        leader_status.snapshot_index,
-        before.last_index
+        group0(&leader_status).snapshot_index,
+        group0(&before).last_index
     );
-    let target = leader_status.commit_index;
+    let target = group0(&leader_status).commit_index;
 
     nodes.insert(
         follower,
@@ -74,12 +74,13 @@ async fn restarted_follower_catches_up(extra: &[&str]) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(status) = probe.status_of(&addr(base, follower)).await {
-            if status.applied_index >= target {
+            if group0(&status).applied_index >= target {
                 assert_eq!(
-                    status.keys, keys as u64,
+                    group0(&status).keys,
+                    keys as u64,
                     "the restarted node holds every key"
                 );
-                return status.snapshots_installed;
+                return group0(&status).snapshots_installed;
             }
         }
         assert!(

@@ -164,8 +164,12 @@ async fn the_node_refuses_oversized_keys_and_values_and_malformed_frames_with_ty
     let frame = receive(&mut stream).await;
     assert_eq!((frame.id, frame.response), (3, Response::Value(None)));
     let after = status(&endpoints).await;
-    assert_eq!(after.keys, before.keys, "no key added");
-    assert_eq!(after.last_index, before.last_index, "no entry proposed");
+    assert_eq!(group0(&after).keys, group0(&before).keys, "no key added");
+    assert_eq!(
+        group0(&after).last_index,
+        group0(&before).last_index,
+        "no entry proposed"
+    );
     drop(stream);
 
     // Malformed frames: an `Invalid` error frame (id 0: the request's id is unknown), then the
@@ -219,8 +223,8 @@ async fn the_node_refuses_oversized_keys_and_values_and_malformed_frames_with_ty
     assert_eq!(value.value, b"before");
     let after = status(&endpoints).await;
     assert_eq!(
-        (after.keys, after.last_index),
-        (before.keys, before.last_index)
+        (group0(&after).keys, group0(&after).last_index),
+        (group0(&before).keys, group0(&before).last_index)
     );
 }
 
@@ -257,8 +261,8 @@ async fn the_node_serves_group_0_only_ignores_the_epoch_and_refuses_an_old_proto
     assert_eq!(refused.header.group, 7);
     let after = status(&endpoints).await;
     assert_eq!(
-        (after.keys, after.last_index),
-        (before.keys, before.last_index),
+        (group0(&after).keys, group0(&after).last_index),
+        (group0(&before).keys, group0(&before).last_index),
         "nothing proposed"
     );
 

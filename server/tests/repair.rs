@@ -114,11 +114,12 @@ async fn a_follower_with_a_damaged_committed_entry_is_repaired_from_its_peers() 
         let leader_status = probe.status_of(&addr(base, leader)).await.unwrap();
         let repaired = probe.status_of(&addr(base, follower)).await;
         if let Ok(repaired) = repaired {
-            if repaired.applied_index >= leader_status.commit_index
+            if group0(&repaired).applied_index >= group0(&leader_status).commit_index
                 && !follower_dir.join("repair.marker").exists()
             {
                 assert_eq!(
-                    repaired.digest, leader_status.digest,
+                    group0(&repaired).digest,
+                    group0(&leader_status).digest,
                     "same state as the leader"
                 );
                 break;

@@ -25,6 +25,34 @@ pub fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>> {
     })
 }
 
+/// How many bytes [`encode`] would produce for `value`, without producing them (a serialization
+/// pass that only counts: no allocation, no copy).
+pub fn encoded_bytes<T: Serialize>(value: &T, what: &'static str) -> Result<u64> {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, config()).map_err(|e| {
+        StorageError::Decode {
+            what,
+            reason: format!("encoding failed: {e}"),
+        }
+    })?;
+    Ok(size.bytes_written as u64)
+}
+
+/// A byte string serialized in one piece (serde's `serialize_bytes`): the same bytes as a
+/// `Vec<u8>` field (a length, then the bytes), but copied with one `memcpy` instead of one call
+/// per byte, which is how serde serializes a `Vec<u8>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes<'a>(pub &'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
 /// Decodes a whole `T` from `bytes`; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T> {
     let (value, used) =

@@ -50,7 +50,8 @@ pub enum Expectation {
 /// An operation on the store, as it is written into the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Read a key through the log (a linearizable read without ReadIndex).
+    /// Read a key through the log (a linearizable read without ReadIndex). The node never
+    /// proposes one; see [`Command::is_deduplicated_by_session`].
     Get {
         key: Vec<u8>,
     },
@@ -72,8 +73,15 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether applying the command can change the state.
-    pub fn is_write(&self) -> bool {
+    /// Whether a session de-duplicates the command (Raft thesis §6.3): its outcome is cached
+    /// under the session's sequence number, so a retried proposal is answered, not run again.
+    /// Everything but a `Get`, which changes nothing and may simply run twice.
+    ///
+    /// Not to be confused with the protocol's `Request::is_write` (whether a client's request may
+    /// have changed data, for its retry logic). The node never proposes a `Get` (reads go through
+    /// ReadIndex or the lease); the variant stays because the enum's tags are on disk (a `Get` is
+    /// tag 0) and the state machine's tests drive reads through the log.
+    pub fn is_deduplicated_by_session(&self) -> bool {
         !matches!(self, Command::Get { .. })
     }
 }
@@ -192,7 +200,7 @@ impl StateMachine {
         let Some(session_ref) = proposal.session else {
             return self.execute(index, &proposal.command);
         };
-        if !proposal.command.is_write() {
+        if !proposal.command.is_deduplicated_by_session() {
             return self.execute(index, &proposal.command);
         }
         // Sessions exist only once registered: an unknown one was never opened or has expired,
@@ -315,5 +323,40 @@ impl StateMachine {
         self.data.hash(&mut hasher);
         self.sessions.hash(&mut hasher);
         hasher.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The commands' tags are in every log on disk: reordering, removing or inserting a variant
+    /// would make an old log decode as other commands.
+    #[test]
+    fn command_tags_on_disk_are_pinned() {
+        let key = b"k".to_vec();
+        let commands = [
+            Command::Get { key: key.clone() },
+            Command::Put {
+                key: key.clone(),
+                value: vec![],
+            },
+            Command::Delete { key: key.clone() },
+            Command::Cas {
+                key,
+                expect: Expectation::Absent,
+                new_value: vec![],
+            },
+            Command::RegisterSession,
+        ];
+        for (tag, command) in commands.iter().enumerate() {
+            let bytes = crate::codec::encode(command, "command").unwrap();
+            assert_eq!(usize::from(bytes[0]), tag, "{command:?}");
+        }
+        let dedup: Vec<bool> = commands
+            .iter()
+            .map(Command::is_deduplicated_by_session)
+            .collect();
+        assert_eq!(dedup, [false, true, true, true, true]);
     }
 }

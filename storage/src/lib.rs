@@ -30,7 +30,7 @@ pub mod wal;
 
 pub use error::{Result, StorageError};
 pub use fs::{FileSystem, SharedFs, StdFs};
-pub use log_store::{HardState, LogStore, RecoveredLog, StoredEntry};
+pub use log_store::{HardState, LogStore, RecoveredLog, StoredEntry, StoredEntryRef};
 pub use record::{GroupId, GROUP_ZERO};
 pub use snapshot::SnapshotPoint;
 pub use wal::{SyncPolicy, Wal, WalOptions, WalRecord};

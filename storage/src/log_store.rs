@@ -10,8 +10,9 @@
 //! the last [`LogStore::set_compaction_tail_entries`] entries the snapshot covers, and replay
 //! returns those still on disk as [`RecoveredLog::tail_entries`], so that Raft can send them to a
 //! follower that is only a little behind instead of the whole snapshot.
-//! One [`LogStore::append`] is one WAL batch: one write and one fsync for the hard state and all
-//! the entries of a Raft `Ready`, which is where group commit comes from.
+//! One [`LogStore::append`] (or [`LogStore::append_borrowed`], the node's: payloads encoded
+//! straight into their records) is one WAL batch: one write and one fsync for the hard state and
+//! all the entries of a Raft `Ready`, which is where group commit comes from.
 //!
 //! This crate knows nothing of the consensus crate: an entry's payload is opaque bytes, and the
 //! node maps between the two.
@@ -40,6 +41,73 @@ pub struct StoredEntry {
     pub index: u64,
     pub term: u64,
     pub payload: Vec<u8>,
+}
+
+/// A log entry to append, borrowed from its owner (Raft's entry): [`LogStore::append_borrowed`]
+/// encodes `payload` straight into the WAL record, with no encoded copy of it made first.
+///
+/// The record is byte for byte the one [`LogStore::append`] writes for the [`StoredEntry`] whose
+/// payload is `codec::encode(payload)`, so replay returns exactly that, and logs written either
+/// way read the same (no format change).
+#[derive(Debug, Clone, Copy)]
+pub struct StoredEntryRef<P> {
+    pub index: u64,
+    pub term: u64,
+    /// Opaque to storage: whatever the owner encodes as the entry's payload (a reference, or a
+    /// small value borrowing the payload's bytes).
+    pub payload: P,
+}
+
+/// A [`LogRecord::Entry`] borrowing its parts: serializes exactly as
+/// `LogRecord::Entry(StoredEntry { index, term, payload })` does, without owning the entry.
+#[derive(Serialize)]
+#[serde(rename = "LogRecord")]
+enum EntryRecordRef<'a, P: Serialize> {
+    /// Variant 0, as [`LogRecord::Entry`] (the enum's tags are on disk).
+    Entry(EntryFieldsRef<'a, P>),
+}
+
+/// The fields of a [`StoredEntry`], borrowed.
+#[derive(Serialize)]
+#[serde(rename = "StoredEntry")]
+struct EntryFieldsRef<'a, P: Serialize> {
+    index: u64,
+    term: u64,
+    payload: PayloadRef<'a, P>,
+}
+
+/// A [`StoredEntry::payload`] as written: a length, then that many bytes.
+enum PayloadRef<'a, P: Serialize> {
+    /// Already encoded (a [`StoredEntry`]'s payload).
+    Encoded(&'a [u8]),
+    /// Encoded here, straight into the record: `encoded_bytes` (what
+    /// [`codec::encoded_bytes`] says `value` takes) stands where a `Vec<u8>`'s length would,
+    /// then the value's encoding stands where its bytes would.
+    Value { value: &'a P, encoded_bytes: u64 },
+}
+
+impl<P: Serialize> Serialize for PayloadRef<'_, P> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        match self {
+            PayloadRef::Encoded(bytes) => serializer.serialize_bytes(bytes),
+            // A tuple adds nothing of its own to the encoding, and a sequence's length is
+            // encoded as a u64 is: together they are the `Vec<u8>` encoding of the bytes
+            // `codec::encode(value)` would have produced (a test compares the two).
+            PayloadRef::Value {
+                value,
+                encoded_bytes,
+            } => {
+                let mut tuple = serializer.serialize_tuple(2)?;
+                tuple.serialize_element(encoded_bytes)?;
+                tuple.serialize_element(*value)?;
+                tuple.end()
+            }
+        }
+    }
 }
 
 /// Raft's persistent state besides the log (Raft §5, Figure 2): must be durable before any
@@ -274,14 +342,54 @@ impl LogStore {
     /// index the log already holds replaces it and every later one.
     pub fn append(&mut self, hard_state: Option<HardState>, entries: &[StoredEntry]) -> Result<()> {
         let mut records = Vec::with_capacity(entries.len() + 1);
+        let mut indexes = Vec::with_capacity(entries.len());
         for entry in entries {
-            records.push(codec::encode(
-                &LogRecord::Entry(entry.clone()),
-                "log record",
-            )?);
+            let record = EntryRecordRef::<()>::Entry(EntryFieldsRef {
+                index: entry.index,
+                term: entry.term,
+                payload: PayloadRef::Encoded(&entry.payload),
+            });
+            records.push(codec::encode(&record, "log record")?);
+            indexes.push(entry.index);
         }
+        self.append_records(hard_state, &indexes, records)
+    }
+
+    /// [`LogStore::append`] for borrowed entries: each payload is encoded once, straight into
+    /// its record (the node passes Raft's entries this way, see [`StoredEntryRef`]).
+    pub fn append_borrowed<P: Serialize>(
+        &mut self,
+        hard_state: Option<HardState>,
+        entries: &[StoredEntryRef<P>],
+    ) -> Result<()> {
+        let mut records = Vec::with_capacity(entries.len() + 1);
+        let mut indexes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let record = EntryRecordRef::Entry(EntryFieldsRef {
+                index: entry.index,
+                term: entry.term,
+                payload: PayloadRef::Value {
+                    value: &entry.payload,
+                    encoded_bytes: codec::encoded_bytes(&entry.payload, "entry payload")?,
+                },
+            });
+            records.push(codec::encode(&record, "log record")?);
+            indexes.push(entry.index);
+        }
+        self.append_records(hard_state, &indexes, records)
+    }
+
+    /// Appends `records`, the encoded entries at `indexes` (one each, in order), and the hard
+    /// state, as one WAL batch.
+    fn append_records(
+        &mut self,
+        hard_state: Option<HardState>,
+        indexes: &[u64],
+        mut records: Vec<Vec<u8>>,
+    ) -> Result<()> {
+        debug_assert_eq!(indexes.len(), records.len(), "one record per entry");
         // Planted (Raft Figure 2, persistent state): a hard state alone is not written.
-        let vote_alone_skipped = entries.is_empty()
+        let vote_alone_skipped = indexes.is_empty()
             && crate::planted::active(
                 self.planted_bug,
                 crate::planted::StorageBug::VoteNotPersisted,
@@ -297,11 +405,11 @@ impl LogStore {
             return Ok(());
         }
         let lsns = self.wal.append(self.group, &records)?;
-        for (entry, lsn) in entries.iter().zip(*lsns.start()..) {
-            debug_assert!(entry.index <= self.last_index + 1, "entries are contiguous");
-            self.entry_lsns.split_off(&entry.index);
-            self.entry_lsns.insert(entry.index, lsn);
-            self.last_index = entry.index;
+        for (&index, lsn) in indexes.iter().zip(*lsns.start()..) {
+            debug_assert!(index <= self.last_index + 1, "entries are contiguous");
+            self.entry_lsns.split_off(&index);
+            self.entry_lsns.insert(index, lsn);
+            self.last_index = index;
         }
         if let Some(state) = hard_state {
             self.hard_state = state;

@@ -7,6 +7,10 @@
 //!   and damage reports work on format-2 segments too.
 //! - Format 1 is refused with a message naming the version and what to do.
 //!
+//! - Entries appended borrowed (`LogStore::append_borrowed`, the node's path: each payload encoded
+//!   once, straight into its record) are written byte for byte as the owned path writes them, so
+//!   that change needed no format version.
+//!
 //! The format-2 fixtures are framed by hand here, as the previous build wrote them: production
 //! code keeps no format-2 writer.
 
@@ -16,8 +20,8 @@ use storage::codec;
 use storage::log_store::LogRecord;
 use storage::wal::WalRecord;
 use storage::{
-    GroupId, HardState, LogStore, StdFs, StorageError, StoredEntry, SyncPolicy, Wal, WalOptions,
-    GROUP_ZERO,
+    GroupId, HardState, LogStore, StdFs, StorageError, StoredEntry, StoredEntryRef, SyncPolicy,
+    Wal, WalOptions, GROUP_ZERO,
 };
 
 fn options() -> WalOptions {
@@ -346,4 +350,122 @@ fn a_repair_marker_written_before_the_upgrade_is_still_read() {
     // The marker's term and vote were restored over the log's (older) hard state.
     assert_eq!(log.hard_state().term, 3);
     assert_eq!(log.hard_state().vote, Some(2));
+}
+
+/// Shaped like `consensus::EntryPayload` (what the node stores), with its bytes serialized one
+/// by one (serde's `Vec<u8>`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum Payload {
+    Noop,
+    Command(Vec<u8>),
+}
+
+/// The same shape borrowed, its bytes serialized in one piece (the node's mirror in mapping.rs).
+#[derive(serde::Serialize)]
+#[serde(rename = "Payload")]
+enum PayloadRef<'a> {
+    Noop,
+    Command(codec::Bytes<'a>),
+}
+
+#[test]
+fn borrowed_entries_are_written_byte_for_byte_as_owned_ones_and_replay_the_same() {
+    let command = |i: u64| vec![i as u8; 300 * i as usize];
+    let payloads: Vec<Payload> = (1..=6)
+        .map(|i| match i % 3 {
+            0 => Payload::Noop,
+            _ => Payload::Command(command(i)),
+        })
+        .collect();
+    let hard_state = HardState {
+        term: 2,
+        vote: Some(1),
+        commit: 3,
+    };
+    // Owned: each payload encoded first, as the node did before.
+    let owned_dir = tempfile::tempdir().expect("tempdir");
+    let owned: Vec<StoredEntry> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| StoredEntry {
+            index: i as u64 + 1,
+            term: 2,
+            payload: codec::encode(payload, "payload").expect("encode"),
+        })
+        .collect();
+    {
+        let (mut store, _) =
+            LogStore::open(StdFs::shared(), owned_dir.path(), options()).expect("open");
+        store.append(Some(hard_state), &owned[..4]).expect("append");
+        store.append(None, &owned[4..]).expect("append");
+    }
+    // Borrowed, both through the per-byte shape and through the one-piece mirror.
+    let borrowed_dir = tempfile::tempdir().expect("tempdir");
+    let mirrored_dir = tempfile::tempdir().expect("tempdir");
+    {
+        let refs: Vec<StoredEntryRef<&Payload>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, payload)| StoredEntryRef {
+                index: i as u64 + 1,
+                term: 2,
+                payload,
+            })
+            .collect();
+        let (mut store, _) =
+            LogStore::open(StdFs::shared(), borrowed_dir.path(), options()).expect("open");
+        store
+            .append_borrowed(Some(hard_state), &refs[..4])
+            .expect("append");
+        store.append_borrowed(None, &refs[4..]).expect("append");
+        let refs: Vec<StoredEntryRef<PayloadRef<'_>>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, payload)| StoredEntryRef {
+                index: i as u64 + 1,
+                term: 2,
+                payload: match payload {
+                    Payload::Noop => PayloadRef::Noop,
+                    Payload::Command(bytes) => PayloadRef::Command(codec::Bytes(bytes)),
+                },
+            })
+            .collect();
+        let (mut store, _) =
+            LogStore::open(StdFs::shared(), mirrored_dir.path(), options()).expect("open");
+        store
+            .append_borrowed(Some(hard_state), &refs[..4])
+            .expect("append");
+        store.append_borrowed(None, &refs[4..]).expect("append");
+    }
+    let bytes_of = |dir: &Path| -> Vec<Vec<u8>> {
+        segments(&dir.join("wal"))
+            .iter()
+            .map(|path| std::fs::read(path).expect("read segment"))
+            .collect()
+    };
+    let owned_bytes = bytes_of(owned_dir.path());
+    assert!(
+        !owned_bytes.is_empty(),
+        "segments under {:?}",
+        owned_dir.path()
+    );
+    assert!(
+        bytes_of(borrowed_dir.path()) == owned_bytes,
+        "the borrowed path writes other bytes"
+    );
+    assert!(
+        bytes_of(mirrored_dir.path()) == owned_bytes,
+        "the one-piece mirror writes other bytes"
+    );
+    // Replay gives back each payload's encoding, which decodes to the payload.
+    let (_, recovered) =
+        LogStore::open(StdFs::shared(), mirrored_dir.path(), options()).expect("reopen");
+    assert_eq!(recovered.hard_state, hard_state);
+    assert_eq!(recovered.entries, owned);
+    let decoded: Vec<Payload> = recovered
+        .entries
+        .iter()
+        .map(|e| codec::decode(&e.payload, "payload").expect("decode"))
+        .collect();
+    assert_eq!(decoded, payloads);
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use ringleader_client::{CasOutcome, Client, ClientConfig, Error, Expect, NodeStatus};
+use ringleader_client::{CasOutcome, Client, ClientConfig, Error, Expect, NodeStatus, ONLY_GROUP};
 use serde_json::Value as Json;
 
 use crate::history::{CompletionType, Function, HistoryRecorder};
@@ -157,15 +157,18 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    fn from_status(status: &NodeStatus) -> NodeState {
-        NodeState {
+    /// The node's view of group 0 (the only group until sharding); `None` if it hosts none,
+    /// which the recovery check counts as no answer.
+    fn from_status(status: &NodeStatus) -> Option<NodeState> {
+        let group = status.group(ONLY_GROUP)?;
+        Some(NodeState {
             id: status.id,
-            role: status.role.clone(),
-            term: status.term,
-            commit_index: status.commit_index,
-            applied_index: status.applied_index,
-            digest: status.digest,
-        }
+            role: group.role.clone(),
+            term: group.term,
+            commit_index: group.commit_index,
+            applied_index: group.applied_index,
+            digest: group.digest,
+        })
     }
 }
 
@@ -307,16 +310,17 @@ async fn monitor_leader(shared: Rc<RefCell<Shared>>, endpoints: Vec<String>) {
             }));
         }
         for poll in polls {
-            if let Ok(Ok(status)) = poll.await {
-                if status.role == "leader" {
-                    let mut shared = shared.borrow_mut();
-                    if shared.leader.is_none_or(|(term, _)| term <= status.term) {
-                        if shared.leader.is_some_and(|(term, _)| term < status.term) {
-                            // A new leader: every client bursts reads.
-                            shared.leader_changes += 1;
-                        }
-                        shared.leader = Some((status.term, status.id));
+            let Ok(Ok(status)) = poll.await else {
+                continue;
+            };
+            if let Some(group) = status.group(ONLY_GROUP).filter(|g| g.role == "leader") {
+                let mut shared = shared.borrow_mut();
+                if shared.leader.is_none_or(|(term, _)| term <= group.term) {
+                    if shared.leader.is_some_and(|(term, _)| term < group.term) {
+                        // A new leader: every client bursts reads.
+                        shared.leader_changes += 1;
                     }
+                    shared.leader = Some((group.term, status.id));
                 }
             }
         }
@@ -628,8 +632,13 @@ async fn check_recovery(endpoints: &[String]) -> turmoil::Result<Recovery> {
     loop {
         let mut nodes = Vec::with_capacity(endpoints.len());
         for addr in endpoints {
-            if let Ok(status) = client.status_of(addr).await {
-                nodes.push(NodeState::from_status(&status));
+            if let Some(node) = client
+                .status_of(addr)
+                .await
+                .ok()
+                .and_then(|status| NodeState::from_status(&status))
+            {
+                nodes.push(node);
             }
         }
         let agreed = nodes.len() == endpoints.len()

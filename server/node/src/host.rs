@@ -284,27 +284,17 @@ impl Host {
         tracing::info!(id = self.config.id, "node stopped");
     }
 
+    /// The node's status: its own, and each hosted group's.
     fn status(&self) -> NodeStatus {
-        let Some(replica) = self.replicas.get(&ONLY_GROUP) else {
-            unreachable!("a host always holds group 0");
-        };
-        let status = replica.raft.status();
         NodeStatus {
             id: self.config.id,
             addr: self.config.addr(),
-            data_dir: self.config.data_dir.display().to_string(),
-            role: format!("{:?}", status.role).to_lowercase(),
-            term: status.term,
-            leader: status.leader,
-            commit_index: status.commit_index,
-            applied_index: replica.machine.applied_index(),
-            last_index: status.last_index,
-            snapshot_index: replica.last_snapshot_index,
-            snapshots_installed: replica.snapshots_installed,
             log_bytes: self.io.log.wal().size_bytes(),
-            keys: replica.machine.len() as u64,
-            digest: replica.machine.digest(),
-            replicas: replica.replica_statuses(self.config.tick),
+            groups: self
+                .replicas
+                .values()
+                .map(|replica| replica.status(self.config.tick))
+                .collect(),
         }
     }
 }
@@ -349,13 +339,13 @@ impl Io {
             self.log.save_snapshot(point, &snapshot.data, true)?;
             replica.snapshot_installed(point.last_index);
         }
-        let entries = ready
+        let entries: Vec<_> = ready
             .entries
             .iter()
-            .map(mapping::to_stored_entry)
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(mapping::to_stored_entry_ref)
+            .collect();
         let hard_state = ready.hard_state.as_ref().map(mapping::to_stored_hard_state);
-        if let Err(error) = self.log.append(hard_state, &entries) {
+        if let Err(error) = self.log.append_borrowed(hard_state, &entries) {
             let recoverable =
                 error.is_disk_full() && !self.log.wal().is_poisoned() && ready.snapshot.is_none();
             if !recoverable {

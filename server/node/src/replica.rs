@@ -25,8 +25,8 @@ use consensus::{
     ReadError, ReadMode, ReadPath, Ready, Restored, Role, Snapshot, SnapshotMeta,
 };
 use ringleader_protocol::{
-    ErrorKind, GroupId, ReadConsistency, Receipt, ReplicaStatus, Request, Response, ServedAt,
-    WriteAck,
+    ErrorKind, GroupId, GroupStatus, ReadConsistency, Receipt, ReplicaStatus, Request, Response,
+    ServedAt, WriteAck,
 };
 use storage::kv::{Command, Proposal, StateMachine};
 use storage::{codec, RecoveredLog, SnapshotPoint, StorageError};
@@ -1021,8 +1021,9 @@ impl Replica {
             + self.awaiting_all.len()
     }
 
-    /// The followers' replication state as this replica (if leading) sees it, for `status`.
-    pub fn replica_statuses(&self, tick: Duration) -> Vec<ReplicaStatus> {
+    /// This group's part of the node's status: its Raft state, its state machine, and (on the
+    /// leader) the followers' replication state.
+    pub fn status(&self, tick: Duration) -> GroupStatus {
         let status = self.raft.status();
         let tick_ms = tick.as_millis() as u64;
         let mut replicas: Vec<ReplicaStatus> = status
@@ -1037,7 +1038,20 @@ impl Replica {
             })
             .collect();
         replicas.sort_by_key(|r| r.node);
-        replicas
+        GroupStatus {
+            group: self.config.group,
+            role: format!("{:?}", status.role).to_lowercase(),
+            term: status.term,
+            leader: status.leader,
+            commit_index: status.commit_index,
+            applied_index: self.machine.applied_index(),
+            last_index: status.last_index,
+            snapshot_index: self.last_snapshot_index,
+            snapshots_installed: self.snapshots_installed,
+            keys: self.machine.len() as u64,
+            digest: self.machine.digest(),
+            replicas,
+        }
     }
 }
 

@@ -9,11 +9,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringleader_client::{Client, ClientConfig, Error, TokioConnector};
+use ringleader_client::{
+    Client, ClientConfig, Error, GroupStatus, NodeStatus, TokioConnector, ONLY_GROUP,
+};
 use ringleader_node::NodeConfig;
 use ringleader_node::RunningNode;
 use storage::fault::{DiskFault, FaultyFs};
 use storage::StdFs;
+
+/// A node's view of group 0, the only group a node hosts until sharding (a status without it
+/// fails the test).
+fn group0(status: &NodeStatus) -> &GroupStatus {
+    status
+        .group(ONLY_GROUP)
+        .unwrap_or_else(|| panic!("node {} reports no group 0: {status:?}", status.id))
+}
 
 fn free_addr() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -102,7 +112,7 @@ async fn a_full_disk_refuses_writes_keeps_serving_reads_and_recovers_without_res
         .status_of(&endpoints[0])
         .await
         .expect("status on a full disk");
-    assert_eq!(status.role, "leader");
+    assert_eq!(group0(&status).role, "leader");
 
     faults[&1].set_full(false);
     put_eventually(&client, "after", "space is back").await;
@@ -167,12 +177,12 @@ async fn a_follower_with_a_full_disk_falls_behind_is_reported_lagging_and_catche
         .await
         .expect("status");
     assert!(
-        behind.applied_index < leading.commit_index,
+        group0(&behind).applied_index < group0(&leading).commit_index,
         "the full follower cannot keep up"
     );
     // The leader's status says so: the follower is lagging (the group is degraded).
     let lagging = |status: &ringleader_client::NodeStatus| {
-        status
+        group0(status)
             .replicas
             .iter()
             .any(|r| r.node == follower && r.lagging)
@@ -184,12 +194,12 @@ async fn a_follower_with_a_full_disk_falls_behind_is_reported_lagging_and_catche
             .await
             .unwrap();
         assert!(
-            leading
+            group0(&leading)
                 .replicas
                 .iter()
                 .all(|r| r.node == follower || !r.lagging),
             "only the full follower lags: {:?}",
-            leading.replicas
+            group0(&leading).replicas
         );
         if lagging(&leading) {
             reported = true;
@@ -212,8 +222,8 @@ async fn a_follower_with_a_full_disk_falls_behind_is_reported_lagging_and_catche
             .status_of(&endpoints[(leader - 1) as usize])
             .await
             .unwrap();
-        if caught_up.applied_index == leading.commit_index
-            && caught_up.digest == leading.digest
+        if group0(&caught_up).applied_index == group0(&leading).commit_index
+            && group0(&caught_up).digest == group0(&leading).digest
             && !lagging(&leading)
         {
             drop(nodes);
@@ -228,7 +238,7 @@ async fn wait_leader(client: &Client<TokioConnector>, endpoints: &[String]) -> u
     for _ in 0..200 {
         for endpoint in endpoints {
             if let Ok(status) = client.status_of(endpoint).await {
-                if status.role == "leader" {
+                if group0(&status).role == "leader" {
                     return status.id;
                 }
             }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ringleader_client::{Client, ClientConfig, NodeStatus};
+use ringleader_client::{Client, ClientConfig, GroupStatus, NodeStatus, ONLY_GROUP};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_ringleader");
 
@@ -71,6 +71,14 @@ pub fn client(endpoints: Vec<String>, timeout: Duration) -> Client {
     Client::new(config).unwrap()
 }
 
+/// A node's view of group 0, the only group a node hosts until sharding (a status without it
+/// fails the test).
+pub fn group0(status: &NodeStatus) -> &GroupStatus {
+    status
+        .group(ONLY_GROUP)
+        .unwrap_or_else(|| panic!("node {} reports no group 0: {status:?}", status.id))
+}
+
 /// Polls the endpoints until one reports itself leader (with a term above `above_term`).
 pub async fn wait_for_leader(
     endpoints: &[String],
@@ -82,7 +90,8 @@ pub async fn wait_for_leader(
     loop {
         for endpoint in endpoints {
             if let Ok(status) = probe.status_of(endpoint).await {
-                if status.role == "leader" && status.term > above_term {
+                let group = group0(&status);
+                if group.role == "leader" && group.term > above_term {
                     return status;
                 }
             }
