@@ -56,6 +56,10 @@ pub struct Config {
     pub lease_margin_ticks: u32,
     /// Seeds the election-timeout PRNG; give every node a different seed. Default: the id.
     pub seed: u64,
+    /// Differs every time this node starts (an input, like the seed: the host draws it). Tells
+    /// the node's heartbeat-answer ticks of this life from those of a previous one, for the
+    /// staleness bound (`Freshness`). Default 0.
+    pub boot_id: u64,
     /// Entries `Raft::compact` keeps at or below the snapshot index (etcd's
     /// `SnapshotCatchUpEntries`): a follower that fell at most this far behind the snapshot is
     /// sent entries rather than the whole snapshot. Costs that many entries of memory. Zero drops
@@ -88,6 +92,7 @@ impl Config {
             allow_lease_reads: true,
             lease_margin_ticks: 2,
             seed: id,
+            boot_id: 0,
             compaction_tail_entries: DEFAULT_COMPACTION_TAIL_ENTRIES,
             planted_bug: None,
         }

@@ -84,8 +84,8 @@ mod read;
 pub use config::{Config, ConfigError, DEFAULT_COMPACTION_TAIL_ENTRIES};
 pub use log::RaftLog;
 pub use message::{
-    AppendResult, Entry, EntryPayload, HardState, Index, Message, MessageBody, NodeId, Snapshot,
-    SnapshotMeta, Term,
+    AppendResult, Entry, EntryPayload, Freshness, HardState, Index, Message, MessageBody, NodeId,
+    Snapshot, SnapshotMeta, Term,
 };
 pub use planted::RaftBug;
 pub use progress::ReplicationState;

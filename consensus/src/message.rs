@@ -106,6 +106,26 @@ pub enum AppendResult {
     },
 }
 
+/// What a leader's heartbeat tells a follower about how fresh the leader's state is, so that
+/// the follower can bound how stale its own state may be without trusting message delays or
+/// comparing clocks.
+///
+/// `echo_tick` is the follower's own tick count from its latest heartbeat answer the leader had
+/// received: this heartbeat was produced after that moment. `quorum_age_ticks` is how many of
+/// the leader's ticks before producing it a quorum last acknowledged the leader (no other
+/// leader can have committed anything since). So once the follower has applied
+/// `leader_commit`, its state is at most `now − echo_tick + quorum_age_ticks` ticks old
+/// (assuming the two clocks tick at rates within the stated drift bound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freshness {
+    /// The follower's boot id (`Config::boot_id`) its echoed tick was counted in: a tick from
+    /// another life of the follower means nothing now and is ignored.
+    pub echo_boot: u64,
+    pub echo_tick: u64,
+    pub leader_commit: Index,
+    pub quorum_age_ticks: u64,
+}
+
 /// Every message kind, named after the RPC in the Raft paper where one exists.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MessageBody {
@@ -151,11 +171,18 @@ pub enum MessageBody {
         commit: Index,
         sent_tick: u64,
         read_ctx: Option<u64>,
+        /// How fresh the leader's state is, for the follower's staleness bound (see
+        /// [`Freshness`]); `None` until the follower has answered a heartbeat in this term.
+        freshness: Option<Freshness>,
     },
     HeartbeatResponse {
         sent_tick: u64,
         read_ctx: Option<u64>,
         applied_index: Index,
+        /// The follower's own tick count when it answered, and its boot id, echoed back in
+        /// [`Freshness`].
+        follower_tick: u64,
+        follower_boot: u64,
     },
     /// Raft §7: the whole snapshot in one message (bounded by what the application checkpoints).
     InstallSnapshot {
@@ -255,6 +282,7 @@ impl fmt::Display for Message {
                 commit,
                 sent_tick: _,
                 read_ctx,
+                freshness: _,
             } => {
                 write!(f, "Heartbeat term={} commit={commit}", self.term)?;
                 if let Some(ctx) = read_ctx {

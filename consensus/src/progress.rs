@@ -43,6 +43,9 @@ pub(crate) struct Progress {
     pub(crate) lease_ack_tick: Option<u64>,
     /// Highest applied index this peer reported (`Status`; the node's `all` write level).
     pub(crate) applied_index: Index,
+    /// The peer's boot id and own tick count in its latest heartbeat answer, echoed back in the
+    /// next heartbeat's `Freshness` (its staleness bound).
+    pub(crate) follower_tick: Option<(u64, u64)>,
 }
 
 impl Progress {
@@ -58,6 +61,7 @@ impl Progress {
             commit_sent: 0,
             lease_ack_tick: None,
             applied_index: 0,
+            follower_tick: None,
         }
     }
 

@@ -16,8 +16,8 @@ use thiserror::Error;
 use crate::config::{Config, ConfigError};
 use crate::log::RaftLog;
 use crate::message::{
-    AppendResult, Entry, EntryPayload, HardState, Index, Message, MessageBody, NodeId, Snapshot,
-    SnapshotMeta, Term,
+    AppendResult, Entry, EntryPayload, Freshness, HardState, Index, Message, MessageBody, NodeId,
+    Snapshot, SnapshotMeta, Term,
 };
 use crate::planted::{self, RaftBug};
 use crate::prng::Prng;
@@ -185,6 +185,12 @@ pub struct Raft {
     randomized_election_timeout: u32,
     /// Leader ticks since becoming leader in this term; dates heartbeats for the lease.
     leader_ticks: u64,
+    /// Ticks since this node started, in every role: dates heartbeat answers, which the leader
+    /// echoes back so that a follower can bound its staleness (`Freshness`).
+    ticks: u64,
+    /// The freshest `Freshness` heard from a leader (kept across terms: it states a fact about
+    /// real time that stays true, only older).
+    freshness: Option<Freshness>,
     transfer: Option<Transfer>,
     /// Set once this leader sent `TimeoutNow` in its term: a transfer lets voters ignore
     /// stickiness, so the lease no longer protects reads.
@@ -235,6 +241,8 @@ impl Raft {
             heartbeat_elapsed: 0,
             randomized_election_timeout: config.election_timeout_ticks,
             leader_ticks: 0,
+            ticks: 0,
+            freshness: None,
             transfer: None,
             lease_revoked: false,
             // An acknowledgement is only sent after the term it answers is durable, so a node
@@ -259,6 +267,7 @@ impl Raft {
 
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
             Role::Follower | Role::PreCandidate | Role::Candidate => {
@@ -366,8 +375,10 @@ impl Raft {
                 commit,
                 sent_tick,
                 read_ctx,
+                freshness,
             } => {
                 if self.follow(from) {
+                    self.note_freshness(freshness);
                     self.handle_heartbeat(from, commit, sent_tick, read_ctx);
                 }
             }
@@ -389,9 +400,20 @@ impl Raft {
                 sent_tick,
                 read_ctx,
                 applied_index,
+                follower_tick,
+                follower_boot,
             } => {
                 if self.role == Role::Leader {
                     self.note_applied(from, applied_index);
+                    if let Some(pr) = self.progress.get_mut(&from) {
+                        // The newest tick of the peer's current life (a new boot id replaces).
+                        let newer = pr.follower_tick.is_none_or(|(boot, tick)| {
+                            boot != follower_boot || tick < follower_tick
+                        });
+                        if newer {
+                            pr.follower_tick = Some((follower_boot, follower_tick));
+                        }
+                    }
                     self.handle_heartbeat_response(from, sent_tick, read_ctx);
                 }
             }
@@ -716,6 +738,59 @@ impl Raft {
         )
     }
 
+    /// An upper bound, in this node's ticks, on how far a state machine applied up to
+    /// `applied` may be behind the group's committed state; `None` when this node cannot say.
+    ///
+    /// A leader's state is fresh as of the last heartbeat a quorum acknowledged (no other leader
+    /// can have committed anything before it was sent), if it has applied its commit index. A
+    /// follower's is fresh as of the `Freshness` its leader last sent (see there), once it has
+    /// applied that heartbeat's `leader_commit`. Neither trusts a message's delay: both count
+    /// from a moment the node itself dated. Ticks of different nodes are compared as if they ran
+    /// at one rate; the caller widens the bound by the clock-drift bound.
+    pub fn staleness_bound_ticks(&self, applied: Index) -> Option<u64> {
+        if self.role == Role::Leader {
+            return (applied >= self.log.commit_index())
+                .then(|| self.quorum_ack_age_ticks())
+                .flatten();
+        }
+        let freshness = self.freshness?;
+        (applied >= freshness.leader_commit)
+            .then(|| self.ticks.saturating_sub(freshness.echo_tick) + freshness.quorum_age_ticks)
+    }
+
+    /// Leader only: its ticks since the heartbeat that a quorum (itself included) has most
+    /// recently all acknowledged was sent.
+    fn quorum_ack_age_ticks(&self) -> Option<u64> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let mut acks: Vec<u64> = self
+            .progress
+            .values()
+            .filter_map(|pr| pr.lease_ack_tick)
+            .collect();
+        acks.push(self.leader_ticks); // the leader acknowledges itself now
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        let oldest_of_quorum = *acks.get(quorum(self.voters.len()) - 1)?;
+        Some(self.leader_ticks - oldest_of_quorum)
+    }
+
+    /// Keeps the freshest statement of freshness a leader made (the one dating the oldest
+    /// state it vouches for latest).
+    fn note_freshness(&mut self, freshness: Option<Freshness>) {
+        let Some(new) = freshness else { return };
+        if new.echo_boot != self.config.boot_id || new.echo_tick > self.ticks {
+            return; // not a tick of this life of ours
+        }
+        let fresh_as_of = |f: &Freshness| f.echo_tick as i128 - f.quorum_age_ticks as i128;
+        if self
+            .freshness
+            .is_none_or(|old| fresh_as_of(&new) >= fresh_as_of(&old))
+        {
+            self.freshness = Some(new);
+        }
+    }
+
     /// The configuration this node runs with.
     pub fn config(&self) -> &Config {
         &self.config
@@ -784,6 +859,8 @@ impl Raft {
                             sent_tick: 0,
                             read_ctx: None,
                             applied_index: self.log.applied_index(),
+                            follower_tick: self.ticks,
+                            follower_boot: self.config.boot_id,
                         },
                     );
                 }
@@ -1069,6 +1146,8 @@ impl Raft {
                 sent_tick,
                 read_ctx,
                 applied_index: self.log.applied_index(),
+                follower_tick: self.ticks,
+                follower_boot: self.config.boot_id,
             },
         );
     }
@@ -1180,28 +1259,38 @@ impl Raft {
         let commit_index = self.log.commit_index();
         let sent_tick = self.leader_ticks;
         let unclamped = self.planted(RaftBug::HeartbeatCommitUnclamped);
-        let peers: Vec<(NodeId, Index)> = self
-            .progress
-            .iter_mut()
-            .map(|(&id, pr)| {
-                // Planted (Figure 2, AppendEntries rule 5; etcd's `min(match, committed)`): a
-                // follower's log beyond its match may be a stale suffix the leader never checked.
-                let commit = if unclamped {
-                    commit_index
-                } else {
-                    pr.match_index.min(commit_index)
-                };
-                pr.commit_sent = pr.commit_sent.max(commit);
-                (id, commit)
-            })
-            .collect();
-        for (to, commit) in peers {
+        let quorum_age_ticks = self.quorum_ack_age_ticks();
+        let peers: Vec<(NodeId, Index, Option<Freshness>)> =
+            self.progress
+                .iter_mut()
+                .map(|(&id, pr)| {
+                    let freshness = pr.follower_tick.zip(quorum_age_ticks).map(
+                        |((echo_boot, echo_tick), age)| Freshness {
+                            echo_boot,
+                            echo_tick,
+                            leader_commit: commit_index,
+                            quorum_age_ticks: age,
+                        },
+                    );
+                    // Planted (Figure 2, AppendEntries rule 5; etcd's `min(match, committed)`): a
+                    // follower's log beyond its match may be a stale suffix the leader never checked.
+                    let commit = if unclamped {
+                        commit_index
+                    } else {
+                        pr.match_index.min(commit_index)
+                    };
+                    pr.commit_sent = pr.commit_sent.max(commit);
+                    (id, commit, freshness)
+                })
+                .collect();
+        for (to, commit, freshness) in peers {
             self.send(
                 to,
                 MessageBody::Heartbeat {
                     commit,
                     sent_tick,
                     read_ctx,
+                    freshness,
                 },
             );
         }

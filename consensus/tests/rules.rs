@@ -511,6 +511,8 @@ fn followers_report_their_applied_index_to_the_leader() {
             sent_tick: 0,
             read_ctx: None,
             applied_index: index + 100,
+            follower_tick: 0,
+            follower_boot: 0,
         },
     });
     assert_eq!(cluster.raft(1).status().progress[&2].applied_index, index);
@@ -859,4 +861,116 @@ fn an_abandoned_ready_is_forgotten_and_replication_resumes() {
         "re-sent to the follower"
     );
     assert_eq!(cluster.raft(2).log().commit_index(), last);
+}
+
+/// How stale node `id`'s applied state may be, in its ticks.
+fn staleness(cluster: &Cluster, id: u64) -> Option<u64> {
+    let raft = cluster.raft(id);
+    raft.staleness_bound_ticks(raft.status().applied_index)
+}
+
+#[test]
+fn a_followers_staleness_bound_counts_from_a_moment_it_dated_itself() {
+    let mut cluster = Cluster::new(3, |_| {});
+    elect(&mut cluster, 1);
+    tick_and_settle(&mut cluster, 4);
+    let fresh = staleness(&cluster, 2).expect("a follower that hears its leader is bounded");
+    assert!(
+        fresh <= 4,
+        "fresh after a heartbeat exchange: {fresh} ticks"
+    );
+    // Silence from the leader: the bound grows tick by tick.
+    for _ in 0..5 {
+        cluster.tick(2);
+    }
+    assert_eq!(staleness(&cluster, 2), Some(fresh + 5));
+    // A heartbeat held in the network while the follower ticks 6 times, then delivered: it
+    // vouches only for the leader's state when it was produced, so the bound stays at least 6.
+    cluster.settle();
+    tick_and_settle(&mut cluster, 2);
+    cluster.tick(1);
+    cluster.tick(1);
+    let held: Vec<Message> = cluster
+        .network
+        .drain(..)
+        .filter(|m| m.to == 2 && matches!(m.body, MessageBody::Heartbeat { .. }))
+        .collect();
+    assert!(!held.is_empty(), "the leader sent node 2 a heartbeat");
+    for _ in 0..6 {
+        cluster.tick(2);
+    }
+    for heartbeat in held {
+        cluster.deliver(heartbeat);
+    }
+    let late = staleness(&cluster, 2).expect("still bounded");
+    assert!(
+        late >= 6,
+        "a late heartbeat must not look fresh: {late} ticks"
+    );
+    cluster.check().unwrap();
+}
+
+#[test]
+fn a_leader_cut_off_from_its_quorum_knows_its_state_grows_stale() {
+    let mut cluster = Cluster::new(3, |_| {});
+    elect(&mut cluster, 1);
+    tick_and_settle(&mut cluster, 4);
+    let fresh = staleness(&cluster, 1).expect("a leader heard by a quorum is bounded");
+    assert!(fresh <= 2, "{fresh}");
+    cluster.partition(groups(&[&[1], &[2, 3]]));
+    for _ in 0..6 {
+        cluster.tick(1);
+        cluster.settle();
+    }
+    assert_eq!(cluster.raft(1).role(), Role::Leader, "not yet stepped down");
+    let stale = staleness(&cluster, 1).expect("bounded");
+    assert!(stale >= 6, "no quorum for 6 ticks: {stale}");
+}
+
+#[test]
+fn a_restarted_follower_ignores_ticks_echoed_from_its_previous_life() {
+    let mut cluster = Cluster::new(3, |_| {});
+    elect(&mut cluster, 1);
+    tick_and_settle(&mut cluster, 6);
+    assert!(staleness(&cluster, 2).is_some());
+    let old_life_ticks = 8;
+    cluster.crash(2);
+    cluster.restart(2);
+    // The leader still holds a tick of node 2's previous life, and node 2's answers are lost:
+    // every heartbeat echoes that old tick, while node 2's new life counts past it.
+    let mut echoed_old = false;
+    for _ in 0..2 * old_life_ticks {
+        cluster.tick(1);
+        cluster.tick(2);
+        while !cluster.network.is_empty() {
+            let message = cluster.network.remove(0);
+            if message.from == 2 {
+                continue; // lost
+            }
+            echoed_old |= message.to == 2
+                && matches!(
+                    message.body,
+                    MessageBody::Heartbeat {
+                        freshness: Some(_),
+                        ..
+                    }
+                );
+            cluster.deliver(message);
+        }
+    }
+    assert!(echoed_old, "the leader echoed a tick of the previous life");
+    assert!(cluster.raft(2).status().applied_index > 0);
+    assert_eq!(
+        staleness(&cluster, 2),
+        None,
+        "no tick of this life was echoed yet"
+    );
+    // Once the leader has an answer of this life, the bound is back.
+    cluster.settle();
+    tick_and_settle(&mut cluster, 4);
+    assert!(
+        staleness(&cluster, 2).is_some(),
+        "{:?}",
+        cluster.status_lines(None)
+    );
 }

@@ -446,6 +446,15 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// A number that differs every time a node starts: the clock's nanoseconds and the process id
+/// (Raft only needs this life's to differ from the last one's).
+fn boot_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
 /// Builds the voter map from `--peers`; a single node when it is empty.
 fn parse_peers(id: u64, listen: &str, peers: &[(u64, String)]) -> Result<BTreeMap<u64, String>> {
     let mut map = BTreeMap::new();
@@ -722,6 +731,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         );
     }
     let mut config = NodeConfig::new(args.id, peers, args.dir.clone(), StdFs::shared());
+    config.boot_id = boot_id();
     config.wal.sync = parse_sync(&args.wal_sync)?;
     config.wal.repair = args.repair;
     config.tick = Duration::from_millis(args.tick_ms.max(1));

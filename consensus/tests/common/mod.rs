@@ -481,6 +481,8 @@ impl Cluster {
             .as_ref()
             .map(|s| StateMachine::decode(&s.data))
             .unwrap_or_default();
+        // A new life: the host draws a new boot id each time a node starts.
+        node.config.boot_id += 1;
         node.raft = Some(Raft::new(node.config.clone(), restored).expect("valid config"));
         self.after_input(id);
     }

@@ -115,8 +115,12 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
         config.net.cluster_secret = Some(simulation_secret());
         config.log_tail_entries = LOG_TAIL_ENTRIES;
+        // Every start of the host is a new life of the node, with its own boot id.
+        let starts = Rc::new(std::cell::Cell::new(0u64));
         sim.host(node_host(id).as_str(), move || {
-            let config = config.clone();
+            let mut config = config.clone();
+            starts.set(starts.get() + 1);
+            config.boot_id = (id << 32) | starts.get();
             async move {
                 let mut node = ringleader_node::start(TurmoilNetwork, config).await?;
                 node.stopped().await;

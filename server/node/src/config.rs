@@ -36,6 +36,10 @@ pub struct NodeConfig {
     pub log_tail_entries: u64,
     /// Seeds Raft's election timer.
     pub seed: u64,
+    /// Differs every time the node starts (the binary draws it from the clock and process id;
+    /// the simulation counts starts). Raft tells its own ticks of this life from a previous
+    /// one's by it, for the staleness bounds of receipts (`consensus::Freshness`).
+    pub boot_id: u64,
     /// A deliberate bug from the catalogue in [`crate::planted`], for proving that the
     /// jepsen-like simulation catches it. Ignored (the correct code runs) unless the crate is
     /// built with the `planted-bugs` feature; never set outside tests.
@@ -69,6 +73,7 @@ impl NodeConfig {
             snapshot_every_entries: 10_000,
             log_tail_entries: consensus::DEFAULT_COMPACTION_TAIL_ENTRIES,
             seed: id,
+            boot_id: 0,
             planted_bug: PlantedBug::None,
             net: crate::budget::NetConfig::default(),
             transport_faults: None,
@@ -92,6 +97,7 @@ impl NodeConfig {
             snapshot_every_entries: self.snapshot_every_entries,
             log_tail_entries: self.log_tail_entries,
             seed: self.seed,
+            boot_id: self.boot_id,
             planted_bug: self.planted_bug,
             tick_ms: self.tick.as_millis() as u64,
         }

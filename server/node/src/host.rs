@@ -676,6 +676,7 @@ mod tests {
                 commit: 0,
                 sent_tick: 0,
                 read_ctx: None,
+                freshness: None,
             },
         ));
         node.process_ready().expect("persist");
@@ -840,6 +841,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let entries = vec![put_entry(1, 1, "k", "v1")];
         let mut node = follower_of_2(dir.path(), entries, 1);
+        // No heartbeat has said how fresh the leader is: the state is served, unbounded...
         let mut stale = read(
             &mut node,
             "k",
@@ -851,11 +853,16 @@ mod tests {
         assert_eq!(value_of(&response), Some(b"v1".to_vec()));
         assert_eq!(receipt.served_at, ServedAt::Stale);
         assert_eq!((receipt.node, receipt.term, receipt.index), (1, 1, 1));
-        assert_eq!(
-            receipt.staleness_bound_ms,
-            Some(0),
-            "it just heard the leader"
+        assert_eq!(receipt.staleness_bound_ms, None);
+        // ...and refused to a client that bounds staleness.
+        let mut bounded = read(
+            &mut node,
+            "k",
+            ReadConsistency::Stale {
+                max_staleness_ms: Some(1000),
+            },
         );
+        assert_error(answered(&mut bounded), ErrorKind::Unavailable);
         // A linearizable read is the leader's.
         let mut linearizable = read(&mut node, "k", ReadConsistency::Linearizable);
         assert!(matches!(
@@ -865,19 +872,43 @@ mod tests {
                 ..
             }
         ));
-        // Five ticks (50 ms each) without the leader: at most 250 ms stale.
-        for _ in 0..5 {
-            node.tick();
-        }
-        let mut bounded = read(
+        // The leader's heartbeat echoes this node's tick 0 and vouches for commit 1.
+        node.handle(from_peer(
+            2,
+            1,
+            MessageBody::Heartbeat {
+                commit: 1,
+                sent_tick: 3,
+                read_ctx: None,
+                freshness: Some(consensus::Freshness {
+                    echo_boot: 0,
+                    echo_tick: 0,
+                    leader_commit: 1,
+                    quorum_age_ticks: 0,
+                }),
+            },
+        ));
+        node.process_ready().expect("answer");
+        let mut fresh = read(
             &mut node,
             "k",
             ReadConsistency::Stale {
                 max_staleness_ms: Some(1000),
             },
         );
-        let (_, receipt) = receipt_of(&mut bounded);
-        assert_eq!(receipt.staleness_bound_ms, Some(250));
+        assert_eq!(receipt_of(&mut fresh).1.staleness_bound_ms, Some(0));
+        // Five ticks (50 ms each) later, widened by the drift bound (10/8): 7 ticks, 350 ms.
+        for _ in 0..5 {
+            node.tick();
+        }
+        let mut later = read(
+            &mut node,
+            "k",
+            ReadConsistency::Stale {
+                max_staleness_ms: Some(1000),
+            },
+        );
+        assert_eq!(receipt_of(&mut later).1.staleness_bound_ms, Some(350));
         let mut too_old = read(
             &mut node,
             "k",
@@ -927,6 +958,7 @@ mod tests {
                     commit: 2,
                     sent_tick: 0,
                     read_ctx: None,
+                    freshness: None,
                 },
             ));
             node.tick();

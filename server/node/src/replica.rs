@@ -84,6 +84,8 @@ pub struct ReplicaConfig {
     pub log_tail_entries: u64,
     /// Seeds Raft's election timer.
     pub seed: u64,
+    /// Differs every time the node starts (see `NodeConfig::boot_id`).
+    pub boot_id: u64,
     pub planted_bug: PlantedBug,
     /// The length of one tick, for the staleness bounds of receipts.
     pub tick_ms: u64,
@@ -176,6 +178,7 @@ impl Replica {
         raft_config.election_timeout_ticks = config.election_timeout_ticks;
         raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
         raft_config.seed = config.seed;
+        raft_config.boot_id = config.boot_id;
         raft_config.compaction_tail_entries = config.log_tail_entries;
         raft_config.planted_bug = config.planted_bug.raft_bug();
         // Leases stay allowed (Raft's default): each read chooses its mode (`start_read`), and
@@ -560,37 +563,21 @@ impl Replica {
     }
 
     /// An upper bound on how far this replica's applied state may be behind the group's
-    /// committed state, in milliseconds; `None` when it cannot say (it never heard a leader).
+    /// committed state, in milliseconds; `None` when it cannot say (it has not heard a leader
+    /// in this life, or has not applied what the leader last said was committed).
     ///
-    /// A leader is behind by at most the time since a quorum last acknowledged it (no other
-    /// leader can have committed anything before that), plus what it has committed and not yet
-    /// applied. A follower is behind by at most the time since it last heard from the leader,
-    /// if it has applied everything that leader told it was committed; else it cannot say.
+    /// Raft counts it in this node's ticks from a moment the node dated itself (see
+    /// `consensus::Freshness`): never from a message's arrival, so a message held up in the
+    /// network cannot make old state look fresh. The ticks of different nodes are converted as
+    /// if the clocks drifted by the stated bound (`lease_margin / election_timeout`): the bound
+    /// is widened by `timeout / (timeout - margin)`.
     pub fn staleness_bound_ms(&self) -> Option<u64> {
-        let tick_ms = self.config.tick_ms;
-        let status = self.raft.status();
-        if self.machine.applied_index() < status.commit_index {
-            return None;
-        }
-        if status.role == Role::Leader {
-            // The quorum-th freshest contact, the leader counting itself as heard now.
-            let mut heard: Vec<u64> = status
-                .progress
-                .iter()
-                .filter(|(id, _)| **id != self.config.id)
-                .map(|(_, peer)| u64::from(peer.last_heard_ticks))
-                .collect();
-            heard.sort_unstable();
-            let quorum = self.config.peers.len() / 2 + 1;
-            let ticks = if quorum <= 1 {
-                0
-            } else {
-                heard.get(quorum - 2).copied()?
-            };
-            return Some(ticks * tick_ms);
-        }
-        let ticks = self.raft.ticks_since_leader_contact()?;
-        Some(u64::from(ticks) * tick_ms)
+        let ticks = self
+            .raft
+            .staleness_bound_ticks(self.machine.applied_index())?;
+        let (margin, timeout) = self.raft.config().lease_drift_bound();
+        let widened = (ticks * u64::from(timeout)).div_ceil(u64::from(timeout - margin).max(1));
+        Some(widened * self.config.tick_ms)
     }
 
     pub fn has_ready(&self) -> bool {

@@ -656,6 +656,7 @@ mod tests {
                 commit: 0,
                 sent_tick: 0,
                 read_ctx: None,
+                freshness: None,
             },
         }
     }
