@@ -27,8 +27,11 @@
 pub mod checker;
 pub mod formats;
 pub mod history;
+pub mod levels;
 pub mod model;
 pub mod report;
 pub mod search;
+pub mod session;
 pub mod shrink;
 pub mod sim;
+pub mod staleness;
