@@ -20,7 +20,9 @@ use jepsen_like::formats::{edn, pair_operations, Format};
 use jepsen_like::history::{parse_jsonl, History, ParseError};
 use jepsen_like::model::{KvModel, Model, MutexModel};
 use jepsen_like::report::render_violation_html;
-use jepsen_like::sim::{parse_nemeses, write_outputs, Floors, PlantedBug, SimOptions, Verdict};
+use jepsen_like::sim::{
+    parse_nemeses, write_outputs, Consistency, Floors, PlantedBug, SimOptions, Verdict,
+};
 
 #[derive(Args)]
 pub struct CheckArgs {
@@ -93,7 +95,15 @@ pub fn check_command(args: CheckArgs) -> Result<ExitCode> {
     match format {
         Format::Jsonl => {
             let history = parse_jsonl(&text).map_err(malformed)?;
-            check_registers(&args, &history)
+            // Only the levels that promise linearizability are checked for it.
+            let view = history.linearizability_view();
+            if view.ops.len() < history.ops.len() {
+                println!(
+                    "{} session and stale reads left out (they do not promise linearizability)",
+                    history.ops.len() - view.ops.len()
+                );
+            }
+            check_registers(&args, &view)
         }
         Format::Knossos => {
             let entries = edn::parse_history(&text).map_err(malformed)?;
@@ -377,6 +387,21 @@ pub struct SimArgs {
     /// Check each run's history without shrinking a violation (the verdict is the same).
     #[arg(long)]
     no_shrink: bool,
+    /// The consistency levels the workload uses: linearizable (reads; writes at majority, the
+    /// default), lease, session or stale (reads at that level, majority writes), all or leader
+    /// (linearizable reads, writes acknowledged by every replica or by the leader alone; a
+    /// leader-acknowledged write is lost if the leader dies before replicating it), or mix
+    /// (each operation draws its level from the seed). Linearizability is checked over the
+    /// levels that promise it, every client's session guarantees over the levels that keep
+    /// them; the report prints each level's availability during faults, the stale reads found,
+    /// whether the receipts' staleness bounds held, and the acknowledged writes lost per level.
+    #[arg(long, default_value = "linearizable", value_parser = consistency_names())]
+    consistency: String,
+}
+
+/// `--consistency`'s values.
+fn consistency_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(Consistency::ALL.iter().map(|c| c.name()))
 }
 
 /// The catalogue's names, each with its one-line description, for `--plant-bug`'s help.
@@ -446,7 +471,9 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
         parse_nemeses(&args.nemesis).map_err(anyhow::Error::msg)?
     };
     let planted_bug = planted_bug(args.plant_bug.as_deref())?;
+    let consistency: Consistency = args.consistency.parse().map_err(anyhow::Error::msg)?;
     let options_for = |seed: u64| SimOptions {
+        consistency,
         nodes: args.nodes,
         ops: args.ops,
         clients: args.clients,
@@ -479,6 +506,9 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
             if args.no_swarm { " --no-swarm" } else { "" },
             if args.no_shrink { " --no-shrink" } else { "" }
         );
+        if !consistency.is_default() {
+            line.push_str(&format!(" --consistency {consistency}"));
+        }
         if planted_bug != PlantedBug::None {
             line.push_str(&format!(" --plant-bug {planted_bug}"));
         }

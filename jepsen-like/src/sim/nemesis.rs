@@ -235,6 +235,8 @@ struct Active {
     faulted: Vec<(u64, u64)>,
     /// Nodes whose clock this fault stopped.
     clocks: Vec<u64>,
+    /// The client host this fault cut off with a minority of the nodes.
+    stranded: Option<Host>,
     /// What the end is called in the log.
     end_description: &'static str,
 }
@@ -362,6 +364,19 @@ impl<R: RngCore> Nemeses<R> {
     /// Nodes currently down.
     pub fn crashed(&self) -> &BTreeSet<u64> {
         &self.crashed
+    }
+
+    /// Whether some fault is in progress.
+    pub fn faults_active(&self) -> bool {
+        self.tracks.iter().any(|t| t.active.is_some())
+    }
+
+    /// The client hosts cut off with a minority of the nodes right now (the clients nemesis).
+    pub fn stranded_workers(&self) -> Vec<Host> {
+        self.tracks
+            .iter()
+            .filter_map(|t| t.active.as_ref()?.stranded.clone())
+            .collect()
     }
 
     /// Whether some active fault holds the link between two hosts.
@@ -869,6 +884,7 @@ impl<R: RngCore> Nemeses<R> {
                     }
                 }
                 active.end_description = "heal partition";
+                active.stranded = Some(stranded.clone());
                 (
                     format!(
                         "clients on {stranded} with the minority {} | the rest with {}",
