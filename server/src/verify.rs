@@ -411,10 +411,15 @@ fn planted_bug_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(catalogue.iter().map(|entry| {
         let caught_with = match entry.kind {
             Kind::Bug | Kind::FloorFault => format!(
-                "caught within {} seeds with --nemesis {}{}",
+                "caught within {} seeds with --nemesis {}{}{}",
                 entry.seed_budget,
                 entry.nemeses,
-                if entry.swarm { "" } else { " --no-swarm" }
+                if entry.swarm { "" } else { " --no-swarm" },
+                if entry.consistency == "linearizable" {
+                    String::new()
+                } else {
+                    format!(" --consistency {}", entry.consistency)
+                }
             ),
             Kind::NotCaught => "not caught within 200 seeds yet".to_string(),
             Kind::Regression => "a fault the cluster must survive".to_string(),
