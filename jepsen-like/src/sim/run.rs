@@ -20,6 +20,7 @@ use storage::fs::SimFs;
 
 use crate::checker::{self, KeyOutcome};
 use crate::history::History;
+use crate::levels::Level;
 use crate::report::render_violation_html;
 use crate::session::{check_sessions, Guarantee, SessionViolation};
 use crate::sim::message_faults::MessageFaults;
@@ -163,6 +164,9 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         );
     }
 
+    // With leader acknowledgements in the mix, the leader nemesis aims at them (see
+    // `ClusterView::acked_lossy_writes`).
+    let leader_acks = options.consistency.write_levels().contains(&Level::Leader);
     let mut nemeses = Nemeses::new(
         ChaCha8Rng::seed_from_u64(seeds.next_u64()),
         Topology {
@@ -190,6 +194,13 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
                 let view = ClusterView {
                     leader: shared.borrow().leader.map(|(_, id)| id),
                     acked_writes: shared.borrow().acked_writes,
+                    acked_lossy_writes: leader_acks.then(|| {
+                        shared
+                            .borrow()
+                            .lost_writes
+                            .get(&Level::Leader)
+                            .map_or(0, |l| l.acknowledged as u64)
+                    }),
                     replicating,
                     replicated,
                 };
