@@ -20,9 +20,11 @@ use jepsen_like::formats::{edn, pair_operations, Format};
 use jepsen_like::history::{parse_jsonl, History, ParseError};
 use jepsen_like::model::{KvModel, Model, MutexModel};
 use jepsen_like::report::render_violation_html;
+use jepsen_like::session::check_sessions;
 use jepsen_like::sim::{
     parse_nemeses, write_outputs, Consistency, Floors, PlantedBug, SimOptions, Verdict,
 };
+use jepsen_like::staleness::check_staleness;
 
 #[derive(Args)]
 pub struct CheckArgs {
@@ -70,7 +72,8 @@ fn print_shrink_work(checks: usize, steps: u64, wall: std::time::Duration) {
     println!("shrinking: {checks} searches, {steps} search iterations, {wall:?}");
 }
 
-/// Exit 0 linearizable, 1 not (naming the key), 2 malformed file (naming the line) or usage
+/// Exit 0 linearizable, 1 not (naming the key) or, in a history with levels, a broken session
+/// guarantee or staleness bound, 2 malformed file (naming the line) or usage
 /// error, 3 unknown.
 pub fn check_command(args: CheckArgs) -> Result<ExitCode> {
     let Some(format) = args.format.or_else(|| Format::guess(&args.history)) else {
@@ -103,7 +106,17 @@ pub fn check_command(args: CheckArgs) -> Result<ExitCode> {
                     history.ops.len() - view.ops.len()
                 );
             }
-            check_registers(&args, &view)
+            let code = check_registers(&args, &view)?;
+            if history.ops.iter().all(|op| op.level.is_none()) {
+                return Ok(code);
+            }
+            // A history with levels: the session guarantees and the staleness bounds too.
+            let broken = check_level_promises(&history);
+            Ok(if broken && code == ExitCode::SUCCESS {
+                ExitCode::from(1)
+            } else {
+                code
+            })
         }
         Format::Knossos => {
             let entries = edn::parse_history(&text).map_err(malformed)?;
@@ -136,6 +149,58 @@ pub fn check_command(args: CheckArgs) -> Result<ExitCode> {
             check_partitioned(&args, &KvModel, &partitions)
         }
     }
+}
+
+/// Prints what the session checker and the staleness check found in a history with levels;
+/// returns whether a promise broke.
+fn check_level_promises(history: &History) -> bool {
+    let session = check_sessions(history);
+    if session.held() {
+        println!(
+            "session guarantees held ({} reads and {} writes checked)",
+            session.reads_checked, session.writes_checked
+        );
+    } else {
+        println!(
+            "session guarantees BROKEN: {} violations",
+            session.violations_found
+        );
+        for violation in &session.violations {
+            println!("  {violation}");
+        }
+    }
+    let staleness = check_staleness(history);
+    let found: Vec<String> = staleness
+        .per_level
+        .iter()
+        .map(|(level, c)| format!("{level} {} of {}", c.stale, c.reads))
+        .collect();
+    println!("stale reads found: {}", found.join(", "));
+    if staleness.bounds_held() {
+        println!(
+            "staleness bounds held ({} receipts checked)",
+            staleness.bounded_reads
+        );
+    } else {
+        println!(
+            "staleness bounds BROKEN: {} reads older than their bound",
+            staleness.bound_violations_found
+        );
+        for v in &staleness.bound_violations {
+            println!(
+                "  op {} (process {}) on {:?}: version {} with a bound of {} ms, missing version \
+                 {} acknowledged {} ms before it was invoked",
+                v.read,
+                v.process,
+                v.key,
+                v.version,
+                v.bound_ms,
+                v.missed_version,
+                v.acknowledged_before_ms
+            );
+        }
+    }
+    !session.held() || !staleness.bounds_held()
 }
 
 /// An empty history is "linearizable" only vacuously: far more often it is the wrong file, or a
