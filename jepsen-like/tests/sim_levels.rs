@@ -205,3 +205,51 @@ fn lease_reads_beyond_the_drift_bound_are_caught() {
     }
     panic!("no stale lease read caught in seeds 0..100 with drift 60-90%");
 }
+
+/// The soak behind the figures in docs/testing.md: `--consistency mix` over every nemesis,
+/// seeds 0..`SIM_SEEDS` (default 100) of 1000 operations. Asserts linearizability, the session
+/// guarantees and no lost majority or all write in every seed; counts (does not assert) the
+/// seeds whose receipts broke their staleness bound, a node-side problem being fixed (see
+/// docs/testing.md, "Staleness bounds"). On sim15, 100 seeds: linearizable and session
+/// guarantees held in all; bounds broken in 18; leader acks lost 12 of 1175 acknowledged,
+/// majority 0 of 1160, all 0 of 966.
+/// `SIM_SEEDS=100 cargo test --release -p jepsen-like --test sim_levels -- --ignored --nocapture levels_soak`
+#[test]
+#[ignore]
+fn levels_soak() {
+    let seeds: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let mut bounds_broken = Vec::new();
+    let mut lost: std::collections::BTreeMap<Level, (usize, usize)> = Default::default();
+    for seed in 0..seeds {
+        let report =
+            run(&options(seed, Consistency::Mix, &Nemesis::ALL)).expect("the simulation ran");
+        let linearizable = report.check.verdict == jepsen_like::checker::Verdict::Linearizable;
+        assert!(
+            linearizable && report.session.held(),
+            "{}",
+            report.summary()
+        );
+        if !report.staleness.bounds_held() {
+            bounds_broken.push(seed);
+        }
+        for (level, l) in &report.lost_writes {
+            let entry = lost.entry(*level).or_default();
+            entry.0 += l.lost;
+            entry.1 += l.acknowledged;
+        }
+    }
+    println!("staleness bounds broken in seeds {bounds_broken:?}");
+    for (level, (lost, acknowledged)) in &lost {
+        println!("{level}: {lost} of {acknowledged} acknowledged writes lost");
+    }
+    for level in [Level::Majority, Level::All] {
+        assert_eq!(
+            lost.get(&level).map_or(0, |l| l.0),
+            0,
+            "{level} lost a write"
+        );
+    }
+}
