@@ -26,8 +26,16 @@
 //! | `value`   | JSON value                | see below |
 //! | `error`   | string (optional)         | on `fail`/`info`: why; `"mismatch"` on a `fail` of `cas` is special |
 //! | `time`    | unsigned integer (optional) | nanoseconds, informational only (the order of lines is what counts) |
+//! | `level`   | string (optional, invocations) | the consistency level asked for: `linearizable`, `lease`, `session`, `stale` (reads), `majority`, `all`, `leader` (writes and cas) |
+//! | `version` | unsigned integer (optional, completions) | a write's or cas's new version; a read's (or cas mismatch's) value's version, 0 when absent |
+//! | `index`   | unsigned integer (optional, completions) | the receipt's log index: the state the answer reflects |
+//! | `bound_ms` | unsigned integer (optional, completions) | the receipt's staleness bound, in milliseconds (stale and session reads) |
+//! | `served`  | string (optional, completions) | the level the receipt says served the operation |
 //!
-//! Unknown fields are ignored.
+//! Unknown fields are ignored. The last five are written by the simulation (see
+//! `crate::levels`); a file without them is read as linearizable reads and majority writes, as
+//! ringleader served before the levels existed. A version is the log index of the write that
+//! set the value, so versions order the writes of the whole store.
 //!
 //! Each operation is an `invoke` line followed later by exactly one completion line from the
 //! same process with the same `f`:
@@ -69,6 +77,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_json::{Map, Value as Json};
+
+use crate::levels::Level;
 
 /// Index of an operation in [`History::ops`].
 pub type OpId = usize;
@@ -227,9 +237,56 @@ pub struct Operation {
     pub complete_seq: Option<u64>,
     pub invoke_time_ns: Option<u64>,
     pub complete_time_ns: Option<u64>,
+    /// The level asked for (`level`); `None` in a history without levels.
+    pub level: Option<Level>,
+    /// What the completion line said about versions and the receipt.
+    pub receipt: ReceiptInfo,
+}
+
+/// The optional fields of a completion line: what a reply proved about its own consistency.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReceiptInfo {
+    /// A write's or cas's new version; a read's or cas mismatch's value's version (0: absent).
+    pub version: Option<u64>,
+    /// The receipt's log index: the replica's applied index for a read, the entry's for a write.
+    pub index: Option<u64>,
+    /// The receipt's staleness bound, in milliseconds.
+    pub staleness_bound_ms: Option<u64>,
+    /// The level the receipt says served it.
+    pub served: Option<Level>,
+}
+
+impl ReceiptInfo {
+    fn is_empty(&self) -> bool {
+        *self == ReceiptInfo::default()
+    }
+
+    fn insert_into(&self, m: &mut Map<String, Json>) {
+        if let Some(v) = self.version {
+            m.insert("version".into(), Json::from(v));
+        }
+        if let Some(i) = self.index {
+            m.insert("index".into(), Json::from(i));
+        }
+        if let Some(b) = self.staleness_bound_ms {
+            m.insert("bound_ms".into(), Json::from(b));
+        }
+        if let Some(s) = self.served {
+            m.insert("served".into(), Json::from(s.name()));
+        }
+    }
 }
 
 impl Operation {
+    /// The level asked for, or in a history without levels what ringleader served then:
+    /// linearizable reads, majority writes.
+    pub fn effective_level(&self) -> Level {
+        self.level.unwrap_or(match self.input {
+            Input::Read => Level::Linearizable,
+            Input::Write(_) | Input::Cas { .. } => Level::Majority,
+        })
+    }
+
     /// A short human label such as `w 3`, `r → 3`, `cas 1→2`.
     pub fn label(&self) -> String {
         let base = match &self.input {
@@ -266,6 +323,31 @@ impl History {
             keys.entry(op.key.as_str()).or_default().push(op.id);
         }
         keys
+    }
+
+    /// The operations whose level promises linearizability, for the linearizability checker:
+    /// session and stale reads are left out (they have checkers of their own), and
+    /// leader-acknowledged writes and cas count as `info` (they may be lost, so they may or may
+    /// not have happened). Operations are renumbered; a history without levels is unchanged.
+    pub fn linearizability_view(&self) -> History {
+        let mut ops = Vec::with_capacity(self.ops.len());
+        for op in &self.ops {
+            let level = op.effective_level();
+            if level.is_read() && !level.promises_linearizability() {
+                continue;
+            }
+            let mut kept = op.clone();
+            kept.id = ops.len();
+            if level == Level::Leader {
+                if let Outcome::Ok { .. } | Outcome::CasMismatch = kept.outcome {
+                    kept.outcome = Outcome::Unknown {
+                        error: Some("acknowledged by the leader alone: may be lost".into()),
+                    };
+                }
+            }
+            ops.push(kept);
+        }
+        History { ops }
     }
 
     /// Writes the history back in the JSONL format (events in real-time order).
@@ -327,6 +409,9 @@ fn base_json(op: &Operation, kind: &str, time: Option<u64>) -> Map<String, Json>
 fn invoke_json(op: &Operation) -> Json {
     let mut m = base_json(op, "invoke", op.invoke_time_ns);
     m.insert("value".into(), input_value_json(&op.input));
+    if let Some(level) = op.level {
+        m.insert("level".into(), Json::from(level.name()));
+    }
     Json::Object(m)
 }
 
@@ -346,6 +431,7 @@ fn completion_json(op: &Operation) -> Json {
     if let Some(e) = error {
         m.insert("error".into(), Json::from(e));
     }
+    op.receipt.insert_into(&mut m);
     Json::Object(m)
 }
 
@@ -378,6 +464,8 @@ struct Event {
     value: Json,
     error: Option<String>,
     time_ns: Option<u64>,
+    level: Option<Level>,
+    receipt: ReceiptInfo,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -416,9 +504,28 @@ impl Event {
             Some(Json::String(s)) => Some(s.clone()),
             Some(other) => Some(other.to_string()),
         };
-        let time_ns = match object.get("time") {
-            None | Some(Json::Null) => None,
-            Some(t) => Some(t.as_u64().ok_or("\"time\" is not an unsigned integer")?),
+        let unsigned = |field: &str| -> Result<Option<u64>, String> {
+            match object.get(field) {
+                None | Some(Json::Null) => Ok(None),
+                Some(t) => t
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| format!("\"{field}\" is not an unsigned integer")),
+            }
+        };
+        let level_of = |field: &str| -> Result<Option<Level>, String> {
+            match object.get(field) {
+                None | Some(Json::Null) => Ok(None),
+                Some(Json::String(s)) => s.parse().map(Some),
+                Some(_) => Err(format!("\"{field}\" is not a string")),
+            }
+        };
+        let time_ns = unsigned("time")?;
+        let receipt = ReceiptInfo {
+            version: unsigned("version")?,
+            index: unsigned("index")?,
+            staleness_bound_ms: unsigned("bound_ms")?,
+            served: level_of("served")?,
         };
         Ok(Event {
             process,
@@ -428,6 +535,8 @@ impl Event {
             value: object.get("value").cloned().unwrap_or(Json::Null),
             error,
             time_ns,
+            level: level_of("level")?,
+            receipt,
         })
     }
 }
@@ -490,6 +599,8 @@ impl Builder {
             complete_seq: None,
             invoke_time_ns: event.time_ns,
             complete_time_ns: None,
+            level: event.level,
+            receipt: ReceiptInfo::default(),
         });
         self.pending.insert(event.process, id);
         Ok(())
@@ -542,6 +653,7 @@ impl Builder {
         };
         op.complete_seq = Some(seq);
         op.complete_time_ns = event.time_ns;
+        op.receipt = event.receipt;
         Ok(())
     }
 
@@ -586,7 +698,7 @@ impl HistoryRecorder {
     /// Records an invocation. `value`: the value written, `[expected, new]` for a cas, `Null`
     /// for a read.
     pub fn invoke(&mut self, process: u64, f: Function, key: &str, value: Json) -> OpId {
-        self.invoke_inner(process, f, key, value, None)
+        self.invoke_inner(process, f, key, value, None, None)
     }
 
     /// [`HistoryRecorder::invoke`] with a timestamp (e.g. simulated nanoseconds).
@@ -598,14 +710,27 @@ impl HistoryRecorder {
         value: Json,
         time_ns: u64,
     ) -> OpId {
-        self.invoke_inner(process, f, key, value, Some(time_ns))
+        self.invoke_inner(process, f, key, value, Some(time_ns), None)
+    }
+
+    /// [`HistoryRecorder::invoke_at`] with the consistency level asked for.
+    pub fn invoke_at_level(
+        &mut self,
+        process: u64,
+        f: Function,
+        key: &str,
+        value: Json,
+        time_ns: u64,
+        level: Level,
+    ) -> OpId {
+        self.invoke_inner(process, f, key, value, Some(time_ns), Some(level))
     }
 
     /// Records a completion. `value`: for an `ok` read the value read (`Null`: absent); ignored
     /// otherwise (the invocation's value is repeated). `error`: e.g. `Some("mismatch")` on a
     /// `Fail` of a cas that found another value.
     pub fn complete(&mut self, op: OpId, kind: CompletionType, value: Json, error: Option<&str>) {
-        self.complete_inner(op, kind, value, error, None)
+        self.complete_inner(op, kind, value, error, None, &ReceiptInfo::default())
     }
 
     /// [`HistoryRecorder::complete`] with a timestamp.
@@ -617,7 +742,27 @@ impl HistoryRecorder {
         error: Option<&str>,
         time_ns: u64,
     ) {
-        self.complete_inner(op, kind, value, error, Some(time_ns))
+        self.complete_inner(
+            op,
+            kind,
+            value,
+            error,
+            Some(time_ns),
+            &ReceiptInfo::default(),
+        )
+    }
+
+    /// [`HistoryRecorder::complete_at`] with what the reply said (versions, receipt).
+    pub fn complete_with_receipt(
+        &mut self,
+        op: OpId,
+        kind: CompletionType,
+        value: Json,
+        error: Option<&str>,
+        time_ns: u64,
+        receipt: &ReceiptInfo,
+    ) {
+        self.complete_inner(op, kind, value, error, Some(time_ns), receipt)
     }
 
     fn invoke_inner(
@@ -627,6 +772,7 @@ impl HistoryRecorder {
         key: &str,
         value: Json,
         time_ns: Option<u64>,
+        level: Option<Level>,
     ) -> OpId {
         assert!(
             !self.pending.contains_key(&process),
@@ -640,6 +786,9 @@ impl HistoryRecorder {
         m.insert("value".into(), value.clone());
         if let Some(t) = time_ns {
             m.insert("time".into(), Json::from(t));
+        }
+        if let Some(level) = level {
+            m.insert("level".into(), Json::from(level.name()));
         }
         self.lines.push(Json::Object(m));
         self.ops.push(RecordedOp {
@@ -661,6 +810,7 @@ impl HistoryRecorder {
         value: Json,
         error: Option<&str>,
         time_ns: Option<u64>,
+        receipt: &ReceiptInfo,
     ) {
         let recorded = &mut self.ops[op];
         assert!(!recorded.completed, "operation {op} completed twice");
@@ -681,6 +831,9 @@ impl HistoryRecorder {
         }
         if let Some(t) = time_ns {
             m.insert("time".into(), Json::from(t));
+        }
+        if !receipt.is_empty() {
+            receipt.insert_into(&mut m);
         }
         self.lines.push(Json::Object(m));
     }
@@ -749,5 +902,58 @@ mod tests {
         assert_eq!(history.ops[again].generation, 1);
         assert_eq!(history.ops[again].complete_seq, None);
         assert_eq!(parse_jsonl(&history.to_jsonl()).unwrap(), history);
+    }
+
+    #[test]
+    fn levels_and_receipts_round_trip_and_shape_the_linearizability_view() {
+        let mut r = HistoryRecorder::new();
+        let receipt = |version, bound| ReceiptInfo {
+            version: Some(version),
+            index: Some(9),
+            staleness_bound_ms: bound,
+            served: None,
+        };
+        let w = r.invoke_at_level(1, Function::Write, "k", Json::from(1), 1, Level::Leader);
+        r.complete_with_receipt(
+            w,
+            CompletionType::Ok,
+            Json::Null,
+            None,
+            2,
+            &receipt(7, None),
+        );
+        let s = r.invoke_at_level(2, Function::Read, "k", Json::Null, 3, Level::Stale);
+        r.complete_with_receipt(
+            s,
+            CompletionType::Ok,
+            Json::Null,
+            None,
+            4,
+            &receipt(0, Some(50)),
+        );
+        let l = r.invoke_at_level(2, Function::Read, "k", Json::Null, 5, Level::Linearizable);
+        r.complete_with_receipt(
+            l,
+            CompletionType::Ok,
+            Json::from(1),
+            None,
+            6,
+            &receipt(7, None),
+        );
+        let history = r.to_history().unwrap();
+        assert_eq!(history.ops[s].level, Some(Level::Stale));
+        assert_eq!(history.ops[s].receipt, receipt(0, Some(50)));
+        assert_eq!(parse_jsonl(&history.to_jsonl()).unwrap(), history);
+
+        let view = history.linearizability_view();
+        assert_eq!(view.ops.len(), 2, "the stale read is left out");
+        assert!(matches!(view.ops[0].outcome, Outcome::Unknown { .. }));
+        assert_eq!((view.ops[1].id, view.ops[1].invoke_seq), (1, 5));
+        // Without levels nothing changes.
+        let plain = parse_jsonl("{\"process\":1,\"type\":\"invoke\",\"f\":\"read\",\"key\":\"a\"}")
+            .unwrap();
+        assert_eq!(plain.linearizability_view(), plain);
+        let bad = "{\"process\":1,\"type\":\"invoke\",\"f\":\"read\",\"key\":\"a\",\"level\":\"eventual\"}";
+        assert_eq!(parse_jsonl(bad).unwrap_err().line, 1);
     }
 }

@@ -15,6 +15,9 @@
 //! - [`shrink`]: sound shrinking of a violating history;
 //! - [`checker`]: per-key partitioning of a [`history::History`] and the report types;
 //! - [`report`]: the HTML visualisation;
+//! - [`levels`], [`session`], [`staleness`]: the consistency levels an operation may ask for,
+//!   and the checkers of the promises short of linearizability (a client's session guarantees;
+//!   stale reads and the receipts' staleness bounds);
 //! - [`sim`]: the deterministic turmoil simulation of a real ringleader cluster under a
 //!   nemesis, whose histories this checker checks (`docs/testing.md`).
 //!
@@ -27,8 +30,11 @@
 pub mod checker;
 pub mod formats;
 pub mod history;
+pub mod levels;
 pub mod model;
 pub mod report;
 pub mod search;
+pub mod session;
 pub mod shrink;
 pub mod sim;
+pub mod staleness;

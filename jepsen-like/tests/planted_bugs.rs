@@ -8,14 +8,15 @@
 //! 200): local-reads 1, divergent-apply 1, ack-before-fsync 2, double-vote 2,
 //! never-send-snapshot 1, refuse-writes 1, read-before-first-commit 3, stale-snapshot 3,
 //! majority-off-by-one 7, session-outcome-not-cached 22, heartbeat-commit-unclamped 26,
-//! vote-not-persisted 28, truncate-matching-log 34, unconfirmed-reads 130. The whole file takes
+//! vote-not-persisted 28, truncate-matching-log 34, unconfirmed-reads 130; and on sim15 (with
+//! `--consistency session`, the level it breaks) session-index-ignored 1. The whole file takes
 //! about 90 s of CPU, most of it unconfirmed-reads' 130 runs.
 //!
 //! These tests need the `planted-bugs` feature, which this crate's dev-dependencies turn on.
 //! `PLANTED_BUGS_MAX_SEEDS=200 cargo test -p jepsen-like --test planted_bugs -- --nocapture`
 //! searches up to 200 seeds instead of each budget (to measure what a bug needs).
 
-use jepsen_like::sim::{parse_nemeses, run, Floors, SimOptions, SimReport, Verdict};
+use jepsen_like::sim::{parse_nemeses, run, Consistency, Floors, SimOptions, SimReport, Verdict};
 use ringleader_node::planted::{Entry, Kind, PlantedBug, CATALOGUE, ENABLED};
 
 /// The options `entry`'s bug is searched with: `SimOptions::new`'s defaults, with the
@@ -24,6 +25,10 @@ fn options(entry: &Entry, bug: PlantedBug, seed: u64) -> SimOptions {
     SimOptions {
         nemeses: parse_nemeses(entry.nemeses).expect("the catalogue names known nemeses"),
         swarm: entry.swarm,
+        consistency: entry
+            .consistency
+            .parse::<Consistency>()
+            .expect("the catalogue names known levels"),
         planted_bug: bug,
         ..SimOptions::new(seed)
     }
@@ -128,6 +133,7 @@ catalogue_tests! {
     majority_off_by_one: MajorityOffByOne,
     never_send_snapshot: NeverSendSnapshot,
     refuse_writes: RefuseWrites,
+    session_index_ignored: SessionIndexIgnored,
 }
 
 /// Planted, but not caught within 200 seeds by the simulation as it is: kept (and measured

@@ -20,7 +20,11 @@ use jepsen_like::formats::{edn, pair_operations, Format};
 use jepsen_like::history::{parse_jsonl, History, ParseError};
 use jepsen_like::model::{KvModel, Model, MutexModel};
 use jepsen_like::report::render_violation_html;
-use jepsen_like::sim::{parse_nemeses, write_outputs, Floors, PlantedBug, SimOptions, Verdict};
+use jepsen_like::session::check_sessions;
+use jepsen_like::sim::{
+    parse_nemeses, write_outputs, Consistency, Floors, PlantedBug, SimOptions, Verdict,
+};
+use jepsen_like::staleness::check_staleness;
 
 #[derive(Args)]
 pub struct CheckArgs {
@@ -68,7 +72,8 @@ fn print_shrink_work(checks: usize, steps: u64, wall: std::time::Duration) {
     println!("shrinking: {checks} searches, {steps} search iterations, {wall:?}");
 }
 
-/// Exit 0 linearizable, 1 not (naming the key), 2 malformed file (naming the line) or usage
+/// Exit 0 linearizable, 1 not (naming the key) or, in a history with levels, a broken session
+/// guarantee or staleness bound, 2 malformed file (naming the line) or usage
 /// error, 3 unknown.
 pub fn check_command(args: CheckArgs) -> Result<ExitCode> {
     let Some(format) = args.format.or_else(|| Format::guess(&args.history)) else {
@@ -93,7 +98,25 @@ pub fn check_command(args: CheckArgs) -> Result<ExitCode> {
     match format {
         Format::Jsonl => {
             let history = parse_jsonl(&text).map_err(malformed)?;
-            check_registers(&args, &history)
+            // Only the levels that promise linearizability are checked for it.
+            let view = history.linearizability_view();
+            if view.ops.len() < history.ops.len() {
+                println!(
+                    "{} session and stale reads left out (they do not promise linearizability)",
+                    history.ops.len() - view.ops.len()
+                );
+            }
+            let code = check_registers(&args, &view)?;
+            if history.ops.iter().all(|op| op.level.is_none()) {
+                return Ok(code);
+            }
+            // A history with levels: the session guarantees and the staleness bounds too.
+            let broken = check_level_promises(&history);
+            Ok(if broken && code == ExitCode::SUCCESS {
+                ExitCode::from(1)
+            } else {
+                code
+            })
         }
         Format::Knossos => {
             let entries = edn::parse_history(&text).map_err(malformed)?;
@@ -126,6 +149,58 @@ pub fn check_command(args: CheckArgs) -> Result<ExitCode> {
             check_partitioned(&args, &KvModel, &partitions)
         }
     }
+}
+
+/// Prints what the session checker and the staleness check found in a history with levels;
+/// returns whether a promise broke.
+fn check_level_promises(history: &History) -> bool {
+    let session = check_sessions(history);
+    if session.held() {
+        println!(
+            "session guarantees held ({} reads and {} writes checked)",
+            session.reads_checked, session.writes_checked
+        );
+    } else {
+        println!(
+            "session guarantees BROKEN: {} violations",
+            session.violations_found
+        );
+        for violation in &session.violations {
+            println!("  {violation}");
+        }
+    }
+    let staleness = check_staleness(history);
+    let found: Vec<String> = staleness
+        .per_level
+        .iter()
+        .map(|(level, c)| format!("{level} {} of {}", c.stale, c.reads))
+        .collect();
+    println!("stale reads found: {}", found.join(", "));
+    if staleness.bounds_held() {
+        println!(
+            "staleness bounds held ({} receipts checked)",
+            staleness.bounded_reads
+        );
+    } else {
+        println!(
+            "staleness bounds BROKEN: {} reads older than their bound",
+            staleness.bound_violations_found
+        );
+        for v in &staleness.bound_violations {
+            println!(
+                "  op {} (process {}) on {:?}: version {} with a bound of {} ms, missing version \
+                 {} acknowledged {} ms before it was invoked",
+                v.read,
+                v.process,
+                v.key,
+                v.version,
+                v.bound_ms,
+                v.missed_version,
+                v.acknowledged_before_ms
+            );
+        }
+    }
+    !session.held() || !staleness.bounds_held()
 }
 
 /// An empty history is "linearizable" only vacuously: far more often it is the wrong file, or a
@@ -377,6 +452,21 @@ pub struct SimArgs {
     /// Check each run's history without shrinking a violation (the verdict is the same).
     #[arg(long)]
     no_shrink: bool,
+    /// The consistency levels the workload uses: linearizable (reads; writes at majority, the
+    /// default), lease, session or stale (reads at that level, majority writes), all or leader
+    /// (linearizable reads, writes acknowledged by every replica or by the leader alone; a
+    /// leader-acknowledged write is lost if the leader dies before replicating it), or mix
+    /// (each operation draws its level from the seed). Linearizability is checked over the
+    /// levels that promise it, every client's session guarantees over the levels that keep
+    /// them; the report prints each level's availability during faults, the stale reads found,
+    /// whether the receipts' staleness bounds held, and the acknowledged writes lost per level.
+    #[arg(long, default_value = "linearizable", value_parser = consistency_names())]
+    consistency: String,
+}
+
+/// `--consistency`'s values.
+fn consistency_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(Consistency::ALL.iter().map(|c| c.name()))
 }
 
 /// The catalogue's names, each with its one-line description, for `--plant-bug`'s help.
@@ -386,10 +476,15 @@ fn planted_bug_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(catalogue.iter().map(|entry| {
         let caught_with = match entry.kind {
             Kind::Bug | Kind::FloorFault => format!(
-                "caught within {} seeds with --nemesis {}{}",
+                "caught within {} seeds with --nemesis {}{}{}",
                 entry.seed_budget,
                 entry.nemeses,
-                if entry.swarm { "" } else { " --no-swarm" }
+                if entry.swarm { "" } else { " --no-swarm" },
+                if entry.consistency == "linearizable" {
+                    String::new()
+                } else {
+                    format!(" --consistency {}", entry.consistency)
+                }
             ),
             Kind::NotCaught => "not caught within 200 seeds yet".to_string(),
             Kind::Regression => "a fault the cluster must survive".to_string(),
@@ -446,7 +541,9 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
         parse_nemeses(&args.nemesis).map_err(anyhow::Error::msg)?
     };
     let planted_bug = planted_bug(args.plant_bug.as_deref())?;
+    let consistency: Consistency = args.consistency.parse().map_err(anyhow::Error::msg)?;
     let options_for = |seed: u64| SimOptions {
+        consistency,
         nodes: args.nodes,
         ops: args.ops,
         clients: args.clients,
@@ -479,6 +576,9 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
             if args.no_swarm { " --no-swarm" } else { "" },
             if args.no_shrink { " --no-shrink" } else { "" }
         );
+        if !consistency.is_default() {
+            line.push_str(&format!(" --consistency {consistency}"));
+        }
         if planted_bug != PlantedBug::None {
             line.push_str(&format!(" --plant-bug {planted_bug}"));
         }

@@ -289,3 +289,57 @@ fn sim_no_shrink_reports_the_violation_without_a_shrunk_witness() {
     }
     panic!("no seed in 0..8 caught reads served from local state");
 }
+
+/// A history with consistency levels: `check` checks linearizability over the levels that
+/// promise it (a stale read of an old value is left out, not a violation), then the session
+/// guarantees and staleness bounds, and exits 1 when one of those broke.
+#[test]
+fn check_judges_each_level_by_its_own_promise() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |process: u64, kind: &str, f: &str, value: &str, extra: &str| {
+        format!(
+            "{{\"process\":{process},\"type\":\"{kind}\",\"f\":\"{f}\",\"key\":\"k\",\"value\":{value}{extra}}}\n"
+        )
+    };
+    // Process 1 writes version 10, then reads at `level` and gets the key absent.
+    let history = |level: &str| {
+        let mut text = line(1, "invoke", "write", "1", ",\"level\":\"majority\"");
+        text += &line(1, "ok", "write", "1", ",\"version\":10");
+        text += &line(
+            1,
+            "invoke",
+            "read",
+            "null",
+            &format!(",\"level\":\"{level}\""),
+        );
+        text += &line(1, "ok", "read", "null", ",\"version\":0");
+        text
+    };
+    let run = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_ringleader"))
+            .arg("check")
+            .arg(&path)
+            .output()
+            .expect("the ringleader binary runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = run("stale.jsonl", history("stale"));
+    assert_eq!(code, Some(0), "a stale read may miss a write: {stdout}");
+    assert!(
+        stdout.contains("1 session and stale reads left out"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("stale 1 of 1"),
+        "the stale read is counted: {stdout}"
+    );
+    let (code, stdout) = run("session.jsonl", history("session"));
+    assert_eq!(code, Some(1), "read-your-writes broke: {stdout}");
+    assert!(stdout.contains("session guarantees BROKEN"), "{stdout}");
+    assert!(stdout.contains("read-your-writes"), "{stdout}");
+}

@@ -15,7 +15,11 @@
 //!    the same applied index, and then their state-machine digests must be equal;
 //! 4. every client, with its session as the workload left it, does a few more operations
 //!    (the after-heal phase, recorded and checked like the rest);
-//! 5. check the history with [`crate::checker::check`].
+//! 5. check the history: the operations whose level promises linearizability with
+//!    [`crate::checker::check`], every client's session guarantees with
+//!    [`crate::session::check_sessions`], stale reads and the receipts' staleness bounds with
+//!    [`crate::staleness::check_staleness`]; and count, per level, what was answered during
+//!    faults and which acknowledged writes were lost (levels: [`Consistency`]).
 //!
 //! A linearizable history proves little when nothing succeeded (a history of failures and
 //! timeouts is trivially linearizable): [`SimReport::floor_shortfalls`] checks a run against
@@ -33,6 +37,7 @@
 //! check), [`mod@run`] (the driver that builds the simulation, applies faults and assembles the
 //! report).
 
+pub mod consistency;
 pub mod message_faults;
 pub mod nemesis;
 pub mod network;
@@ -44,6 +49,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use consistency::Consistency;
 pub use message_faults::{LinkFaults, MessageStats};
 pub use nemesis::{parse_nemeses, FaultEvent, Nemesis};
 pub use network::TurmoilNetwork;
@@ -51,10 +57,16 @@ pub use ringleader_node::PlantedBug;
 pub use run::run;
 pub use swarm::SwarmPlan;
 pub use workload::{
-    NodeState, OpCounts, PhaseCounts, Recovery, AFTER_HEAL_OPS_PER_CLIENT, WORKLOAD_PHASES,
+    Availability, LostWrites, NodeState, OpCounts, PhaseCounts, Recovery,
+    AFTER_HEAL_OPS_PER_CLIENT, WORKLOAD_PHASES,
 };
 
+use std::collections::BTreeMap;
+
 use crate::checker::{CheckOptions, CheckReport};
+use crate::levels::Level;
+use crate::session::{Guarantee, SessionReport};
+use crate::staleness::StalenessReport;
 
 /// The clock drift the simulation stays within by default, in percent of a node's tick rate.
 pub const DEFAULT_CLOCK_DRIFT_PERCENT: u32 = 10;
@@ -86,11 +98,14 @@ pub struct SimOptions {
     pub clock_drift_percent: u32,
     /// How the history is checked (`shrink: false` skips shrinking a violation).
     pub check_options: CheckOptions,
+    /// The read levels and write acknowledgements the workload uses.
+    pub consistency: Consistency,
 }
 
 impl SimOptions {
     /// Five nodes, 2000 operations by 10 clients on 3 keys (about 20 simulated seconds), every
-    /// nemesis with swarm testing, clocks drifting up to 10%.
+    /// nemesis with swarm testing, clocks drifting up to 10%, linearizable reads and majority
+    /// writes.
     pub fn new(seed: u64) -> SimOptions {
         SimOptions {
             seed,
@@ -104,6 +119,7 @@ impl SimOptions {
             swarm: true,
             clock_drift_percent: DEFAULT_CLOCK_DRIFT_PERCENT,
             check_options: CheckOptions::default(),
+            consistency: Consistency::default(),
         }
     }
 
@@ -138,6 +154,15 @@ pub enum Verdict {
         failed_op: String,
         process: u64,
     },
+    /// A client's session guarantee broke (the first one found; see [`crate::session`]).
+    SessionViolation {
+        guarantee: Guarantee,
+        process: u64,
+        detail: String,
+    },
+    /// A read returned state older than its receipt's staleness bound allowed (the first one
+    /// found; see [`crate::staleness`]).
+    StalenessBoundExceeded { detail: String },
     /// A host's software stopped with an error or a panic (e.g. a node that could not recover
     /// its disk).
     HostFailed { message: String },
@@ -179,6 +204,16 @@ pub struct SimReport {
     pub messages: MessageStats,
     /// Wall-clock time of the whole run, checker included (informational).
     pub wall_time: Duration,
+    /// The session-guarantee checker's report.
+    pub session: SessionReport,
+    /// Stale reads found per level, and the staleness bounds checked.
+    pub staleness: StalenessReport,
+    /// Per level, operations invoked while a fault was active, and how many were answered.
+    pub availability: BTreeMap<Level, Availability>,
+    /// The same for the clients cut off with a minority of the nodes (the clients nemesis).
+    pub stranded_availability: BTreeMap<Level, Availability>,
+    /// Per write acknowledgement, writes to keys of their own and how many were lost.
+    pub lost_writes: BTreeMap<Level, LostWrites>,
 }
 
 impl SimReport {
@@ -315,8 +350,95 @@ impl SimReport {
                 phase.name, c.ok, c.ok_writes, c.fail, c.info
             ));
         }
+        text.push_str(&self.levels_summary());
         if o.planted_bug != PlantedBug::None {
             text.push_str(&format!("\nplanted bug: {}", o.planted_bug));
+        }
+        text
+    }
+
+    /// The levels part of [`SimReport::summary`]: availability per level during faults (and on
+    /// the minority side), which guarantees held, stale reads found, acknowledged writes lost.
+    pub fn levels_summary(&self) -> String {
+        let ratios = |map: &BTreeMap<Level, Availability>| {
+            let parts: Vec<String> = map
+                .iter()
+                .map(|(level, a)| format!("{level} {}", a.ratio()))
+                .collect();
+            if parts.is_empty() {
+                "none".to_string()
+            } else {
+                parts.join(" · ")
+            }
+        };
+        let mut text = format!(
+            "\nconsistency {}: answered during faults: {}",
+            self.options.consistency,
+            ratios(&self.availability)
+        );
+        if !self.stranded_availability.is_empty() {
+            text.push_str(&format!(
+                "\n  clients cut off with a minority: {}",
+                ratios(&self.stranded_availability)
+            ));
+        }
+        let lin = match self.check.verdict {
+            crate::checker::Verdict::Linearizable => "held".to_string(),
+            crate::checker::Verdict::NotLinearizable => "VIOLATED".to_string(),
+            crate::checker::Verdict::Unknown => "unknown (checker gave up)".to_string(),
+        };
+        text.push_str(&format!(
+            "\n  linearizability (linearizable and lease reads, majority and all writes; leader \
+             acks as maybe-lost): {lin}, {} ops",
+            self.check.ops_checked
+        ));
+        let s = &self.session;
+        text.push_str(&format!(
+            "\n  session guarantees (every level but stale reads and leader acks): {}, {} reads \
+             and {} writes checked",
+            if s.held() {
+                "held".to_string()
+            } else {
+                format!("{} VIOLATIONS", s.violations_found)
+            },
+            s.reads_checked,
+            s.writes_checked
+        ));
+        let st = &self.staleness;
+        let stale: Vec<String> = st
+            .per_level
+            .iter()
+            .map(|(level, c)| format!("{level} {} of {}", c.stale, c.reads))
+            .collect();
+        text.push_str(&format!(
+            "\n  stale reads found: {} · staleness bounds: {} ({} receipts checked)",
+            if stale.is_empty() {
+                "none checked".to_string()
+            } else {
+                stale.join(", ")
+            },
+            if st.bounds_held() {
+                "held".to_string()
+            } else {
+                format!("{} VIOLATED", st.bound_violations_found)
+            },
+            st.bounded_reads
+        ));
+        if !self.lost_writes.is_empty() {
+            let lost: Vec<String> = self
+                .lost_writes
+                .iter()
+                .map(|(level, l)| {
+                    format!(
+                        "{level} {} of {} acknowledged ({} read back)",
+                        l.lost, l.acknowledged, l.read_back
+                    )
+                })
+                .collect();
+            text.push_str(&format!(
+                "\n  acknowledged writes lost: {}",
+                lost.join(" · ")
+            ));
         }
         text
     }

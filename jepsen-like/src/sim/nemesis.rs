@@ -191,6 +191,10 @@ pub struct ClusterView {
     pub leader: Option<u64>,
     /// Writes acknowledged to clients so far.
     pub acked_writes: u64,
+    /// When the workload acknowledges writes at the leader alone: how many such writes to keys
+    /// of their own (the writes whose loss the run can count) were acknowledged so far. The
+    /// after-ack moments then wait for one of these rather than any write. `None` otherwise.
+    pub acked_lossy_writes: Option<u64>,
     /// Nodes that sent entries to a follower since the last poll.
     pub replicating: BTreeSet<u64>,
     /// Nodes a follower acknowledged entries to since the last poll.
@@ -235,6 +239,8 @@ struct Active {
     faulted: Vec<(u64, u64)>,
     /// Nodes whose clock this fault stopped.
     clocks: Vec<u64>,
+    /// The client host this fault cut off with a minority of the nodes.
+    stranded: Option<Host>,
     /// What the end is called in the log.
     end_description: &'static str,
 }
@@ -245,6 +251,7 @@ struct Armed {
     moment: Moment,
     since_ms: u64,
     acked_writes: u64,
+    acked_lossy_writes: Option<u64>,
 }
 
 /// When a leader-aimed fault fires, and what it does.
@@ -364,6 +371,19 @@ impl<R: RngCore> Nemeses<R> {
         &self.crashed
     }
 
+    /// Whether some fault is in progress.
+    pub fn faults_active(&self) -> bool {
+        self.tracks.iter().any(|t| t.active.is_some())
+    }
+
+    /// The client hosts cut off with a minority of the nodes right now (the clients nemesis).
+    pub fn stranded_workers(&self) -> Vec<Host> {
+        self.tracks
+            .iter()
+            .filter_map(|t| t.active.as_ref()?.stranded.clone())
+            .collect()
+    }
+
     /// Whether some active fault holds the link between two hosts.
     pub fn is_held(&self, a: &str, b: &str) -> bool {
         self.holds.contains_key(&link(a, b))
@@ -423,6 +443,7 @@ impl<R: RngCore> Nemeses<R> {
                         moment,
                         since_ms: now_ms,
                         acked_writes: view.acked_writes,
+                        acked_lossy_writes: view.acked_lossy_writes,
                     });
                 }
                 None => {
@@ -592,7 +613,10 @@ impl<R: RngCore> Nemeses<R> {
         match armed.moment {
             Moment::CrashWhileReplicating => view.replicating.contains(&leader),
             Moment::CrashAfterReplicating => view.replicated.contains(&leader),
-            _ => view.acked_writes > armed.acked_writes,
+            _ => match (view.acked_lossy_writes, armed.acked_lossy_writes) {
+                (Some(now), Some(then)) => now > then,
+                _ => view.acked_writes > armed.acked_writes,
+            },
         }
     }
 
@@ -869,6 +893,7 @@ impl<R: RngCore> Nemeses<R> {
                     }
                 }
                 active.end_description = "heal partition";
+                active.stranded = Some(stranded.clone());
                 (
                     format!(
                         "clients on {stranded} with the minority {} | the rest with {}",
@@ -1091,6 +1116,7 @@ mod tests {
                 let view = ClusterView {
                     leader: Some(2),
                     acked_writes,
+                    acked_lossy_writes: None,
                     replicating: [2].into_iter().collect(),
                     replicated: [2].into_iter().collect(),
                 };
@@ -1125,6 +1151,7 @@ mod tests {
         let acked = ClusterView {
             leader: Some(1),
             acked_writes: 1,
+            acked_lossy_writes: None,
             replicating: [1].into_iter().collect(),
             replicated: [1].into_iter().collect(),
         };

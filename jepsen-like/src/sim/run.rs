@@ -19,7 +19,10 @@ use ringleader_node::NodeConfig;
 use storage::fs::SimFs;
 
 use crate::checker::{self, KeyOutcome};
+use crate::history::History;
+use crate::levels::Level;
 use crate::report::render_violation_html;
+use crate::session::{check_sessions, Guarantee, SessionViolation};
 use crate::sim::message_faults::MessageFaults;
 use crate::sim::nemesis::{
     node_host, worker_host, Action, ClusterView, Nemeses, Topology, CLIENT_HOST,
@@ -28,6 +31,7 @@ use crate::sim::network::TurmoilNetwork;
 use crate::sim::swarm::SwarmPlan;
 use crate::sim::workload::{self, Phase, Shared, WorkloadConfig};
 use crate::sim::{write_outputs, SimError, SimOptions, SimReport, Verdict};
+use crate::staleness::{check_staleness, BoundViolation};
 
 /// The port every node listens on (each node is its own host).
 const NODE_PORT: u16 = 7001;
@@ -44,6 +48,9 @@ const THINK_TIME_MEAN: Duration = Duration::from_millis(20);
 const READ_AFTER_WRITE_PERCENT: u32 = 30;
 /// Reads each client makes at once after a new leader is seen.
 const BURST_READS: usize = 3;
+/// Under a consistency other than the default, the share of writes (in percent) that go to a
+/// fresh key of their own, read back after the heal to count lost acknowledged writes.
+const UNIQUE_WRITE_PERCENT: u32 = 15;
 /// Hosts the workload's clients are spread over (round robin), so that the clients nemesis can
 /// strand some of them with a minority.
 const WORKER_HOSTS: usize = 2;
@@ -139,6 +146,9 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         think_time_mean: THINK_TIME_MEAN,
         read_after_write_percent: READ_AFTER_WRITE_PERCENT,
         burst_reads: BURST_READS,
+        consistency: options.consistency,
+        unique_write_percent: UNIQUE_WRITE_PERCENT,
+        worker_hosts: WORKER_HOSTS.min(options.clients),
     };
     let mut workload_rng = ChaCha8Rng::seed_from_u64(seeds.next_u64());
     let worker_hosts = WORKER_HOSTS.min(options.clients);
@@ -158,6 +168,9 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         );
     }
 
+    // With leader acknowledgements in the mix, the leader nemesis aims at them (see
+    // `ClusterView::acked_lossy_writes`).
+    let leader_acks = options.consistency.write_levels().contains(&Level::Leader);
     let mut nemeses = Nemeses::new(
         ChaCha8Rng::seed_from_u64(seeds.next_u64()),
         Topology {
@@ -185,6 +198,13 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
                 let view = ClusterView {
                     leader: shared.borrow().leader.map(|(_, id)| id),
                     acked_writes: shared.borrow().acked_writes,
+                    acked_lossy_writes: leader_acks.then(|| {
+                        shared
+                            .borrow()
+                            .lost_writes
+                            .get(&Level::Leader)
+                            .map_or(0, |l| l.acknowledged as u64)
+                    }),
                     replicating,
                     replicated,
                 };
@@ -199,6 +219,11 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         for action in actions {
             apply(&mut sim, &nemeses, &message_faults, action);
         }
+        {
+            let mut shared = shared.borrow_mut();
+            shared.faults_active = nemeses.faults_active();
+            shared.stranded = nemeses.stranded_workers();
+        }
         if finished {
             break;
         }
@@ -212,11 +237,16 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
 
     let shared = shared.borrow();
     let history_jsonl = shared.recorder.to_jsonl();
-    let history = shared.recorder.to_history()?;
+    let full_history = shared.recorder.to_history()?;
+    // Linearizability is checked over the operations whose level promises it; session and
+    // stale reads have checkers of their own.
+    let history = full_history.linearizability_view();
     // The checker is deterministic; its wall time is reported, never used.
     let check_started = std::time::Instant::now();
     let check = checker::check(&history, &options.check_options);
     let check_wall_time = check_started.elapsed();
+    let session = check_sessions(&full_history);
+    let staleness = check_staleness(&full_history);
 
     let recovery = shared.recovery.clone().unwrap_or_default();
     let nodes = &recovery.nodes;
@@ -233,6 +263,16 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
             key: v.key.clone(),
             failed_op: op.label(),
             process: op.process,
+        }
+    } else if let Some(v) = session.violations.first() {
+        Verdict::SessionViolation {
+            guarantee: v.guarantee,
+            process: v.process,
+            detail: describe_session_violation(&full_history, v),
+        }
+    } else if let Some(v) = staleness.bound_violations.first() {
+        Verdict::StalenessBoundExceeded {
+            detail: describe_bound_violation(&full_history, v),
         }
     } else if let Some(message) = host_failure {
         Verdict::HostFailed { message }
@@ -287,11 +327,55 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         plan,
         messages: message_faults.stats(),
         wall_time: wall_started.elapsed(),
+        session,
+        staleness,
+        availability: shared.availability.clone(),
+        stranded_availability: shared.stranded_availability.clone(),
+        lost_writes: shared.lost_writes.clone(),
     };
     if let Some(dir) = &options.out_dir {
         write_outputs(&report, dir)?;
     }
     Ok(report)
+}
+
+/// One line naming a session violation's operations.
+fn describe_session_violation(history: &History, v: &SessionViolation) -> String {
+    let label = |id: usize| {
+        let op = &history.ops[id];
+        format!("`{}` on {} ({})", op.label(), op.key, op.effective_level())
+    };
+    format!(
+        "{} got version {}, needed {} {} after the client's {}",
+        label(v.op),
+        v.version,
+        if matches!(
+            v.guarantee,
+            Guarantee::MonotonicWrites | Guarantee::WritesFollowReads
+        ) {
+            "more than"
+        } else {
+            "at least"
+        },
+        v.at_least,
+        label(v.because)
+    )
+}
+
+/// One line naming a bound violation's read and the write it missed.
+fn describe_bound_violation(history: &History, v: &BoundViolation) -> String {
+    let read = &history.ops[v.read];
+    format!(
+        "process {} `{}` on {} returned version {} with a staleness bound of {} ms, missing \
+         version {} acknowledged {} ms before the read was invoked",
+        v.process,
+        read.label(),
+        v.key,
+        v.version,
+        v.bound_ms,
+        v.missed_version,
+        v.acknowledged_before_ms
+    )
 }
 
 fn apply<R: rand::RngCore>(

@@ -20,6 +20,14 @@
 //! find read-path bugs: a client often reads a key right after writing it, and every client
 //! bursts reads right after the monitor sees a new leader.
 //!
+//! Levels ([`crate::sim::Consistency`]): every operation is invoked at a read level or write
+//! acknowledgement, recorded in the history with what its reply's receipt said (see
+//! `crate::history`). Under any choice but the default the workload also writes fresh keys
+//! (`u1`, `u2`, …) that nothing overwrites, and after the heal the control host reads each
+//! acknowledged one back linearizably: one found missing is an acknowledged write lost
+//! ([`LostWrites`]). How many operations each level answered while faults were active is
+//! counted too ([`Availability`]), and apart for the clients stranded with a minority.
+//!
 //! Everything here runs inside turmoil's hosts, on one thread; the state they share with each
 //! other and with the simulation driver lives in [`Shared`] behind an `Rc<RefCell<_>>`, never
 //! borrowed across an `.await`.
@@ -31,10 +39,15 @@ use std::time::Duration;
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use ringleader_client::{CasOutcome, Client, ClientConfig, Error, Expect, NodeStatus, ONLY_GROUP};
+use ringleader_client::{
+    CasOutcome, Client, ClientConfig, Error, Expect, NodeStatus, Receipt, ServedAt, ONLY_GROUP,
+};
 use serde_json::Value as Json;
 
-use crate::history::{CompletionType, Function, HistoryRecorder};
+use crate::history::{CompletionType, Function, HistoryRecorder, ReceiptInfo};
+use crate::levels::Level;
+use crate::sim::consistency::{read_level, write_ack, Consistency};
+use crate::sim::nemesis::{worker_host as worker_host_name, CLIENT_HOST as CONTROL_HOST};
 use crate::sim::network::TurmoilNetwork;
 
 /// How long after the heal writes must succeed again and every node must agree.
@@ -73,6 +86,59 @@ pub struct WorkloadConfig {
     pub read_after_write_percent: u32,
     /// After the monitor sees a new leader, every client makes this many reads without pausing.
     pub burst_reads: usize,
+    /// The levels operations are invoked at.
+    pub consistency: Consistency,
+    /// Under a consistency other than the default: the chance (in percent) that a write goes
+    /// to a fresh key of its own, read back after the heal ([`LostWrites`]).
+    pub unique_write_percent: u32,
+    /// How many hosts the clients are spread over (client `p` runs on host `p % worker_hosts`).
+    pub worker_hosts: usize,
+}
+
+/// Operations at one level that completed, and how many of them the cluster answered (`ok`,
+/// or a compare-and-set that found another value).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Availability {
+    pub answered: usize,
+    pub total: usize,
+}
+
+impl Availability {
+    /// `answered/total`, or `-` when nothing was tried.
+    pub fn ratio(&self) -> String {
+        if self.total == 0 {
+            "-".into()
+        } else {
+            format!("{}/{}", self.answered, self.total)
+        }
+    }
+
+    /// The share answered, in percent (0 when nothing was tried).
+    pub fn percent(&self) -> usize {
+        self.answered * 100 / self.total.max(1)
+    }
+}
+
+/// Writes to keys of their own at one acknowledgement level, and what the after-heal read-back
+/// found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LostWrites {
+    /// Writes invoked.
+    pub written: usize,
+    /// Writes acknowledged (`ok`).
+    pub acknowledged: usize,
+    /// Acknowledged writes read back after the heal (a read that failed is not counted).
+    pub read_back: usize,
+    /// Acknowledged writes read back and found missing.
+    pub lost: usize,
+}
+
+/// A write to a key of its own.
+#[derive(Debug, Clone, Copy)]
+struct UniqueWrite {
+    level: Level,
+    value: i64,
+    acknowledged: bool,
 }
 
 /// Where the run is: the driver heals the cluster when the workload asks.
@@ -201,6 +267,18 @@ pub struct Shared {
     pub recovery: Option<Recovery>,
     /// Writes and compare-and-sets acknowledged so far (the leader nemesis waits for one).
     pub acked_writes: u64,
+    /// Set by the driver: whether some fault is active now.
+    pub faults_active: bool,
+    /// Set by the driver: the client hosts now cut off with a minority of the nodes.
+    pub stranded: Vec<String>,
+    /// Per level, operations invoked while a fault was active.
+    pub availability: BTreeMap<Level, Availability>,
+    /// Per level, operations invoked by clients cut off with a minority of the nodes.
+    pub stranded_availability: BTreeMap<Level, Availability>,
+    /// Per write acknowledgement, the writes to keys of their own and what became of them.
+    pub lost_writes: BTreeMap<Level, LostWrites>,
+    /// The writes to keys of their own, by key.
+    unique_writes: BTreeMap<String, UniqueWrite>,
     /// Clients done with the workload.
     workers_done: usize,
     /// How many times the monitor saw a new leader: each time every client bursts reads.
@@ -228,6 +306,12 @@ impl Shared {
             leader: None,
             recovery: None,
             acked_writes: 0,
+            faults_active: false,
+            stranded: Vec::new(),
+            availability: BTreeMap::new(),
+            stranded_availability: BTreeMap::new(),
+            lost_writes: BTreeMap::new(),
+            unique_writes: BTreeMap::new(),
             workers_done: 0,
             leader_changes: 0,
             issued: 0,
@@ -261,6 +345,42 @@ pub async fn control_host(shared: Rc<RefCell<Shared>>, config: WorkloadConfig) -
     }
     let recovery = check_recovery(&config.endpoints).await?;
     shared.borrow_mut().recovery = Some(recovery);
+    read_back_unique_writes(&shared, &config).await?;
+    Ok(())
+}
+
+/// After the heal: reads back, linearizably, every acknowledged write to a key of its own
+/// (recorded in the history as process `clients`) and counts those found missing per level.
+async fn read_back_unique_writes(
+    shared: &Rc<RefCell<Shared>>,
+    config: &WorkloadConfig,
+) -> Result<(), Error> {
+    let writes: Vec<(String, UniqueWrite)> = shared
+        .borrow()
+        .unique_writes
+        .iter()
+        .map(|(key, write)| (key.clone(), *write))
+        .collect();
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let client = new_client(&config.endpoints, config.op_timeout)?;
+    let process = config.clients as u64;
+    for (key, write) in writes {
+        if !write.acknowledged {
+            continue;
+        }
+        let op = Op::Read(Level::Linearizable);
+        let found = perform(shared, &client, process, key, op, None, CONTROL_HOST).await;
+        if let Some(found) = found.read {
+            let mut shared = shared.borrow_mut();
+            let count = shared.lost_writes.entry(write.level).or_default();
+            count.read_back += 1;
+            if found != Some(write.value) {
+                count.lost += 1;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -277,11 +397,11 @@ pub async fn worker_host(
         tasks.push(tokio::task::spawn_local(async move {
             let client = worker(shared.clone(), config.clone(), process, rng).await;
             shared.borrow_mut().workers_done += 1;
-            let client = client?;
+            let (client, rng) = client?;
             while shared.borrow().recovery.is_none() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            after_heal(shared, config, process, client).await;
+            after_heal(shared, config, process, client, rng).await;
             Ok::<(), Error>(())
         }));
     }
@@ -328,11 +448,23 @@ async fn monitor_leader(shared: Rc<RefCell<Shared>>, endpoints: Vec<String>) {
     }
 }
 
-/// An operation about to be invoked.
+/// An operation about to be invoked, with its level.
 enum Op {
-    Read,
-    Write(i64),
-    Cas { expected: Option<i64>, new: i64 },
+    Read(Level),
+    Write(i64, Level),
+    Cas {
+        expected: Option<i64>,
+        new: i64,
+        level: Level,
+    },
+}
+
+impl Op {
+    fn level(&self) -> Level {
+        match self {
+            Op::Read(level) | Op::Write(_, level) | Op::Cas { level, .. } => *level,
+        }
+    }
 }
 
 /// What a client does next, besides a random operation after a pause.
@@ -355,25 +487,42 @@ fn next_op(
         return None;
     }
     shared.issued += 1;
+    let consistency = config.consistency;
     let key = match habit {
-        Habit::ReadBack(key) => return Some((key, Op::Read)),
+        Habit::ReadBack(key) => return Some((key, Op::Read(consistency.read_level(rng)))),
         Habit::Burst | Habit::Random => format!("k{}", rng.random_range(0..config.keys.max(1))),
     };
     if matches!(habit, Habit::Burst) {
-        return Some((key, Op::Read));
+        return Some((key, Op::Read(consistency.read_level(rng))));
     }
-    let op = pick_op(shared, &key, rng);
+    let op = pick_op(shared, &key, rng, consistency);
+    // Drawn only off the default, so that the default's draws are what they always were.
+    if let Op::Write(value, level) = op {
+        if !consistency.is_default() && rng.random_range(0..100) < config.unique_write_percent {
+            let key = format!("u{}", shared.unique_writes.len() + 1);
+            shared.unique_writes.insert(
+                key.clone(),
+                UniqueWrite {
+                    level,
+                    value,
+                    acknowledged: false,
+                },
+            );
+            shared.lost_writes.entry(level).or_default().written += 1;
+            return Some((key, op));
+        }
+    }
     Some((key, op))
 }
 
-/// A read, a write of a fresh value or a cas on `key`.
-fn pick_op(shared: &mut Shared, key: &str, rng: &mut ChaCha8Rng) -> Op {
+/// A read, a write of a fresh value or a cas on `key`, at levels drawn from `consistency`.
+fn pick_op(shared: &mut Shared, key: &str, rng: &mut ChaCha8Rng, consistency: Consistency) -> Op {
     match rng.random_range(0..10u32) {
-        0..=3 => Op::Read,
+        0..=3 => Op::Read(consistency.read_level(rng)),
         4..=6 => {
             let value = shared.next_value;
             shared.next_value += 1;
-            Op::Write(value)
+            Op::Write(value, consistency.write_level(rng, false))
         }
         _ => {
             let new = shared.next_value;
@@ -384,7 +533,11 @@ fn pick_op(shared: &mut Shared, key: &str, rng: &mut ChaCha8Rng) -> Op {
                 _ if rng.random_bool(0.5) => None,
                 _ => Some(rng.random_range(1..new.max(2))),
             };
-            Op::Cas { expected, new }
+            Op::Cas {
+                expected,
+                new,
+                level: consistency.write_level(rng, true),
+            }
         }
     }
 }
@@ -449,13 +602,13 @@ fn new_client(
 }
 
 /// One client's share of the workload; returns the client, its session as the workload left it,
-/// for the after-heal operations.
+/// and its generator, for the after-heal operations.
 async fn worker(
     shared: Rc<RefCell<Shared>>,
     config: WorkloadConfig,
     process: u64,
     mut rng: ChaCha8Rng,
-) -> Result<Client<TurmoilNetwork>, Error> {
+) -> Result<(Client<TurmoilNetwork>, ChaCha8Rng), Error> {
     let client = new_client(&config.endpoints, config.op_timeout)?;
     let think_ms_max = 2 * config.think_time_mean.as_millis() as u64;
     // Set after a successful write that the next operation reads back at once.
@@ -485,14 +638,17 @@ async fn worker(
         let (key, op, phase) = {
             let mut shared = shared.borrow_mut();
             let Some((key, op)) = next_op(&mut shared, &config, &mut rng, habit) else {
-                return Ok(client);
+                return Ok((client, rng));
             };
             // `issued` counts this operation already: 1..=ops.
             let phase = (shared.issued - 1) * WORKLOAD_PHASES / config.ops.max(1);
             (key, op, phase)
         };
-        let written_key = (!matches!(op, Op::Read)).then(|| key.clone());
-        let kind = perform(&shared, &client, process, key, op, phase).await;
+        let written_key = (!matches!(op, Op::Read(_))).then(|| key.clone());
+        let host = worker_host_name(process as usize % config.worker_hosts.max(1));
+        let kind = perform(&shared, &client, process, key, op, Some(phase), &host)
+            .await
+            .kind;
         if kind == CompletionType::Ok && rng.random_range(0..100) < config.read_after_write_percent
         {
             read_back = written_key;
@@ -501,82 +657,143 @@ async fn worker(
 }
 
 /// After the heal: the client does a write, a read and a write (fresh values, on its own key
-/// `k<process mod keys>`), recorded in the history and counted in the last phase.
+/// `k<process mod keys>`, at levels drawn as in the workload), recorded in the history and
+/// counted in the last phase.
 async fn after_heal(
     shared: Rc<RefCell<Shared>>,
     config: WorkloadConfig,
     process: u64,
     client: Client<TurmoilNetwork>,
+    mut rng: ChaCha8Rng,
 ) {
     let key = format!("k{}", process as usize % config.keys.max(1));
     let phase = WORKLOAD_PHASES;
     for i in 0..AFTER_HEAL_OPS_PER_CLIENT {
         let op = if i % 2 == 1 {
-            Op::Read
+            Op::Read(config.consistency.read_level(&mut rng))
         } else {
             let mut shared = shared.borrow_mut();
             let value = shared.next_value;
             shared.next_value += 1;
-            Op::Write(value)
+            Op::Write(value, config.consistency.write_level(&mut rng, false))
         };
-        perform(&shared, &client, process, key.clone(), op, phase).await;
+        let host = worker_host_name(process as usize % config.worker_hosts.max(1));
+        perform(
+            &shared,
+            &client,
+            process,
+            key.clone(),
+            op,
+            Some(phase),
+            &host,
+        )
+        .await;
     }
 }
 
-/// Invokes `op` on `key` through `client`, and records and counts its completion (in `phase`);
-/// returns how it completed.
+/// How an operation completed, as [`perform`] recorded it.
+struct Performed {
+    kind: CompletionType,
+    /// For an `ok` read, the value read: `Some(None)` when absent (or not an integer, which
+    /// the workload never writes).
+    read: Option<Option<i64>>,
+}
+
+/// What a receipt said, for the history.
+fn receipt_info(version: Option<u64>, receipt: Option<&Receipt>) -> ReceiptInfo {
+    ReceiptInfo {
+        version,
+        index: receipt.map(|r| r.index),
+        staleness_bound_ms: receipt.and_then(|r| r.staleness_bound_ms),
+        served: receipt.map(|r| match r.served_at {
+            ServedAt::Linearizable => Level::Linearizable,
+            ServedAt::Lease => Level::Lease,
+            ServedAt::Session => Level::Session,
+            ServedAt::Stale => Level::Stale,
+            ServedAt::Majority => Level::Majority,
+            ServedAt::All => Level::All,
+            ServedAt::Leader => Level::Leader,
+        }),
+    }
+}
+
+/// Invokes `op` on `key` through `client`, and records its completion, with its receipt, and
+/// counts it (in `phase`, if any, and per level); returns how it completed.
 async fn perform(
     shared: &Rc<RefCell<Shared>>,
     client: &Client<TurmoilNetwork>,
     process: u64,
     key: String,
     op: Op,
-    phase: usize,
-) -> CompletionType {
-    let id = {
+    phase: Option<usize>,
+    host: &str,
+) -> Performed {
+    let level = op.level();
+    let (id, under_faults, stranded) = {
         let mut shared = shared.borrow_mut();
         let (f, value) = match &op {
-            Op::Read => (Function::Read, Json::Null),
-            Op::Write(v) => (Function::Write, Json::from(*v)),
-            Op::Cas { expected, new } => (
+            Op::Read(_) => (Function::Read, Json::Null),
+            Op::Write(v, _) => (Function::Write, Json::from(*v)),
+            Op::Cas { expected, new, .. } => (
                 Function::Cas,
                 Json::Array(vec![json_of(*expected), Json::from(*new)]),
             ),
         };
-        shared.recorder.invoke_at(process, f, &key, value, now_ns())
+        let id = shared
+            .recorder
+            .invoke_at_level(process, f, &key, value, now_ns(), level);
+        let stranded = shared.stranded.iter().any(|h| h == host);
+        (id, shared.faults_active, stranded)
     };
-    let is_write = !matches!(op, Op::Read);
+    let is_write = !matches!(op, Op::Read(_));
     let mut seen: Option<Option<i64>> = None;
+    let mut receipt = ReceiptInfo::default();
     let (kind, value, error) = match op {
-        Op::Read => match client.get(key.as_str()).await {
+        Op::Read(level) => match client.read(key.as_str(), read_level(level)).await {
             Ok(found) => {
-                let (json, parsed) = match found {
+                let (json, parsed) = match &found.value {
                     Some(v) => decode_value(&v.value),
                     None => (Json::Null, None),
                 };
+                let version = found.value.as_ref().map_or(0, |v| v.version);
+                receipt = receipt_info(Some(version), found.receipt.as_ref());
                 seen = Some(parsed);
                 (CompletionType::Ok, json, None)
             }
             Err(error) => (CompletionType::Fail, Json::Null, Some(error_label(&error))),
         },
-        Op::Write(v) => match client.put(key.as_str(), v.to_string()).await {
-            Ok(_) => {
+        Op::Write(v, level) => match client
+            .put_with(key.as_str(), v.to_string(), write_ack(level))
+            .await
+        {
+            Ok(written) => {
+                receipt = receipt_info(Some(written.version), written.receipt.as_ref());
                 seen = Some(Some(v));
                 (CompletionType::Ok, Json::Null, None)
             }
             Err(error) => write_error(&error),
         },
-        Op::Cas { expected, new } => {
+        Op::Cas {
+            expected,
+            new,
+            level,
+        } => {
             let expect = match expected {
                 Some(e) => Expect::Value(e.to_string().into_bytes()),
                 None => Expect::Absent,
             };
-            match client.cas(key.as_str(), expect, new.to_string()).await {
-                Ok(CasOutcome::Swapped { .. }) => {
+            match client
+                .cas_with(key.as_str(), expect, new.to_string(), write_ack(level))
+                .await
+            {
+                Ok((CasOutcome::Swapped { version }, answered)) => {
+                    receipt = receipt_info(Some(version), answered.as_ref());
                     seen = Some(Some(new));
                     (CompletionType::Ok, Json::Null, None)
                 }
-                Ok(CasOutcome::Mismatch { current }) => {
+                Ok((CasOutcome::Mismatch { current }, answered)) => {
+                    let version = current.as_ref().map_or(0, |c| c.version);
+                    receipt = receipt_info(Some(version), answered.as_ref());
                     seen = Some(current.and_then(|c| decode_value(&c.value).1));
                     (CompletionType::Fail, Json::Null, Some("mismatch".into()))
                 }
@@ -587,13 +804,27 @@ async fn perform(
     // The client starts a new session by itself after `SessionExpired`; count them.
     let session_expired = error.as_deref() == Some(SESSION_EXPIRED);
     let mut shared = shared.borrow_mut();
+    shared
+        .recorder
+        .complete_with_receipt(id, kind, value, error.as_deref(), now_ns(), &receipt);
+    let read = (!is_write && kind == CompletionType::Ok).then(|| seen.flatten());
+    let Some(phase) = phase else {
+        // The after-heal read-back: recorded in the history, counted nowhere else.
+        return Performed { kind, read };
+    };
     if session_expired {
         shared.counts.sessions_renewed += 1;
         if let Some(counts) = shared.phases.get_mut(phase) {
             counts.counts.sessions_renewed += 1;
         }
     }
-    if let Some(seen) = seen {
+    if let Some(write) = shared.unique_writes.get_mut(&key).filter(|_| is_write) {
+        if kind == CompletionType::Ok {
+            write.acknowledged = true;
+            let level = write.level;
+            shared.lost_writes.entry(level).or_default().acknowledged += 1;
+        }
+    } else if let Some(seen) = seen {
         shared.last_seen.insert(key, seen);
     }
     shared.counts.count(kind, is_write);
@@ -603,10 +834,19 @@ async fn perform(
     if let Some(counts) = shared.phases.get_mut(phase) {
         counts.count(process, kind, is_write);
     }
-    shared
-        .recorder
-        .complete_at(id, kind, value, error.as_deref(), now_ns());
-    kind
+    let answered = kind == CompletionType::Ok || error.as_deref() == Some("mismatch");
+    let tally = |map: &mut BTreeMap<Level, Availability>| {
+        let a = map.entry(level).or_default();
+        a.total += 1;
+        a.answered += usize::from(answered);
+    };
+    if under_faults {
+        tally(&mut shared.availability);
+    }
+    if stranded {
+        tally(&mut shared.stranded_availability);
+    }
+    Performed { kind, read }
 }
 
 /// After the heal: a write must succeed, then every node must report the same applied index,

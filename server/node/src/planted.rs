@@ -63,6 +63,10 @@ pub enum PlantedBug {
     MajorityOffByOne,
     /// [`RaftBug::NeverSendSnapshot`].
     NeverSendSnapshot,
+    /// Every replica serves a session read at once from its local state, ignoring the
+    /// client's session position (`min_index`): a replica behind the client's last write or
+    /// read answers with older state, breaking read-your-writes and monotonic reads.
+    SessionIndexIgnored,
     /// Not a consistency bug but a floor fault: every node refuses every write (put, delete,
     /// cas) as `Invalid`, never proposing it; sessions and reads are served. The history stays
     /// linearizable (nothing was written), so only the simulation's floors of successful
@@ -136,6 +140,9 @@ pub struct Entry {
     /// Whether each seed draws its own mix of `nemeses` (swarm testing, the default), or runs
     /// them all (`ringleader sim --no-swarm`).
     pub swarm: bool,
+    /// The consistency levels the workload uses (`ringleader sim --consistency`): the level
+    /// whose promise the bug breaks.
+    pub consistency: &'static str,
     /// Seeds, from 0, within which the simulation must catch it (about 2–3 times the seeds it
     /// needed when measured; at most 200). Zero for what is not caught by seeds
     /// ([`Kind::Regression`], [`Kind::NotCaught`]).
@@ -153,6 +160,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "every node answers linearizable reads from its local state at once",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 3,
     },
     Entry {
@@ -164,6 +172,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "the highest-id node applies each no-op as a write of a hidden key",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 3,
     },
     Entry {
@@ -175,6 +184,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "every node's WAL never fsyncs, so writes are acknowledged before they are durable",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 5,
     },
     Entry {
@@ -186,6 +196,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "the leader commits an older term's entry once a majority holds it",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 0,
     },
     Entry {
@@ -197,6 +208,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "a follower clamps the leader's commit index to its own last index, committing a stale suffix",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 0,
     },
     Entry {
@@ -208,6 +220,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "the leader's heartbeats carry its whole commit index, not min(commit, the follower's match)",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 65,
     },
     Entry {
@@ -219,6 +232,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "a new leader answers ReadIndex with a commit index from before its first commit",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 10,
     },
     Entry {
@@ -230,6 +244,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "the leader answers ReadIndex at once, so a deposed leader serves stale reads",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 200,
     },
     Entry {
@@ -241,6 +256,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "a node that already voted in this term votes again for another candidate",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 5,
     },
     Entry {
@@ -252,6 +268,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "the log store writes the hard state only together with entries, so a vote alone is lost on restart",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 70,
     },
     Entry {
@@ -263,6 +280,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "a follower drops its entries after a (stale or duplicated) AppendEntries even when they match",
         nemeses: "messages,crash,partition",
         swarm: false,
+        consistency: "linearizable",
         seed_budget: 85,
     },
     Entry {
@@ -274,6 +292,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "a follower installs any snapshot it receives, discarding a newer log",
         nemeses: "messages,crash,bounce,pause",
         swarm: false,
+        consistency: "linearizable",
         seed_budget: 8,
     },
     Entry {
@@ -285,6 +304,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "the state machine does not cache a session write's outcome, so a retried write applies twice",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 55,
     },
     Entry {
@@ -296,6 +316,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "the leader commits once n/2 nodes hold an entry, one short of a majority",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 20,
     },
     Entry {
@@ -307,6 +328,19 @@ pub const CATALOGUE: &[Entry] = &[
         description: "the leader never sends a snapshot, so a follower behind its compacted log never catches up",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
+        seed_budget: 3,
+    },
+    Entry {
+        bug: PlantedBug::SessionIndexIgnored,
+        name: "session-index-ignored",
+        layer: Layer::Node,
+        kind: Kind::Bug,
+        rule: "issue 15, session reads: served only by a replica that applied the client's session position",
+        description: "every replica answers session reads at once, whatever it has applied",
+        nemeses: "all",
+        swarm: true,
+        consistency: "session",
         seed_budget: 3,
     },
     Entry {
@@ -318,6 +352,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "every node refuses every write as invalid (caught by the floors of successful operations)",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 3,
     },
     Entry {
@@ -329,6 +364,7 @@ pub const CATALOGUE: &[Entry] = &[
         description: "every node swallows each session's first write (the cluster must keep serving the client)",
         nemeses: "all",
         swarm: true,
+        consistency: "linearizable",
         seed_budget: 0,
     },
 ];

@@ -489,7 +489,9 @@ impl Replica {
                 return;
             }
             ReadConsistency::Session { min_index } => {
-                if self.machine.applied_index() >= min_index {
+                // Planted: the client's session position ignored, served from whatever is here.
+                let ignore_position = self.planted(PlantedBug::SessionIndexIgnored);
+                if self.machine.applied_index() >= min_index || ignore_position {
                     self.serve_read(&key, reply, ServedAt::Session);
                 } else if self.waiting_reads.len() >= MAX_WAITING {
                     answer(reply, busy("session reads waiting for their index"));
