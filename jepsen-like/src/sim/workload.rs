@@ -556,6 +556,9 @@ fn decode_value(bytes: &[u8]) -> (Json, Option<i64>) {
 }
 
 const SESSION_EXPIRED: &str = "session expired";
+/// An `all` write that committed but was not seen applied on every replica in time: recorded
+/// `info` (its version is unknown), yet it took effect, so the floors count it as a success.
+const COMMITTED_NOT_ON_ALL: &str = "committed, not yet on every replica";
 
 /// A short reason for the history's `error` field.
 fn error_label(error: &Error) -> String {
@@ -570,7 +573,7 @@ fn error_label(error: &Error) -> String {
         Error::Invalid(message) => format!("invalid: {message}"),
         Error::Server(message) => format!("server: {message}"),
         Error::DiskFull { node, .. } => format!("disk full on {node}"),
-        Error::NotOnAllReplicas(_) => "committed, not yet on every replica".into(),
+        Error::NotOnAllReplicas(_) => COMMITTED_NOT_ON_ALL.into(),
         Error::NoEndpoints => "no endpoints".into(),
         Error::NotLeader { .. } => "not the leader (pinned client)".into(),
     }
@@ -831,8 +834,10 @@ async fn perform(
     if kind == CompletionType::Ok && is_write {
         shared.acked_writes += 1;
     }
+    let took_effect = is_write && error.as_deref() == Some(COMMITTED_NOT_ON_ALL);
     if let Some(counts) = shared.phases.get_mut(phase) {
-        counts.count(process, kind, is_write);
+        let counted = if took_effect { CompletionType::Ok } else { kind };
+        counts.count(process, counted, is_write);
     }
     let answered = kind == CompletionType::Ok || error.as_deref() == Some("mismatch");
     let tally = |map: &mut BTreeMap<Level, Availability>| {
