@@ -759,9 +759,11 @@ impl Raft {
     }
 
     /// Leader only: its ticks since the heartbeat that a quorum (itself included) has most
-    /// recently all acknowledged was sent.
+    /// recently all acknowledged was sent. `None` until the leader has committed an entry of its
+    /// own term: before that its commit index may trail what earlier leaders committed (the
+    /// rule ReadIndex follows too, thesis §6.4), so it cannot vouch for any state.
     fn quorum_ack_age_ticks(&self) -> Option<u64> {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || self.log.term(self.log.commit_index()) != Some(self.term) {
             return None;
         }
         let mut acks: Vec<u64> = self

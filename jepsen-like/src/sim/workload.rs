@@ -836,7 +836,11 @@ async fn perform(
     }
     let took_effect = is_write && error.as_deref() == Some(COMMITTED_NOT_ON_ALL);
     if let Some(counts) = shared.phases.get_mut(phase) {
-        let counted = if took_effect { CompletionType::Ok } else { kind };
+        let counted = if took_effect {
+            CompletionType::Ok
+        } else {
+            kind
+        };
         counts.count(process, counted, is_write);
     }
     let answered = kind == CompletionType::Ok || error.as_deref() == Some("mismatch");

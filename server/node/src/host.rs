@@ -67,6 +67,8 @@ pub struct Host {
     config: NodeConfig,
     io: Io,
     replicas: BTreeMap<GroupId, Replica>,
+    /// Ticks not yet delivered to the replicas (the simulation has paused this node).
+    missed_ticks: u64,
 }
 
 /// What the host does I/O with, apart from the replicas it does it for.
@@ -101,13 +103,18 @@ impl Host {
                 disk_full_until: None,
             },
             replicas: BTreeMap::from([(ONLY_GROUP, replica)]),
+            missed_ticks: 0,
         })
     }
 
     /// Runs the node until a [`NodeInput::Shutdown`] arrives or every sender is gone.
     pub async fn run(mut self, mut inputs: mpsc::Receiver<NodeInput>) {
         let mut ticker = tokio::time::interval(self.config.tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Ticks missed while the process could not run (a pause, a stalled disk) are all
+        // delivered when it runs again, before any input (the select below is biased to the
+        // ticker): Raft's clock must never lose time, or a leader's lease and a replica's
+        // staleness bound would outlive their guarantee after a pause.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         // Under `SyncPolicy::Interval` the log is synced on this timer instead of per Ready.
         let sync_every = match self.config.wal.sync {
             SyncPolicy::Interval(every) => Some(every),
@@ -156,19 +163,33 @@ impl Host {
         }
     }
 
-    /// One tick of the logical clock, for every replica (none while the simulation has
-    /// stopped this node's clock).
+    /// One tick of the logical clock, for every replica. While the simulation holds this node
+    /// paused, its ticks are counted, not delivered; they are all delivered when it resumes, as
+    /// a paused process's monotonic clock runs on during the pause.
     fn tick(&mut self) {
+        self.missed_ticks += 1;
+        self.catch_up_ticks();
+    }
+
+    /// Delivers the ticks counted while the node was paused, unless it still is.
+    fn catch_up_ticks(&mut self) {
+        if self.missed_ticks == 0 {
+            return;
+        }
         if let Some(faults) = &self.config.transport_faults {
             if faults.clock_stopped(self.config.id) {
                 return;
             }
         }
-        self.replicas.values_mut().for_each(Replica::tick);
+        for _ in 0..std::mem::take(&mut self.missed_ticks) {
+            self.replicas.values_mut().for_each(Replica::tick);
+        }
     }
 
     /// Handles one input; returns the shutdown acknowledgement if it was a shutdown.
     fn handle(&mut self, input: NodeInput) -> Option<oneshot::Sender<()>> {
+        // Time first: an input that arrives as a pause ends must not see the clock of before.
+        self.catch_up_ticks();
         match input {
             NodeInput::Peer { group, message } => match self.replicas.get_mut(&group) {
                 Some(replica) => replica.step(message),
