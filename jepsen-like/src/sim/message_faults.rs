@@ -112,6 +112,9 @@ struct Plan {
 #[derive(Debug)]
 pub struct MessageFaults {
     plan: Mutex<Plan>,
+    /// Whether a paused node's clock catches up on resume (see
+    /// `TransportFaults::paused_clock_catches_up`).
+    pause_catches_up: bool,
 }
 
 fn percent(rng: &mut ChaCha8Rng, p: u32) -> bool {
@@ -119,8 +122,11 @@ fn percent(rng: &mut ChaCha8Rng, p: u32) -> bool {
 }
 
 impl MessageFaults {
-    pub fn new(seed: u64) -> MessageFaults {
+    /// `pause_catches_up`: whether a paused node's missed ticks are delivered on resume (a
+    /// process pause) or lost (a clock stall).
+    pub fn new(seed: u64, pause_catches_up: bool) -> MessageFaults {
         MessageFaults {
+            pause_catches_up,
             plan: Mutex::new(Plan {
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 links: BTreeMap::new(),
@@ -254,6 +260,10 @@ impl TransportFaults for MessageFaults {
     fn clock_stopped(&self, node: NodeId) -> bool {
         self.plan().stopped_clocks.contains_key(&node)
     }
+
+    fn paused_clock_catches_up(&self) -> bool {
+        self.pause_catches_up
+    }
 }
 
 #[cfg(test)]
@@ -271,7 +281,7 @@ mod tests {
 
     #[test]
     fn a_clear_link_delivers_once_at_once_and_a_cut_one_way_drops_one_direction() {
-        let faults = MessageFaults::new(1);
+        let faults = MessageFaults::new(1, false);
         assert_eq!(faults.fate(&heartbeat(1, 2)), vec![Duration::ZERO]);
         faults.set_link(1, 2, 0, Some(LinkFaults::cut()));
         assert!(faults.fate(&heartbeat(1, 2)).is_empty());
@@ -283,7 +293,7 @@ mod tests {
 
     #[test]
     fn overlapping_faults_end_independently() {
-        let faults = MessageFaults::new(1);
+        let faults = MessageFaults::new(1, false);
         faults.set_link(1, 2, 0, Some(LinkFaults::cut()));
         faults.set_link(
             1,
@@ -307,7 +317,7 @@ mod tests {
 
     #[test]
     fn faults_happen_at_about_their_rates() {
-        let faults = MessageFaults::new(7);
+        let faults = MessageFaults::new(7, false);
         faults.set_link(
             1,
             2,
@@ -337,7 +347,7 @@ mod tests {
 
     #[test]
     fn clock_stops_nest() {
-        let faults = MessageFaults::new(1);
+        let faults = MessageFaults::new(1, false);
         faults.stop_clock(3, true);
         faults.stop_clock(3, true);
         faults.stop_clock(3, false);

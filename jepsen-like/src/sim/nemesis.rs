@@ -1085,7 +1085,7 @@ mod tests {
             let mut n = nemeses(seed, &enabled);
             let mut held: BTreeSet<(Host, Host)> = BTreeSet::new();
             let mut down: BTreeSet<u64> = BTreeSet::new();
-            let faults = MessageFaults::new(seed);
+            let faults = MessageFaults::new(seed, false);
             let mut acked_writes = 0;
             let mut fired = BTreeSet::new();
             let mut apply = |actions: Vec<Action>| {

@@ -11,9 +11,12 @@
 //! decides each outbound message's fate here, seeded and per message, before it reaches the
 //! (still ordered) connection.
 //!
-//! The same seam carries one clock fault: a node whose clock is stopped skips its ticks, as a
-//! paused process does (a paused process does not see the ticks it slept through: the node's
-//! ticker does not burst missed ticks).
+//! The same seam carries one clock fault: a node whose clock is stopped gets no ticks while it
+//! is stopped. What happens to them when it runs again is the fault's second half: a paused
+//! process's monotonic clock runs on, so its missed ticks are delivered at once on resume
+//! (`paused_clock_catches_up`, what production does: the node's ticker bursts missed ticks);
+//! a clock that really stalled loses them — unbounded drift, which Raft's safety does not care
+//! about but a lease or a staleness bound does.
 
 use std::time::Duration;
 
@@ -28,10 +31,16 @@ pub trait TransportFaults: Send + Sync + 'static {
     /// duplicate it; different delays for different messages reorder them.
     fn fate(&self, message: &Message) -> Vec<Duration>;
 
-    /// Whether `node`'s clock is stopped right now: its Raft ticks are skipped until it runs again.
+    /// Whether `node`'s clock is stopped right now: its Raft ticks are held until it runs again.
     fn clock_stopped(&self, node: NodeId) -> bool {
         let _ = node;
         false
+    }
+
+    /// Whether the ticks held while a clock was stopped are delivered when it runs again (a
+    /// process pause: the default) or lost (a clock stall, beyond any drift bound).
+    fn paused_clock_catches_up(&self) -> bool {
+        true
     }
 }
 

@@ -163,9 +163,10 @@ impl Host {
         }
     }
 
-    /// One tick of the logical clock, for every replica. While the simulation holds this node
-    /// paused, its ticks are counted, not delivered; they are all delivered when it resumes, as
-    /// a paused process's monotonic clock runs on during the pause.
+    /// One tick of the logical clock, for every replica. While the simulation holds this node's
+    /// clock stopped, its ticks are counted, not delivered; when it runs again they are all
+    /// delivered (a process pause: the monotonic clock ran on) or dropped (a clock stall), as
+    /// the seam says (`TransportFaults::paused_clock_catches_up`).
     fn tick(&mut self) {
         self.missed_ticks += 1;
         self.catch_up_ticks();
@@ -179,6 +180,10 @@ impl Host {
         if let Some(faults) = &self.config.transport_faults {
             if faults.clock_stopped(self.config.id) {
                 return;
+            }
+            if !faults.paused_clock_catches_up() {
+                // A stalled clock: the ticks it slept through are gone.
+                self.missed_ticks = self.missed_ticks.min(1);
             }
         }
         for _ in 0..std::mem::take(&mut self.missed_ticks) {

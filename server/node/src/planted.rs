@@ -233,7 +233,7 @@ pub const CATALOGUE: &[Entry] = &[
         nemeses: "all",
         swarm: true,
         consistency: "linearizable",
-        seed_budget: 10,
+        seed_budget: 60,
     },
     Entry {
         bug: PlantedBug::UnconfirmedReads,
@@ -293,7 +293,7 @@ pub const CATALOGUE: &[Entry] = &[
         nemeses: "messages,crash,bounce,pause",
         swarm: false,
         consistency: "linearizable",
-        seed_budget: 8,
+        seed_budget: 200,
     },
     Entry {
         bug: PlantedBug::SessionOutcomeNotCached,
