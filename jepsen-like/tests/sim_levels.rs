@@ -143,8 +143,9 @@ fn on_the_minority_side_stale_reads_answer_where_linearizable_ones_fail() {
 }
 
 /// Seeds in which the leader nemesis makes a leader-acknowledged write lost: of seeds 0..30
-/// (1000 operations, `--consistency mix --nemesis leader`), these three lost one each.
-const LEADER_LOSS_SEEDS: [u64; 3] = [0, 18, 27];
+/// (1000 operations, `--consistency mix --nemesis leader`), these three lost one each (re-measured
+/// when issue 15's heartbeat echo shifted every seed: of seeds 0..41).
+const LEADER_LOSS_SEEDS: [u64; 3] = [3, 10, 17];
 
 #[test]
 fn leader_acks_lose_writes_when_the_leader_crashes_and_majority_and_all_never_do() {
