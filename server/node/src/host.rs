@@ -1058,4 +1058,70 @@ mod tests {
         assert_eq!(receipt.served_at, ServedAt::Linearizable);
         assert!(receipt.index >= version);
     }
+
+    /// Node `from` tells the leader (node 1) it holds and has applied everything up to `index`.
+    fn caught_up(node: &mut Host, from: NodeId, index: u64) {
+        let term = node.group0().raft.term();
+        node.handle(from_peer(
+            from,
+            term,
+            MessageBody::AppendEntriesResponse {
+                result: consensus::AppendResult::Success { match_index: index },
+                applied_index: index,
+            },
+        ));
+        node.process_ready().expect("persist");
+    }
+
+    #[test]
+    fn an_all_ack_answers_once_every_replica_has_applied_the_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = leader_of_three(dir.path());
+        let mut all = request(&mut node, put_acked("k", WriteAck::All));
+        node.process_ready().expect("persist");
+        let index = node.group0().raft.status().last_index;
+        // Node 2 makes a quorum: committed and applied on the leader, but node 3 lacks it.
+        caught_up(&mut node, 2, index);
+        assert!(node.group0().machine.applied_index() >= index, "committed");
+        assert!(all.try_recv().is_err(), "waits for node 3");
+        caught_up(&mut node, 3, index);
+        let (response, receipt) = receipt_of(&mut all);
+        assert!(matches!(response, Response::Written { version } if version == index));
+        assert_eq!((receipt.served_at, receipt.index), (ServedAt::All, index));
+    }
+
+    #[test]
+    fn an_all_ack_times_out_with_a_clear_error_while_a_replica_is_down_and_the_write_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = leader_of_three(dir.path());
+        let mut all = request(&mut node, put_acked("k", WriteAck::All));
+        node.process_ready().expect("persist");
+        let index = node.group0().raft.status().last_index;
+        caught_up(&mut node, 2, index);
+        // Node 3 is down: two election timeouts pass, node 2 keeping the leader in office.
+        for _ in 0..2 * node.config.election_timeout_ticks {
+            node.tick();
+            caught_up(&mut node, 2, index);
+        }
+        assert!(node.group0().is_leader());
+        let response = answered(&mut all);
+        assert_error(response.clone(), ErrorKind::AckTimeout);
+        let Response::Error { message, .. } = response else {
+            unreachable!()
+        };
+        assert!(
+            message.contains("will not be lost") && message.contains('3'),
+            "{message}"
+        );
+        // The write took effect all the same.
+        let mut read = get(&mut node, "k");
+        node.process_ready().expect("serve");
+        node.tick();
+        caught_up(&mut node, 2, index);
+        let _ = read.try_recv();
+        assert!(
+            node.group0().machine.get(b"k").is_some(),
+            "committed and applied"
+        );
+    }
 }
