@@ -179,32 +179,27 @@ fn lease_reads_within_the_drift_bound_are_linearizable() {
     }
 }
 
-/// Beyond the drift bound (the lease margin is 2/10 of the election timeout; clocks here run
-/// up to 60–90% fast or slow) a leader's lease can outlive its leadership, and a lease read
-/// then returns a stale value: the checker must catch it in some seed.
-///
-/// Ignored: lease reads are served by a ReadIndex round until `ReadMode::Lease` (branch
-/// reads15) merges, so they cannot go stale yet and this cannot pass. Run it then with
-/// `cargo test --release -p jepsen-like --test sim_levels -- --ignored --nocapture`.
+/// Beyond the drift bound (two clocks may differ by a 9/7 ratio: 12% per node) a leader's lease
+/// can outlive its leadership. The run: lease reads, clocks drifting up to 60%, and the leader
+/// nemesis, which in lease runs cuts the leader off from its peers and from the second client
+/// host, and beyond the bound also stalls its clock while it keeps serving the clients on its
+/// side. Of seeds 0..81 (1000 operations, `--no-swarm`), 59, 76 and 77 end in a stale lease
+/// read the checker reports as a violation; seed 59 is asserted here. Within the bound the same
+/// fault, without the stall, passes (the test above, and seeds 0..31 at 10%).
+/// `ringleader sim --seed 59 --ops 1000 --consistency lease --clock-drift 60 --nemesis leader --no-swarm`
 #[test]
-#[ignore]
 fn lease_reads_beyond_the_drift_bound_are_caught() {
-    for seed in 0..100 {
-        let drift = 60 + (seed % 4) as u32 * 10;
-        let report = run(&SimOptions {
-            clock_drift_percent: drift,
-            ..options(seed, Consistency::Lease, &Nemesis::ALL)
-        })
-        .expect("the simulation could not run");
-        if matches!(report.verdict, jepsen_like::sim::Verdict::Violation { .. }) {
-            println!(
-                "caught at seed {seed} (drift {drift}%):\n{}",
-                report.summary()
-            );
-            return;
-        }
-    }
-    panic!("no stale lease read caught in seeds 0..100 with drift 60-90%");
+    let report = run(&SimOptions {
+        clock_drift_percent: 60,
+        swarm: false,
+        ..options(59, Consistency::Lease, &[Nemesis::Leader])
+    })
+    .expect("the simulation could not run");
+    assert!(
+        matches!(report.verdict, jepsen_like::sim::Verdict::Violation { .. }),
+        "a lease beyond the drift bound should have answered a stale read: {}",
+        report.summary()
+    );
 }
 
 /// The soak behind the figures in docs/testing.md: `--consistency mix` over every nemesis,

@@ -296,6 +296,13 @@ pub struct Nemeses<R> {
     crashed: BTreeSet<u64>,
     log: Vec<FaultEvent>,
     healed: bool,
+    /// The leader nemesis's isolation cuts the leader from its peers only, leaving its
+    /// clients: the shape in which a lease that outlives its guarantee answers a stale read
+    /// (set for runs that check lease reads; see [`Nemeses::cut_leader_from_peers_only`]).
+    leader_keeps_clients: bool,
+    /// With `leader_keeps_clients`: the cut leader's clock also stalls (a run beyond the drift
+    /// bound).
+    leader_clock_stalls: bool,
 }
 
 fn link(a: &str, b: &str) -> (Host, Host) {
@@ -358,7 +365,20 @@ impl<R: RngCore> Nemeses<R> {
             crashed: BTreeSet::new(),
             log: Vec::new(),
             healed: false,
+            leader_keeps_clients: false,
+            leader_clock_stalls: false,
         }
+    }
+
+    /// Makes the leader nemesis's isolation cut the leader off from its peers only: clients
+    /// still reach it, as a leader on the wrong side of a partition is reached by the clients on
+    /// its side. A lease read there is safe only while the clocks drift within the bound. The
+    /// random draws are the same either way. `stall_clock`: the cut leader's clock also stops
+    /// while it keeps serving (the limit of drift beyond the bound, for runs that claim it).
+    pub fn cut_leader_from_peers_only(mut self, stall_clock: bool) -> Self {
+        self.leader_keeps_clients = true;
+        self.leader_clock_stalls = stall_clock;
+        self
     }
 
     /// The faults injected so far.
@@ -663,6 +683,41 @@ impl<R: RngCore> Nemeses<R> {
                     node_host(leader)
                 ),
                 PAUSE_MS,
+            )
+        } else if self.leader_keeps_clients {
+            let me = node_host(leader);
+            let peers: Vec<Host> = self
+                .nodes
+                .iter()
+                .filter(|&&id| id != leader)
+                .map(|&id| node_host(id))
+                .collect();
+            for peer in &peers {
+                self.hold(&me, peer, &mut active, actions);
+            }
+            // The second client host goes with the majority: clients on both sides.
+            let majority_side: Vec<Host> = self.workers.iter().skip(1).cloned().collect();
+            for worker in &majority_side {
+                self.hold(&me, worker, &mut active, actions);
+            }
+            // Beyond the drift bound, its clock stalls while it keeps serving: the limit of
+            // drift, under which a lease outlives its guarantee.
+            let stalled = if self.leader_clock_stalls {
+                actions.push(Action::StopClock(leader, true));
+                active.clocks.push(leader);
+                ", its clock stalled,"
+            } else {
+                ""
+            };
+            active.end_description = "heal partition";
+            (
+                format!(
+                    "cut leader {} from its peers and from client host(s) {}{stalled} right \
+                     after an acknowledged write",
+                    node_host(leader),
+                    majority_side.join(",")
+                ),
+                PARTITION_MS,
             )
         } else {
             self.isolate(leader, &mut active, actions);

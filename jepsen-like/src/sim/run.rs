@@ -24,6 +24,10 @@ use crate::levels::Level;
 use crate::report::render_violation_html;
 use crate::session::{check_sessions, Guarantee, SessionViolation};
 use crate::sim::consistency::Consistency;
+
+/// The per-node clock drift the lease tolerates: two clocks `1 ± d` apart stay within the
+/// lease's 9/7 ratio for `d` up to 1/8.
+const LEASE_DRIFT_BOUND_PERCENT: u32 = 12;
 use crate::sim::message_faults::MessageFaults;
 use crate::sim::nemesis::{
     node_host, worker_host, Action, ClusterView, Nemeses, Topology, CLIENT_HOST,
@@ -187,6 +191,13 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         },
         &plan.nemeses,
     );
+    // Lease runs: the leader nemesis cuts the leader from its peers but leaves it clients on
+    // its side; beyond the drift bound the lease tolerates (a 9/7 ratio between two clocks:
+    // 12% per node) its clock also stalls.
+    if options.consistency == Consistency::Lease {
+        let beyond_bound = options.clock_drift_percent > LEASE_DRIFT_BOUND_PERCENT;
+        nemeses = nemeses.cut_leader_from_peers_only(beyond_bound);
+    }
     let mut host_failure = None;
     loop {
         let finished = match sim.step() {
