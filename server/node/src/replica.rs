@@ -822,41 +822,46 @@ impl Replica {
         if self.awaiting_all.is_empty() {
             return;
         }
-        let done: Vec<u64> = self
-            .awaiting_all
-            .keys()
-            .copied()
-            .filter(|index| self.replicas_behind(*index).is_empty())
-            .collect();
-        for index in done {
-            if let Some(write) = self.awaiting_all.remove(&index) {
-                let _ = write.reply.send(Reply {
-                    response: write.response,
-                    receipt: Some(write.receipt),
-                });
-            }
+        // One status read for all of them: every write at or below the lowest applied index
+        // of the group is done (the map is ordered by index).
+        let applied_everywhere = self.applied_everywhere();
+        let waiting = self.awaiting_all.split_off(&(applied_everywhere + 1));
+        for (_, write) in std::mem::replace(&mut self.awaiting_all, waiting) {
+            let _ = write.reply.send(Reply {
+                response: write.response,
+                receipt: Some(write.receipt),
+            });
         }
+    }
+
+    /// The highest index every replica of the group (this one included) is known to have
+    /// applied.
+    fn applied_everywhere(&self) -> u64 {
+        self.applied_by_replica()
+            .map(|(_, applied)| applied)
+            .min()
+            .unwrap_or(0)
     }
 
     /// The replicas (this one included) not known to have applied `index`.
     fn replicas_behind(&self, index: u64) -> Vec<NodeId> {
-        let status = self.raft.status();
-        self.config
-            .peers
-            .keys()
-            .copied()
-            .filter(|node| {
-                let applied = if *node == self.config.id {
-                    self.machine.applied_index()
-                } else {
-                    status
-                        .progress
-                        .get(node)
-                        .map_or(0, |peer| peer.applied_index)
-                };
-                applied < index
-            })
+        self.applied_by_replica()
+            .filter(|(_, applied)| *applied < index)
+            .map(|(node, _)| node)
             .collect()
+    }
+
+    /// Each replica of the group and the applied index it last reported (this one's own).
+    fn applied_by_replica(&self) -> impl Iterator<Item = (NodeId, u64)> + '_ {
+        let progress = self.raft.status().progress;
+        self.config.peers.keys().map(move |&node| {
+            let applied = if node == self.config.id {
+                self.machine.applied_index()
+            } else {
+                progress.get(&node).map_or(0, |peer| peer.applied_index)
+            };
+            (node, applied)
+        })
     }
 
     /// When this replica stops leading, answer its waiting clients: their writes' fate is
