@@ -12,7 +12,9 @@
 //! cluster secret; their frame bodies (Raft messages, large ones in chunks) are defined by the
 //! node. Version 4 added the challenge and the chunks; version 5 the [`Header`] (group and epoch)
 //! of every request and response frame; version 6 shaped [`NodeStatus`] for many groups (one
-//! [`GroupStatus`] per hosted group) and took the server-only data directory out of it.
+//! [`GroupStatus`] per hosted group) and took the server-only data directory out of it; version 7
+//! added sharding: scans, the ring (its epoch checked on every request, a stale one redirected
+//! with the current ring), and the forwarding node in receipts.
 //!
 //! - [`handshake`]: the first bytes of a connection, and why one is refused.
 //! - [`frame`]: frame bodies (bincode) and the length-delimited codec.

@@ -94,6 +94,9 @@ pub struct Receipt {
     /// leader). Measured from the last leader message whose commit the replica had applied, so
     /// it leaves out that message's transit time.
     pub staleness_bound_ms: Option<u64>,
+    /// The node that took the client's request and forwarded it to the node that served it
+    /// (`None`: served where it arrived). A client that routes well sees `None`.
+    pub forwarded_by: Option<u64>,
 }
 
 /// What a compare-and-swap requires.
@@ -140,8 +143,23 @@ pub enum Request {
     /// The node's view of itself and its group.
     Status,
     /// Open an exactly-once session (a log entry); the answer is `SessionRegistered`.
+    /// Sessions are per group: a client opens one in each group it writes to.
     RegisterSession,
+    /// The keys starting with `prefix` that the header's group holds, in key order, after
+    /// `start_after` if given, at most `limit` of them (and fewer when their bytes would
+    /// not fit in one frame); the answer is [`Response::Entries`]. One group's scan is read at
+    /// one point of its log, at the asked consistency; a scan over several groups is not one
+    /// snapshot of the whole store (see docs/sharding.md).
+    Scan {
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: u32,
+        consistency: ReadConsistency,
+    },
 }
+
+/// The largest `limit` a scan may ask for.
+pub const MAX_SCAN_LIMIT: u32 = 10_000;
 
 impl Request {
     /// Checks the request against `limits` before it is sent or acted on.
@@ -158,6 +176,28 @@ impl Request {
                 Expect::Value(expected) => (key, vec![new_value, expected]),
                 _ => (key, vec![new_value]),
             },
+            Request::Scan {
+                prefix,
+                start_after,
+                limit,
+                ..
+            } => {
+                if *limit == 0 || *limit > MAX_SCAN_LIMIT {
+                    return Err(format!(
+                        "a scan's limit must be 1..={MAX_SCAN_LIMIT}, not {limit}"
+                    ));
+                }
+                for key in std::iter::once(prefix).chain(start_after) {
+                    if key.len() > limits.max_key_bytes {
+                        return Err(format!(
+                            "key of {} bytes exceeds the limit of {} bytes",
+                            key.len(),
+                            limits.max_key_bytes
+                        ));
+                    }
+                }
+                return Ok(());
+            }
             Request::Status | Request::RegisterSession => return Ok(()),
         };
         if key.is_empty() {
@@ -305,6 +345,12 @@ pub enum Response {
     /// A session was opened with this id.
     SessionRegistered {
         client_id: u64,
+    },
+    /// A scan's answer: entries in key order; `more` when the limit or the frame size cut it
+    /// short (continue after the last key).
+    Entries {
+        entries: Vec<(Vec<u8>, Versioned)>,
+        more: bool,
     },
 }
 

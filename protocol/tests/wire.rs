@@ -92,6 +92,7 @@ fn request_and_response_frames_carry_a_group_and_epoch_header() {
             term: 4,
             index: 17,
             staleness_bound_ms: None,
+            forwarded_by: Some(3),
         }),
     };
     let decoded: ResponseFrame = decode_frame(&encode_frame(&response).unwrap()).unwrap();

@@ -159,6 +159,24 @@ impl StateMachine {
         self.data.get(key)
     }
 
+    /// The keys starting with `prefix` (after `start_after`, if given), in key order, from the
+    /// local state (no consensus involved).
+    pub fn scan<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        start_after: Option<&[u8]>,
+    ) -> impl Iterator<Item = (&'a [u8], &'a Versioned)> + 'a {
+        use std::ops::Bound;
+        let start = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after.to_vec()),
+            _ => Bound::Included(prefix.to_vec()),
+        };
+        self.data
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.as_slice(), value))
+    }
+
     /// How many keys the store holds.
     pub fn len(&self) -> usize {
         self.data.len()

@@ -10,8 +10,8 @@
 //!
 //! What travels is an [`Envelope`]: the Raft message and the id of the Raft group it belongs to,
 //! so that one connection between two nodes can carry the traffic of many groups (TiKV wraps
-//! raft-rs messages the same way); `consensus::Message` stays group-agnostic. Today every node
-//! hosts group 0 only, and a peer's envelope for another group is dropped.
+//! raft-rs messages the same way); `consensus::Message` stays group-agnostic. A peer's envelope
+//! for a group this node does not host is dropped.
 //!
 //! A peer frame's body starts with a tag byte:
 //! - `0`: a whole envelope follows (bincode of [`Envelope`]);
@@ -21,7 +21,9 @@
 
 use bytes::{BufMut, Bytes};
 use consensus::{Message, NodeId};
-use ringleader_protocol::{decode_large_frame, encode_frame, GroupId, ONLY_GROUP};
+#[cfg(test)]
+use ringleader_protocol::ONLY_GROUP;
+use ringleader_protocol::{decode_large_frame, encode_frame, GroupId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -76,9 +78,10 @@ pub struct Envelope {
     pub message: Message,
 }
 
-/// Encodes `message` of the only group a node hosts today ([`ONLY_GROUP`]) as the peer frames
-/// that carry it (see [`encode_envelope`]).
-pub fn encode_message(message: &Message) -> Result<Vec<Bytes>, ChunkError> {
+/// Encodes `message` of group [`ONLY_GROUP`] as the peer frames that carry it (see
+/// [`encode_envelope`]); for tests.
+#[cfg(test)]
+pub(crate) fn encode_message(message: &Message) -> Result<Vec<Bytes>, ChunkError> {
     encode_borrowed(ONLY_GROUP, message)
 }
 

@@ -85,6 +85,21 @@ impl NodeConfig {
         self.peers.get(&self.id).cloned().unwrap_or_default()
     }
 
+    /// The groups this node hosts a replica of.
+    pub fn hosted_groups(&self) -> Vec<GroupId> {
+        vec![ringleader_protocol::ONLY_GROUP]
+    }
+
+    /// Where `group`'s log lives: group 0 in the data directory itself (where a single-group
+    /// node has always kept it), every other group in a directory of its own under it.
+    pub fn group_dir(&self, group: GroupId) -> PathBuf {
+        if group == ringleader_protocol::ONLY_GROUP {
+            self.data_dir.clone()
+        } else {
+            self.data_dir.join(format!("group-{group}"))
+        }
+    }
+
     /// What the replica of `group` on this node is configured with (every group shares the
     /// node's timings today: a node hosts group 0 only).
     pub fn replica(&self, group: GroupId) -> ReplicaConfig {

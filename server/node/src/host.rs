@@ -15,11 +15,11 @@
 //! A write is answered only after its entry is committed by a quorum of durable logs and applied.
 //! Nothing here reads a clock directly: ticks come from `tokio::time`, which turmoil simulates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use consensus::{Message, Ready};
-use ringleader_protocol::{ErrorKind, GroupId, NodeStatus, Request, Response, ONLY_GROUP};
+use ringleader_protocol::{ErrorKind, GroupId, NodeStatus, Request, Response};
 use storage::{LogStore, SyncPolicy, WalOptions};
 use tokio::sync::{mpsc, oneshot};
 
@@ -73,11 +73,11 @@ pub struct Host {
 
 /// What the host does I/O with, apart from the replicas it does it for.
 struct Io {
-    /// The durable log of group 0 (the only group a node hosts today).
-    log: LogStore,
+    /// The durable log of each hosted group.
+    logs: BTreeMap<GroupId, LogStore>,
     peers: PeerSenders,
-    /// Repairing a damaged log (`serve --repair`) until Raft says the log is whole again.
-    repairing: bool,
+    /// The groups repairing a damaged log (`serve --repair`) until Raft says it is whole again.
+    repairing: BTreeSet<GroupId>,
     /// Set when the disk was found full: writes are refused with `DiskFull` until then.
     disk_full_until: Option<tokio::time::Instant>,
 }
@@ -86,23 +86,39 @@ impl Host {
     /// Opens the node's storage, recovers each replica's state and prepares Raft. Does not
     /// start the loop.
     pub fn open(config: NodeConfig, peers: PeerSenders) -> Result<Host, NodeError> {
-        let (mut log, recovered) =
-            LogStore::open(config.fs.clone(), &config.data_dir, wal_options(&config))?;
-        log.set_compaction_tail_entries(config.log_tail_entries);
-        log.set_planted_bug(config.planted_bug.storage_bug());
-        if let Some(bytes) = recovered.torn_tail_bytes {
-            tracing::warn!(bytes, "recovered the log after truncating a torn tail");
+        let mut logs = BTreeMap::new();
+        let mut replicas = BTreeMap::new();
+        let mut repairing = BTreeSet::new();
+        for group in config.hosted_groups() {
+            let (mut log, recovered) = LogStore::open(
+                config.fs.clone(),
+                &config.group_dir(group),
+                wal_options(&config),
+            )?;
+            log.set_compaction_tail_entries(config.log_tail_entries);
+            log.set_planted_bug(config.planted_bug.storage_bug());
+            if let Some(bytes) = recovered.torn_tail_bytes {
+                tracing::warn!(
+                    group,
+                    bytes,
+                    "recovered the log after truncating a torn tail"
+                );
+            }
+            if recovered.repair_until.is_some() {
+                repairing.insert(group);
+            }
+            replicas.insert(group, Replica::recover(config.replica(group), &recovered)?);
+            logs.insert(group, log);
         }
-        let replica = Replica::recover(config.replica(ONLY_GROUP), &recovered)?;
         Ok(Host {
             config,
             io: Io {
-                log,
+                logs,
                 peers,
-                repairing: recovered.repair_until.is_some(),
+                repairing,
                 disk_full_until: None,
             },
-            replicas: BTreeMap::from([(ONLY_GROUP, replica)]),
+            replicas,
             missed_ticks: 0,
         })
     }
@@ -136,7 +152,7 @@ impl Host {
                 biased;
                 _ = ticker.tick() => self.tick(),
                 _ = sync_timer.tick(), if sync_every.is_some() => {
-                    if let Err(error) = self.io.log.sync() {
+                    if let Err(error) = self.io.sync_all() {
                         tracing::error!(%error, "storage failure: the node stops");
                         self.fail_all_pending(ErrorKind::Internal, &format!("storage failure: {error}"));
                         return;
@@ -303,7 +319,7 @@ impl Host {
             }
         }
         let _ = self.process_ready();
-        if let Err(error) = self.io.log.sync() {
+        if let Err(error) = self.io.sync_all() {
             tracing::error!(%error, "final log sync failed");
         }
         self.fail_all_pending(ErrorKind::ShuttingDown, "the node is shutting down");
@@ -315,7 +331,12 @@ impl Host {
         NodeStatus {
             id: self.config.id,
             addr: self.config.addr(),
-            log_bytes: self.io.log.wal().size_bytes(),
+            log_bytes: self
+                .io
+                .logs
+                .values()
+                .map(|log| log.wal().size_bytes())
+                .sum(),
             groups: self
                 .replicas
                 .values()
@@ -326,20 +347,37 @@ impl Host {
 }
 
 impl Io {
+    /// Syncs every group's log.
+    fn sync_all(&mut self) -> Result<(), storage::StorageError> {
+        self.logs.values_mut().try_for_each(LogStore::sync)
+    }
+
+    /// The log of `replica`'s group.
+    fn log_of(&mut self, group: GroupId) -> &mut LogStore {
+        debug_assert!(self.logs.contains_key(&group), "every replica has a log");
+        self.logs
+            .get_mut(&group)
+            .expect("Host::open opens a log for every replica it recovers")
+    }
+
     /// Persists, sends, applies and answers everything `replica` has ready.
     fn process_ready(&mut self, replica: &mut Replica) -> Result<(), storage::StorageError> {
+        let group = replica.group();
         while replica.has_ready() {
             let ready = replica.ready();
             if !self.persist(replica, ready)? {
                 break;
             }
             self.maybe_snapshot(replica)?;
-            if self.repairing && !replica.is_repairing() {
+            if self.repairing.contains(&group) && !replica.is_repairing() {
                 // Everything up to the old commit index is durable here again.
-                self.log.finish_repair()?;
-                self.repairing = false;
+                let log = self.log_of(group);
+                log.finish_repair()?;
+                let last_index = log.last_index();
+                self.repairing.remove(&group);
                 tracing::info!(
-                    last_index = self.log.last_index(),
+                    group,
+                    last_index,
                     "repair complete: the log is whole again; voting resumes"
                 );
             }
@@ -356,13 +394,14 @@ impl Io {
         replica: &mut Replica,
         mut ready: Ready,
     ) -> Result<bool, storage::StorageError> {
-        debug_assert_eq!(replica.group(), ONLY_GROUP, "the log holds group 0 only");
+        let group = replica.group();
         if let Some(snapshot) = &ready.snapshot {
             let point = storage::SnapshotPoint {
                 last_index: snapshot.meta.last_index,
                 last_term: snapshot.meta.last_term,
             };
-            self.log.save_snapshot(point, &snapshot.data, true)?;
+            self.log_of(group)
+                .save_snapshot(point, &snapshot.data, true)?;
             replica.snapshot_installed(point.last_index);
         }
         let entries: Vec<_> = ready
@@ -371,9 +410,10 @@ impl Io {
             .map(mapping::to_stored_entry_ref)
             .collect();
         let hard_state = ready.hard_state.as_ref().map(mapping::to_stored_hard_state);
-        if let Err(error) = self.log.append_borrowed(hard_state, &entries) {
+        let log = self.log_of(group);
+        if let Err(error) = log.append_borrowed(hard_state, &entries) {
             let recoverable =
-                error.is_disk_full() && !self.log.wal().is_poisoned() && ready.snapshot.is_none();
+                error.is_disk_full() && !log.wal().is_poisoned() && ready.snapshot.is_none();
             if !recoverable {
                 return Err(error);
             }
@@ -390,7 +430,7 @@ impl Io {
             tracing::info!("the disk accepts writes again");
         }
         for message in std::mem::take(&mut ready.messages) {
-            self.peers.send(message);
+            self.peers.send(group, message);
         }
         replica.apply_ready(ready)?;
         Ok(true)
@@ -401,10 +441,11 @@ impl Io {
         let Some((point, data)) = replica.snapshot_due()? else {
             return Ok(());
         };
-        match self.log.save_snapshot(point, &data, false) {
+        let log = self.log_of(replica.group());
+        match log.save_snapshot(point, &data, false) {
             Ok(()) => replica.snapshot_saved(point, data),
             // Compaction can wait for space; the log stays whole meanwhile.
-            Err(error) if error.is_disk_full() && !self.log.wal().is_poisoned() => {
+            Err(error) if error.is_disk_full() && !log.wal().is_poisoned() => {
                 tracing::warn!(%error, "disk full: snapshot postponed");
                 replica.snapshot_postponed(point);
             }
@@ -440,7 +481,7 @@ mod tests {
     use storage::kv::StateMachine;
     use storage::SharedFs;
 
-    use ringleader_protocol::WriteAck;
+    use ringleader_protocol::{WriteAck, ONLY_GROUP};
 
     use super::*;
     use crate::replica::Reply;
@@ -498,14 +539,18 @@ mod tests {
             node.process_ready().expect("the node stays up");
             assert_eq!(node.group0().snapshots_installed, 0);
             assert_eq!(node.group0().machine.applied_index(), 0);
-            assert_eq!(node.io.log.snapshot_point().last_index, 0, "nothing saved");
+            assert_eq!(
+                node.io.logs[&ONLY_GROUP].snapshot_point().last_index,
+                0,
+                "nothing saved"
+            );
         }
         // A sound one is installed, and the node stays a follower of the sender.
         node.handle(install_snapshot(7, state_at(7)));
         node.process_ready().expect("install");
         assert_eq!(node.group0().snapshots_installed, 1);
         assert_eq!(node.group0().machine.applied_index(), 7);
-        assert_eq!(node.io.log.snapshot_point().last_index, 7);
+        assert_eq!(node.io.logs[&ONLY_GROUP].snapshot_point().last_index, 7);
         assert_eq!(node.group0().raft.leader(), Some(1));
     }
 
@@ -771,7 +816,7 @@ mod tests {
             node.process_ready().expect("persist");
             assert!(matches!(answered(&mut answer), Response::Written { .. }));
         }
-        let saved = node.io.log.snapshot_point().last_index;
+        let saved = node.io.logs[&ONLY_GROUP].snapshot_point().last_index;
         assert!(saved >= 20, "snapshots taken: the last at {saved}");
         assert_eq!(node.group0().last_snapshot_index, saved);
         drop(node);

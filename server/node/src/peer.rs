@@ -1,6 +1,11 @@
 //! Raft traffic between nodes: one outbound task per peer that keeps an authenticated connection
 //! open and forwards the node's messages (large ones in chunks, see [`crate::chunk`]).
 //!
+//! One connection carries the messages of every Raft group the two nodes share, each in an
+//! [`Envelope`] naming its group. The task takes everything queued for the peer at once and
+//! writes it with one flush (one `write` on the socket for a round of heartbeats of all the
+//! groups, instead of one per group: the batching half of CockroachDB's coalesced heartbeats).
+//!
 //! Raft tolerates lost messages, so the outbound queue is bounded and a full queue drops the
 //! message (the leader resends on its next heartbeat) rather than blocking the node. At most one
 //! `InstallSnapshot` per peer is queued or being sent at a time: the leader re-offers a snapshot
@@ -14,6 +19,7 @@ use std::time::Duration;
 
 use consensus::{Message, MessageBody, NodeId};
 use futures::SinkExt;
+use ringleader_protocol::GroupId;
 use ringleader_protocol::{Handshake, Role, HANDSHAKE_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -21,12 +27,16 @@ use tokio_util::codec::Framed;
 
 use crate::auth::{self, ClusterSecret};
 use crate::budget::FrameCodec;
+use crate::chunk::Envelope;
 pub use crate::chunk::MAX_PEER_FRAME_BYTES;
 use crate::faults::{TransportFaults, MAX_DELAYED_MESSAGES};
 use crate::network::Network;
 
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE_MESSAGES: usize = 4096;
+/// Messages written to a peer's socket before one flush, at most (bounds what one flush holds
+/// in the codec's buffer: a round of heartbeats of every shared group fits many times over).
+const MESSAGES_PER_FLUSH: usize = 256;
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 /// A send of one frame (at most one chunk) to a peer taking longer than this drops the
 /// connection.
@@ -37,7 +47,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// One peer's outbound queue.
 #[derive(Clone)]
 struct PeerQueue {
-    sender: mpsc::Sender<Message>,
+    sender: mpsc::Sender<Envelope>,
     /// An `InstallSnapshot` is queued or being sent.
     snapshot_in_flight: Arc<AtomicBool>,
 }
@@ -107,16 +117,17 @@ impl PeerSenders {
         self
     }
 
-    /// Sends a message: at once in production; in the simulation, as many copies as the fault
-    /// seam says, each after its delay (none when it drops the message).
-    pub fn send(&self, message: Message) {
+    /// Sends a message of `group`'s Raft: at once in production; in the simulation, as many
+    /// copies as the fault seam says, each after its delay (none when it drops the message).
+    pub fn send(&self, group: GroupId, message: Message) {
+        let envelope = Envelope { group, message };
         let Some(faults) = &self.faults else {
-            self.enqueue(message);
+            self.enqueue(envelope);
             return;
         };
-        let delays = faults.fate(&message);
+        let delays = faults.fate(&envelope.message);
         let last = delays.len().saturating_sub(1);
-        let mut message = Some(message);
+        let mut message = Some(envelope);
         for (copy, delay) in delays.into_iter().enumerate() {
             let Some(this) = (if copy == last {
                 message.take()
@@ -144,19 +155,20 @@ impl PeerSenders {
 
     /// Queues a message; drops it when the peer's queue is full or unknown, or when it is a
     /// snapshot and another snapshot to that peer is still queued or being sent.
-    fn enqueue(&self, message: Message) {
-        let Some(queue) = self.queues.get(&message.to) else {
+    fn enqueue(&self, envelope: Envelope) {
+        let Some(queue) = self.queues.get(&envelope.message.to) else {
             return;
         };
-        let snapshot = is_snapshot(&message);
+        let snapshot = is_snapshot(&envelope.message);
         if snapshot && queue.snapshot_in_flight.swap(true, Ordering::AcqRel) {
             tracing::debug!(
-                peer = message.to,
+                peer = envelope.message.to,
+                group = envelope.group,
                 "a snapshot to this peer is still in flight: not queueing another"
             );
             return;
         }
-        if queue.sender.try_send(message).is_err() {
+        if queue.sender.try_send(envelope).is_err() {
             if snapshot {
                 queue.snapshot_in_flight.store(false, Ordering::Release);
             }
@@ -182,7 +194,7 @@ impl PeerLink {
     }
 }
 
-async fn run_peer<N: Network>(network: N, link: PeerLink, mut messages: mpsc::Receiver<Message>) {
+async fn run_peer<N: Network>(network: N, link: PeerLink, mut messages: mpsc::Receiver<Envelope>) {
     let peer_id = link.peer_id;
     // A wrong secret is a configuration error worth a warning, once per streak of failures.
     let mut auth_failing = false;
@@ -206,8 +218,8 @@ async fn run_peer<N: Network>(network: N, link: PeerLink, mut messages: mpsc::Re
                 }
                 tokio::time::sleep(RECONNECT_BACKOFF).await;
                 // Messages queued while the peer is down are stale by the time it returns.
-                while let Ok(message) = messages.try_recv() {
-                    link.done_with(&message);
+                while let Ok(envelope) = messages.try_recv() {
+                    link.done_with(&envelope.message);
                 }
                 if messages.is_closed() {
                     return;
@@ -217,12 +229,18 @@ async fn run_peer<N: Network>(network: N, link: PeerLink, mut messages: mpsc::Re
         };
         // Only this side writes on an outbound connection; the codec's decoder is unused.
         let mut framed = Framed::new(stream, FrameCodec::new(0, 0, None));
+        let mut batch = Vec::with_capacity(MESSAGES_PER_FLUSH);
         loop {
-            let Some(message) = messages.recv().await else {
+            if messages.recv_many(&mut batch, MESSAGES_PER_FLUSH).await == 0 {
                 return;
-            };
-            let sent = send_message(&mut framed, peer_id, &message).await;
-            link.done_with(&message);
+            }
+            let mut sent = true;
+            for envelope in batch.drain(..) {
+                sent = sent && feed_message(&mut framed, peer_id, &envelope).await;
+                link.done_with(&envelope.message);
+            }
+            // One flush for the whole batch: one socket write for every group's messages.
+            sent = sent && flush(&mut framed, peer_id).await;
             if !sent {
                 break;
             }
@@ -230,28 +248,56 @@ async fn run_peer<N: Network>(network: N, link: PeerLink, mut messages: mpsc::Re
     }
 }
 
-/// Sends one message (in chunks if large); false when the connection is lost.
-async fn send_message<S>(
+/// Flushes what [`feed_message`] buffered; false when the connection is lost.
+async fn flush<S>(framed: &mut Framed<S, FrameCodec>, peer_id: NodeId) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(SEND_TIMEOUT, framed.flush()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            tracing::debug!(peer = peer_id, %error, "peer connection lost");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(peer = peer_id, "peer send timed out: reconnecting");
+            false
+        }
+    }
+}
+
+/// Buffers one message (in chunks if large) for the next flush; a large message's chunks are
+/// flushed as they go. False when the connection is lost.
+async fn feed_message<S>(
     framed: &mut Framed<S, FrameCodec>,
     peer_id: NodeId,
-    message: &Message,
+    envelope: &Envelope,
 ) -> bool
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let frames = match crate::chunk::encode_message(message) {
+    let frames = match crate::chunk::encode_envelope(envelope) {
         Ok(frames) => frames,
         Err(error) => {
             tracing::warn!(peer = peer_id, %error, "cannot send a message: dropped");
             return true;
         }
     };
+    let chunked = frames.len() > 1;
     for frame in frames {
-        // Awaiting each chunk's send is the flow control: TCP's window paces a snapshot and
-        // nothing is buffered ahead of the socket. A silent partition can stall a send for the
-        // kernel's retransmission timeout: give up sooner and reconnect (Raft resends what
-        // matters).
-        match tokio::time::timeout(SEND_TIMEOUT, framed.send(frame)).await {
+        // A chunked message's chunks are each sent and awaited: that is the flow control, TCP's
+        // window paces a snapshot and nothing is buffered ahead of the socket. A small message
+        // is only buffered (`feed`), to go with the batch's one flush. A silent partition can
+        // stall a send for the kernel's retransmission timeout: give up sooner and reconnect
+        // (Raft resends what matters).
+        let write = async {
+            if chunked {
+                framed.send(frame).await
+            } else {
+                framed.feed(frame).await
+            }
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, write).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::debug!(peer = peer_id, %error, "peer connection lost");
@@ -377,13 +423,13 @@ mod tests {
             .into_iter()
             .collect(),
         };
-        senders.send(snapshot_to(2));
-        senders.send(snapshot_to(2));
-        senders.send(heartbeat_to(2));
-        let first = receiver.try_recv().unwrap();
+        senders.send(0, snapshot_to(2));
+        senders.send(0, snapshot_to(2));
+        senders.send(0, heartbeat_to(2));
+        let first = receiver.try_recv().unwrap().message;
         assert!(is_snapshot(&first));
         assert!(
-            !is_snapshot(&receiver.try_recv().unwrap()),
+            !is_snapshot(&receiver.try_recv().unwrap().message),
             "the second copy was dropped; other messages still flow"
         );
         assert!(receiver.try_recv().is_err());
@@ -396,7 +442,7 @@ mod tests {
             snapshot_in_flight,
         };
         link.done_with(&first);
-        senders.send(snapshot_to(2));
-        assert!(is_snapshot(&receiver.try_recv().unwrap()));
+        senders.send(0, snapshot_to(2));
+        assert!(is_snapshot(&receiver.try_recv().unwrap().message));
     }
 }

@@ -97,8 +97,22 @@ struct PendingWrite {
     reply: ReplyTo,
 }
 
+/// What a read reads: one key, or a prefix's keys.
+enum ReadQuery {
+    Get(Vec<u8>),
+    Scan {
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: u32,
+    },
+}
+
+/// The bytes of keys and values one scan answer carries at most, so that it fits in a frame
+/// with room to spare (the rest is fetched by continuing after the last key).
+const SCAN_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
 struct PendingRead {
-    key: Vec<u8>,
+    query: ReadQuery,
     reply: ReplyTo,
     /// What the client asked for (linearizable or lease).
     asked: ServedAt,
@@ -108,7 +122,7 @@ struct PendingRead {
 
 /// A session read waiting for this replica to apply the client's position.
 struct WaitingRead {
-    key: Vec<u8>,
+    query: ReadQuery,
     reply: ReplyTo,
     min_index: u64,
     /// Given up (the client is sent to the leader) at this tick.
@@ -364,7 +378,21 @@ impl Replica {
                 return;
             }
             Request::Get { key, consistency } => {
-                self.start_read(key, consistency, reply);
+                self.start_read(ReadQuery::Get(key), consistency, reply);
+                return;
+            }
+            Request::Scan {
+                prefix,
+                start_after,
+                limit,
+                consistency,
+            } => {
+                let query = ReadQuery::Scan {
+                    prefix,
+                    start_after,
+                    limit,
+                };
+                self.start_read(query, consistency, reply);
                 return;
             }
             Request::RegisterSession => (Command::RegisterSession, None, WriteAck::Majority),
@@ -459,10 +487,10 @@ impl Replica {
         }
     }
 
-    fn start_read(&mut self, key: Vec<u8>, consistency: ReadConsistency, reply: ReplyTo) {
+    fn start_read(&mut self, query: ReadQuery, consistency: ReadConsistency, reply: ReplyTo) {
         // Planted (thesis §6.4): every read served locally, ReadIndex skipped.
         if self.planted(PlantedBug::LocalReads) {
-            self.serve_read(&key, reply, ServedAt::Linearizable);
+            self.serve_read(&query, reply, ServedAt::Linearizable);
             return;
         }
         let asked = match consistency {
@@ -485,14 +513,14 @@ impl Replica {
                         return;
                     }
                 }
-                self.serve_read(&key, reply, ServedAt::Stale);
+                self.serve_read(&query, reply, ServedAt::Stale);
                 return;
             }
             ReadConsistency::Session { min_index } => {
                 // Planted: the client's session position ignored, served from whatever is here.
                 let ignore_position = self.planted(PlantedBug::SessionIndexIgnored);
                 if self.machine.applied_index() >= min_index || ignore_position {
-                    self.serve_read(&key, reply, ServedAt::Session);
+                    self.serve_read(&query, reply, ServedAt::Session);
                 } else if self.waiting_reads.len() >= MAX_WAITING {
                     answer(reply, busy("session reads waiting for their index"));
                 } else {
@@ -501,7 +529,7 @@ impl Replica {
                     self.waiting_reads.insert(
                         self.next_read_id,
                         WaitingRead {
-                            key,
+                            query,
                             reply,
                             min_index,
                             deadline_tick,
@@ -526,7 +554,7 @@ impl Replica {
                 self.pending_reads.insert(
                     id,
                     PendingRead {
-                        key,
+                        query,
                         reply,
                         asked,
                         read_index: None,
@@ -545,8 +573,33 @@ impl Replica {
     }
 
     /// Answers a read from this replica's state, with its receipt.
-    fn serve_read(&self, key: &[u8], reply: ReplyTo, served_at: ServedAt) {
-        let value = self.machine.get(key).map(mapping::to_versioned);
+    fn serve_read(&self, query: &ReadQuery, reply: ReplyTo, served_at: ServedAt) {
+        let response = match query {
+            ReadQuery::Get(key) => {
+                Response::Value(self.machine.get(key).map(mapping::to_versioned))
+            }
+            ReadQuery::Scan {
+                prefix,
+                start_after,
+                limit,
+            } => {
+                let mut entries = Vec::new();
+                let mut bytes = 0;
+                let mut more = false;
+                for (key, value) in self.machine.scan(prefix, start_after.as_deref()) {
+                    let size = key.len() + value.value.len();
+                    if entries.len() == *limit as usize
+                        || (bytes + size > SCAN_ANSWER_BYTES && !entries.is_empty())
+                    {
+                        more = true;
+                        break;
+                    }
+                    bytes += size;
+                    entries.push((key.to_vec(), mapping::to_versioned(value)));
+                }
+                Response::Entries { entries, more }
+            }
+        };
         let staleness_bound_ms = match served_at {
             ServedAt::Stale | ServedAt::Session => self.staleness_bound_ms(),
             _ => Some(0),
@@ -557,9 +610,10 @@ impl Replica {
             term: self.raft.term(),
             index: self.machine.applied_index(),
             staleness_bound_ms,
+            forwarded_by: None,
         };
         let _ = reply.send(Reply {
-            response: Response::Value(value),
+            response,
             receipt: Some(receipt),
         });
     }
@@ -663,6 +717,7 @@ impl Replica {
             term: entry.term,
             index: entry.index,
             staleness_bound_ms: None,
+            forwarded_by: None,
         }
     }
 
@@ -796,7 +851,7 @@ impl Replica {
             .collect();
         for id in ready {
             if let Some(read) = self.pending_reads.remove(&id) {
-                self.serve_read(&read.key, read.reply, read.asked);
+                self.serve_read(&read.query, read.reply, read.asked);
             }
         }
     }
@@ -812,7 +867,7 @@ impl Replica {
             .collect();
         for id in ready {
             if let Some(read) = self.waiting_reads.remove(&id) {
-                self.serve_read(&read.key, read.reply, ServedAt::Session);
+                self.serve_read(&read.query, read.reply, ServedAt::Session);
             }
         }
     }

@@ -61,7 +61,7 @@ fn request_key(request: &Request) -> Option<&[u8]> {
         | Request::Put { key, .. }
         | Request::Delete { key, .. }
         | Request::Cas { key, .. } => Some(key),
-        Request::RegisterSession | Request::Status => None,
+        Request::RegisterSession | Request::Status | Request::Scan { .. } => None,
     }
 }
 
