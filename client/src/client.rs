@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::connection::{Answer, CallError, Connection};
 use crate::error::{Error, Result};
+use ringleader_protocol::connection::{Answer, CallError, Connection};
 use ringleader_protocol::net::{Connector, TokioConnector};
 use ringleader_protocol::{
     ErrorKind, Expect, Limits, NodeStatus, ReadConsistency, Receipt, Request, Response, ServedAt,

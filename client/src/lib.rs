@@ -29,7 +29,6 @@
 //! application uses with [`Client`].
 
 mod client;
-mod connection;
 mod error;
 
 pub use client::{CasOutcome, Client, ClientConfig, Read, ReadLevel, Written};

@@ -19,11 +19,14 @@
 //! - [`handshake`]: the first bytes of a connection, and why one is refused.
 //! - [`frame`]: frame bodies (bincode) and the length-delimited codec.
 //! - [`message`]: what a client asks and a node answers, the limits both enforce.
+//! - [`connection`]: one pipelined client connection to a node (the client's, and a forwarding
+//!   node's).
 //! - [`net`]: how connections are opened (a trait, so the simulation can swap in simulated TCP).
 //! - [`admin`]: operator requests outside the key-value API (fault rules), on an authenticated
 //!   connection role of their own.
 
 pub mod admin;
+pub mod connection;
 pub mod frame;
 pub mod handshake;
 pub mod message;

@@ -1,4 +1,6 @@
 //! One pipelined connection to a node: many requests in flight, matched to responses by id.
+//! The client library talks to nodes through it, and so does a node forwarding a request for a
+//! shard it does not host.
 //!
 //! A task owns the socket; callers hand it a request and a oneshot for the answer through a
 //! bounded channel, so a slow node pushes back on callers instead of growing a queue. When the
@@ -12,10 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
-use ringleader_protocol::net::Connector;
-use ringleader_protocol::{
-    decode_frame, encode_frame, frame_codec, Handshake, Receipt, Request, RequestFrame, Response,
-    ResponseFrame, Role, HANDSHAKE_BYTES,
+use crate::net::Connector;
+use crate::{
+    decode_frame, encode_frame, frame_codec, Handshake, Header, Receipt, Request, RequestFrame,
+    Response, ResponseFrame, Role, HANDSHAKE_BYTES,
 };
 
 /// Requests a connection holds in flight at most; callers wait for room beyond it.
@@ -35,7 +37,7 @@ pub enum CallError {
 /// A node's answer and its consistency receipt (none for refusals and errors).
 pub type Answer = (Response, Option<Receipt>);
 
-type Pending = (Request, oneshot::Sender<Answer>);
+type Pending = (Header, Request, oneshot::Sender<Answer>);
 
 /// A handle to a connection task. Cheap to clone.
 #[derive(Clone)]
@@ -79,9 +81,15 @@ impl Connection {
     /// Sends a request and waits for its response; `Err` when the connection is gone, saying
     /// whether the request may have reached the node.
     pub async fn call(&self, request: Request) -> Result<Answer, CallError> {
+        self.call_in(Header::default(), request).await
+    }
+
+    /// Like [`Connection::call`], for a request sent with `header` (its group and the ring
+    /// epoch it was routed by).
+    pub async fn call_in(&self, header: Header, request: Request) -> Result<Answer, CallError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send((request, reply))
+            .send((header, request, reply))
             .await
             .map_err(|_| CallError::NotSent)?;
         answer.await.map_err(|_| CallError::Lost)
@@ -106,7 +114,7 @@ async fn run<S>(
             biased;
             frame = framed.next() => {
                 let Some(Ok(bytes)) = frame else { break };
-                // The header is not checked: every request is for the one group, at epoch 0.
+                // The response's header is not needed: the id names the request.
                 let Ok(ResponseFrame { id, response, receipt, .. }) = decode_frame::<ResponseFrame>(&bytes) else {
                     tracing::warn!("undecodable response frame: closing the connection");
                     break;
@@ -116,9 +124,10 @@ async fn run<S>(
                 }
             }
             pending = requests.recv(), if waiting.len() < MAX_IN_FLIGHT => {
-                let Some((request, reply)) = pending else { break };
+                let Some((header, request, reply)) = pending else { break };
                 next_id += 1;
-                let Ok(body) = encode_frame(&RequestFrame::new(next_id, request)) else { continue };
+                let frame = RequestFrame { id: next_id, header, request };
+                let Ok(body) = encode_frame(&frame) else { continue };
                 if framed.send(Bytes::from(body)).await.is_err() {
                     break;
                 }
