@@ -24,6 +24,8 @@
 //! - [`net`]: how connections are opened (a trait, so the simulation can swap in simulated TCP).
 //! - [`admin`]: operator requests outside the key-value API (fault rules), on an authenticated
 //!   connection role of their own.
+//! - [`ring`]: the consistent-hash ring (keys to shards, shards to replica nodes), computed the
+//!   same way by the node and the client from a [`ring::RingSpec`].
 
 pub mod admin;
 pub mod connection;
@@ -31,6 +33,7 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 pub mod net;
+pub mod ring;
 
 pub use frame::{
     decode_frame, decode_large_frame, encode_frame, frame_codec, MAX_LARGE_FRAME_BYTES,
