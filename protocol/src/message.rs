@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ring::{HashRange, RingSpec};
+
 /// Size limits of requests; both sides enforce them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -285,6 +287,9 @@ pub struct NodeStatus {
     pub addr: String,
     /// Bytes of the node's write-ahead log on disk.
     pub log_bytes: u64,
+    /// The ring the node routes by (its epoch, nodes, shards and replicas): a client builds
+    /// its routing table from it.
+    pub ring: RingSpec,
     /// One entry per hosted group, in ascending group order.
     pub groups: Vec<GroupStatus>,
 }
@@ -300,6 +305,10 @@ impl NodeStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupStatus {
     pub group: GroupId,
+    /// The key hashes the group's shard holds.
+    pub range: HashRange,
+    /// The epoch of the ring that placed it.
+    pub epoch: u64,
     pub role: String,
     pub term: u64,
     pub leader: Option<u64>,
@@ -332,6 +341,9 @@ pub enum Response {
     CasMismatch {
         current: Option<Versioned>,
     },
+    /// The request was routed by a ring older (or newer) than the node's: here is the node's;
+    /// route again by it. Nothing was done.
+    RingChanged { ring: RingSpec },
     /// This node does not lead; the leader, if known, is at this address.
     NotLeader {
         leader: Option<u64>,
@@ -357,20 +369,22 @@ pub enum Response {
 /// Names a Raft group: a shard of the key space with its own log and leader.
 pub type GroupId = u64;
 
-/// The one group every node hosts until sharding: a node refuses requests for any other.
+/// The first shard's group: the only one of a cluster with one shard (and where a node of the
+/// single-group releases kept its data).
 pub const ONLY_GROUP: GroupId = 0;
 
 /// What every request and response carries besides its id, so that a request can be routed to
 /// one of several Raft groups and a stale route can be noticed (protocol version 5).
 ///
-/// Today every request is for [`ONLY_GROUP`] at epoch 0 (`Header::default()`): a node answers a
-/// request for another group with [`ErrorKind::Invalid`] and ignores the epoch.
+/// Epoch 0 means "not routed": the node finds the key's group itself (a client without the
+/// ring sends `Header::default()`). A request with a ring's epoch is checked against the node's
+/// ring: a different epoch is answered [`Response::RingChanged`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Header {
     /// The group the request is for; in a response, the group of the request it answers.
     pub group: GroupId,
-    /// The routing epoch: in a request, that of the route the sender chose the node by; in a
-    /// response, that of the answering node. Always 0 until sharding (no route changes yet).
+    /// The ring epoch: in a request, that of the ring the sender routed by (0: none); in a
+    /// response, that of the answering node's ring.
     pub epoch: u64,
 }
 

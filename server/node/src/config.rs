@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consensus::NodeId;
+use ringleader_protocol::ring::{HashRange, Ring, RingError, RingSpec};
 use ringleader_protocol::{GroupId, Limits};
 use storage::{SharedFs, WalOptions};
 
@@ -18,8 +19,12 @@ use crate::replica::ReplicaConfig;
 #[derive(Clone)]
 pub struct NodeConfig {
     pub id: NodeId,
-    /// Every voter's address, this node's included.
+    /// Every node's address, this node's included.
     pub peers: BTreeMap<NodeId, String>,
+    /// The shards and where they live (see `ringleader_protocol::ring`). Its nodes are
+    /// `peers`. [`NodeConfig::new`] makes one shard replicated on every node: the cluster of
+    /// the single-group releases.
+    pub ring: RingSpec,
     pub data_dir: PathBuf,
     pub fs: SharedFs,
     pub wal: WalOptions,
@@ -60,8 +65,13 @@ impl NodeConfig {
         data_dir: PathBuf,
         fs: SharedFs,
     ) -> Self {
+        let ring = RingSpec {
+            replicas: u32::try_from(peers.len()).unwrap_or(u32::MAX),
+            ..RingSpec::new(peers.clone(), 1)
+        };
         NodeConfig {
             id,
+            ring,
             peers,
             data_dir,
             fs,
@@ -85,9 +95,22 @@ impl NodeConfig {
         self.peers.get(&self.id).cloned().unwrap_or_default()
     }
 
-    /// The groups this node hosts a replica of.
-    pub fn hosted_groups(&self) -> Vec<GroupId> {
-        vec![ringleader_protocol::ONLY_GROUP]
+    /// Shards the key space into `shards` groups of `replicas` replicas each (on the nodes of
+    /// `peers`), with the default virtual nodes, at epoch 1.
+    pub fn with_shards(mut self, shards: u32, replicas: u32) -> NodeConfig {
+        self.ring = RingSpec {
+            shards,
+            replicas,
+            ..RingSpec::new(self.peers.clone(), shards)
+        };
+        self
+    }
+
+    /// The ring this node's spec describes; an error if the spec is not a ring, or its nodes
+    /// are not `peers`.
+    pub fn build_ring(&self) -> Result<Ring, RingError> {
+        debug_assert_eq!(self.ring.nodes, self.peers, "the ring's nodes are the peers");
+        Ring::new(self.ring.clone())
     }
 
     /// Where `group`'s log lives: group 0 in the data directory itself (where a single-group
@@ -100,18 +123,34 @@ impl NodeConfig {
         }
     }
 
-    /// What the replica of `group` on this node is configured with (every group shares the
-    /// node's timings today: a node hosts group 0 only).
-    pub fn replica(&self, group: GroupId) -> ReplicaConfig {
+    /// What the replica of `group` on this node is configured with: the shard's replicas as
+    /// its voters, the node's timings, and an election timer seeded apart from the other
+    /// groups' (so that the groups of a node do not all campaign at the same tick).
+    pub fn replica(&self, ring: &Ring, group: GroupId) -> ReplicaConfig {
+        let shard = ring.shard(group);
+        debug_assert!(shard.is_some(), "only the ring's groups have replicas");
+        let voters = shard.map(|shard| shard.replicas.as_slice()).unwrap_or(&[]);
         ReplicaConfig {
             group,
             id: self.id,
-            peers: self.peers.clone(),
+            peers: voters
+                .iter()
+                .filter_map(|node| Some((*node, self.peers.get(node)?.clone())))
+                .collect(),
+            range: shard.map(|shard| shard.range).unwrap_or(HashRange {
+                start: 0,
+                end_inclusive: u64::MAX,
+            }),
+            epoch: ring.epoch(),
+            preferred_leader: shard.map(|shard| shard.preferred_leader),
             election_timeout_ticks: self.election_timeout_ticks,
             heartbeat_interval_ticks: self.heartbeat_interval_ticks,
             snapshot_every_entries: self.snapshot_every_entries,
             log_tail_entries: self.log_tail_entries,
-            seed: self.seed,
+            // Group 0 keeps the node's seed (the simulation's seeds replay as before).
+            seed: self
+                .seed
+                .wrapping_add(group.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             boot_id: self.boot_id,
             planted_bug: self.planted_bug,
             tick_ms: self.tick.as_millis() as u64,

@@ -24,6 +24,7 @@ use storage::{LogStore, SyncPolicy, WalOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NodeConfig;
+use ringleader_protocol::ring::Ring;
 use crate::mapping;
 use crate::peer::PeerSenders;
 use crate::planted::PlantedBug;
@@ -60,11 +61,16 @@ pub enum NodeError {
     Storage(#[from] storage::StorageError),
     #[error("raft configuration: {0}")]
     Config(#[from] consensus::ConfigError),
+    #[error("ring: {0}")]
+    Ring(#[from] ringleader_protocol::ring::RingError),
+    #[error("{0}")]
+    RingFile(#[from] crate::ring_file::RingFileError),
 }
 
 /// A running node's state, owned by its task.
 pub struct Host {
     config: NodeConfig,
+    ring: Ring,
     io: Io,
     replicas: BTreeMap<GroupId, Replica>,
     /// Ticks not yet delivered to the replicas (the simulation has paused this node).
@@ -86,10 +92,12 @@ impl Host {
     /// Opens the node's storage, recovers each replica's state and prepares Raft. Does not
     /// start the loop.
     pub fn open(config: NodeConfig, peers: PeerSenders) -> Result<Host, NodeError> {
+        let ring = config.build_ring()?;
+        crate::ring_file::check_or_store(&*config.fs, &config.data_dir, &config.ring)?;
         let mut logs = BTreeMap::new();
         let mut replicas = BTreeMap::new();
         let mut repairing = BTreeSet::new();
-        for group in config.hosted_groups() {
+        for group in ring.groups_on(config.id) {
             let (mut log, recovered) = LogStore::open(
                 config.fs.clone(),
                 &config.group_dir(group),
@@ -107,11 +115,13 @@ impl Host {
             if recovered.repair_until.is_some() {
                 repairing.insert(group);
             }
-            replicas.insert(group, Replica::recover(config.replica(group), &recovered)?);
+            let replica = Replica::recover(config.replica(&ring, group), &recovered)?;
+            replicas.insert(group, replica);
             logs.insert(group, log);
         }
         Ok(Host {
             config,
+            ring,
             io: Io {
                 logs,
                 peers,
@@ -121,6 +131,11 @@ impl Host {
             replicas,
             missed_ticks: 0,
         })
+    }
+
+    /// The ring the node was opened with.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
     }
 
     /// Runs the node until a [`NodeInput::Shutdown`] arrives or every sender is gone.
@@ -331,6 +346,7 @@ impl Host {
         NodeStatus {
             id: self.config.id,
             addr: self.config.addr(),
+            ring: self.ring.spec().clone(),
             log_bytes: self
                 .io
                 .logs

@@ -20,6 +20,7 @@ pub mod budget;
 pub mod chunk;
 pub mod config;
 pub mod faults;
+pub mod forward;
 pub mod host;
 pub mod injected;
 pub mod lag;
@@ -28,6 +29,7 @@ pub mod network;
 pub mod peer;
 pub mod planted;
 pub mod replica;
+pub mod ring_file;
 pub mod router;
 pub mod service;
 
@@ -104,6 +106,13 @@ pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<Running
     )
     .with_faults(transport_faults);
     let host = Host::open(config.clone(), peers)?;
+    let router = router::Router::new(host.ring().clone(), config.id);
+    let forwarder = Arc::new(forward::Forwarder::new(
+        network.clone(),
+        config.id,
+        host.ring().clone(),
+        config.limits.max_frame_bytes,
+    ));
     let (inputs_sender, inputs) = mpsc::channel(NODE_INPUT_QUEUE);
     let (shutdown, shutdown_receiver) = watch::channel(false);
     let node_task = tokio::spawn(host.run(inputs));
@@ -115,7 +124,8 @@ pub async fn start<N: Network>(network: N, config: NodeConfig) -> Result<Running
             peer_ids: config.peers.keys().copied().collect(),
             limits: config.limits,
             net: config.net.clone(),
-            router: router::Router::single_group(),
+            router,
+            forwarder,
             faults: injected,
         },
         inputs_sender.clone(),

@@ -24,6 +24,7 @@ use consensus::{
     Config as RaftConfig, Entry, EntryPayload, Message, MessageBody, NodeId, ProposeError, Raft,
     ReadError, ReadMode, ReadPath, Ready, Restored, Role, Snapshot, SnapshotMeta,
 };
+use ringleader_protocol::ring::HashRange;
 use ringleader_protocol::{
     ErrorKind, GroupId, GroupStatus, ReadConsistency, Receipt, ReplicaStatus, Request, Response,
     ServedAt, WriteAck,
@@ -76,6 +77,12 @@ pub struct ReplicaConfig {
     pub id: NodeId,
     /// Every voter of the group and its client address (for redirects), this node's included.
     pub peers: BTreeMap<NodeId, String>,
+    /// The key hashes the group's shard holds, and the epoch of the ring that placed it.
+    pub range: HashRange,
+    pub epoch: u64,
+    /// The replica the ring would have lead (leadership spreads evenly when each group's
+    /// preferred replica leads it); `None` for no preference.
+    pub preferred_leader: Option<NodeId>,
     pub election_timeout_ticks: u32,
     pub heartbeat_interval_ticks: u32,
     /// Take a snapshot (and compact the log) after this many applied entries.
@@ -1089,6 +1096,8 @@ impl Replica {
         replicas.sort_by_key(|r| r.node);
         GroupStatus {
             group: self.config.group,
+            range: self.config.range,
+            epoch: self.config.epoch,
             role: format!("{:?}", status.role).to_lowercase(),
             term: status.term,
             leader: status.leader,

@@ -37,7 +37,11 @@ use crate::host::NodeInput;
 use crate::injected::InjectedFaults;
 use crate::network::Network;
 use crate::replica::Reply;
-use crate::router::Router;
+use crate::forward::Forward;
+use crate::router::{Route, Router};
+
+/// A request being answered: by this node's replica, or forwarded to another node.
+type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, u64, Reply)> + Send>>;
 
 /// Requests one client connection may have in flight; the server stops reading beyond it.
 pub const MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION: usize = 256;
@@ -53,6 +57,7 @@ struct Shared {
     limits: Limits,
     net: NetConfig,
     router: Router,
+    forwarder: Arc<dyn Forward>,
     node: mpsc::Sender<NodeInput>,
     clients: Arc<ConnRegistry>,
     peers: BTreeMap<NodeId, Arc<ConnRegistry>>,
@@ -73,6 +78,8 @@ pub struct ServiceConfig {
     pub net: NetConfig,
     /// Which group each request and peer message is for.
     pub router: Router,
+    /// Sends requests for groups this node does not host to nodes that do.
+    pub forwarder: Arc<dyn Forward>,
     /// The operator's fault rules (`--allow-faults`), shared with the peer senders; `None`:
     /// admin fault requests are refused.
     pub faults: Option<Arc<InjectedFaults>>,
@@ -92,6 +99,7 @@ pub async fn accept_loop<N: Network>(
         limits,
         net,
         router,
+        forwarder,
         faults,
     } = config;
     let others = || peer_ids.iter().copied().filter(move |id| *id != self_id);
@@ -115,6 +123,7 @@ pub async fn accept_loop<N: Network>(
         limits,
         net,
         router,
+        forwarder,
         node,
         faults,
         admins: Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS)),
@@ -442,7 +451,7 @@ async fn serve_client<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut framed = Framed::new(stream, client_codec(shared, Some(&ticket)));
-    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut reading = true;
     let mut watchdog = tokio::time::interval(shared.net.check_interval);
     let node = &shared.node;
@@ -457,13 +466,10 @@ async fn serve_client<S>(
         }
         tokio::select! {
             biased;
-            Some((id, group, answer)) = in_flight.next(), if !in_flight.is_empty() => {
-                let Reply { response, receipt } = match answer {
-                    Ok(reply) => reply,
-                    // The node dropped the request: it may have been proposed already.
-                    Err(_) => Reply::from(Response::Error { kind: ErrorKind::Unknown, message: "the node stopped before answering".into() }),
-                };
-                let frame = ResponseFrame { id, header: Header { group, epoch: 0 }, response, receipt };
+            Some((id, group, reply)) = in_flight.next(), if !in_flight.is_empty() => {
+                let Reply { response, receipt } = reply;
+                let header = Header { group, epoch: router.ring().epoch() };
+                let frame = ResponseFrame { id, header, response, receipt };
                 let Ok(body) = encode_frame(&frame) else { break };
                 ticket.slot.touch();
                 if framed.send(Bytes::from(body)).await.is_err() {
@@ -517,29 +523,47 @@ async fn serve_client<S>(
                         continue;
                     }
                 };
-                // The epoch is not checked yet: routes do not change until sharding.
-                let group = match router.route(&header, &request) {
-                    Ok(group) => group,
-                    Err(message) => {
-                    let refusal = ResponseFrame {
-                        id,
-                        header: Header { group: header.group, epoch: 0 },
-                        response: Response::Error { kind: ErrorKind::Invalid, message },
-                        receipt: None,
-                    };
-                    if let Ok(body) = encode_frame(&refusal) {
-                        let _ = framed.send(Bytes::from(body)).await;
-                    }
-                    continue;
+                let route = match router.route(&header, &request) {
+                    Ok(route) => route,
+                    Err(response) => {
+                        let refusal = ResponseFrame {
+                            id,
+                            header: Header { group: header.group, epoch: router.ring().epoch() },
+                            response,
+                            receipt: None,
+                        };
+                        if let Ok(body) = encode_frame(&refusal) {
+                            let _ = framed.send(Bytes::from(body)).await;
+                        }
+                        continue;
                     }
                 };
-                let (reply, answer) = oneshot::channel();
                 ticket.slot.in_flight.store(in_flight.len() + 1, Ordering::Relaxed);
-                if node.send(NodeInput::Client { group, request, reply }).await.is_err() {
-                    let _ = framed.send(error_frame(id, ErrorKind::ShuttingDown, "the node stopped".into())).await;
-                    break;
+                match route {
+                    Route::Local(group) => {
+                        let (reply, answer) = oneshot::channel();
+                        if node.send(NodeInput::Client { group, request, reply }).await.is_err() {
+                            let _ = framed.send(error_frame(id, ErrorKind::ShuttingDown, "the node stopped".into())).await;
+                            break;
+                        }
+                        in_flight.push(Box::pin(async move {
+                            // The node dropped the request: it may have been proposed already.
+                            let reply = answer.await.unwrap_or_else(|_| Reply::from(Response::Error {
+                                kind: ErrorKind::Unknown,
+                                message: "the node stopped before answering".into(),
+                            }));
+                            (id, group, reply)
+                        }) as InFlight);
+                    }
+                    Route::Remote(group) => {
+                        if let Err(message) = request.check(&shared.limits) {
+                            let _ = framed.send(error_frame(id, ErrorKind::Invalid, message)).await;
+                            continue;
+                        }
+                        let forwarded = shared.forwarder.clone().forward(group, request);
+                        in_flight.push(Box::pin(async move { (id, group, forwarded.await) }) as InFlight);
+                    }
                 }
-                in_flight.push(async move { (id, group, answer.await) });
             }
         }
     }

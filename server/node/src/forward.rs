@@ -1,0 +1,206 @@
+//! Forwarding: a node that holds no replica of a request's shard sends the request on to the
+//! shard's leader and relays the answer, so that any node accepts any key (a client that does
+//! not know the ring, or routed by a stale one, still gets served).
+//!
+//! The forwarder does not know which replica leads a group it does not host: it tries the one
+//! it last saw answer (a leader cache), else the ring's preferred leader, and follows a
+//! `NotLeader` redirect; a replica it cannot reach is skipped for the next one of the shard. At
+//! most [`MAX_FORWARD_HOPS`] nodes are tried. The answer's receipt names this node in
+//! `forwarded_by`, so a client sees that its request took an extra hop.
+//!
+//! A replica that does host the group but does not lead it answers with a redirect instead
+//! (`NotLeader` naming the leader): the client learns the leader in one round trip and sends
+//! the next request straight to it.
+//!
+//! One pipelined connection per node is kept open (bounded by the ring's node count); each
+//! forwarded request waits at most [`FORWARD_TIMEOUT`].
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use consensus::NodeId;
+use ringleader_protocol::connection::{CallError, Connection};
+use ringleader_protocol::ring::Ring;
+use ringleader_protocol::{Connector, ErrorKind, GroupId, Header, Request, Response};
+
+use crate::replica::Reply;
+
+/// Nodes one forwarded request is sent to at most (the preferred leader, a redirect, another
+/// replica).
+pub const MAX_FORWARD_HOPS: usize = 3;
+/// How long a forwarded request waits for its answer.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends requests for groups this node does not host to the nodes that do.
+pub trait Forward: Send + Sync + 'static {
+    /// Forwards `request` for `group`; the answer to relay to the client.
+    fn forward(
+        self: Arc<Self>,
+        group: GroupId,
+        request: Request,
+    ) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
+}
+
+/// The forwarder over a connector (real TCP, or turmoil's in the simulation).
+pub struct Forwarder<C: Connector> {
+    connector: C,
+    self_id: NodeId,
+    ring: Ring,
+    max_frame_bytes: usize,
+    state: Mutex<ForwardState>,
+}
+
+#[derive(Default)]
+struct ForwardState {
+    /// One open connection per node.
+    connections: BTreeMap<NodeId, Connection>,
+    /// The node last seen leading each group.
+    leaders: BTreeMap<GroupId, NodeId>,
+}
+
+impl<C: Connector> Forwarder<C> {
+    pub fn new(connector: C, self_id: NodeId, ring: Ring, max_frame_bytes: usize) -> Self {
+        Forwarder {
+            connector,
+            self_id,
+            ring,
+            max_frame_bytes,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ForwardState> {
+        // A panic while holding the lock leaves only caches behind: still usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The nodes to try for `group`, best first: the cached leader, the preferred leader, the
+    /// other replicas.
+    fn candidates(&self, group: GroupId) -> Vec<NodeId> {
+        let Some(shard) = self.ring.shard(group) else {
+            return Vec::new();
+        };
+        let mut order = Vec::with_capacity(shard.replicas.len() + 1);
+        if let Some(leader) = self.state().leaders.get(&group) {
+            order.push(*leader);
+        }
+        order.push(shard.preferred_leader);
+        order.extend(shard.replicas.iter().copied());
+        let mut seen = Vec::with_capacity(order.len());
+        order.retain(|node| *node != self.self_id && !seen.contains(node) && {
+            seen.push(*node);
+            true
+        });
+        order
+    }
+
+    async fn connection(&self, node: NodeId) -> Result<Connection, String> {
+        if let Some(open) = self.state().connections.get(&node).filter(|c| !c.is_closed()) {
+            return Ok(open.clone());
+        }
+        let addr = self
+            .ring
+            .spec()
+            .nodes
+            .get(&node)
+            .ok_or_else(|| format!("node {node} is not on the ring"))?;
+        let opened = tokio::time::timeout(
+            FORWARD_TIMEOUT,
+            Connection::open(&self.connector, addr, self.max_frame_bytes),
+        )
+        .await
+        .map_err(|_| format!("connecting to node {node} at {addr} timed out"))??;
+        self.state().connections.insert(node, opened.clone());
+        Ok(opened)
+    }
+
+    async fn forward_to_group(self: Arc<Self>, group: GroupId, request: Request) -> Reply {
+        let header = Header {
+            group,
+            epoch: self.ring.epoch(),
+        };
+        let mut queue = self.candidates(group);
+        queue.reverse();
+        let mut tried = Vec::new();
+        let mut last_failure = format!("no node holds group {group}");
+        while let Some(node) = queue.pop() {
+            if tried.len() == MAX_FORWARD_HOPS {
+                break;
+            }
+            if tried.contains(&node) {
+                continue;
+            }
+            tried.push(node);
+            let connection = match self.connection(node).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    last_failure = error;
+                    continue;
+                }
+            };
+            let answer = tokio::time::timeout(
+                FORWARD_TIMEOUT,
+                connection.call_in(header, request.clone()),
+            )
+            .await;
+            match answer {
+                Ok(Ok((Response::NotLeader { leader: Some(leader), .. }, _))) => {
+                    tracing::debug!(group, from = node, to = leader, "forwarding: redirected");
+                    self.state().leaders.insert(group, leader);
+                    queue.push(leader);
+                }
+                Ok(Ok((response, receipt))) => {
+                    let receipt = receipt.map(|mut receipt| {
+                        receipt.forwarded_by.get_or_insert(self.self_id);
+                        receipt
+                    });
+                    if let Some(receipt) = &receipt {
+                        if !matches!(response, Response::NotLeader { .. }) {
+                            self.state().leaders.insert(group, receipt.node);
+                        }
+                    }
+                    return Reply { response, receipt };
+                }
+                Ok(Err(CallError::NotSent)) => {
+                    self.state().connections.remove(&node);
+                    last_failure = format!("the connection to node {node} closed");
+                }
+                Ok(Err(CallError::Lost)) | Err(_) => {
+                    self.state().connections.remove(&node);
+                    // The request may have reached the node: a write's outcome is unknown.
+                    return Reply::from(Response::Error {
+                        kind: if request.is_write() {
+                            ErrorKind::Unknown
+                        } else {
+                            ErrorKind::Unavailable
+                        },
+                        message: format!(
+                            "forwarded to node {node} for group {group}; no answer came back"
+                        ),
+                    });
+                }
+            }
+        }
+        Reply::from(Response::Error {
+            kind: ErrorKind::Unavailable,
+            message: format!(
+                "node {} holds no replica of group {group} and could not forward the request \
+                 (tried nodes {tried:?}): {last_failure}",
+                self.self_id
+            ),
+        })
+    }
+}
+
+impl<C: Connector> Forward for Forwarder<C> {
+    fn forward(
+        self: Arc<Self>,
+        group: GroupId,
+        request: Request,
+    ) -> Pin<Box<dyn Future<Output = Reply> + Send>> {
+        Box::pin(self.forward_to_group(group, request))
+    }
+}
