@@ -399,6 +399,7 @@ proptest! {
         // Deterministic: the same spec builds the same ring.
         let again = self::ring(spec.clone());
         prop_assert_eq!(again.shards(), ring.shards());
+        prop_assert_eq!(&again, &ring);
         for hash in hashes {
             let group = ring.shard_for_hash(hash);
             prop_assert!(ring.shards()[group as usize].range.contains(hash));
