@@ -200,6 +200,15 @@ impl fmt::Debug for Ring {
     }
 }
 
+/// Two rings are equal when their specs are: the rest follows from the spec.
+impl PartialEq for Ring {
+    fn eq(&self, other: &Ring) -> bool {
+        self.inner.spec == other.inner.spec
+    }
+}
+
+impl Eq for Ring {}
+
 /// A key's position on the ring: xxh3-64 of its bytes. Stable forever (the placement of stored
 /// data depends on it).
 pub fn key_hash(key: &[u8]) -> u64 {
