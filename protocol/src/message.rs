@@ -343,7 +343,9 @@ pub enum Response {
     },
     /// The request was routed by a ring older (or newer) than the node's: here is the node's;
     /// route again by it. Nothing was done.
-    RingChanged { ring: RingSpec },
+    RingChanged {
+        ring: RingSpec,
+    },
     /// This node does not lead; the leader, if known, is at this address.
     NotLeader {
         leader: Option<u64>,

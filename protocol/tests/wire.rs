@@ -167,6 +167,11 @@ fn bodies_over_16_mib_decode_with_a_limit_that_fits() {
 fn a_status_lists_groups_and_finds_one_by_id() {
     let group = |id: GroupId, role: &str| GroupStatus {
         group: id,
+        range: ring::HashRange {
+            start: id << 32,
+            end_inclusive: (id << 32) + 99,
+        },
+        epoch: 2,
         role: role.into(),
         term: 4 + id,
         leader: Some(1),
@@ -188,6 +193,7 @@ fn a_status_lists_groups_and_finds_one_by_id() {
         id: 1,
         addr: "127.0.0.1:7001".into(),
         log_bytes: 4096,
+        ring: ring::RingSpec::new([(1, "127.0.0.1:7001".to_string())].into(), 8),
         groups: vec![group(ONLY_GROUP, "leader"), group(7, "follower")],
     };
     assert_eq!(status.group(ONLY_GROUP), Some(&group(ONLY_GROUP, "leader")));

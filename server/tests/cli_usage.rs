@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ringleader_client::{GroupStatus, NodeStatus, ONLY_GROUP};
+use ringleader_protocol::ring::{HashRange, RingSpec};
 use ringleader_protocol::{
     decode_frame, encode_frame, ErrorKind, Handshake, ReplicaStatus, Request, RequestFrame,
     Response, ResponseFrame, Role, HANDSHAKE_BYTES,
 };
+use std::collections::BTreeMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A fake node on a fresh port: completes the client handshake, then answers each request with
@@ -93,8 +95,14 @@ fn status_of(id: u64, role: &str, term: u64, commit: u64, applied: u64) -> NodeS
         id,
         addr: String::new(),
         log_bytes: 0,
+        ring: RingSpec::new(BTreeMap::from([(id, String::new())]), 1),
         groups: vec![GroupStatus {
             group: ONLY_GROUP,
+            range: HashRange {
+                start: 0,
+                end_inclusive: u64::MAX,
+            },
+            epoch: 1,
             role: role.into(),
             term,
             leader: (role == "leader").then_some(id),

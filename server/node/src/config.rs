@@ -109,7 +109,10 @@ impl NodeConfig {
     /// The ring this node's spec describes; an error if the spec is not a ring, or its nodes
     /// are not `peers`.
     pub fn build_ring(&self) -> Result<Ring, RingError> {
-        debug_assert_eq!(self.ring.nodes, self.peers, "the ring's nodes are the peers");
+        debug_assert_eq!(
+            self.ring.nodes, self.peers,
+            "the ring's nodes are the peers"
+        );
         Ring::new(self.ring.clone())
     }
 

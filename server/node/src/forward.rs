@@ -74,7 +74,9 @@ impl<C: Connector> Forwarder<C> {
 
     fn state(&self) -> std::sync::MutexGuard<'_, ForwardState> {
         // A panic while holding the lock leaves only caches behind: still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The nodes to try for `group`, best first: the cached leader, the preferred leader, the
@@ -90,15 +92,22 @@ impl<C: Connector> Forwarder<C> {
         order.push(shard.preferred_leader);
         order.extend(shard.replicas.iter().copied());
         let mut seen = Vec::with_capacity(order.len());
-        order.retain(|node| *node != self.self_id && !seen.contains(node) && {
-            seen.push(*node);
-            true
+        order.retain(|node| {
+            *node != self.self_id && !seen.contains(node) && {
+                seen.push(*node);
+                true
+            }
         });
         order
     }
 
     async fn connection(&self, node: NodeId) -> Result<Connection, String> {
-        if let Some(open) = self.state().connections.get(&node).filter(|c| !c.is_closed()) {
+        if let Some(open) = self
+            .state()
+            .connections
+            .get(&node)
+            .filter(|c| !c.is_closed())
+        {
             return Ok(open.clone());
         }
         let addr = self
@@ -141,13 +150,17 @@ impl<C: Connector> Forwarder<C> {
                     continue;
                 }
             };
-            let answer = tokio::time::timeout(
-                FORWARD_TIMEOUT,
-                connection.call_in(header, request.clone()),
-            )
-            .await;
+            let answer =
+                tokio::time::timeout(FORWARD_TIMEOUT, connection.call_in(header, request.clone()))
+                    .await;
             match answer {
-                Ok(Ok((Response::NotLeader { leader: Some(leader), .. }, _))) => {
+                Ok(Ok((
+                    Response::NotLeader {
+                        leader: Some(leader),
+                        ..
+                    },
+                    _,
+                ))) => {
                     tracing::debug!(group, from = node, to = leader, "forwarding: redirected");
                     self.state().leaders.insert(group, leader);
                     queue.push(leader);

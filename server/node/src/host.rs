@@ -24,11 +24,11 @@ use storage::{LogStore, SyncPolicy, WalOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NodeConfig;
-use ringleader_protocol::ring::Ring;
 use crate::mapping;
 use crate::peer::PeerSenders;
 use crate::planted::PlantedBug;
 use crate::replica::{Replica, ReplyTo};
+use ringleader_protocol::ring::Ring;
 
 /// Inputs queued for the node at most; senders wait beyond it.
 pub const NODE_INPUT_QUEUE: usize = 4096;
@@ -93,7 +93,7 @@ impl Host {
     /// start the loop.
     pub fn open(config: NodeConfig, peers: PeerSenders) -> Result<Host, NodeError> {
         let ring = config.build_ring()?;
-        crate::ring_file::check_or_store(&*config.fs, &config.data_dir, &config.ring)?;
+        crate::ring_file::check_or_store(&*config.fs, &config.data_dir, &config.ring, config.id)?;
         let mut logs = BTreeMap::new();
         let mut replicas = BTreeMap::new();
         let mut repairing = BTreeSet::new();

@@ -1,9 +1,11 @@
 //! The ring a data directory was created with, kept in the directory (`ring`), so that a node
-//! restarted with another ring (other shards, replicas or nodes) refuses to start instead of
-//! serving its groups' data under a placement that no longer holds it.
+//! restarted with a ring that places data differently (another shard count, so keys map to
+//! other groups; or other groups on this node) refuses to start instead of serving its groups'
+//! data under a placement that no longer holds it.
 //!
-//! Moving shards between nodes is a later issue's (membership changes); until then the ring of
-//! a data directory never changes, and a node checks the one it is given against it. A data
+//! Moving shards between nodes is a later issue's (membership changes); until then a node
+//! checks the ring it is given against the stored one. A ring that keeps the key-to-group
+//! mapping and this node's groups (say, a node's address changed) is accepted and recorded. A data
 //! directory of the single-group releases has no ring file: it is one shard, group 0, kept in
 //! the directory itself, and such a node takes the ring it is started with (one shard on every
 //! node, as before) and records it.
@@ -13,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ringleader_protocol::ring::RingSpec;
+use ringleader_protocol::ring::{Ring, RingSpec};
 use storage::record::{decode_record, encode_record, Decoded, RecordFormat};
 use storage::{FileSystem, StorageError};
 
@@ -49,7 +51,10 @@ pub enum RingFileError {
     Storage(#[from] StorageError),
 }
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RingFileError + 'a {
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> RingFileError + 'a {
     move |source| RingFileError::Io {
         action,
         path: path.to_path_buf(),
@@ -57,8 +62,14 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
-/// Checks `given` against the ring stored in `dir`, or stores it there if there is none.
-pub fn check_or_store(fs: &dyn FileSystem, dir: &Path, given: &RingSpec) -> Result<(), RingFileError> {
+/// Checks `given` (node `id`'s ring) against the ring stored in `dir`, or stores it there if
+/// there is none.
+pub fn check_or_store(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    given: &RingSpec,
+    id: u64,
+) -> Result<(), RingFileError> {
     let path = dir.join(RING_FILE);
     match fs.read(&path) {
         Ok(bytes) => {
@@ -66,14 +77,22 @@ pub fn check_or_store(fs: &dyn FileSystem, dir: &Path, given: &RingSpec) -> Resu
                 path: path.clone(),
                 reason,
             })?;
-            if stored != *given {
+            if stored == *given {
+                return Ok(());
+            }
+            let same_groups_here = match (Ring::new(stored.clone()), Ring::new(given.clone())) {
+                (Ok(before), Ok(after)) => before.groups_on(id) == after.groups_on(id),
+                _ => false,
+            };
+            if stored.shards != given.shards || !same_groups_here {
                 return Err(RingFileError::Mismatch {
                     path,
                     stored: Box::new(stored),
                     given: Box::new(given.clone()),
                 });
             }
-            Ok(())
+            tracing::warn!(path = %path.display(), "the ring changed without moving this node's data: recorded");
+            store(fs, dir, given)
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => store(fs, dir, given),
         Err(error) => Err(io("read", &path)(error)),
@@ -91,7 +110,8 @@ fn decode(bytes: &[u8]) -> Result<RingSpec, String> {
 }
 
 fn store(fs: &dyn FileSystem, dir: &Path, ring: &RingSpec) -> Result<(), RingFileError> {
-    fs.create_dir_all(dir).map_err(io("create directory", dir))?;
+    fs.create_dir_all(dir)
+        .map_err(io("create directory", dir))?;
     let mut bytes = Vec::new();
     encode_record(0, &storage::codec::encode(ring, "ring")?, 0, &mut bytes);
     let temp = dir.join(format!("{RING_FILE}.tmp"));
@@ -114,7 +134,9 @@ mod tests {
 
     fn spec(nodes: u64, shards: u32) -> RingSpec {
         RingSpec::new(
-            (1..=nodes).map(|id| (id, format!("n{id}:1"))).collect::<BTreeMap<_, _>>(),
+            (1..=nodes)
+                .map(|id| (id, format!("n{id}:1")))
+                .collect::<BTreeMap<_, _>>(),
             shards,
         )
     }
@@ -123,25 +145,46 @@ mod tests {
     fn the_first_ring_is_kept_and_another_one_is_refused_with_both_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fs = StdFs::shared();
-        check_or_store(&*fs, dir.path(), &spec(5, 8)).expect("stored");
-        check_or_store(&*fs, dir.path(), &spec(5, 8)).expect("the same ring again");
-        let refusal = check_or_store(&*fs, dir.path(), &spec(5, 16)).unwrap_err();
+        check_or_store(&*fs, dir.path(), &spec(5, 8), 1).expect("stored");
+        check_or_store(&*fs, dir.path(), &spec(5, 8), 1).expect("the same ring again");
+        let refusal = check_or_store(&*fs, dir.path(), &spec(5, 16), 1).unwrap_err();
         let message = refusal.to_string();
-        assert!(message.contains("8 shards") && message.contains("16 shards"), "{message}");
+        assert!(
+            message.contains("8 shards") && message.contains("16 shards"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_ring_that_keeps_this_nodes_groups_is_accepted_and_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fs = StdFs::shared();
+        // One shard on every node: node 1 hosts group 0 whatever the other nodes are.
+        check_or_store(&*fs, dir.path(), &spec(3, 1), 1).expect("stored");
+        let alone = RingSpec {
+            replicas: 1,
+            ..spec(1, 1)
+        };
+        check_or_store(&*fs, dir.path(), &alone, 1).expect("still group 0 here");
+        let bytes = std::fs::read(dir.path().join(RING_FILE)).expect("read");
+        assert_eq!(decode(&bytes), Ok(alone), "the new ring is recorded");
     }
 
     #[test]
     fn a_damaged_ring_file_is_reported_not_replaced() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fs = StdFs::shared();
-        check_or_store(&*fs, dir.path(), &spec(3, 1)).expect("stored");
+        check_or_store(&*fs, dir.path(), &spec(3, 1), 1).expect("stored");
         let path = dir.path().join(RING_FILE);
         let mut bytes = std::fs::read(&path).expect("read");
         let last = bytes.len() - 1;
         bytes[last] ^= 0x40;
         std::fs::write(&path, &bytes).expect("write");
-        let refusal = check_or_store(&*fs, dir.path(), &spec(3, 1)).unwrap_err();
-        assert!(matches!(refusal, RingFileError::Damaged { .. }), "{refusal}");
+        let refusal = check_or_store(&*fs, dir.path(), &spec(3, 1), 1).unwrap_err();
+        assert!(
+            matches!(refusal, RingFileError::Damaged { .. }),
+            "{refusal}"
+        );
         assert_eq!(std::fs::read(&path).expect("read"), bytes, "left as found");
     }
 }

@@ -139,8 +139,7 @@ mod tests {
 
     /// A ring of `nodes` nodes, `shards` shards of 3 replicas.
     fn ring(nodes: u64, shards: u32) -> Ring {
-        let nodes: BTreeMap<u64, String> =
-            (1..=nodes).map(|id| (id, format!("n{id}:1"))).collect();
+        let nodes: BTreeMap<u64, String> = (1..=nodes).map(|id| (id, format!("n{id}:1"))).collect();
         Ring::new(RingSpec {
             replicas: 3,
             ..RingSpec::new(nodes, shards)
@@ -206,12 +205,15 @@ mod tests {
             epoch: ring.epoch(),
         };
         let refusal = router.route(&wrong, &get(b"a")).unwrap_err();
-        assert!(matches!(&refusal, Response::Error { kind: ErrorKind::Invalid, message } if message.contains(&format!("belongs to group {group}"))), "{refusal:?}");
-        let off = Header {
-            group: 8,
-            epoch: 0,
-        };
+        assert!(
+            matches!(&refusal, Response::Error { kind: ErrorKind::Invalid, message } if message.contains(&format!("belongs to group {group}"))),
+            "{refusal:?}"
+        );
+        let off = Header { group: 8, epoch: 0 };
         let refusal = router.route(&off, &Request::RegisterSession).unwrap_err();
-        assert!(matches!(&refusal, Response::Error { message, .. } if message.contains("unknown group 8")), "{refusal:?}");
+        assert!(
+            matches!(&refusal, Response::Error { message, .. } if message.contains("unknown group 8")),
+            "{refusal:?}"
+        );
     }
 }

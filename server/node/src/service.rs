@@ -33,11 +33,11 @@ use tokio_util::codec::Framed;
 use crate::auth;
 use crate::budget::{ByteBudget, ConnRegistry, FrameCodec, FrameError, NetConfig, Shed, Ticket};
 use crate::chunk::{Reassembler, MAX_PEER_FRAME_BYTES};
+use crate::forward::Forward;
 use crate::host::NodeInput;
 use crate::injected::InjectedFaults;
 use crate::network::Network;
 use crate::replica::Reply;
-use crate::forward::Forward;
 use crate::router::{Route, Router};
 
 /// A request being answered: by this node's replica, or forwarded to another node.
@@ -596,6 +596,9 @@ mod tests {
         let addr = listener.local_addr().unwrap().to_string();
         let (inputs, node_inputs) = mpsc::channel(64);
         let (shutdown, shutdown_receiver) = watch::channel(false);
+        let nodes = [(1, addr.clone()), (2, "127.0.0.1:9".to_string())];
+        let spec = ringleader_protocol::ring::RingSpec::new(nodes.into_iter().collect(), 1);
+        let ring = ringleader_protocol::ring::Ring::new(spec).expect("ring");
         tokio::spawn(accept_loop(
             TokioConnector,
             listener,
@@ -604,7 +607,13 @@ mod tests {
                 peer_ids: [1, 2].into_iter().collect(),
                 limits: Limits::default(),
                 net,
-                router: Router::single_group(),
+                router: Router::new(ring.clone(), 1),
+                forwarder: Arc::new(crate::forward::Forwarder::new(
+                    TokioConnector,
+                    1,
+                    ring,
+                    Limits::default().max_frame_bytes,
+                )),
                 faults: None,
             },
             inputs,
