@@ -22,6 +22,7 @@ use ringleader_client::{
     TokioConnector, WriteAck, ONLY_GROUP,
 };
 use ringleader_node::NodeConfig;
+use ringleader_protocol::GroupId;
 use serde_json::json;
 use storage::{StdFs, SyncPolicy};
 
@@ -173,9 +174,11 @@ pub struct ServeArgs {
     /// Address to listen on for clients and peers.
     #[arg(long, default_value = "127.0.0.1:7001", value_parser = parse_address)]
     listen: String,
-    /// Every voter as ID=ADDR, comma-separated, this node included. Omit for a single node.
+    /// Every node as ID=ADDR, comma-separated, this node included. Omit for a single node.
     #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
     peers: Vec<(u64, String)>,
+    #[command(flatten)]
+    shape: ShapeArgs,
     /// When the WAL is fsynced: `always` (before acknowledging, the default), `never`, or a
     /// number of milliseconds between syncs.
     #[arg(long, default_value = "always")]
@@ -204,6 +207,39 @@ pub struct ServeArgs {
     /// who proves knowledge of the cluster secret. For experiments only; off by default.
     #[arg(long)]
     allow_faults: bool,
+}
+
+/// How the key space is sharded over the nodes (docs/sharding.md). Every node of a cluster
+/// must be started with the same values; a data directory keeps the ring it was created with.
+#[derive(Args, Clone, Copy, Debug, Default)]
+pub struct ShapeArgs {
+    /// Shards (Raft groups) the key space is cut into by consistent hashing. Default: 1 when
+    /// every node holds a replica, else two per node (so every node leads some).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(ringleader_protocol::ring::MAX_SHARDS)))]
+    pub shards: Option<u32>,
+    /// Replicas of each shard, on distinct nodes. Default: every node with one shard (the
+    /// single-group cluster), else 3 (or every node, if fewer).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub replicas: Option<u32>,
+}
+
+impl ShapeArgs {
+    /// (shards, replicas) for a cluster of `nodes` nodes.
+    pub fn resolve(self, nodes: usize) -> Result<(u32, u32)> {
+        let nodes = u32::try_from(nodes).unwrap_or(u32::MAX);
+        let replicas = match (self.shards, self.replicas) {
+            (_, Some(replicas)) => replicas,
+            (None | Some(1), None) => nodes,
+            (Some(_), None) => nodes.min(ringleader_protocol::ring::DEFAULT_REPLICAS),
+        };
+        if replicas > nodes {
+            bail!("--replicas {replicas} needs as many nodes; the cluster has {nodes}");
+        }
+        let shards = self
+            .shards
+            .unwrap_or(if replicas < nodes { 2 * nodes } else { 1 });
+        Ok((shards, replicas))
+    }
 }
 
 /// How fresh a read must be (docs/consistency.md: each level's guarantee, price and anomaly).
@@ -730,7 +766,9 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
             peers.len()
         );
     }
-    let mut config = NodeConfig::new(args.id, peers, args.dir.clone(), StdFs::shared());
+    let (shards, replicas) = args.shape.resolve(peers.len())?;
+    let mut config = NodeConfig::new(args.id, peers, args.dir.clone(), StdFs::shared())
+        .with_shards(shards, replicas);
     config.boot_id = boot_id();
     config.wal.sync = parse_sync(&args.wal_sync)?;
     config.wal.repair = args.repair;
@@ -824,19 +862,22 @@ fn receipt_json(receipt: Option<&Receipt>) -> serde_json::Value {
             "term": receipt.term,
             "index": receipt.index,
             "staleness_bound_ms": receipt.staleness_bound_ms,
+            "forwarded_by": receipt.forwarded_by,
         }),
     }
 }
 
-/// A node that answered `status`, with its view of group 0 (what the health judgement and the
-/// top-level fields of each node use).
-#[derive(Clone, Copy)]
-struct Group0View<'a> {
-    node: &'a NodeStatus,
-    group: &'a GroupStatus,
+/// One group as the nodes that answered `status` see it: each hosting node's view, and the
+/// leader among them (that of the highest term: a deposed leader that has not heard yet is
+/// stale).
+struct GroupView<'a> {
+    group: GroupId,
+    views: Vec<(&'a NodeStatus, &'a GroupStatus)>,
+    leader: Option<(&'a NodeStatus, &'a GroupStatus)>,
 }
 
-/// `status`: asks every endpoint for its own view, then judges the whole.
+/// `status`: asks every endpoint for its own view, then judges the whole: every group must
+/// have a leader, and no replica may lag or be unheard.
 async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<ExitCode> {
     let client = target.client()?;
     let mut answers: Vec<(String, std::result::Result<NodeStatus, String>)> = Vec::new();
@@ -848,113 +889,181 @@ async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<
     for (addr, answer) in futures::future::join_all(queries).await {
         answers.push((addr, answer.map_err(|e| why_down(&e))));
     }
-    // Every top-level figure of a node is its group 0's (the only group until sharding); a node
-    // that answers without group 0 is counted as down.
-    let views: Vec<(&String, std::result::Result<Group0View<'_>, String>)> = answers
+    let up: Vec<&NodeStatus> = answers
         .iter()
-        .map(|(addr, answer)| {
-            let view = match answer {
-                Err(why) => Err(why.clone()),
-                Ok(node) => match node.group(ONLY_GROUP) {
-                    Some(group) => Ok(Group0View { node, group }),
-                    None => Err(format!("node {} does not host group {ONLY_GROUP}", node.id)),
-                },
-            };
-            (addr, view)
+        .filter_map(|(_, a)| a.as_ref().ok())
+        .collect();
+    // The ring of the newest epoch any node reports (they agree unless one is misconfigured).
+    let ring = up
+        .iter()
+        .map(|node| &node.ring)
+        .max_by_key(|ring| ring.epoch);
+    let sharded = ring.is_some_and(|ring| ring.shards > 1);
+    let group_ids: Vec<GroupId> = match ring {
+        Some(ring) => (0..u64::from(ring.shards)).collect(),
+        None => vec![ONLY_GROUP],
+    };
+    let groups: Vec<GroupView<'_>> = group_ids
+        .iter()
+        .map(|&group| {
+            let views: Vec<_> = up
+                .iter()
+                .filter_map(|node| Some((*node, node.group(group)?)))
+                .collect();
+            let leader = views
+                .iter()
+                .filter(|(_, g)| g.role == "leader")
+                .max_by_key(|(_, g)| g.term)
+                .copied();
+            GroupView {
+                group,
+                views,
+                leader,
+            }
         })
         .collect();
-    let up: Vec<Group0View<'_>> = views
-        .iter()
-        .filter_map(|(_, v)| v.as_ref().ok().copied())
-        .collect();
-    // The leader of the highest term (a deposed leader that has not heard yet is stale).
-    let leader = up
-        .iter()
-        .filter(|v| v.group.role == "leader")
-        .max_by_key(|v| v.group.term)
-        .copied();
+    // Problems of a group are named with it when there are several.
+    let prefix = |group: GroupId| {
+        if sharded {
+            format!("group {group}: ")
+        } else {
+            String::new()
+        }
+    };
     let mut problems: Vec<String> = Vec::new();
     if up.is_empty() {
         problems.push("no node answers".to_string());
-    } else if leader.is_none() {
-        problems.push("no leader".to_string());
     }
-    let mut nodes = Vec::new();
-    for (addr, view) in &views {
-        match view {
-            Err(why) => {
-                problems.push(format!("the node at {addr} is down: {why}"));
-                nodes.push(json!({"addr": addr, "up": false, "error": why}));
-            }
-            Ok(Group0View { node, group: s }) => {
-                let seen_by_leader =
-                    leader.and_then(|l| l.group.replicas.iter().find(|r| r.node == node.id));
-                let lag_entries =
-                    leader.map(|l| l.group.commit_index.saturating_sub(s.applied_index));
-                let lagging = seen_by_leader.is_some_and(|r| r.lagging)
-                    || lag_entries.is_some_and(|lag| lag > max_lag_entries);
-                if lagging {
-                    problems.push(format!(
-                        "node {} is lagging: applied {} of the leader's commit {}",
-                        node.id,
-                        s.applied_index,
-                        leader.map_or(0, |l| l.group.commit_index)
-                    ));
-                }
-                let groups: Vec<serde_json::Value> = node
-                    .groups
-                    .iter()
-                    .map(|g| {
-                        json!({
-                            "group": g.group, "role": g.role, "term": g.term, "leader": g.leader,
-                            "commit_index": g.commit_index, "applied_index": g.applied_index,
-                            "last_index": g.last_index, "snapshot_index": g.snapshot_index,
-                            "keys": g.keys,
-                        })
-                    })
-                    .collect();
-                nodes.push(json!({
-                    "addr": addr, "up": true, "id": node.id, "role": s.role, "term": s.term,
-                    "leader": s.leader, "commit_index": s.commit_index,
-                    "applied_index": s.applied_index, "last_index": s.last_index,
-                    "snapshot_index": s.snapshot_index, "log_bytes": node.log_bytes,
-                    "keys": s.keys,
-                    "match_index": seen_by_leader.map(|r| r.match_index),
-                    "last_heard_ms": seen_by_leader.and_then(|r| r.last_heard_ms),
-                    "lag_entries": lag_entries, "lagging": lagging,
-                    "groups": groups,
-                }));
-            }
+    for (addr, answer) in &answers {
+        if let Err(why) = answer {
+            problems.push(format!("the node at {addr} is down: {why}"));
         }
     }
-    // Voters the leader knows of that no endpoint reached (not in --endpoints): judged by what
-    // the leader reports of them.
-    if let Some(leader) = leader {
-        let unreached = leader
-            .group
-            .replicas
-            .iter()
-            .filter(|r| r.node != leader.node.id && !up.iter().any(|v| v.node.id == r.node));
+    // node id -> group -> (lag in entries, lagging) as its group's leader sees it.
+    let mut lags: BTreeMap<(u64, GroupId), (Option<u64>, bool)> = BTreeMap::new();
+    for view in groups.iter().filter(|_| !up.is_empty()) {
+        let Some((leader_node, leader)) = view.leader else {
+            problems.push(format!("{}no leader", prefix(view.group)));
+            continue;
+        };
+        for (node, group) in &view.views {
+            let seen = leader.replicas.iter().find(|r| r.node == node.id);
+            let lag_entries = leader.commit_index.saturating_sub(group.applied_index);
+            let lagging = seen.is_some_and(|r| r.lagging) || lag_entries > max_lag_entries;
+            if lagging {
+                problems.push(format!(
+                    "{}node {} is lagging: applied {} of the leader's commit {}",
+                    prefix(view.group),
+                    node.id,
+                    group.applied_index,
+                    leader.commit_index
+                ));
+            }
+            lags.insert((node.id, view.group), (Some(lag_entries), lagging));
+        }
+        // Replicas the leader knows of that no endpoint reached (not in --endpoints): judged by
+        // what the leader reports of them.
+        let unreached = leader.replicas.iter().filter(|r| {
+            r.node != leader_node.id && !view.views.iter().any(|(n, _)| n.id == r.node)
+        });
         for replica in unreached {
             match replica.last_heard_ms {
                 Some(ms) if ms <= NOT_HEARD_MS => {}
                 Some(ms) => problems.push(format!(
-                    "node {} is not heard by the leader for {ms} ms",
+                    "{}node {} is not heard by the leader for {ms} ms",
+                    prefix(view.group),
                     replica.node
                 )),
                 None => problems.push(format!(
-                    "node {} has not been heard by the leader",
+                    "{}node {} has not been heard by the leader",
+                    prefix(view.group),
                     replica.node
                 )),
             }
             if replica.lagging {
                 problems.push(format!(
-                    "node {} is lagging (the leader says)",
+                    "{}node {} is lagging (the leader says)",
+                    prefix(view.group),
                     replica.node
                 ));
             }
         }
     }
+    let group0 = &groups[0];
+    let mut nodes = Vec::new();
+    for (addr, answer) in &answers {
+        let node = match answer {
+            Err(why) => {
+                nodes.push(json!({"addr": addr, "up": false, "error": why}));
+                continue;
+            }
+            Ok(node) => node,
+        };
+        let groups_json: Vec<serde_json::Value> = node
+            .groups
+            .iter()
+            .map(|g| {
+                json!({
+                    "group": g.group, "range": g.range.to_string(), "epoch": g.epoch,
+                    "role": g.role, "term": g.term, "leader": g.leader,
+                    "commit_index": g.commit_index, "applied_index": g.applied_index,
+                    "last_index": g.last_index, "snapshot_index": g.snapshot_index,
+                    "keys": g.keys,
+                })
+            })
+            .collect();
+        // The top-level figures of a node are its group 0's (null if it hosts no replica of
+        // it): with one shard, they are the whole story.
+        let s = node.group(ONLY_GROUP);
+        let seen_by_leader = group0
+            .leader
+            .and_then(|(_, l)| l.replicas.iter().find(|r| r.node == node.id));
+        let (lag_entries, lagging) = lags
+            .get(&(node.id, ONLY_GROUP))
+            .copied()
+            .unwrap_or((None, false));
+        let led: Vec<GroupId> = node
+            .groups
+            .iter()
+            .filter(|g| g.role == "leader")
+            .map(|g| g.group)
+            .collect();
+        nodes.push(json!({
+            "addr": addr, "up": true, "id": node.id, "role": s.map(|s| &s.role),
+            "term": s.map(|s| s.term), "leader": s.and_then(|s| s.leader),
+            "commit_index": s.map(|s| s.commit_index),
+            "applied_index": s.map(|s| s.applied_index), "last_index": s.map(|s| s.last_index),
+            "snapshot_index": s.map(|s| s.snapshot_index), "log_bytes": node.log_bytes,
+            "keys": s.map(|s| s.keys),
+            "match_index": seen_by_leader.map(|r| r.match_index),
+            "last_heard_ms": seen_by_leader.and_then(|r| r.last_heard_ms),
+            "lag_entries": lag_entries, "lagging": lagging,
+            "leads": led,
+            "groups": groups_json,
+        }));
+    }
+    let shards: Vec<serde_json::Value> = groups
+        .iter()
+        .map(|view| {
+            let placed = ring.and_then(|ring| {
+                let ring = ringleader_protocol::ring::Ring::new(ring.clone()).ok()?;
+                ring.shard(view.group).cloned()
+            });
+            let newest = view.leader.or_else(|| view.views.first().copied());
+            json!({
+                "group": view.group,
+                "range": placed.as_ref().map(|p| p.range.to_string()),
+                "replicas": placed.as_ref().map(|p| p.replicas.clone()),
+                "preferred_leader": placed.as_ref().map(|p| p.preferred_leader),
+                "leader": view.leader.map(|(node, _)| node.id),
+                "term": newest.map(|(_, g)| g.term),
+                "applied_index": newest.map(|(_, g)| g.applied_index),
+                "keys": newest.map(|(_, g)| g.keys),
+            })
+        })
+        .collect();
+    let leader = group0.leader;
+    let up_terms = group0.views.iter().map(|(_, g)| g.term).max();
     let (health, code) = if up.is_empty() {
         ("error", 2)
     } else if problems.is_empty() {
@@ -966,13 +1075,19 @@ async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<
         out.json(&json!({
             "health": health,
             "problems": problems,
-            "leader": leader.map(|l| l.node.id),
-            "term": leader
-                .map(|l| l.group.term)
-                .or_else(|| up.iter().map(|v| v.group.term).max()),
-            "commit_index": leader.map(|l| l.group.commit_index),
+            "leader": leader.map(|(node, _)| node.id),
+            "term": leader.map(|(_, g)| g.term).or(up_terms),
+            "commit_index": leader.map(|(_, g)| g.commit_index),
+            "epoch": ring.map(|ring| ring.epoch),
+            "shards": shards,
             "nodes": nodes,
         }))?;
+    } else if sharded {
+        print_shards(&nodes, &shards, ring, out)?;
+        match problems.is_empty() {
+            true => out.line(health)?,
+            false => out.line(format!("{health}: {}", problems.join("; ")))?,
+        }
     } else {
         out.line(format!(
             "{:<4} {:<22} {:<9} {:>6} {:>6} {:>10} {:>10} {:>10}  {}",
@@ -1023,4 +1138,72 @@ async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<
         }
     }
     Ok(ExitCode::from(code))
+}
+
+/// The human `status` of a sharded cluster: the nodes and what they lead, then the shards.
+fn print_shards(
+    nodes: &[serde_json::Value],
+    shards: &[serde_json::Value],
+    ring: Option<&ringleader_protocol::ring::RingSpec>,
+    out: &mut Out,
+) -> Result<()> {
+    if let Some(ring) = ring {
+        out.line(format!(
+            "ring epoch {}: {} shards of {} replicas on {} nodes",
+            ring.epoch,
+            ring.shards,
+            ring.replicas,
+            ring.nodes.len()
+        ))?;
+    }
+    out.line(format!(
+        "{:<4} {:<22} {:>6} {:>6} {:>12}",
+        "NODE", "ADDRESS", "GROUPS", "LEADS", "LOG BYTES"
+    ))?;
+    for node in nodes {
+        let addr = node["addr"].as_str().unwrap_or_default();
+        if node["up"] == false {
+            out.line(format!(
+                "{:<4} {:<22} DOWN: {}",
+                "-",
+                addr,
+                node["error"].as_str().unwrap_or_default()
+            ))?;
+            continue;
+        }
+        let count = |name: &str| node[name].as_array().map_or(0, Vec::len);
+        out.line(format!(
+            "{:<4} {:<22} {:>6} {:>6} {:>12}",
+            node["id"].as_u64().unwrap_or_default(),
+            addr,
+            count("groups"),
+            count("leads"),
+            node["log_bytes"].as_u64().unwrap_or_default(),
+        ))?;
+    }
+    out.line(format!(
+        "{:<5} {:<37} {:<12} {:>6} {:>6} {:>10} {:>8}",
+        "SHARD", "HASH RANGE", "REPLICAS", "LEADER", "TERM", "APPLIED", "KEYS"
+    ))?;
+    let text = |value: &serde_json::Value| match value.as_u64() {
+        Some(n) => n.to_string(),
+        None => "-".to_string(),
+    };
+    for shard in shards {
+        let replicas: Vec<String> = shard["replicas"]
+            .as_array()
+            .map(|r| r.iter().map(text).collect())
+            .unwrap_or_default();
+        out.line(format!(
+            "{:<5} {:<37} {:<12} {:>6} {:>6} {:>10} {:>8}",
+            text(&shard["group"]),
+            shard["range"].as_str().unwrap_or("-"),
+            replicas.join(","),
+            text(&shard["leader"]),
+            text(&shard["term"]),
+            text(&shard["applied_index"]),
+            text(&shard["keys"]),
+        ))?;
+    }
+    Ok(())
 }

@@ -66,6 +66,8 @@ pub struct UpArgs {
     /// experiments. Never on by default.
     #[arg(long)]
     allow_faults: bool,
+    #[command(flatten)]
+    shape: crate::cli::ShapeArgs,
 }
 
 #[derive(Args)]
@@ -534,6 +536,14 @@ pub async fn up(args: UpArgs, log_format: LogFormat) -> Result<ExitCode> {
     if args.allow_faults {
         layout.extra_args.push("--allow-faults".into());
     }
+    let nodes = usize::try_from(args.nodes).unwrap_or(usize::MAX);
+    let (shards, replicas) = args.shape.resolve(nodes)?;
+    layout.extra_args.extend([
+        "--shards".into(),
+        shards.to_string(),
+        "--replicas".into(),
+        replicas.to_string(),
+    ]);
     layout.save()?;
     std::fs::write(&supervisor_pid_path, format!("{}\n", std::process::id()))
         .with_context(|| format!("writing {}", supervisor_pid_path.display()))?;

@@ -145,7 +145,11 @@ impl NodeConfig {
                 end_inclusive: u64::MAX,
             }),
             epoch: ring.epoch(),
-            preferred_leader: shard.map(|shard| shard.preferred_leader),
+            // With one shard there is nothing to spread: no preference (a single group's
+            // leadership is not moved about).
+            preferred_leader: shard
+                .filter(|_| ring.shards().len() > 1)
+                .map(|shard| shard.preferred_leader),
             election_timeout_ticks: self.election_timeout_ticks,
             heartbeat_interval_ticks: self.heartbeat_interval_ticks,
             snapshot_every_entries: self.snapshot_every_entries,

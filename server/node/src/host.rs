@@ -1135,6 +1135,35 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_hands_leadership_to_its_preferred_replica_once_it_has_the_whole_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = leader_of_three(dir.path());
+        node.group0().set_preferred_leader(1);
+        assert!(
+            !node.group0().hand_leadership_to_preferred(),
+            "it is the preferred one"
+        );
+        node.group0().set_preferred_leader(3);
+        assert!(
+            !node.group0().hand_leadership_to_preferred(),
+            "node 3 has not acknowledged the log yet"
+        );
+        let last = node.group0().raft.status().last_index;
+        caught_up(&mut node, 3, last);
+        assert!(node.group0().hand_leadership_to_preferred());
+        // While the hand-over runs, the leader takes no new writes (they would delay it).
+        let mut answer = put(&mut node, "k", "v");
+        node.process_ready().expect("persist");
+        assert!(
+            matches!(
+                answered(&mut answer),
+                Response::Error { .. } | Response::NotLeader { .. }
+            ),
+            "writes wait for the new leader"
+        );
+    }
+
+    #[test]
     fn an_all_ack_answers_once_every_replica_has_applied_the_write() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut node = leader_of_three(dir.path());

@@ -98,6 +98,10 @@ pub struct ReplicaConfig {
     pub tick_ms: u64,
 }
 
+/// How often (in election timeouts) a leader checks whether to hand leadership to its group's
+/// preferred replica ([`Replica::hand_leadership_to_preferred`]).
+const BALANCE_EVERY_TIMEOUTS: u64 = 4;
+
 struct PendingWrite {
     term: u64,
     ack: WriteAck,
@@ -269,6 +273,12 @@ impl Replica {
         self.ticks += 1;
         self.expire_waiting();
         self.settle_awaiting_all();
+        if self
+            .ticks
+            .is_multiple_of(u64::from(self.config.election_timeout_ticks) * BALANCE_EVERY_TIMEOUTS)
+        {
+            self.hand_leadership_to_preferred();
+        }
         if !self.ticks.is_multiple_of(LAG_SAMPLE_EVERY_TICKS) {
             return;
         }
@@ -1066,6 +1076,41 @@ impl Replica {
             "transferring leadership"
         );
         true
+    }
+
+    /// Leadership spreads evenly over the nodes when each group is led by its preferred
+    /// replica (the ring spreads the preferences): a leader that is not its group's preferred
+    /// replica hands leadership to it once it holds the whole log (so the hand-over costs no
+    /// election and loses nothing). A preferred replica that is down or behind is simply not
+    /// handed anything; the check repeats every few election timeouts. Returns whether a
+    /// transfer began.
+    pub fn hand_leadership_to_preferred(&mut self) -> bool {
+        let Some(preferred) = self.config.preferred_leader else {
+            return false;
+        };
+        if !self.is_leader() || preferred == self.config.id {
+            return false;
+        }
+        let status = self.raft.status();
+        let caught_up = status
+            .progress
+            .get(&preferred)
+            .is_some_and(|peer| peer.match_index == status.last_index);
+        if !caught_up || self.raft.transfer_leadership(preferred).is_err() {
+            return false;
+        }
+        tracing::info!(
+            group = self.config.group,
+            to = preferred,
+            "handing leadership to the group's preferred replica"
+        );
+        true
+    }
+
+    /// Sets the preferred leader, as a ring of several shards would.
+    #[cfg(test)]
+    pub(crate) fn set_preferred_leader(&mut self, node: NodeId) {
+        self.config.preferred_leader = Some(node);
     }
 
     /// Client requests waiting for an answer.
