@@ -11,8 +11,9 @@
 //!    crashes, slows, pauses, restarts and cuts power to nodes, faults single Raft messages and
 //!    aims at the leader, on a schedule drawn from the seed;
 //! 3. heal: release every link, clear every message fault, restart every clock and every crashed
-//!    node; within [`workload::RECOVERY_BOUND`] a write must succeed and every node must reach
-//!    the same applied index, and then their state-machine digests must be equal;
+//!    node; within [`workload::RECOVERY_BOUND`] a write must succeed in every group and every
+//!    replica of a group must reach the same applied index, and then the state-machine digests
+//!    of each group's replicas must be equal;
 //! 4. every client, with its session as the workload left it, does a few more operations
 //!    (the after-heal phase, recorded and checked like the rest);
 //! 5. check the history: the operations whose level promises linearizability with
@@ -31,6 +32,13 @@
 //! the epoch is fixed, time is simulated and nothing here iterates a `HashMap`, so a seed replays
 //! the same run, byte for byte of history.
 //!
+//! Sharded runs ([`SimOptions::shards`]): every node runs the same ring of S groups of R
+//! replicas; keys are linearizable per key whichever group holds them, so the checker is the
+//! same; what changes is that "the leader" is a group's (the nemesis aims at the leader of a
+//! group drawn from the seed), that convergence and digests are compared per group, and that
+//! single nodes can be cut off in turn ([`Nemesis::Isolate`]) to show availability per shard
+//! ([`shards`]).
+//!
 //! Files: [`network`] (turmoil's TCP behind the node's `Network` trait), [`message_faults`] (the
 //! per-message fault plan behind the node's fault seam), [`nemesis`] (faults and their schedule),
 //! [`swarm`] (what each seed draws), [`workload`] (clients, history recording, the recovery
@@ -42,6 +50,7 @@ pub mod message_faults;
 pub mod nemesis;
 pub mod network;
 pub mod run;
+pub mod shards;
 pub mod swarm;
 pub mod workload;
 
@@ -51,10 +60,11 @@ use std::time::Duration;
 
 pub use consistency::Consistency;
 pub use message_faults::{LinkFaults, MessageStats};
-pub use nemesis::{parse_nemeses, FaultEvent, Nemesis};
+pub use nemesis::{parse_nemeses, FaultEvent, Isolation, Nemesis};
 pub use network::TurmoilNetwork;
 pub use ringleader_node::PlantedBug;
 pub use run::run;
+pub use shards::IsolationWindow;
 pub use swarm::SwarmPlan;
 pub use workload::{
     Availability, LostWrites, NodeState, OpCounts, PhaseCounts, Recovery,
@@ -70,6 +80,13 @@ use crate::staleness::StalenessReport;
 
 /// The clock drift the simulation stays within by default, in percent of a node's tick rate.
 pub const DEFAULT_CLOCK_DRIFT_PERCENT: u32 = 10;
+
+/// Replicas per shard in a sharded run unless [`SimOptions::replicas`] says otherwise (the
+/// ring's default).
+pub const DEFAULT_SHARD_REPLICAS: u32 = 3;
+
+/// The most shards a simulated run may have: keys are at most 64, two per shard.
+pub const MAX_SIM_SHARDS: u32 = 32;
 
 /// What to simulate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +117,13 @@ pub struct SimOptions {
     pub check_options: CheckOptions,
     /// The read levels and write acknowledgements the workload uses.
     pub consistency: Consistency,
+    /// Shards (Raft groups) the keys are spread over by the ring; 1 (the default) is the
+    /// unsharded cluster: one group on every node, as before sharding, so every seed replays as
+    /// it did. With more, the workload uses at least [`SimOptions::keys_in_use`] keys.
+    pub shards: u32,
+    /// Replicas per shard; `None` is the default: every node with one shard, else
+    /// [`DEFAULT_SHARD_REPLICAS`] (or every node, with fewer nodes).
+    pub replicas: Option<u32>,
 }
 
 impl SimOptions {
@@ -120,7 +144,36 @@ impl SimOptions {
             clock_drift_percent: DEFAULT_CLOCK_DRIFT_PERCENT,
             check_options: CheckOptions::default(),
             consistency: Consistency::default(),
+            shards: 1,
+            replicas: None,
         }
+    }
+
+    /// Replicas per shard: [`SimOptions::replicas`], or its default (every node with one shard,
+    /// else [`DEFAULT_SHARD_REPLICAS`] or every node if there are fewer).
+    pub fn replicas_per_shard(&self) -> u32 {
+        let nodes = u32::try_from(self.nodes).unwrap_or(u32::MAX);
+        match self.replicas {
+            Some(replicas) => replicas,
+            None if self.shards <= 1 => nodes,
+            None => nodes.min(DEFAULT_SHARD_REPLICAS),
+        }
+    }
+
+    /// The keys the workload operates on: [`SimOptions::keys`], raised to two per shard in a
+    /// sharded run, so that most shards see contended keys (keys are spread by their hash, so
+    /// a shard may still get none; the report counts the shards the keys cover).
+    pub fn keys_in_use(&self) -> usize {
+        if self.shards <= 1 {
+            self.keys
+        } else {
+            self.keys.max(2 * self.shards as usize)
+        }
+    }
+
+    /// Whether the run spreads its keys over more than one group.
+    pub fn sharded(&self) -> bool {
+        self.shards > 1
     }
 
     /// Refuses options no run can satisfy.
@@ -135,6 +188,13 @@ impl SimOptions {
             "ops must be at most 100000"
         } else if self.clock_drift_percent > 90 {
             "clock drift must be at most 90%"
+        } else if self.shards == 0 || self.shards > MAX_SIM_SHARDS {
+            "shards must be between 1 and 32"
+        } else if self.replicas_per_shard() == 0 || self.replicas_per_shard() as usize > self.nodes
+        {
+            "replicas must be between 1 and the number of nodes"
+        } else if self.keys_in_use() > 64 {
+            "keys must be at most 64 (a sharded run uses at least two per shard)"
         } else {
             return Ok(());
         };
@@ -214,6 +274,10 @@ pub struct SimReport {
     pub stranded_availability: BTreeMap<Level, Availability>,
     /// Per write acknowledgement, writes to keys of their own and how many were lost.
     pub lost_writes: BTreeMap<Level, LostWrites>,
+    /// Each single-node isolation of the isolate nemesis, and what each shard did meanwhile.
+    pub isolation_windows: Vec<IsolationWindow>,
+    /// How many groups the workload's keys land in (1 unsharded).
+    pub groups_with_keys: usize,
 }
 
 impl SimReport {
@@ -313,7 +377,7 @@ impl SimReport {
             o.nodes,
             o.ops,
             o.clients,
-            o.keys,
+            o.keys_in_use(),
             nemeses.join(","),
             if o.swarm { " (swarm)" } else { "" },
             self.plan,
@@ -351,6 +415,18 @@ impl SimReport {
             ));
         }
         text.push_str(&self.levels_summary());
+        if o.sharded() {
+            text.push_str(&format!(
+                "\nshards: {} groups of {} replicas; the {} keys land in {} groups",
+                o.shards,
+                o.replicas_per_shard(),
+                o.keys_in_use(),
+                self.groups_with_keys
+            ));
+        }
+        for window in &self.isolation_windows {
+            text.push_str(&format!("\n  {}", window.summary()));
+        }
         if o.planted_bug != PlantedBug::None {
             text.push_str(&format!("\nplanted bug: {}", o.planted_bug));
         }

@@ -68,10 +68,17 @@ pub enum Nemesis {
     /// nodes (the leader among them, most of the time), the other only the majority, so clients
     /// keep talking to a deposed leader.
     Clients,
+    /// Single nodes cut off in turn: one node loses every link (to its peers and to the
+    /// clients), is healed, and after a quiet phase the next node is cut off. In a sharded
+    /// cluster the groups the node led lose their leader and elect another while the groups it
+    /// did not lead keep serving: availability per shard. Not part of `all` ([`Nemesis::ALL`]),
+    /// so that `all` draws what it always drew and every seed replays as before; see
+    /// [`Nemesis::ALL_SHARDED`].
+    Isolate,
 }
 
 impl Nemesis {
-    /// Every nemesis, in a fixed order.
+    /// Every nemesis of `all`, in a fixed order (everything but [`Nemesis::Isolate`]).
     pub const ALL: [Nemesis; 10] = [
         Nemesis::Partition,
         Nemesis::Crash,
@@ -83,6 +90,22 @@ impl Nemesis {
         Nemesis::OneWay,
         Nemesis::Leader,
         Nemesis::Clients,
+    ];
+
+    /// Every nemesis, [`Nemesis::Isolate`] included (`all,isolate` on the command line): the
+    /// set for sharded runs.
+    pub const ALL_SHARDED: [Nemesis; 11] = [
+        Nemesis::Partition,
+        Nemesis::Crash,
+        Nemesis::Loss,
+        Nemesis::Pause,
+        Nemesis::Bounce,
+        Nemesis::PowerLoss,
+        Nemesis::Messages,
+        Nemesis::OneWay,
+        Nemesis::Leader,
+        Nemesis::Clients,
+        Nemesis::Isolate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -97,6 +120,7 @@ impl Nemesis {
             Nemesis::OneWay => "one-way",
             Nemesis::Leader => "leader",
             Nemesis::Clients => "clients",
+            Nemesis::Isolate => "isolate",
         }
     }
 }
@@ -111,11 +135,11 @@ impl FromStr for Nemesis {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Nemesis, String> {
-        Nemesis::ALL
+        Nemesis::ALL_SHARDED
             .into_iter()
             .find(|n| n.name() == s)
             .ok_or_else(|| {
-                let names: Vec<&str> = Nemesis::ALL.iter().map(|n| n.name()).collect();
+                let names: Vec<&str> = Nemesis::ALL_SHARDED.iter().map(|n| n.name()).collect();
                 format!(
                     "unknown nemesis {s:?} (expected {}, all or none)",
                     names.join(", ")
@@ -124,7 +148,8 @@ impl FromStr for Nemesis {
     }
 }
 
-/// Parses a comma-separated nemesis list; `all` means every nemesis, `none` or `` none.
+/// Parses a comma-separated nemesis list; `all` means every nemesis of [`Nemesis::ALL`] (not
+/// `isolate`, which is named on its own), `none` or `` none.
 /// Duplicates are dropped; the order is [`Nemesis::ALL`]'s.
 pub fn parse_nemeses(list: &str) -> Result<Vec<Nemesis>, String> {
     let mut chosen = BTreeSet::new();
@@ -201,6 +226,16 @@ pub struct ClusterView {
     pub replicated: BTreeSet<u64>,
 }
 
+/// One node cut off by the isolate nemesis ([`Nemesis::Isolate`]), from when to when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Isolation {
+    pub node: u64,
+    /// Simulated milliseconds since the start of the run.
+    pub from_ms: u64,
+    /// When it was healed; `None` while it lasts.
+    pub to_ms: Option<u64>,
+}
+
 /// A fault injected, for the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultEvent {
@@ -221,6 +256,9 @@ const POWER_LOSS_DOWN_MS: (u64, u64) = (200, 1_500);
 const LOSS_MS: (u64, u64) = (1_000, 5_000);
 const LOSS_MAX_LATENCY_MS: (u64, u64) = (100, 1_000);
 const PAUSE_MS: (u64, u64) = (300, 3_000);
+/// A single node's isolation: always longer than an election (0.5–1 s), so that the groups it
+/// led elect another leader before it comes back.
+const ISOLATE_MS: (u64, u64) = (2_000, 6_000);
 const MESSAGES_MS: (u64, u64) = (2_000, 8_000);
 /// How long a stale message may be held: longer than an election, so it arrives in a later term.
 const STALE_MS: (u64, u64) = (500, 5_000);
@@ -241,6 +279,8 @@ struct Active {
     clocks: Vec<u64>,
     /// The client host this fault cut off with a minority of the nodes.
     stranded: Option<Host>,
+    /// For the isolate nemesis: the index of its [`Isolation`] in `Nemeses::isolations`.
+    isolation: Option<usize>,
     /// What the end is called in the log.
     end_description: &'static str,
 }
@@ -303,6 +343,11 @@ pub struct Nemeses<R> {
     /// With `leader_keeps_clients`: the cut leader's clock also stalls (a run beyond the drift
     /// bound).
     leader_clock_stalls: bool,
+    /// The isolate nemesis's cuts so far, in order (one per fault: bounded by the run's length).
+    isolations: Vec<Isolation>,
+    /// The isolate nemesis's turns: the next node it cuts off is `nodes[turn % nodes.len()]`
+    /// (skipping nodes that are down). `None` until its first fault draws where to start.
+    isolate_turn: Option<usize>,
 }
 
 fn link(a: &str, b: &str) -> (Host, Host) {
@@ -367,6 +412,8 @@ impl<R: RngCore> Nemeses<R> {
             healed: false,
             leader_keeps_clients: false,
             leader_clock_stalls: false,
+            isolations: Vec::new(),
+            isolate_turn: None,
         }
     }
 
@@ -384,6 +431,11 @@ impl<R: RngCore> Nemeses<R> {
     /// The faults injected so far.
     pub fn log(&self) -> &[FaultEvent] {
         &self.log
+    }
+
+    /// The single nodes the isolate nemesis cut off so far, in order.
+    pub fn isolations(&self) -> &[Isolation] {
+        &self.isolations
     }
 
     /// Nodes currently down.
@@ -917,6 +969,36 @@ impl<R: RngCore> Nemeses<R> {
                 debug_assert!(false, "the leader nemesis arms and fires instead");
                 return (None, None);
             }
+            Nemesis::Isolate => {
+                let running = self.running();
+                if running.is_empty() {
+                    return (None, None);
+                }
+                // Where the turns start is drawn once, at the first fault, so a run without
+                // this nemesis draws nothing for it.
+                let turn = match self.isolate_turn {
+                    Some(turn) => turn,
+                    None => self.rng.random_range(0..self.nodes.len()),
+                };
+                // The next node in turn that is running (one is).
+                let Some((node, next_turn)) = (0..self.nodes.len())
+                    .map(|step| turn + step)
+                    .map(|t| (self.nodes[t % self.nodes.len()], t + 1))
+                    .find(|(node, _)| running.contains(node))
+                else {
+                    return (None, None);
+                };
+                self.isolate_turn = Some(next_turn % self.nodes.len());
+                self.isolate(node, &mut active, actions);
+                active.isolation = Some(self.isolations.len());
+                self.isolations.push(Isolation {
+                    node,
+                    from_ms: now_ms,
+                    to_ms: None,
+                });
+                active.end_description = "heal partition";
+                (format!("isolate {}", node_host(node)), ISOLATE_MS)
+            }
             Nemesis::Clients => {
                 if self.workers.len() < 2 || self.nodes.len() < 3 {
                     return (None, None);
@@ -995,6 +1077,9 @@ impl<R: RngCore> Nemeses<R> {
         }
         for &node in &active.clocks {
             actions.push(Action::StopClock(node, false));
+        }
+        if let Some(isolation) = active.isolation.and_then(|i| self.isolations.get_mut(i)) {
+            isolation.to_ms = Some(now_ms);
         }
         let description = if active.crashed.is_empty() {
             active.end_description.to_string()
@@ -1217,6 +1302,46 @@ mod tests {
             "{:?}",
             n.log()
         );
+    }
+
+    /// The isolate nemesis cuts one node at a time off from every other host, in turn, and
+    /// heals it before the next; `all` does not include it, `isolate` names it.
+    #[test]
+    fn isolate_cuts_single_nodes_off_in_turn() {
+        assert!(!parse_nemeses("all").unwrap().contains(&Nemesis::Isolate));
+        assert_eq!(parse_nemeses("isolate").unwrap(), vec![Nemesis::Isolate]);
+        let mut n = nemeses(5, &[Nemesis::Isolate]);
+        let view = ClusterView::default();
+        let mut held: BTreeSet<(Host, Host)> = BTreeSet::new();
+        let mut cut_off = Vec::new();
+        for now_ms in (0..60_000).step_by(10) {
+            for action in n.poll(now_ms, &view) {
+                match action {
+                    Action::Hold(a, b) => assert!(held.insert((a, b))),
+                    Action::Release(a, b) => assert!(held.remove(&(a, b))),
+                    other => panic!("the isolate nemesis only holds links: {other:?}"),
+                }
+            }
+            let isolations = n.isolations();
+            if let Some(last) = isolations.last().filter(|i| i.to_ms.is_none()) {
+                // One node, every one of its links (4 peers, 3 client hosts), nothing else.
+                let me = node_host(last.node);
+                assert_eq!(held.len(), 7, "at {now_ms} ms: {held:?}");
+                assert!(held.iter().all(|(a, b)| *a == me || *b == me), "{held:?}");
+            } else {
+                assert!(held.is_empty(), "at {now_ms} ms: {held:?}");
+            }
+            if cut_off.len() < isolations.len() {
+                cut_off.push(isolations[isolations.len() - 1].node);
+            }
+        }
+        assert!(cut_off.len() >= 5, "{cut_off:?}");
+        // In turn: each next node follows the last, wrapping around.
+        for pair in cut_off.windows(2) {
+            assert_eq!(pair[1], pair[0] % 5 + 1, "{cut_off:?}");
+        }
+        n.heal(60_000);
+        assert!(n.isolations().iter().all(|i| i.to_ms.is_some()));
     }
 
     #[test]

@@ -13,9 +13,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use ringleader_client::GroupId;
 use ringleader_node::NodeConfig;
+use ringleader_protocol::ring::Ring;
 use storage::fs::SimFs;
 
 use crate::checker::{self, KeyOutcome};
@@ -33,6 +35,7 @@ use crate::sim::nemesis::{
     node_host, worker_host, Action, ClusterView, Nemeses, Topology, CLIENT_HOST,
 };
 use crate::sim::network::TurmoilNetwork;
+use crate::sim::shards::isolation_windows;
 use crate::sim::swarm::SwarmPlan;
 use crate::sim::workload::{self, Phase, Shared, WorkloadConfig};
 use crate::sim::{write_outputs, SimError, SimOptions, SimReport, Verdict};
@@ -121,9 +124,18 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
     builder.fs().block_size(512);
     let mut sim = builder.build();
 
+    // Every node runs the same ring: with one shard (the default), one group on every node,
+    // exactly `NodeConfig::new`'s.
+    let replicas = options.replicas_per_shard();
+    let node_config = |id: u64| {
+        NodeConfig::new(id, peers.clone(), PathBuf::from(DATA_DIR), SimFs::shared())
+            .with_shards(options.shards, replicas)
+    };
+    let ring = node_config(ids[0])
+        .build_ring()
+        .map_err(|error| SimError::Invalid(format!("the ring: {error}")))?;
     for &id in &ids {
-        let mut config =
-            NodeConfig::new(id, peers.clone(), PathBuf::from(DATA_DIR), SimFs::shared());
+        let mut config = node_config(id);
         config.seed = seeds.next_u64();
         config.tick = plan.node_ticks[(id - 1) as usize];
         config.transport_faults = Some(message_faults.clone());
@@ -150,7 +162,7 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
     let workload_config = WorkloadConfig {
         endpoints: peers.values().cloned().collect(),
         clients: options.clients,
-        keys: options.keys,
+        keys: options.keys_in_use(),
         ops: options.ops,
         op_timeout: OP_TIMEOUT,
         think_time_mean: THINK_TIME_MEAN,
@@ -159,6 +171,7 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         consistency: options.consistency,
         unique_write_percent: UNIQUE_WRITE_PERCENT,
         worker_hosts: WORKER_HOSTS.min(options.clients),
+        ring: ring.clone(),
     };
     let mut workload_rng = ChaCha8Rng::seed_from_u64(seeds.next_u64());
     let worker_hosts = WORKER_HOSTS.min(options.clients);
@@ -198,6 +211,14 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         let beyond_bound = options.clock_drift_percent > LEASE_DRIFT_BOUND_PERCENT;
         nemeses = nemeses.cut_leader_from_peers_only(beyond_bound);
     }
+    // Sharded, "the leader" the nemesis aims at is one group's: the focus group, drawn again
+    // (from a generator of its own, drawn last so nothing else shifts) every time a fault
+    // starts. Unsharded, it is group 0's, and nothing is drawn.
+    let mut focus = options
+        .sharded()
+        .then(|| ChaCha8Rng::seed_from_u64(seeds.next_u64()));
+    let mut focus_group: GroupId = 0;
+    let mut faults_seen = 0;
     let mut host_failure = None;
     loop {
         let finished = match sim.step() {
@@ -213,7 +234,7 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
             Phase::Workload => {
                 let (replicating, replicated) = message_faults.take_replication();
                 let view = ClusterView {
-                    leader: shared.borrow().leader.map(|(_, id)| id),
+                    leader: shared.borrow().leaders.get(&focus_group).map(|&(_, id)| id),
                     acked_writes: shared.borrow().acked_writes,
                     acked_lossy_writes: leader_acks.then(|| {
                         shared
@@ -235,6 +256,17 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         };
         for action in actions {
             apply(&mut sim, &nemeses, &message_faults, action);
+        }
+        if let Some(rng) = focus.as_mut() {
+            let faults = nemeses.log().len();
+            if faults != faults_seen {
+                faults_seen = faults;
+                // Among the groups with a known leader (all of them, usually).
+                let led: Vec<GroupId> = shared.borrow().leaders.keys().copied().collect();
+                if !led.is_empty() {
+                    focus_group = led[rng.random_range(0..led.len())];
+                }
+            }
         }
         {
             let mut shared = shared.borrow_mut();
@@ -268,9 +300,15 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
     let recovery = shared.recovery.clone().unwrap_or_default();
     let nodes = &recovery.nodes;
     let converged = recovery.converged_after_ms.is_some();
-    let digests_match = converged
-        && nodes.len() == options.nodes
-        && nodes.windows(2).all(|w| w[0].digest == w[1].digest);
+    // Per group: every replica of a group reported, and they agree.
+    let digests_match = converged && workload::replicas_agree_on_digest(&ring, nodes);
+    let isolation_windows = isolation_windows(
+        nemeses.isolations(),
+        &shared.leader_log,
+        &full_history,
+        &ring,
+        sim_elapsed.as_millis() as u64,
+    );
 
     let violation = check.violations().next();
     let html_report = violation.map(|v| render_violation_html(&history, v));
@@ -349,11 +387,21 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         availability: shared.availability.clone(),
         stranded_availability: shared.stranded_availability.clone(),
         lost_writes: shared.lost_writes.clone(),
+        isolation_windows,
+        groups_with_keys: groups_with_keys(&ring, options.keys_in_use()),
     };
     if let Some(dir) = &options.out_dir {
         write_outputs(&report, dir)?;
     }
     Ok(report)
+}
+
+/// How many groups the workload's keys (`k0`…) land in.
+fn groups_with_keys(ring: &Ring, keys: usize) -> usize {
+    let groups: std::collections::BTreeSet<GroupId> = (0..keys)
+        .map(|i| ring.shard_for_key(format!("k{i}").as_bytes()))
+        .collect();
+    groups.len()
 }
 
 /// One line naming a session violation's operations.

@@ -40,8 +40,9 @@ use std::time::Duration;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringleader_client::{
-    CasOutcome, Client, ClientConfig, Error, Expect, NodeStatus, Receipt, ServedAt, ONLY_GROUP,
+    CasOutcome, Client, ClientConfig, Error, Expect, GroupId, NodeStatus, Receipt, ServedAt,
 };
+use ringleader_protocol::ring::Ring;
 use serde_json::Value as Json;
 
 use crate::history::{CompletionType, Function, HistoryRecorder, ReceiptInfo};
@@ -54,7 +55,8 @@ use crate::sim::network::TurmoilNetwork;
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(10);
 /// How often the leader monitor asks every node for its status.
 const MONITOR_INTERVAL: Duration = Duration::from_millis(200);
-/// The key the recovery check writes (not part of the checked history).
+/// The key the recovery check writes (not part of the checked history); in a sharded run, one
+/// key per shard named after it ([`probe_keys`]).
 const PROBE_KEY: &str = "recovery-probe";
 /// The workload is cut into this many phases of equal numbers of invoked operations, each
 /// counted apart ([`PhaseCounts`]), so that a cluster that stops serving part-way through shows
@@ -93,6 +95,34 @@ pub struct WorkloadConfig {
     pub unique_write_percent: u32,
     /// How many hosts the clients are spread over (client `p` runs on host `p % worker_hosts`).
     pub worker_hosts: usize,
+    /// The ring every node runs: which group holds each key, which nodes replicate it.
+    pub ring: Ring,
+}
+
+/// The keys the recovery check writes: one per group, so that every group must take a write
+/// after the heal. With one group, just `recovery-probe` (as before sharding); with more,
+/// `recovery-probe-N` for the first `N` (from 0) that lands in each group.
+pub fn probe_keys(ring: &Ring) -> Vec<String> {
+    let shards = ring.shards().len();
+    if shards <= 1 {
+        return vec![PROBE_KEY.to_string()];
+    }
+    let mut keys: Vec<Option<String>> = vec![None; shards];
+    let mut missing = shards;
+    let mut n = 0u64;
+    // Each name lands in a given group with probability 1/S, so this ends after about
+    // S·ln(S) names; the bound only guards against a ring that maps nothing to some group.
+    while missing > 0 && n < 1_000_000 {
+        let key = format!("{PROBE_KEY}-{n}");
+        let group = ring.shard_for_key(key.as_bytes()) as usize;
+        if let Some(slot) = keys.get_mut(group).filter(|slot| slot.is_none()) {
+            *slot = Some(key);
+            missing -= 1;
+        }
+        n += 1;
+    }
+    debug_assert_eq!(missing, 0, "every group of the ring holds some key");
+    keys.into_iter().flatten().collect()
 }
 
 /// Operations at one level that completed, and how many of them the cluster answered (`ok`,
@@ -211,10 +241,12 @@ impl OpCounts {
     }
 }
 
-/// One node as the recovery check last saw it.
+/// One replica (a node's view of one group) as the recovery check last saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeState {
     pub id: u64,
+    /// The group (shard); 0 in an unsharded run.
+    pub group: GroupId,
     pub role: String,
     pub term: u64,
     pub commit_index: u64,
@@ -223,29 +255,73 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    /// The node's view of group 0 (the only group until sharding); `None` if it hosts none,
-    /// which the recovery check counts as no answer.
-    fn from_status(status: &NodeStatus) -> Option<NodeState> {
-        let group = status.group(ONLY_GROUP)?;
-        Some(NodeState {
-            id: status.id,
-            role: group.role.clone(),
-            term: group.term,
-            commit_index: group.commit_index,
-            applied_index: group.applied_index,
-            digest: group.digest,
-        })
+    /// The node's view of each group it hosts, in group order.
+    fn from_status(status: &NodeStatus) -> Vec<NodeState> {
+        status
+            .groups
+            .iter()
+            .map(|group| NodeState {
+                id: status.id,
+                group: group.group,
+                role: group.role.clone(),
+                term: group.term,
+                commit_index: group.commit_index,
+                applied_index: group.applied_index,
+                digest: group.digest,
+            })
+            .collect()
     }
+}
+
+/// Whether `nodes` holds exactly the replicas `ring` places (each group on its replicas, each
+/// once) and, within each group, every replica reports the same applied index.
+pub fn replicas_agree_on_applied(ring: &Ring, nodes: &[NodeState]) -> bool {
+    replicas_agree(ring, nodes, |n| n.applied_index)
+}
+
+/// Whether `nodes` holds exactly the replicas `ring` places and, within each group, every
+/// replica reports the same digest: the replicas of one group applied the same state.
+pub fn replicas_agree_on_digest(ring: &Ring, nodes: &[NodeState]) -> bool {
+    replicas_agree(ring, nodes, |n| n.digest)
+}
+
+fn replicas_agree(ring: &Ring, nodes: &[NodeState], field: impl Fn(&NodeState) -> u64) -> bool {
+    let mut by_group: BTreeMap<GroupId, Vec<&NodeState>> = BTreeMap::new();
+    for node in nodes {
+        by_group.entry(node.group).or_default().push(node);
+    }
+    let expected: usize = ring.shards().iter().map(|s| s.replicas.len()).sum();
+    nodes.len() == expected
+        && ring.shards().iter().all(|shard| {
+            by_group.get(&shard.group).is_some_and(|replicas| {
+                replicas.len() == shard.replicas.len()
+                    && replicas.iter().all(|r| shard.replicas.contains(&r.id))
+                    && replicas.windows(2).all(|w| field(w[0]) == field(w[1]))
+            })
+        })
+}
+
+/// A change of a group's leader as the monitor saw it (the first poll at which a node reported
+/// leading the group at a term higher than the last leader seen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderSeen {
+    /// Simulated milliseconds since the start of the run.
+    pub at_ms: u64,
+    pub group: GroupId,
+    pub term: u64,
+    pub node: u64,
 }
 
 /// What the recovery check found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Recovery {
-    /// Simulated milliseconds from the heal to the first successful write, if any.
+    /// Simulated milliseconds from the heal until a write succeeded in every group, if it did.
     pub write_after_ms: Option<u64>,
-    /// Simulated milliseconds from the heal until every node reported the same applied index.
+    /// Simulated milliseconds from the heal until, in every group, every replica reported the
+    /// same applied index.
     pub converged_after_ms: Option<u64>,
-    /// Every node's last answer (a node that never answered is missing).
+    /// Every replica's last answer, node by node and each node's groups in order (a node that
+    /// never answered is missing).
     pub nodes: Vec<NodeState>,
     /// Why the last failed recovery write failed, if one did.
     pub last_write_error: Option<String>,
@@ -261,8 +337,11 @@ pub struct Shared {
     /// client host starts.
     pub phases: Vec<PhaseCounts>,
     pub phase: Phase,
-    /// The highest-term leader any node reported: `(term, id)`.
-    pub leader: Option<(u64, u64)>,
+    /// Per group, the highest-term leader any node reported: `(term, id)`.
+    pub leaders: BTreeMap<GroupId, (u64, u64)>,
+    /// Every change of a group's leader the monitor saw, in order. One entry per group and
+    /// monitor poll at most, while the workload runs: bounded by the run's length.
+    pub leader_log: Vec<LeaderSeen>,
     /// Set when the recovery check is over; then the clients start their after-heal operations.
     pub recovery: Option<Recovery>,
     /// Writes and compare-and-sets acknowledged so far (the leader nemesis waits for one).
@@ -303,7 +382,8 @@ impl Shared {
             counts: OpCounts::default(),
             phases,
             phase: Phase::Workload,
-            leader: None,
+            leaders: BTreeMap::new(),
+            leader_log: Vec::new(),
             recovery: None,
             acked_writes: 0,
             faults_active: false,
@@ -343,7 +423,7 @@ pub async fn control_host(shared: Rc<RefCell<Shared>>, config: WorkloadConfig) -
     while shared.borrow().phase != Phase::Healed {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let recovery = check_recovery(&config.endpoints).await?;
+    let recovery = check_recovery(&config.endpoints, &config.ring).await?;
     shared.borrow_mut().recovery = Some(recovery);
     read_back_unique_writes(&shared, &config).await?;
     Ok(())
@@ -433,14 +513,23 @@ async fn monitor_leader(shared: Rc<RefCell<Shared>>, endpoints: Vec<String>) {
             let Ok(Ok(status)) = poll.await else {
                 continue;
             };
-            if let Some(group) = status.group(ONLY_GROUP).filter(|g| g.role == "leader") {
+            for group in status.groups.iter().filter(|g| g.role == "leader") {
                 let mut shared = shared.borrow_mut();
-                if shared.leader.is_none_or(|(term, _)| term <= group.term) {
-                    if shared.leader.is_some_and(|(term, _)| term < group.term) {
+                let last = shared.leaders.get(&group.group).copied();
+                if last.is_none_or(|(term, _)| term <= group.term) {
+                    if last.is_some_and(|(term, _)| term < group.term) {
                         // A new leader: every client bursts reads.
                         shared.leader_changes += 1;
                     }
-                    shared.leader = Some((group.term, status.id));
+                    if last != Some((group.term, status.id)) {
+                        shared.leader_log.push(LeaderSeen {
+                            at_ms: now_ms(),
+                            group: group.group,
+                            term: group.term,
+                            node: status.id,
+                        });
+                    }
+                    shared.leaders.insert(group.group, (group.term, status.id));
                 }
             }
         }
@@ -858,42 +947,45 @@ async fn perform(
     Performed { kind, read }
 }
 
-/// After the heal: a write must succeed, then every node must report the same applied index,
+/// After the heal: a write to every group must succeed (in group order; one group in an
+/// unsharded run), then within each group every replica must report the same applied index,
 /// all within [`RECOVERY_BOUND`].
-async fn check_recovery(endpoints: &[String]) -> turmoil::Result<Recovery> {
+async fn check_recovery(endpoints: &[String], ring: &Ring) -> turmoil::Result<Recovery> {
     let healed_ms = now_ms();
     let deadline = tokio::time::Instant::now() + RECOVERY_BOUND;
     let client = new_client(endpoints, Duration::from_secs(1))?;
     let mut recovery = Recovery::default();
     let mut probe = 0u64;
+    let probes = probe_keys(ring);
+    let mut written = 0;
     while tokio::time::Instant::now() < deadline {
+        let Some(key) = probes.get(written) else {
+            break;
+        };
         probe += 1;
-        match client.put(PROBE_KEY, probe.to_string()).await {
+        match client.put(key.as_str(), probe.to_string()).await {
             Ok(_) => {
-                recovery.write_after_ms = Some(now_ms() - healed_ms);
-                break;
+                written += 1;
+                if written == probes.len() {
+                    recovery.write_after_ms = Some(now_ms() - healed_ms);
+                }
+            }
+            Err(error) if probes.len() > 1 => {
+                recovery.last_write_error = Some(format!("{key}: {error}"))
             }
             Err(error) => recovery.last_write_error = Some(error.to_string()),
         }
     }
-    // Then every node must reach the same applied index. Polled even when no write succeeded,
-    // so that the report shows where each node was stuck.
+    // Then every replica must reach its group's applied index. Polled even when no write
+    // succeeded, so that the report shows where each node was stuck.
     loop {
         let mut nodes = Vec::with_capacity(endpoints.len());
         for addr in endpoints {
-            if let Some(node) = client
-                .status_of(addr)
-                .await
-                .ok()
-                .and_then(|status| NodeState::from_status(&status))
-            {
-                nodes.push(node);
+            if let Ok(status) = client.status_of(addr).await {
+                nodes.extend(NodeState::from_status(&status));
             }
         }
-        let agreed = nodes.len() == endpoints.len()
-            && nodes
-                .windows(2)
-                .all(|w| w[0].applied_index == w[1].applied_index);
+        let agreed = replicas_agree_on_applied(ring, &nodes);
         recovery.nodes = nodes;
         if agreed && recovery.write_after_ms.is_some() {
             recovery.converged_after_ms = Some(now_ms() - healed_ms);
