@@ -171,6 +171,9 @@ pub struct Replica {
     /// (which apply the same entries at the same moment) and the groups of a node do not all
     /// write their snapshots at once.
     snapshot_interval_entries: u64,
+    /// The host asked for a snapshot before the interval is reached (this group's old entries
+    /// keep log segments every other group is done with).
+    snapshot_requested: bool,
     /// The newest snapshot received from a leader, already decoded and checked: its index and
     /// state. Installed from here when Raft hands the snapshot out.
     received_snapshot: Option<(u64, StateMachine)>,
@@ -249,6 +252,7 @@ impl Replica {
             was_leader: false,
             snapshot_retry_at: 0,
             snapshot_interval_entries,
+            snapshot_requested: false,
             received_snapshot: None,
             lag: LagTracker::default(),
             ticks: 0,
@@ -981,7 +985,8 @@ impl Replica {
     /// the last one: the point it covers and its bytes.
     pub fn snapshot_due(&self) -> Result<Option<(SnapshotPoint, Vec<u8>)>, StorageError> {
         let applied = self.machine.applied_index();
-        if applied < self.last_snapshot_index + self.snapshot_interval_entries
+        let requested = self.snapshot_requested && applied > self.last_snapshot_index;
+        if (applied < self.last_snapshot_index + self.snapshot_interval_entries && !requested)
             || applied < self.snapshot_retry_at
         {
             return Ok(None);
@@ -997,8 +1002,15 @@ impl Replica {
         Ok(Some((point, data)))
     }
 
+    /// Asks for a snapshot at the next chance, before the interval is reached: the group's
+    /// entries hold log segments that every other group sharing the log is done with.
+    pub fn request_snapshot(&mut self) {
+        self.snapshot_requested = true;
+    }
+
     /// The host saved the snapshot [`Replica::snapshot_due`] cut: Raft compacts its log to it.
     pub fn snapshot_saved(&mut self, point: SnapshotPoint, data: Vec<u8>) {
+        self.snapshot_requested = false;
         let meta = SnapshotMeta {
             last_index: point.last_index,
             last_term: point.last_term,
