@@ -19,9 +19,8 @@
 //!
 //! A log store holds one Raft group, group 0 ([`GROUP_ZERO`]): it owns its WAL, tags every record
 //! it writes with its group, and refuses to replay a record of another group (a log shared by
-//! several groups needs the multi-group store of a later issue, which will own the [`Wal`], append
-//! every group's records in one batch with [`Wal::append_mixed`] and hand each group the
-//! [`crate::wal::WalRecord`]s tagged with its id).
+//! several groups is [`crate::shared_log::SharedLog`]'s, which replays the same records per group
+//! and opens a log store's data directory as its group 0).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

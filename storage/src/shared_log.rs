@@ -682,7 +682,9 @@ impl SharedLog {
     /// threshold would otherwise keep every later segment forever. Snapshotting all of them
     /// lets the next compaction delete at least that segment; the node asks them for a snapshot
     /// (hard states and compaction tails never pin: compaction rewrites or releases them).
-    /// Empty when nothing sealed is pinned, or when every group needs the oldest segment.
+    /// Empty when nothing sealed is pinned, or when every group needs the oldest segment. A busy
+    /// group below its threshold is named too once every other group is done with the oldest
+    /// segment, so the node should ask only while the WAL is over its size budget.
     pub fn groups_pinning_the_log(&self) -> Vec<GroupId> {
         let releases = self.tail_releases();
         let first_needed: BTreeMap<GroupId, Lsn> = self
