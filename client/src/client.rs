@@ -1,23 +1,37 @@
-//! The client: finds the leader, retries, and makes writes exactly-once.
+//! The client: routes each request by the ring to its shard's leader, retries, and makes writes
+//! exactly-once.
 //!
-//! Every write carries a session (an id the cluster assigns when the client registers, before its
-//! first write, and a per-client sequence number), so the client can resend a write after a
-//! timeout or a lost connection, to the same node or to a new leader, and the replicated state
-//! machine applies it once (Raft thesis §6.3). A redirect
-//! (`NotLeader` with the leader's address) is followed at once; "no leader yet" is retried with a
-//! short backoff; everything stops at the per-request deadline.
+//! On first use the client asks an endpoint for its status, which carries the ring (the shards,
+//! their replicas and the ring's epoch) and the leaders of the groups that node hosts. Each keyed
+//! request then goes to the group holding its key (`ring.shard_for_key`), with a header naming the
+//! group and the ring's epoch: to the group's cached leader, else its preferred leader, else its
+//! other replicas. A redirect (`NotLeader` with the leader's address) is followed at once and
+//! cached; "no leader yet" is retried with a short backoff; a `RingChanged` answer (the node
+//! routes by another epoch) replaces the ring and the request is routed again; a node that cannot
+//! be reached is skipped for the next replica; everything stops at the per-request deadline. A
+//! one-shard ring is served over the configured endpoints exactly as before sharding.
+//!
+//! Every write carries a session of its group (sessions are per group: an id the group assigns
+//! when the client registers there, before its first write to it, and a per-group sequence
+//! number), so the client can resend a write after a timeout or a lost connection, to the same
+//! node or to a new leader, and the group's replicated state machine applies it once (Raft thesis
+//! §6.3).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
+
 use crate::error::{Error, Result};
+use crate::routing::Routing;
 use ringleader_protocol::connection::{Answer, CallError, Connection};
+use ringleader_protocol::message::MAX_SCAN_LIMIT;
 use ringleader_protocol::net::{Connector, TokioConnector};
+use ringleader_protocol::ring::Ring;
 use ringleader_protocol::{
-    ErrorKind, Expect, Limits, NodeStatus, ReadConsistency, Receipt, Request, Response, ServedAt,
-    Session, Versioned, WriteAck,
+    ErrorKind, Expect, GroupId, Header, Limits, NodeStatus, ReadConsistency, Receipt, Request,
+    Response, ServedAt, Session, Versioned, WriteAck, ONLY_GROUP,
 };
 
 /// How a client behaves.
@@ -105,32 +119,45 @@ pub enum CasOutcome {
     Mismatch { current: Option<Versioned> },
 }
 
-struct Routing {
-    /// The address believed to lead.
-    leader: Option<String>,
-    /// Next endpoint to try when no leader is known.
-    next_endpoint: usize,
-    connections: BTreeMap<String, Connection>,
+/// A scan's answer: the entries in key order, and whether more keys matched than the limit
+/// let through.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Scanned {
+    pub entries: Vec<(Vec<u8>, Versioned)>,
+    /// More keys with the prefix exist after the last entry.
+    pub truncated: bool,
 }
 
-/// A ringleader client. Cheap to clone; clones share connections and the session.
+/// A ringleader client. Cheap to clone; clones share connections, the ring and the sessions.
 #[derive(Clone)]
 pub struct Client<C: Connector = TokioConnector> {
     config: Arc<ClientConfig>,
     connector: C,
     routing: Arc<Mutex<Routing>>,
-    session: Arc<Mutex<SessionState>>,
-    /// The session position (see [`Client::session_position`]).
-    position: Arc<AtomicU64>,
+    /// When the last attempt to learn the ring failed: no new attempt before
+    /// `connect_retry_window` has passed, so that calls to a cluster that will not say its ring
+    /// do not each pay for asking.
+    ring_fetch_failed_at: Arc<Mutex<Option<tokio::time::Instant>>>,
+    /// One exactly-once session per group written to (at most one per group of the ring).
+    sessions: Arc<Mutex<BTreeMap<GroupId, SessionState>>>,
+    /// Per group, the session position (see [`Client::session_position_in`]).
+    positions: Arc<Mutex<BTreeMap<GroupId, u64>>>,
 }
 
 /// Writes whose outcome stayed unknown are remembered (so the cluster keeps their outcome, and so
 /// a session whose first write never arrived still gets created) for at most this many.
 const MAX_UNKNOWN_WRITES_REMEMBERED: usize = 256;
 
-/// The exactly-once session: the id the cluster gave it (none until registered), the next
-/// sequence number, and the writes not yet answered. `first_unacked_seq` is the smallest of
-/// `in_flight` and `unknown`.
+/// Times a request is routed again because the ring moved its key to another group, before the
+/// call gives up (a ring does not change several times within one call).
+const MAX_REGROUPS: usize = 3;
+
+/// Shards a scan asks at the same time; the others wait for one of them to finish.
+const MAX_CONCURRENT_SHARD_SCANS: usize = 8;
+
+/// The exactly-once session of one group: the id the group gave it (none until registered),
+/// the next sequence number, and the writes not yet answered. `first_unacked_seq` is the
+/// smallest of `in_flight` and `unknown`.
 struct SessionState {
     client_id: Option<u64>,
     next_seq: u64,
@@ -157,6 +184,25 @@ impl SessionState {
     }
 }
 
+/// Where a request goes.
+#[derive(Clone, Copy)]
+enum Dest<'a> {
+    /// This group, whatever the ring (a session's registration, a shard's scan).
+    Group(GroupId),
+    /// This group, which held the key when the request was made (it carries that group's
+    /// session, or position): if a new ring moves the key, the call ends with
+    /// [`Outcome::Moved`] and the caller makes the request again for the new group.
+    KeyInGroup(&'a [u8], GroupId),
+}
+
+/// How a routed call ended, short of an error.
+enum Outcome {
+    Answered(Answer),
+    /// A new ring put the key in another group than the request was made for; nothing was
+    /// done by the answer that said so.
+    Moved,
+}
+
 impl Client<TokioConnector> {
     /// A client over real TCP. Connections are opened lazily, on the first request.
     pub fn new(config: ClientConfig) -> Result<Self> {
@@ -179,14 +225,20 @@ impl<C: Connector> Client<C> {
         Ok(Client {
             config: Arc::new(config),
             connector,
-            routing: Arc::new(Mutex::new(Routing {
-                leader: None,
-                next_endpoint: 0,
-                connections: BTreeMap::new(),
-            })),
-            session: Arc::new(Mutex::new(SessionState::new(None))),
-            position: Arc::new(AtomicU64::new(0)),
+            routing: Arc::new(Mutex::new(Routing::new())),
+            ring_fetch_failed_at: Arc::default(),
+            sessions: Arc::default(),
+            positions: Arc::default(),
         })
+    }
+
+    fn routing(&self) -> MutexGuard<'_, Routing> {
+        // A panic while holding the lock leaves only caches behind: still usable.
+        self.routing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, BTreeMap<GroupId, SessionState>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads a key, linearizably.
@@ -194,25 +246,38 @@ impl<C: Connector> Client<C> {
         Ok(self.read(key, ReadLevel::Linearizable).await?.value)
     }
 
-    /// Reads a key at the given level; the answer comes with its receipt.
+    /// Reads a key at the given level; the answer comes with its receipt. A session read
+    /// carries the session position of the key's group.
     pub async fn read(&self, key: impl Into<Vec<u8>>, level: ReadLevel) -> Result<Read> {
-        let consistency = match level {
+        let key = key.into();
+        for _ in 0..MAX_REGROUPS {
+            let group = self.group_of(&key).await;
+            let request = Request::Get {
+                key: key.clone(),
+                consistency: self.consistency(level, group),
+            };
+            match self.call_to(Dest::KeyInGroup(&key, group), request).await? {
+                Outcome::Moved => continue,
+                Outcome::Answered((Response::Value(value), receipt)) => {
+                    return Ok(Read { value, receipt })
+                }
+                Outcome::Answered((other, _)) => return Err(unexpected(other)),
+            }
+        }
+        Err(ring_kept_changing())
+    }
+
+    /// The protocol's consistency for a read of `group` at `level`.
+    fn consistency(&self, level: ReadLevel, group: GroupId) -> ReadConsistency {
+        match level {
             ReadLevel::Linearizable => ReadConsistency::Linearizable,
             ReadLevel::Lease => ReadConsistency::Lease,
             ReadLevel::Session => ReadConsistency::Session {
-                min_index: self.session_position(),
+                min_index: self.session_position_in(group),
             },
             ReadLevel::Stale { max_staleness } => ReadConsistency::Stale {
                 max_staleness_ms: max_staleness.map(|d| d.as_millis() as u64),
             },
-        };
-        let request = Request::Get {
-            key: key.into(),
-            consistency,
-        };
-        match self.call(request).await? {
-            (Response::Value(value), receipt) => Ok(Read { value, receipt }),
-            (other, _) => Err(unexpected(other)),
         }
     }
 
@@ -230,7 +295,7 @@ impl<C: Connector> Client<C> {
     ) -> Result<Written> {
         let (key, value) = (key.into(), value.into());
         let answer = self
-            .write(|session| Request::Put {
+            .write(&key, |session| Request::Put {
                 key: key.clone(),
                 value: value.clone(),
                 session: Some(session),
@@ -257,7 +322,7 @@ impl<C: Connector> Client<C> {
     ) -> Result<(bool, Option<Receipt>)> {
         let key = key.into();
         match self
-            .write(|session| Request::Delete {
+            .write(&key, |session| Request::Delete {
                 key: key.clone(),
                 session: Some(session),
                 ack,
@@ -293,7 +358,7 @@ impl<C: Connector> Client<C> {
     ) -> Result<(CasOutcome, Option<Receipt>)> {
         let (key, new_value) = (key.into(), new_value.into());
         match self
-            .write(|session| Request::Cas {
+            .write(&key, |session| Request::Cas {
                 key: key.clone(),
                 expect: expect.clone(),
                 new_value: new_value.clone(),
@@ -312,12 +377,150 @@ impl<C: Connector> Client<C> {
         }
     }
 
-    /// The client's session position: the highest log index its replies have shown it (a
-    /// write it made, a value it read). A [`ReadLevel::Session`] read is served only by a
-    /// replica that has applied at least this far, so the client reads its own writes and
-    /// never goes back in time, whichever replica answers.
+    /// The keys starting with `prefix`, in key order, at most `limit` of them, read at `level`.
+    ///
+    /// Each shard is asked on its own (at most 8 at a time, page
+    /// after page while it has more and the limit is not reached); the answers are merged in
+    /// key order and cut at `limit`. The consistency is **per shard**: each shard's part is
+    /// read at one point of that shard's log at `level`, but the shards are read at different
+    /// moments, so the result is not a snapshot of the whole store (a write to two shards
+    /// between the reads may show in one part and not the other). Holds up to `limit` entries
+    /// per shard in memory while merging.
+    pub async fn scan(
+        &self,
+        prefix: impl Into<Vec<u8>>,
+        limit: usize,
+        level: ReadLevel,
+    ) -> Result<Scanned> {
+        if limit == 0 {
+            return Err(Error::Invalid("a scan's limit must be at least 1".into()));
+        }
+        let prefix = prefix.into();
+        for _ in 0..MAX_REGROUPS {
+            self.ensure_ring().await;
+            let (epoch, groups) = {
+                let routing = self.routing();
+                let groups: Vec<GroupId> = routing.ring().map_or(vec![ONLY_GROUP], |ring| {
+                    ring.shards().iter().map(|shard| shard.group).collect()
+                });
+                (routing.epoch(), groups)
+            };
+            let parts: Vec<Scanned> = futures::stream::iter(groups)
+                .map(|group| self.scan_group(group, &prefix, limit, level))
+                .buffer_unordered(MAX_CONCURRENT_SHARD_SCANS)
+                .try_collect()
+                .await?;
+            if self.routing().epoch() != epoch {
+                continue; // the shards changed under the scan: read them again
+            }
+            let mut truncated = false;
+            let mut entries = Vec::new();
+            for part in parts {
+                truncated |= part.truncated;
+                entries.extend(part.entries);
+            }
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            debug_assert!(
+                entries.windows(2).all(|pair| pair[0].0 < pair[1].0),
+                "a key is in one shard only"
+            );
+            if entries.len() > limit {
+                truncated = true;
+                entries.truncate(limit);
+            }
+            return Ok(Scanned { entries, truncated });
+        }
+        Err(ring_kept_changing())
+    }
+
+    /// One shard's part of a scan: up to `limit` entries, and whether it has more.
+    async fn scan_group(
+        &self,
+        group: GroupId,
+        prefix: &[u8],
+        limit: usize,
+        level: ReadLevel,
+    ) -> Result<Scanned> {
+        let mut entries: Vec<(Vec<u8>, Versioned)> = Vec::new();
+        loop {
+            let page_limit = (limit - entries.len()).min(MAX_SCAN_LIMIT as usize) as u32;
+            let request = Request::Scan {
+                prefix: prefix.to_vec(),
+                start_after: entries.last().map(|(key, _)| key.clone()),
+                limit: page_limit,
+                consistency: self.consistency(level, group),
+            };
+            match self.call_to(Dest::Group(group), request).await? {
+                Outcome::Answered((
+                    Response::Entries {
+                        entries: page,
+                        more,
+                    },
+                    _,
+                )) => {
+                    let empty = page.is_empty();
+                    entries.extend(page);
+                    if !more || entries.len() >= limit {
+                        return Ok(Scanned {
+                            entries,
+                            truncated: more,
+                        });
+                    }
+                    if empty {
+                        // More, but nothing to continue after: asking again would loop.
+                        return Err(Error::Server(format!(
+                            "group {group} answered a scan page with no entries and more to come"
+                        )));
+                    }
+                }
+                Outcome::Answered((other, _)) => return Err(unexpected(other)),
+                Outcome::Moved => return Err(ring_kept_changing()),
+            }
+        }
+    }
+
+    /// The client's session position, the highest over the groups it used (see
+    /// [`Client::session_position_in`]); with one shard, that of group 0.
     pub fn session_position(&self) -> u64 {
-        self.position.load(Ordering::Acquire)
+        self.positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The client's session position in `group`: the highest log index of that group its
+    /// replies have shown it (a write it made, a value it read). A [`ReadLevel::Session`] read
+    /// of a key is served only by a replica of the key's group that has applied at least this
+    /// far, so the client reads its own writes and never goes back in time, whichever replica
+    /// answers. (Log indexes of different groups are not comparable, hence one per group.)
+    pub fn session_position_in(&self, group: GroupId) -> u64 {
+        self.positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The ring the client routes by, once it has learned it (from the first node that
+    /// answered its status, on the first request); `None` before, or when no node said it.
+    pub fn ring(&self) -> Option<Ring> {
+        self.routing().ring().cloned()
+    }
+
+    /// The ring the client routes by, asking the endpoints for it if it is not known yet.
+    pub async fn load_ring(&self) -> Result<Ring> {
+        *self
+            .ring_fetch_failed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        self.ensure_ring().await;
+        self.ring().ok_or_else(|| Error::Unreachable {
+            last_problem: "no endpoint answered with its ring".into(),
+        })
     }
 
     /// Asks one node (not the leader) for its status. A node that refuses the connection gives
@@ -351,78 +554,162 @@ impl<C: Connector> Client<C> {
         }
     }
 
-    /// The session id writes carry; `None` before the first write registers one.
+    /// The session id of group 0's session; `None` before the first write there registers one.
     pub fn client_id(&self) -> Option<u64> {
-        self.session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .client_id
+        self.client_id_in(ONLY_GROUP)
     }
 
-    /// Opens a session with the cluster (one log entry) unless one is open already.
-    async fn ensure_session(&self) -> Result<u64> {
-        if let Some(client_id) = self
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .client_id
+    /// The session id writes to `group` carry; `None` before the first write to it registers
+    /// one (sessions are per group: each group's state machine knows only its own).
+    pub fn client_id_in(&self, group: GroupId) -> Option<u64> {
+        self.sessions()
+            .get(&group)
+            .and_then(|state| state.client_id)
+    }
+
+    /// Learns the ring if it is not known: asks the endpoints in turn for their status, for at
+    /// most a quarter of the request timeout (or one attempt timeout). Without an answer the
+    /// call goes on with epoch 0 (the node routes it), as a client did before sharding, and no
+    /// new attempt is made for `connect_retry_window`.
+    async fn ensure_ring(&self) {
+        if self.routing().ring().is_some() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
         {
+            let failed_at = self
+                .ring_fetch_failed_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if failed_at.is_some_and(|at| now - at < self.config.connect_retry_window) {
+                return;
+            }
+        }
+        let budget = self
+            .config
+            .attempt_timeout
+            .min(self.config.request_timeout / 4);
+        let asked = tokio::time::timeout(budget, async {
+            for addr in &self.config.endpoints {
+                match self.status_of(addr).await {
+                    Ok(status) => return Some((addr, status)),
+                    Err(error) => {
+                        tracing::debug!(node = %addr, %error, "no ring from {addr}");
+                    }
+                }
+            }
+            None
+        })
+        .await;
+        let learned = match asked {
+            Ok(Some((addr, status))) => match self.routing().learn(&status) {
+                Ok(()) => {
+                    tracing::debug!(node = %addr, epoch = status.ring.epoch, shards = status.ring.shards, "learned the ring from {addr}");
+                    true
+                }
+                Err(error) => {
+                    tracing::warn!(node = %addr, %error, "{addr} sent a ring that is not one");
+                    false
+                }
+            },
+            _ => false,
+        };
+        if !learned {
+            *self
+                .ring_fetch_failed_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(now);
+        }
+    }
+
+    /// The group of `key` on the ring, learning the ring first if needed.
+    async fn group_of(&self, key: &[u8]) -> GroupId {
+        self.ensure_ring().await;
+        self.routing().group_for_key(key)
+    }
+
+    /// Opens a session with `group` (one log entry there) unless one is open already.
+    async fn ensure_session(&self, group: GroupId) -> Result<u64> {
+        if let Some(client_id) = self.client_id_in(group) {
             return Ok(client_id);
         }
-        let client_id = match self.call(Request::RegisterSession).await? {
-            (Response::SessionRegistered { client_id }, _) => client_id,
-            (other, _) => return Err(unexpected(other)),
+        let client_id = match self
+            .call_to(Dest::Group(group), Request::RegisterSession)
+            .await?
+        {
+            Outcome::Answered((Response::SessionRegistered { client_id }, _)) => client_id,
+            Outcome::Answered((other, _)) => return Err(unexpected(other)),
+            Outcome::Moved => return Err(ring_kept_changing()),
         };
         // Concurrent first writes may both register: the first id stored wins, the other
         // session is simply never used (and expires).
-        let mut state = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = self.sessions();
+        let state = sessions
+            .entry(group)
+            .or_insert_with(|| SessionState::new(None));
         Ok(*state.client_id.get_or_insert(client_id))
     }
 
-    async fn write(&self, make: impl Fn(Session) -> Request) -> Result<Answer> {
-        let session = loop {
-            let client_id = self.ensure_session().await?;
-            let mut state = self.session.lock().unwrap_or_else(|p| p.into_inner());
-            if state.client_id != Some(client_id) {
-                continue; // renewed meanwhile: register again
-            }
-            let seq = state.next_seq;
-            state.next_seq += 1;
-            state.in_flight.insert(seq);
-            break Session {
-                client_id,
-                seq,
-                first_unacked_seq: state.first_unacked_seq(),
+    /// Sends a write of `key` made by `make` with the session of the key's group (registered
+    /// on the first write there) and the group's next sequence number.
+    async fn write(&self, key: &[u8], make: impl Fn(Session) -> Request) -> Result<Answer> {
+        for _ in 0..MAX_REGROUPS {
+            let group = self.group_of(key).await;
+            let session = loop {
+                let client_id = self.ensure_session(group).await?;
+                let mut sessions = self.sessions();
+                let state = sessions
+                    .entry(group)
+                    .or_insert_with(|| SessionState::new(None));
+                if state.client_id != Some(client_id) {
+                    continue; // renewed meanwhile: register again
+                }
+                let seq = state.next_seq;
+                state.next_seq += 1;
+                state.in_flight.insert(seq);
+                break Session {
+                    client_id,
+                    seq,
+                    first_unacked_seq: state.first_unacked_seq(),
+                };
             };
-        };
-        let result = self.call(make(session)).await;
-        let mut state = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        if state.client_id == Some(session.client_id) {
-            // A definite answer lets the cluster forget this write's outcome; an unknown one is
-            // kept unacknowledged (bounded), so the cluster keeps its outcome for a retry.
-            state.in_flight.remove(&session.seq);
-            if result.as_ref().is_err_and(Error::outcome_unknown) {
-                state.unknown.insert(session.seq);
-                while state.unknown.len() > MAX_UNKNOWN_WRITES_REMEMBERED {
-                    state.unknown.pop_first();
+            let result = self
+                .call_to(Dest::KeyInGroup(key, group), make(session))
+                .await;
+            {
+                let mut sessions = self.sessions();
+                if let Some(state) = sessions
+                    .get_mut(&group)
+                    .filter(|state| state.client_id == Some(session.client_id))
+                {
+                    // A definite answer lets the cluster forget this write's outcome; an
+                    // unknown one (or one sent before the ring moved its key) is kept
+                    // unacknowledged (bounded), so the cluster keeps its outcome for a retry.
+                    state.in_flight.remove(&session.seq);
+                    if result.as_ref().is_err_and(Error::outcome_unknown)
+                        || matches!(result, Ok(Outcome::Moved))
+                    {
+                        state.unknown.insert(session.seq);
+                        while state.unknown.len() > MAX_UNKNOWN_WRITES_REMEMBERED {
+                            state.unknown.pop_first();
+                        }
+                    }
+                    if matches!(result, Err(Error::SessionExpired)) {
+                        // The group forgot this session: the next write registers a new one.
+                        *state = SessionState::new(None);
+                    }
                 }
             }
-            if matches!(result, Err(Error::SessionExpired)) {
-                // The cluster forgot this session: the next write registers a new one.
-                *state = SessionState::new(None);
+            match result? {
+                Outcome::Answered(answer) => return Ok(answer),
+                Outcome::Moved => continue,
             }
         }
-        result
+        Err(ring_kept_changing())
     }
 
     async fn connection(&self, addr: &str) -> std::result::Result<Connection, String> {
-        if let Some(existing) = self
-            .routing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .connections
-            .get(addr)
-        {
+        if let Some(existing) = self.routing().connections.get(addr) {
             if !existing.is_closed() {
                 return Ok(existing.clone());
             }
@@ -433,50 +720,50 @@ impl<C: Connector> Client<C> {
         )
         .await
         .map_err(|_| format!("connect to {addr} timed out"))??;
-        self.routing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.routing()
             .connections
             .insert(addr.to_string(), opened.clone());
         Ok(opened)
     }
 
-    fn target(&self) -> String {
-        let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(leader) = &routing.leader {
-            return leader.clone();
-        }
+    /// The node to send a request for `group` to, and the header to send it with.
+    fn target(&self, group: GroupId, spread_read: bool) -> (String, Header) {
         let endpoints = &self.config.endpoints;
-        let addr = endpoints[routing.next_endpoint % endpoints.len()].clone();
-        routing.next_endpoint += 1;
-        addr
+        let mut routing = self.routing();
+        if self.config.pinned {
+            // Epoch 0: the pinned node routes the request itself and forwards it if it holds
+            // no replica of the group.
+            return (endpoints[0].clone(), Header { group, epoch: 0 });
+        }
+        let addr = routing.target(group, spread_read, endpoints);
+        let epoch = routing.epoch();
+        (addr, Header { group, epoch })
     }
 
-    fn forget(&self, addr: &str, drop_connection: bool) {
-        let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
-        if routing.leader.as_deref() == Some(addr) {
-            routing.leader = None;
-        }
-        if drop_connection {
-            routing.connections.remove(addr);
-        }
-    }
-
-    /// Sends `request` to the leader, following redirects and retrying until the deadline.
+    /// Sends `request` to the leader of its group (or, for a stale or session read on a
+    /// sharded ring, to the next replica of the group), following redirects and new rings,
+    /// retrying until the deadline.
     ///
     /// `maybe_applied` stays false while every attempt failed before the request left this
     /// process (a refused or timed-out connect, a connection closed before it took the request):
-    /// then the error says the request was certainly not applied. When every endpoint refuses
-    /// connections for [`ClientConfig::connect_retry_window`], the call fails early with
-    /// [`Error::Unreachable`] rather than waiting out the request timeout.
-    async fn call(&self, request: Request) -> Result<Answer> {
+    /// then the error says the request was certainly not applied. When every node that may
+    /// serve the group refuses connections for [`ClientConfig::connect_retry_window`], the call
+    /// fails early with [`Error::Unreachable`] rather than waiting out the request timeout.
+    async fn call_to(&self, dest: Dest<'_>, request: Request) -> Result<Outcome> {
         request.check(&self.config.limits).map_err(Error::Invalid)?;
         let timeout = self.config.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
+        self.ensure_ring().await;
+        let spread_read = match &request {
+            Request::Get { consistency, .. } | Request::Scan { consistency, .. } => {
+                !consistency.needs_leader()
+            }
+            _ => false,
+        };
         let mut maybe_applied = false;
         let mut last_problem = String::from("no attempt finished");
-        // Endpoints that refused a connection since the last connection that worked, and since
-        // when every endpoint has been refusing (a whole round failed to connect).
+        // Nodes that refused a connection since the last connection that worked, and since
+        // when every candidate has been refusing (a whole round failed to connect).
         let mut refused: BTreeSet<String> = BTreeSet::new();
         let mut all_refusing_since: Option<tokio::time::Instant> = None;
         loop {
@@ -491,7 +778,17 @@ impl<C: Connector> Client<C> {
                     last_problem,
                 });
             }
-            let addr = self.target();
+            let group = match dest {
+                Dest::Group(group) => group,
+                Dest::KeyInGroup(key, group) => {
+                    if self.routing().group_for_key(key) != group {
+                        return Ok(Outcome::Moved);
+                    }
+                    group
+                }
+            };
+            let (addr, header) = self.target(group, spread_read);
+            tracing::debug!(group, node = %addr, epoch = header.epoch, "group {group} -> node {addr}");
             let connected = tokio::time::timeout(deadline - now, self.connection(&addr))
                 .await
                 .unwrap_or_else(|_| Err(format!("connect to {addr} timed out")));
@@ -504,9 +801,14 @@ impl<C: Connector> Client<C> {
                 Err(problem) => {
                     // Nothing was sent: this attempt cannot have applied the request.
                     last_problem = problem;
-                    self.forget(&addr, true);
+                    self.routing().forget(&addr, true);
                     refused.insert(addr);
-                    if self.config.endpoints.iter().all(|e| refused.contains(e)) {
+                    let candidates = if self.config.pinned {
+                        self.config.endpoints.clone()
+                    } else {
+                        self.routing().candidates(group, &self.config.endpoints)
+                    };
+                    if candidates.iter().all(|e| refused.contains(e)) {
                         let since = *all_refusing_since.get_or_insert(now);
                         if !maybe_applied && now - since >= self.config.connect_retry_window {
                             return Err(Error::Unreachable { last_problem });
@@ -521,34 +823,36 @@ impl<C: Connector> Client<C> {
             let attempt_timeout = deadline
                 .saturating_duration_since(now)
                 .min(self.config.attempt_timeout);
-            let response =
-                match tokio::time::timeout(attempt_timeout, connection.call(request.clone())).await
-                {
-                    Err(_elapsed) => {
-                        maybe_applied = true;
-                        last_problem = format!(
-                            "{addr} did not answer within {} ms",
-                            attempt_timeout.as_millis()
-                        );
-                        self.forget(&addr, true);
-                        continue;
-                    }
-                    Ok(Err(CallError::NotSent)) => {
-                        last_problem =
-                            format!("{addr}: connection closed before the request was sent");
-                        self.forget(&addr, true);
-                        tokio::time::sleep(self.config.retry_backoff).await;
-                        continue;
-                    }
-                    Ok(Err(CallError::Lost)) => {
-                        maybe_applied = true;
-                        last_problem = format!("{addr}: connection lost before the answer");
-                        self.forget(&addr, true);
-                        tokio::time::sleep(self.config.retry_backoff).await;
-                        continue;
-                    }
-                    Ok(Ok(response)) => response,
-                };
+            let response = match tokio::time::timeout(
+                attempt_timeout,
+                connection.call_in(header, request.clone()),
+            )
+            .await
+            {
+                Err(_elapsed) => {
+                    maybe_applied = true;
+                    last_problem = format!(
+                        "{addr} did not answer within {} ms",
+                        attempt_timeout.as_millis()
+                    );
+                    self.routing().forget(&addr, true);
+                    continue;
+                }
+                Ok(Err(CallError::NotSent)) => {
+                    last_problem = format!("{addr}: connection closed before the request was sent");
+                    self.routing().forget(&addr, true);
+                    tokio::time::sleep(self.config.retry_backoff).await;
+                    continue;
+                }
+                Ok(Err(CallError::Lost)) => {
+                    maybe_applied = true;
+                    last_problem = format!("{addr}: connection lost before the answer");
+                    self.routing().forget(&addr, true);
+                    tokio::time::sleep(self.config.retry_backoff).await;
+                    continue;
+                }
+                Ok(Ok(response)) => response,
+            };
             let (response, receipt) = response;
             match response {
                 Response::NotLeader {
@@ -572,12 +876,36 @@ impl<C: Connector> Client<C> {
                         (Some(id), None) => format!("{addr} is not the leader (node {id} is)"),
                         (None, _) => format!("{addr} knows no leader yet"),
                     };
-                    let redirected = {
-                        let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
-                        routing.leader = leader_addr.filter(|leader_addr| *leader_addr != addr);
-                        routing.leader.is_some()
+                    let redirect = leader_addr.filter(|leader_addr| *leader_addr != addr);
+                    match redirect {
+                        Some(leader_addr) => {
+                            tracing::debug!(group, from = %addr, to = %leader_addr, "redirected");
+                            self.routing().set_leader(group, leader_addr);
+                        }
+                        None => {
+                            self.routing().clear_leader(group);
+                            tokio::time::sleep(self.config.retry_backoff).await;
+                        }
+                    }
+                }
+                Response::RingChanged { ring } => {
+                    let ring = Ring::new(ring).map_err(|error| {
+                        Error::Server(format!(
+                            "{addr} answered with a ring that is not one: {error}"
+                        ))
+                    })?;
+                    let epoch = ring.epoch();
+                    last_problem = format!("{addr} routes by the ring of epoch {epoch}");
+                    let changed = {
+                        let mut routing = self.routing();
+                        let changed = routing.epoch() != epoch;
+                        routing.install(ring);
+                        changed
                     };
-                    if !redirected {
+                    tracing::debug!(group, node = %addr, epoch, "the ring changed: routing again");
+                    if !changed {
+                        // Routed by this very epoch, and still told otherwise (nodes
+                        // disagreeing during a change): let them settle.
                         tokio::time::sleep(self.config.retry_backoff).await;
                     }
                 }
@@ -586,14 +914,15 @@ impl<C: Connector> Client<C> {
                         // A node shutting down may have had the write in flight.
                         maybe_applied |= kind == ErrorKind::ShuttingDown;
                         last_problem = format!("{addr}: {message}");
-                        self.forget(&addr, kind == ErrorKind::ShuttingDown);
+                        self.routing()
+                            .forget(&addr, kind == ErrorKind::ShuttingDown);
                         tokio::time::sleep(self.config.retry_backoff).await;
                     }
                     ErrorKind::Unknown => {
                         // Proposed but not known to commit: resend with the same session.
                         maybe_applied = true;
                         last_problem = format!("{addr}: {message}");
-                        self.forget(&addr, false);
+                        self.routing().forget(&addr, false);
                         tokio::time::sleep(self.config.retry_backoff).await;
                     }
                     ErrorKind::Invalid => return Err(Error::Invalid(message)),
@@ -609,20 +938,23 @@ impl<C: Connector> Client<C> {
                 },
                 answer => {
                     if let Some(receipt) = &receipt {
-                        self.position.fetch_max(receipt.index, Ordering::AcqRel);
+                        let mut positions =
+                            self.positions.lock().unwrap_or_else(|p| p.into_inner());
+                        let position = positions.entry(group).or_insert(0);
+                        *position = (*position).max(receipt.index);
                     }
                     // Only the leader serves writes and linearizable reads; a replica that
-                    // answered a stale or session read is not thereby the leader.
-                    let from_leader = receipt.as_ref().is_none_or(|r| {
-                        !matches!(r.served_at, ServedAt::Stale | ServedAt::Session)
-                    });
+                    // answered a stale or session read is not thereby the leader, nor is a
+                    // node that forwarded the request to the leader.
+                    let from_leader = !spread_read
+                        && receipt.as_ref().is_none_or(|r| {
+                            !matches!(r.served_at, ServedAt::Stale | ServedAt::Session)
+                                && r.forwarded_by.is_none()
+                        });
                     if from_leader {
-                        self.routing
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .leader = Some(addr);
+                        self.routing().set_leader(group, addr);
                     }
-                    return Ok((answer, receipt));
+                    return Ok(Outcome::Answered((answer, receipt)));
                 }
             }
         }
@@ -631,6 +963,12 @@ impl<C: Connector> Client<C> {
 
 fn unexpected(response: Response) -> Error {
     Error::Server(format!("unexpected response {response:?}"))
+}
+
+fn ring_kept_changing() -> Error {
+    Error::Server(format!(
+        "the ring moved the request's key {MAX_REGROUPS} times; giving up"
+    ))
 }
 
 #[cfg(test)]
@@ -681,34 +1019,65 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_util::codec::Framed;
 
+    use ringleader_protocol::ring::RingSpec;
     use ringleader_protocol::{
         decode_frame, encode_frame, frame_codec, Handshake, RequestFrame, ResponseFrame, Role,
         HANDSHAKE_BYTES,
     };
 
-    /// How the fake node at an address answers a request: `Some(answer)`, or `None` to close
-    /// the connection after reading it (the request reached the node, its answer never came).
-    type Script = Arc<dyn Fn(&str, &Request) -> Option<Response> + Send + Sync>;
+    /// How the fake node at an address answers a request sent with a header: `Some(answer)`,
+    /// or `None` to close the connection after reading it (the request reached the node, its
+    /// answer never came). `Status` is answered by the cluster itself (see `FakeCluster::ring`).
+    type Script = Arc<dyn Fn(&str, &Header, &Request) -> Option<Response> + Send + Sync>;
 
     /// A [`Connector`] whose every address is a fake node run by a script, over an in-memory
-    /// pipe: it records every request a node received, in order.
+    /// pipe: it records every request a node received, in order (`Status` requests apart).
     #[derive(Clone)]
     struct FakeCluster {
         script: Script,
-        received: Arc<Mutex<Vec<(String, Request)>>>,
+        /// The ring every fake node reports in its status.
+        ring: Arc<Mutex<RingSpec>>,
+        received: Arc<Mutex<Vec<(String, Header, Request)>>>,
+        statuses: Arc<AtomicU64>,
+    }
+
+    /// A one-shard ring over the fake nodes "a", "b" and "c": the cluster before sharding.
+    fn unsharded_spec() -> RingSpec {
+        let nodes = [(1, "a"), (2, "b"), (3, "c")]
+            .into_iter()
+            .map(|(id, addr)| (id, addr.to_string()))
+            .collect();
+        RingSpec::new(nodes, 1)
     }
 
     impl FakeCluster {
         fn new(
             script: impl Fn(&str, &Request) -> Option<Response> + Send + Sync + 'static,
         ) -> Self {
+            Self::with_headers(move |addr, _, request| script(addr, request))
+        }
+
+        fn with_headers(
+            script: impl Fn(&str, &Header, &Request) -> Option<Response> + Send + Sync + 'static,
+        ) -> Self {
             FakeCluster {
                 script: Arc::new(script),
+                ring: Arc::new(Mutex::new(unsharded_spec())),
                 received: Arc::default(),
+                statuses: Arc::default(),
             }
         }
 
         fn received(&self) -> Vec<(String, Request)> {
+            self.received
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(addr, _, request)| (addr.clone(), request.clone()))
+                .collect()
+        }
+
+        fn received_with_headers(&self) -> Vec<(String, Header, Request)> {
             self.received.lock().unwrap().clone()
         }
 
@@ -749,12 +1118,24 @@ mod tests {
         let mut framed = Framed::new(stream, frame_codec(Limits::default().max_frame_bytes));
         while let Some(Ok(bytes)) = framed.next().await {
             let frame: RequestFrame = decode_frame(&bytes).unwrap();
-            cluster
-                .received
-                .lock()
-                .unwrap()
-                .push((addr.clone(), frame.request.clone()));
-            let Some(response) = (cluster.script)(&addr, &frame.request) else {
+            let response = if frame.request == Request::Status {
+                cluster.statuses.fetch_add(1, Ordering::SeqCst);
+                Some(Response::Status(Box::new(NodeStatus {
+                    id: 0,
+                    addr: addr.clone(),
+                    log_bytes: 0,
+                    ring: cluster.ring.lock().unwrap().clone(),
+                    groups: Vec::new(),
+                })))
+            } else {
+                cluster.received.lock().unwrap().push((
+                    addr.clone(),
+                    frame.header,
+                    frame.request.clone(),
+                ));
+                (cluster.script)(&addr, &frame.header, &frame.request)
+            };
+            let Some(response) = response else {
                 return; // drop the connection with the request unanswered
             };
             let body = encode_frame(&ResponseFrame::new(frame.id, response)).unwrap();
@@ -826,6 +1207,14 @@ mod tests {
             cluster.received().iter().all(|(addr, _)| addr == "a"),
             "only the pinned endpoint was asked: {:?}",
             cluster.received()
+        );
+        assert!(
+            cluster
+                .received_with_headers()
+                .iter()
+                .all(|(_, header, _)| header.epoch == 0),
+            "a pinned client lets the node route (epoch 0): {:?}",
+            cluster.received_with_headers()
         );
         let mut two = ClientConfig::new(vec!["a".into(), "b".into()]);
         two.pinned = true;
@@ -985,6 +1374,171 @@ mod tests {
                 }
             ),
             "{error:?}"
+        );
+    }
+
+    /// A ring of `shards` shards of 3 replicas over the fake nodes "a" to "e".
+    fn sharded_spec(shards: u32, epoch: u64) -> RingSpec {
+        let nodes = ["a", "b", "c", "d", "e"]
+            .into_iter()
+            .zip(1..)
+            .map(|(addr, id)| (id, addr.to_string()))
+            .collect();
+        RingSpec {
+            epoch,
+            ..RingSpec::new(nodes, shards)
+        }
+    }
+
+    /// A key in a group other than 0 on `ring`.
+    fn key_off_group_0(ring: &Ring) -> String {
+        (0..)
+            .map(|i| format!("key{i}"))
+            .find(|key| ring.shard_for_key(key.as_bytes()) != 0)
+            .unwrap()
+    }
+
+    /// Every node answers a request routed by epoch 1 with the ring of epoch 2, which has 4
+    /// shards instead of 1: the client routes again by it, and the write, whose key moved from
+    /// group 0 to another group, is made again with a session of its new group.
+    #[tokio::test(start_paused = true)]
+    async fn a_ring_changed_answer_makes_the_client_route_again_by_the_new_ring() {
+        let new_spec = sharded_spec(4, 2);
+        let new_ring = Ring::new(new_spec.clone()).unwrap();
+        let cluster = FakeCluster::with_headers(move |_, header, request| {
+            if header.epoch != 2 {
+                return Some(Response::RingChanged {
+                    ring: new_spec.clone(),
+                });
+            }
+            match request {
+                Request::RegisterSession => registered(100 + header.group),
+                _ => Some(Response::Written { version: 7 }),
+            }
+        });
+        *cluster.ring.lock().unwrap() = RingSpec {
+            epoch: 1,
+            ..unsharded_spec()
+        };
+        let client = cluster.client(&["a", "b", "c"]);
+        let key = key_off_group_0(&new_ring);
+        let group = new_ring.shard_for_key(key.as_bytes());
+        assert_eq!(client.put(key.as_str(), "v").await, Ok(7));
+        assert_eq!(client.ring().map(|ring| ring.epoch()), Some(2));
+        assert_eq!(
+            cluster.statuses.load(Ordering::SeqCst),
+            1,
+            "the answer carried the ring"
+        );
+        let received = cluster.received_with_headers();
+        let (_, first_header, _) = &received[0];
+        assert_eq!(first_header.epoch, 1, "routed by the status's ring first");
+        let (_, last_header, last) = received.last().unwrap();
+        assert_eq!(
+            *last_header,
+            Header { group, epoch: 2 },
+            "the write went to its group on the new ring"
+        );
+        assert_eq!(
+            session_of(last).map(|s| (s.client_id, s.seq)),
+            Some((100 + group, 1)),
+            "with the session of that group: {received:?}"
+        );
+        assert_eq!(client.client_id_in(group), Some(100 + group));
+    }
+
+    /// On a sharded ring, stale reads of one key go round-robin over its group's replicas; a
+    /// linearizable read goes to the (preferred) leader.
+    #[tokio::test(start_paused = true)]
+    async fn stale_reads_are_spread_over_the_replicas_of_the_keys_group() {
+        let spec = sharded_spec(4, 1);
+        let ring = Ring::new(spec.clone()).unwrap();
+        let cluster = FakeCluster::new(|_, _| Some(Response::Value(None)));
+        *cluster.ring.lock().unwrap() = spec.clone();
+        let client = cluster.client(&["a"]);
+        let stale = ReadLevel::Stale {
+            max_staleness: None,
+        };
+        for _ in 0..3 {
+            assert_eq!(client.read("k", stale).await.map(|r| r.value), Ok(None));
+        }
+        assert_eq!(client.get("k").await, Ok(None));
+        let shard = ring.shard(ring.shard_for_key(b"k")).unwrap();
+        let addr = |node: &u64| spec.nodes[node].clone();
+        let mut expected: Vec<String> = std::iter::once(shard.preferred_leader)
+            .chain(
+                shard
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|node| *node != shard.preferred_leader),
+            )
+            .map(|node| addr(&node))
+            .collect();
+        expected.push(addr(&shard.preferred_leader));
+        let asked: Vec<String> = cluster.received().into_iter().map(|(a, _)| a).collect();
+        assert_eq!(asked, expected);
+    }
+
+    /// Writes to two groups register a session in each (with that group in the header) and
+    /// number each session's writes from 1; a write whose answer is lost is resent with the
+    /// same session and sequence number of its own group.
+    #[tokio::test(start_paused = true)]
+    async fn sessions_are_per_group_and_a_lost_answer_is_resent_with_the_same_seq() {
+        let spec = sharded_spec(4, 1);
+        let ring = Ring::new(spec.clone()).unwrap();
+        let lost = Arc::new(Mutex::new(BTreeSet::new()));
+        let cluster = FakeCluster::with_headers(move |_, header, request| match request {
+            Request::RegisterSession => registered(100 + header.group),
+            _ => {
+                let session = session_of(request).unwrap();
+                // The first answer of each session is lost (the connection drops).
+                if lost.lock().unwrap().insert(session.client_id) {
+                    return None;
+                }
+                Some(Response::Written {
+                    version: 10 * session.client_id + session.seq,
+                })
+            }
+        });
+        *cluster.ring.lock().unwrap() = spec;
+        let client = cluster.client(&["a"]);
+        let one = "key0".to_string();
+        let other = (1..)
+            .map(|i| format!("key{i}"))
+            .find(|key| ring.shard_for_key(key.as_bytes()) != ring.shard_for_key(b"key0"))
+            .unwrap();
+        let (g1, g2) = (
+            ring.shard_for_key(one.as_bytes()),
+            ring.shard_for_key(other.as_bytes()),
+        );
+        assert_eq!(client.put(one.as_str(), "v").await, Ok(10 * (100 + g1) + 1));
+        assert_eq!(
+            client.put(other.as_str(), "v").await,
+            Ok(10 * (100 + g2) + 1)
+        );
+        assert_eq!(client.put(one.as_str(), "w").await, Ok(10 * (100 + g1) + 2));
+        let received = cluster.received_with_headers();
+        let registrations: Vec<u64> = received
+            .iter()
+            .filter(|(_, _, r)| *r == Request::RegisterSession)
+            .map(|(_, header, _)| header.group)
+            .collect();
+        assert_eq!(registrations, [g1, g2]);
+        let writes: Vec<(u64, u64, u64)> = received
+            .iter()
+            .filter_map(|(_, header, r)| session_of(r).map(|s| (header.group, s.client_id, s.seq)))
+            .collect();
+        assert_eq!(
+            writes,
+            [
+                (g1, 100 + g1, 1),
+                (g1, 100 + g1, 1),
+                (g2, 100 + g2, 1),
+                (g2, 100 + g2, 1),
+                (g1, 100 + g1, 2)
+            ],
+            "each group's session numbers its own writes, a resend keeps its seq"
         );
     }
 }

@@ -30,10 +30,13 @@
 
 mod client;
 mod error;
+mod routing;
 
-pub use client::{CasOutcome, Client, ClientConfig, Read, ReadLevel, Written};
+pub use client::{CasOutcome, Client, ClientConfig, Read, ReadLevel, Scanned, Written};
 pub use error::{Error, Result};
+pub use ringleader_protocol::message::MAX_SCAN_LIMIT;
 pub use ringleader_protocol::net::{Connector, TokioConnector};
+pub use ringleader_protocol::ring::{Ring, RingSpec};
 pub use ringleader_protocol::{
     Expect, GroupId, GroupStatus, NodeStatus, Receipt, ReplicaStatus, ServedAt, Versioned,
     WriteAck, ONLY_GROUP,

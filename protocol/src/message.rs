@@ -287,6 +287,11 @@ pub struct NodeStatus {
     pub addr: String,
     /// Bytes of the node's write-ahead log on disk.
     pub log_bytes: u64,
+    /// Batches written to the log since the node started (one write and, under the default
+    /// sync policy, one fsync each), and the groups' writes they carried: their ratio is how
+    /// many groups shared each fsync of the one log all the node's groups share.
+    pub log_batches: u64,
+    pub log_group_writes: u64,
     /// The ring the node routes by (its epoch, nodes, shards and replicas): a client builds
     /// its routing table from it.
     pub ring: RingSpec,

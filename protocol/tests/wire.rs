@@ -193,6 +193,8 @@ fn a_status_lists_groups_and_finds_one_by_id() {
         id: 1,
         addr: "127.0.0.1:7001".into(),
         log_bytes: 4096,
+        log_batches: 10,
+        log_group_writes: 25,
         ring: ring::RingSpec::new([(1, "127.0.0.1:7001".to_string())].into(), 8),
         groups: vec![group(ONLY_GROUP, "leader"), group(7, "follower")],
     };

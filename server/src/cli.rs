@@ -1034,6 +1034,7 @@ async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<
             "commit_index": s.map(|s| s.commit_index),
             "applied_index": s.map(|s| s.applied_index), "last_index": s.map(|s| s.last_index),
             "snapshot_index": s.map(|s| s.snapshot_index), "log_bytes": node.log_bytes,
+            "log_batches": node.log_batches, "log_group_writes": node.log_group_writes,
             "keys": s.map(|s| s.keys),
             "match_index": seen_by_leader.map(|r| r.match_index),
             "last_heard_ms": seen_by_leader.and_then(|r| r.last_heard_ms),

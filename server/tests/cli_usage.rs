@@ -95,6 +95,8 @@ fn status_of(id: u64, role: &str, term: u64, commit: u64, applied: u64) -> NodeS
         id,
         addr: String::new(),
         log_bytes: 0,
+        log_batches: 0,
+        log_group_writes: 0,
         ring: RingSpec::new(BTreeMap::from([(id, String::new())]), 1),
         groups: vec![GroupStatus {
             group: ONLY_GROUP,

@@ -37,6 +37,14 @@ pub enum StorageError {
     /// success for data that never reached the disk, so the log does not try.
     #[error("the log at {dir} stopped accepting writes after an earlier I/O failure; reopen it to recover")]
     Poisoned { dir: PathBuf },
+    /// Records of a Raft group the shared log does not host were found on open (the groups this
+    /// node hosts changed under its data directory), or a caller named such a group.
+    #[error("Raft group {group} is not hosted by the log at {dir}: {reason}")]
+    UnknownGroup {
+        group: crate::record::GroupId,
+        dir: PathBuf,
+        reason: String,
+    },
     /// A record or snapshot decoded from disk was not valid for its type.
     #[error("cannot decode {what}: {reason}")]
     Decode { what: &'static str, reason: String },

@@ -2,7 +2,7 @@
 //!
 //! Every byte the WAL and the snapshot store read or write goes through [`FileSystem`] and
 //! [`StorageFile`], so that the same engine runs on the real disk ([`StdFs`]), on turmoil's
-//! simulated disk under the jepsen-like simulation ([`SimFs`], feature `turmoil`), and under
+//! simulated disk under the jepsen-like simulation (`SimFs`, feature `turmoil`), and under
 //! fault injection in tests ([`crate::fault::FaultyFs`]). The trait is deliberately small: the
 //! handful of POSIX calls a log-structured engine needs, with directory syncs explicit, because a
 //! file created or renamed is durable only once its directory is synced.

@@ -2,12 +2,14 @@
 //!
 //! Three layers, bottom up:
 //! - [`wal`]: a segmented write-ahead log of CRC-checked records ([`record`]), each tagged with
-//!   the Raft group it belongs to ([`GroupId`]; group 0 only, today), appended in batches made
+//!   the Raft group it belongs to ([`GroupId`]), appended in batches made
 //!   durable by one `fdatasync` (group commit), recovered after a crash with a torn tail told
 //!   apart from corruption.
 //! - [`snapshot`]: checkpoints of the state machine written atomically (temp file, fsync, rename,
 //!   directory fsync) and read back through a memory map; [`log_store`] keeps Raft's entries and
-//!   hard state in the WAL and deletes the segments a snapshot covers.
+//!   hard state in the WAL and deletes the segments a snapshot covers; [`shared_log`] does the
+//!   same for every Raft group a node hosts in one shared WAL (one fsync per batch across
+//!   groups), deleting a segment only once no group needs it.
 //! - [`kv`]: the key-value state machine, a pure function of the committed log.
 //!
 //! [`planted`] holds deliberate bugs for the simulation's catalogue (feature `planted-bugs`).
@@ -25,6 +27,7 @@ pub mod kv;
 pub mod log_store;
 pub mod planted;
 pub mod record;
+pub mod shared_log;
 pub mod snapshot;
 pub mod wal;
 
@@ -32,5 +35,6 @@ pub use error::{Result, StorageError};
 pub use fs::{FileSystem, SharedFs, StdFs};
 pub use log_store::{HardState, LogStore, RecoveredLog, StoredEntry, StoredEntryRef};
 pub use record::{GroupId, GROUP_ZERO};
+pub use shared_log::{GroupWrite, SharedLog, StoredGroupWrite};
 pub use snapshot::SnapshotPoint;
 pub use wal::{SyncPolicy, Wal, WalOptions, WalRecord};

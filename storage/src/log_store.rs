@@ -19,9 +19,8 @@
 //!
 //! A log store holds one Raft group, group 0 ([`GROUP_ZERO`]): it owns its WAL, tags every record
 //! it writes with its group, and refuses to replay a record of another group (a log shared by
-//! several groups needs the multi-group store of a later issue, which will own the [`Wal`], append
-//! every group's records in one batch with [`Wal::append_mixed`] and hand each group the
-//! [`crate::wal::WalRecord`]s tagged with its id).
+//! several groups is [`crate::shared_log::SharedLog`]'s, which replays the same records per group
+//! and opens a log store's data directory as its group 0).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -110,6 +109,30 @@ impl<P: Serialize> Serialize for PayloadRef<'_, P> {
     }
 }
 
+/// The WAL record of a [`LogRecord::Entry`] for `entry`, without cloning it.
+pub(crate) fn encode_stored_entry(entry: &StoredEntry) -> Result<Vec<u8>> {
+    let record = EntryRecordRef::<()>::Entry(EntryFieldsRef {
+        index: entry.index,
+        term: entry.term,
+        payload: PayloadRef::Encoded(&entry.payload),
+    });
+    codec::encode(&record, "log record")
+}
+
+/// The WAL record of a borrowed entry: its payload encoded straight into the record (the same
+/// bytes as [`encode_stored_entry`] of the entry whose payload is `codec::encode(payload)`).
+pub(crate) fn encode_borrowed_entry<P: Serialize>(entry: &StoredEntryRef<P>) -> Result<Vec<u8>> {
+    let record = EntryRecordRef::Entry(EntryFieldsRef {
+        index: entry.index,
+        term: entry.term,
+        payload: PayloadRef::Value {
+            value: &entry.payload,
+            encoded_bytes: codec::encoded_bytes(&entry.payload, "entry payload")?,
+        },
+    });
+    codec::encode(&record, "log record")
+}
+
 /// Raft's persistent state besides the log (Raft §5, Figure 2): must be durable before any
 /// message that depends on it is sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,15 +176,15 @@ pub struct RecoveredLog {
 
 /// The marker file of a replica repairing its log: it must outlive crashes until the repair is
 /// done, and it is written before the log is cut.
-const REPAIR_MARKER: &str = "repair.marker";
+pub(crate) const REPAIR_MARKER: &str = "repair.marker";
 
 /// What a repair must never forget: the commit index to reach again, and the newest term and
 /// vote found anywhere in the damaged log (a vote cut away must not be given twice).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct RepairMarker {
-    until: u64,
-    term: u64,
-    vote: Option<u64>,
+pub(crate) struct RepairMarker {
+    pub(crate) until: u64,
+    pub(crate) term: u64,
+    pub(crate) vote: Option<u64>,
 }
 
 /// The durable log of one replica.
@@ -191,7 +214,7 @@ impl LogStore {
         let snapshot = snapshots.load_latest()?;
         let snapshot_point = snapshot.as_ref().map(|s| s.point).unwrap_or_default();
         let wal_dir = dir.join("wal");
-        let mut marker = read_repair_marker(&*fs, dir)?;
+        let mut marker = read_repair_marker(&*fs, dir, REPAIR_MARKER)?;
         if options.repair {
             let inspection = Wal::inspect(&*fs, &wal_dir, &options)?;
             if let Some(damage) = &inspection.damage {
@@ -216,7 +239,7 @@ impl LogStore {
                 }
                 tracing::warn!(path = %damage.path.display(), offset = damage.offset,
                     until = newest.until, term = newest.term, "repair: cutting the log at the damage");
-                write_repair_marker(&*fs, dir, newest)?;
+                write_repair_marker(&*fs, dir, REPAIR_MARKER, newest)?;
                 marker = Some(newest);
             }
         }
@@ -344,12 +367,7 @@ impl LogStore {
         let mut records = Vec::with_capacity(entries.len() + 1);
         let mut indexes = Vec::with_capacity(entries.len());
         for entry in entries {
-            let record = EntryRecordRef::<()>::Entry(EntryFieldsRef {
-                index: entry.index,
-                term: entry.term,
-                payload: PayloadRef::Encoded(&entry.payload),
-            });
-            records.push(codec::encode(&record, "log record")?);
+            records.push(encode_stored_entry(entry)?);
             indexes.push(entry.index);
         }
         self.append_records(hard_state, &indexes, records)
@@ -365,15 +383,7 @@ impl LogStore {
         let mut records = Vec::with_capacity(entries.len() + 1);
         let mut indexes = Vec::with_capacity(entries.len());
         for entry in entries {
-            let record = EntryRecordRef::Entry(EntryFieldsRef {
-                index: entry.index,
-                term: entry.term,
-                payload: PayloadRef::Value {
-                    value: &entry.payload,
-                    encoded_bytes: codec::encoded_bytes(&entry.payload, "entry payload")?,
-                },
-            });
-            records.push(codec::encode(&record, "log record")?);
+            records.push(encode_borrowed_entry(entry)?);
             indexes.push(entry.index);
         }
         self.append_records(hard_state, &indexes, records)
@@ -538,7 +548,10 @@ impl LogStore {
 
 /// The compaction tail among the replayed entries at or below the snapshot (`below`): the
 /// contiguous run ending at the snapshot index, if the entry there has the snapshot's term.
-fn replayed_tail(below: BTreeMap<u64, StoredEntry>, snapshot: SnapshotPoint) -> Vec<StoredEntry> {
+pub(crate) fn replayed_tail(
+    below: BTreeMap<u64, StoredEntry>,
+    snapshot: SnapshotPoint,
+) -> Vec<StoredEntry> {
     let matches_snapshot = below
         .get(&snapshot.last_index)
         .is_some_and(|e| e.term == snapshot.last_term);
@@ -556,14 +569,18 @@ fn replayed_tail(below: BTreeMap<u64, StoredEntry>, snapshot: SnapshotPoint) -> 
     tail
 }
 
-/// Reads the repair marker in `dir`, if a repair is under way.
-fn read_repair_marker(fs: &dyn FileSystem, dir: &Path) -> Result<Option<RepairMarker>> {
-    let path = dir.join(REPAIR_MARKER);
+/// Reads the repair marker `name` in `dir`, if a repair is under way.
+pub(crate) fn read_repair_marker(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+) -> Result<Option<RepairMarker>> {
+    let path = dir.join(name);
     let present = fs
         .list_dir(dir)
         .map_err(|e| StorageError::io("list directory", dir, e))?
         .iter()
-        .any(|name| name == REPAIR_MARKER);
+        .any(|listed| listed == name);
     if !present {
         return Ok(None);
     }
@@ -587,8 +604,13 @@ fn read_repair_marker(fs: &dyn FileSystem, dir: &Path) -> Result<Option<RepairMa
     }
 }
 
-/// Writes the repair marker durably: temporary file, fsync, rename, directory fsync.
-fn write_repair_marker(fs: &dyn FileSystem, dir: &Path, marker: RepairMarker) -> Result<()> {
+/// Writes the repair marker `name` durably: temporary file, fsync, rename, directory fsync.
+pub(crate) fn write_repair_marker(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    marker: RepairMarker,
+) -> Result<()> {
     fs.create_dir_all(dir)
         .map_err(|e| StorageError::io("create directory", dir, e))?;
     let mut bytes = Vec::new();
@@ -598,8 +620,8 @@ fn write_repair_marker(fs: &dyn FileSystem, dir: &Path, marker: RepairMarker) ->
         0,
         &mut bytes,
     );
-    let temp = dir.join(format!("{REPAIR_MARKER}.tmp"));
-    let path = dir.join(REPAIR_MARKER);
+    let temp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
     let mut file = fs
         .create(&temp)
         .map_err(|e| StorageError::io("create", &temp, e))?;

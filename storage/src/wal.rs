@@ -619,6 +619,28 @@ impl Wal {
         Ok(removed)
     }
 
+    /// The first LSN of the segment that holds `lsn` (the active segment's for an LSN not yet
+    /// written): two LSNs share a segment exactly when this is the same for both, and
+    /// [`Wal::purge_before`]`(lsn)` keeps every record from this LSN on. For a caller that
+    /// decides what a purge would free (the shared log's compaction across groups).
+    pub fn segment_start_of(&self, lsn: Lsn) -> Lsn {
+        self.segments
+            .iter()
+            .rev()
+            .find(|segment| segment.first_lsn <= lsn)
+            .or(self.segments.first())
+            .map_or(lsn, |segment| segment.first_lsn)
+    }
+
+    /// The first LSN of the active (newest, unsealed) segment: [`Wal::purge_before`] never
+    /// removes it.
+    pub fn active_segment_start(&self) -> Lsn {
+        self.segments
+            .last()
+            .expect("a WAL always has an active segment")
+            .first_lsn
+    }
+
     /// Before the first write after an upgrade: a format-2 newest segment must not receive
     /// format-3 records. One holding records is sealed (a new format-3 segment begins); one
     /// holding none gets a format-3 header instead, atomically (temporary file, fsync, rename,

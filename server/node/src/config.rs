@@ -116,16 +116,6 @@ impl NodeConfig {
         Ring::new(self.ring.clone())
     }
 
-    /// Where `group`'s log lives: group 0 in the data directory itself (where a single-group
-    /// node has always kept it), every other group in a directory of its own under it.
-    pub fn group_dir(&self, group: GroupId) -> PathBuf {
-        if group == ringleader_protocol::ONLY_GROUP {
-            self.data_dir.clone()
-        } else {
-            self.data_dir.join(format!("group-{group}"))
-        }
-    }
-
     /// What the replica of `group` on this node is configured with: the shard's replicas as
     /// its voters, the node's timings, and an election timer seeded apart from the other
     /// groups' (so that the groups of a node do not all campaign at the same tick).

@@ -166,6 +166,14 @@ pub struct Replica {
     was_leader: bool,
     /// A snapshot postponed for lack of space is tried again once applied reaches this.
     snapshot_retry_at: u64,
+    /// Applied entries between two snapshots of this replica: `snapshot_every_entries` less
+    /// up to a quarter, drawn from the node and group ids, so that the replicas of a group
+    /// (which apply the same entries at the same moment) and the groups of a node do not all
+    /// write their snapshots at once.
+    snapshot_interval_entries: u64,
+    /// The host asked for a snapshot before the interval is reached (this group's old entries
+    /// keep log segments every other group is done with).
+    snapshot_requested: bool,
     /// The newest snapshot received from a leader, already decoded and checked: its index and
     /// state. Installed from here when Raft hands the snapshot out.
     received_snapshot: Option<(u64, StateMachine)>,
@@ -229,6 +237,7 @@ impl Replica {
             last_snapshot_index,
             "replica recovered"
         );
+        let snapshot_interval_entries = staggered_interval(&config);
         Ok(Replica {
             config,
             raft,
@@ -242,6 +251,8 @@ impl Replica {
             snapshots_installed: 0,
             was_leader: false,
             snapshot_retry_at: 0,
+            snapshot_interval_entries,
+            snapshot_requested: false,
             received_snapshot: None,
             lag: LagTracker::default(),
             ticks: 0,
@@ -974,7 +985,8 @@ impl Replica {
     /// the last one: the point it covers and its bytes.
     pub fn snapshot_due(&self) -> Result<Option<(SnapshotPoint, Vec<u8>)>, StorageError> {
         let applied = self.machine.applied_index();
-        if applied < self.last_snapshot_index + self.config.snapshot_every_entries
+        let requested = self.snapshot_requested && applied > self.last_snapshot_index;
+        if (applied < self.last_snapshot_index + self.snapshot_interval_entries && !requested)
             || applied < self.snapshot_retry_at
         {
             return Ok(None);
@@ -990,8 +1002,15 @@ impl Replica {
         Ok(Some((point, data)))
     }
 
+    /// Asks for a snapshot at the next chance, before the interval is reached: the group's
+    /// entries hold log segments that every other group sharing the log is done with.
+    pub fn request_snapshot(&mut self) {
+        self.snapshot_requested = true;
+    }
+
     /// The host saved the snapshot [`Replica::snapshot_due`] cut: Raft compacts its log to it.
     pub fn snapshot_saved(&mut self, point: SnapshotPoint, data: Vec<u8>) {
+        self.snapshot_requested = false;
         let meta = SnapshotMeta {
             last_index: point.last_index,
             last_term: point.last_term,
@@ -1158,6 +1177,25 @@ impl Replica {
     }
 }
 
+/// `snapshot_every_entries` less a stagger in `[0, every/4]` drawn from the node and group ids
+/// (splitmix64: the same on every run, different across replicas).
+fn staggered_interval(config: &ReplicaConfig) -> u64 {
+    let mut mixed = config
+        .id
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(config.group.wrapping_mul(0xbf58_476d_1ce4_e5b9));
+    mixed ^= mixed >> 31;
+    mixed = mixed.wrapping_mul(0x94d0_49bb_1331_11eb);
+    mixed ^= mixed >> 29;
+    let every = config.snapshot_every_entries.max(1);
+    let stagger = mixed % (every / 4 + 1);
+    debug_assert!(
+        stagger < every || every == 1,
+        "an interval stays at least 1"
+    );
+    (every - stagger).max(1)
+}
+
 fn leader_ack_refused(what: &str) -> Response {
     Response::Error {
         kind: ErrorKind::Invalid,
@@ -1193,4 +1231,52 @@ fn check_snapshot(snapshot: &Snapshot) -> Result<StateMachine, String> {
         ));
     }
     Ok(machine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(id: NodeId, group: GroupId, every: u64) -> ReplicaConfig {
+        ReplicaConfig {
+            group,
+            id,
+            peers: BTreeMap::new(),
+            range: HashRange {
+                start: 0,
+                end_inclusive: u64::MAX,
+            },
+            epoch: 1,
+            preferred_leader: None,
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 2,
+            snapshot_every_entries: every,
+            log_tail_entries: 0,
+            seed: id,
+            boot_id: 0,
+            planted_bug: PlantedBug::None,
+            tick_ms: 50,
+        }
+    }
+
+    #[test]
+    fn replicas_and_groups_snapshot_at_staggered_intervals_within_a_quarter_of_the_setting() {
+        let every = 10_000;
+        let mut intervals = std::collections::BTreeSet::new();
+        for group in 0..8 {
+            let of_group: std::collections::BTreeSet<u64> = (1..=3)
+                .map(|id| staggered_interval(&config(id, group, every)))
+                .collect();
+            assert_eq!(of_group.len(), 3, "group {group}: its replicas differ");
+            intervals.extend(of_group);
+        }
+        assert!(intervals.len() >= 20, "spread over the node's groups too");
+        assert!(intervals
+            .iter()
+            .all(|i| (every * 3 / 4..=every).contains(i)));
+        // Tiny settings stay usable.
+        for every in [1, 2, 3] {
+            assert!((1..=every).contains(&staggered_interval(&config(2, 0, every))));
+        }
+    }
 }
