@@ -24,7 +24,7 @@ use crate::checker::{self, KeyOutcome};
 use crate::history::History;
 use crate::levels::Level;
 use crate::report::render_violation_html;
-use crate::session::{check_sessions, Guarantee, SessionViolation};
+use crate::session::{check_sessions_per_group, Guarantee, SessionViolation};
 use crate::sim::consistency::Consistency;
 
 /// The per-node clock drift the lease tolerates: two clocks `1 ± d` apart stay within the
@@ -294,7 +294,8 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
     let check_started = std::time::Instant::now();
     let check = checker::check(&history, &options.check_options);
     let check_wall_time = check_started.elapsed();
-    let session = check_sessions(&full_history);
+    // Versions are log indexes of each key's group: session guarantees are checked per group.
+    let session = check_sessions_per_group(&full_history, |key| ring.shard_for_key(key.as_bytes()));
     let staleness = check_staleness(&full_history);
 
     let recovery = shared.recovery.clone().unwrap_or_default();
