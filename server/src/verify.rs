@@ -425,11 +425,21 @@ pub struct SimArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 10)]
     clients: usize,
-    /// Keys the clients contend on.
+    /// Keys the clients contend on (with --shards S > 1, at least 2·S are used).
     #[arg(long, default_value_t = 3)]
     keys: usize,
+    /// Shards: the keys are spread over S Raft groups by the ring (1: one group on every node,
+    /// as before sharding). The nodes' digests and applied indexes are compared per group,
+    /// a write must succeed in every group after the heal, and the nemeses aimed at "the
+    /// leader" aim at the leader of a group drawn from the seed.
+    #[arg(long, default_value_t = 1)]
+    shards: u32,
+    /// Replicas per shard [default: every node with one shard, else 3].
+    #[arg(long)]
+    replicas: Option<u32>,
     /// Faults to inject, comma-separated: partition, crash, loss, pause, bounce, power-loss,
-    /// messages, one-way, leader, clients; "all" or "none".
+    /// messages, one-way, leader, clients, isolate (single nodes cut off in turn, for sharded
+    /// runs); "all" (every one but isolate) or "none".
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Run every nemesis of --nemesis in every seed, instead of the mix each seed draws
@@ -552,6 +562,8 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
         planted_bug,
         swarm: !args.no_swarm,
         clock_drift_percent: args.clock_drift,
+        shards: args.shards,
+        replicas: args.replicas,
         check_options: CheckOptions {
             shrink: !args.no_shrink,
             ..CheckOptions::default()
@@ -581,6 +593,12 @@ pub fn sim_command(args: SimArgs) -> Result<ExitCode> {
         }
         if planted_bug != PlantedBug::None {
             line.push_str(&format!(" --plant-bug {planted_bug}"));
+        }
+        if args.shards != 1 {
+            line.push_str(&format!(" --shards {}", args.shards));
+        }
+        if let Some(replicas) = args.replicas {
+            line.push_str(&format!(" --replicas {replicas}"));
         }
         line
     };
