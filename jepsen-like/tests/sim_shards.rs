@@ -150,8 +150,8 @@ fn acknowledging_before_fsync_is_caught_with_shards() {
 }
 
 /// 100 seeds of 5 nodes and 8 shards under every nemesis, default sizes (2000 operations).
-/// Ignored (minutes): `cargo test --release -j 1 -p jepsen-like --test sim_shards --
-/// --ignored --nocapture sharded_soak`.
+/// Ignored (a minute or two; the test profile is optimized): `cargo test -j 1 -p jepsen-like
+/// --test sim_shards -- --ignored --nocapture sharded_soak`.
 #[test]
 #[ignore]
 fn sharded_soak() {

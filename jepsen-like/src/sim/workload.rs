@@ -33,7 +33,7 @@
 //! borrowed across an `.await`.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -361,7 +361,12 @@ pub struct Shared {
     /// Clients done with the workload.
     workers_done: usize,
     /// How many times the monitor saw a new leader: each time every client bursts reads.
+    /// Sharded, once per monitor poll that saw some group's leader change (not once per group,
+    /// which would make bursts eight times as frequent with eight groups and crowd out writes).
     leader_changes: u64,
+    /// Sharded: the groups whose leader changed in the monitor's last poll that saw a change;
+    /// burst reads go to their keys.
+    burst_groups: BTreeSet<GroupId>,
     /// Operations invoked so far.
     issued: usize,
     /// The next value to write; every write writes a fresh one.
@@ -394,6 +399,7 @@ impl Shared {
             unique_writes: BTreeMap::new(),
             workers_done: 0,
             leader_changes: 0,
+            burst_groups: BTreeSet::new(),
             issued: 0,
             next_value: 1,
             last_seen: BTreeMap::new(),
@@ -413,8 +419,12 @@ fn now_ms() -> u64 {
 /// The control host's whole life: the leader monitor while the workload runs, then (once every
 /// client is done) the heal and the recovery check, after which the clients go on.
 pub async fn control_host(shared: Rc<RefCell<Shared>>, config: WorkloadConfig) -> turmoil::Result {
-    let monitor =
-        tokio::task::spawn_local(monitor_leader(shared.clone(), config.endpoints.clone()));
+    let sharded = config.ring.shards().len() > 1;
+    let monitor = tokio::task::spawn_local(monitor_leader(
+        shared.clone(),
+        config.endpoints.clone(),
+        sharded,
+    ));
     while shared.borrow().workers_done < config.clients {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -492,7 +502,7 @@ pub async fn worker_host(
 }
 
 /// Keeps `Shared::leader` up to date for the nemesis, from every node's status.
-async fn monitor_leader(shared: Rc<RefCell<Shared>>, endpoints: Vec<String>) {
+async fn monitor_leader(shared: Rc<RefCell<Shared>>, endpoints: Vec<String>, sharded: bool) {
     let config = ClientConfig {
         request_timeout: MONITOR_INTERVAL,
         connect_timeout: MONITOR_INTERVAL,
@@ -509,6 +519,7 @@ async fn monitor_leader(shared: Rc<RefCell<Shared>>, endpoints: Vec<String>) {
                 client.status_of(&addr).await
             }));
         }
+        let mut changed = BTreeSet::new();
         for poll in polls {
             let Ok(Ok(status)) = poll.await else {
                 continue;
@@ -518,8 +529,12 @@ async fn monitor_leader(shared: Rc<RefCell<Shared>>, endpoints: Vec<String>) {
                 let last = shared.leaders.get(&group.group).copied();
                 if last.is_none_or(|(term, _)| term <= group.term) {
                     if last.is_some_and(|(term, _)| term < group.term) {
-                        // A new leader: every client bursts reads.
-                        shared.leader_changes += 1;
+                        // A new leader: every client bursts reads (sharded: once per poll).
+                        if sharded {
+                            changed.insert(group.group);
+                        } else {
+                            shared.leader_changes += 1;
+                        }
                     }
                     if last != Some((group.term, status.id)) {
                         shared.leader_log.push(LeaderSeen {
@@ -532,6 +547,11 @@ async fn monitor_leader(shared: Rc<RefCell<Shared>>, endpoints: Vec<String>) {
                     shared.leaders.insert(group.group, (group.term, status.id));
                 }
             }
+        }
+        if !changed.is_empty() {
+            let mut shared = shared.borrow_mut();
+            shared.leader_changes += 1;
+            shared.burst_groups = changed;
         }
         tokio::time::sleep(MONITOR_INTERVAL).await;
     }
@@ -579,6 +599,19 @@ fn next_op(
     let consistency = config.consistency;
     let key = match habit {
         Habit::ReadBack(key) => return Some((key, Op::Read(consistency.read_level(rng)))),
+        // Sharded, a burst reads the keys of the groups that just changed leader.
+        Habit::Burst if config.ring.shards().len() > 1 => {
+            let candidates: Vec<usize> = (0..config.keys)
+                .filter(|i| {
+                    let group = config.ring.shard_for_key(format!("k{i}").as_bytes());
+                    shared.burst_groups.contains(&group)
+                })
+                .collect();
+            match candidates.len() {
+                0 => format!("k{}", rng.random_range(0..config.keys.max(1))),
+                n => format!("k{}", candidates[rng.random_range(0..n)]),
+            }
+        }
         Habit::Burst | Habit::Random => format!("k{}", rng.random_range(0..config.keys.max(1))),
     };
     if matches!(habit, Habit::Burst) {
