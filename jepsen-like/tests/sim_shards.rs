@@ -8,7 +8,8 @@
 //! - availability per shard: while one node is cut off, the groups it led elect another
 //!   leader and the groups it did not lead keep answering (CAP per shard);
 //! - the checks stay sharp with shards: a replica that silently diverges in one group is
-//!   caught by the per-group digests, and a write acknowledged before its fsync by power loss.
+//!   caught by the per-group digests, a write acknowledged before its fsync by power loss, and
+//!   reads served from a replica's local state by the linearizability checker.
 //!
 //! Sized for CI (test profile): `CI_SEEDS` seeds of `CI_OPS` operations. The soak over 100
 //! seeds is `sharded_soak` (ignored; its command is in its comment), and the release figures
@@ -145,6 +146,25 @@ fn acknowledging_before_fsync_is_caught_with_shards() {
         }
     }
     let seed = caught.expect("no seed in 0..10 caught writes acknowledged before their fsync");
+    println!("caught at seed {seed}");
+    assert_passes(&options(seed, PlantedBug::None));
+}
+
+/// A read-path bug from the catalogue, caught with shards too: every replica serving reads
+/// from its local state without ReadIndex (`local-reads`), under every nemesis. The real code
+/// passes the seed that caught it.
+#[test]
+fn local_reads_are_caught_with_shards() {
+    let options = |seed: u64, planted_bug: PlantedBug| SimOptions {
+        planted_bug,
+        ..sharded(seed, &Nemesis::ALL_SHARDED)
+    };
+    let caught = (0..10).find(|&seed| {
+        let report = run(&options(seed, PlantedBug::LocalReads)).expect("simulation runs");
+        println!("seed {seed}: {}", report.summary());
+        matches!(report.verdict, Verdict::Violation { .. })
+    });
+    let seed = caught.expect("no seed in 0..10 caught reads served from local state");
     println!("caught at seed {seed}");
     assert_passes(&options(seed, PlantedBug::None));
 }
