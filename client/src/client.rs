@@ -1124,6 +1124,8 @@ mod tests {
                     id: 0,
                     addr: addr.clone(),
                     log_bytes: 0,
+                    log_batches: 0,
+                    log_group_writes: 0,
                     ring: cluster.ring.lock().unwrap().clone(),
                     groups: Vec::new(),
                 })))
