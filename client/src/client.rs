@@ -397,14 +397,11 @@ impl<C: Connector> Client<C> {
         }
         let prefix = prefix.into();
         for _ in 0..MAX_REGROUPS {
-            self.ensure_ring().await;
-            let (epoch, groups) = {
-                let routing = self.routing();
-                let groups: Vec<GroupId> = routing.ring().map_or(vec![ONLY_GROUP], |ring| {
-                    ring.shards().iter().map(|shard| shard.group).collect()
-                });
-                (routing.epoch(), groups)
-            };
+            // Without the ring the client cannot know the shards: a scan of group 0 alone
+            // would silently miss the others.
+            let ring = self.load_ring().await?;
+            let epoch = ring.epoch();
+            let groups: Vec<GroupId> = ring.shards().iter().map(|shard| shard.group).collect();
             let parts: Vec<Scanned> = futures::stream::iter(groups)
                 .map(|group| self.scan_group(group, &prefix, limit, level))
                 .buffer_unordered(MAX_CONCURRENT_SHARD_SCANS)
@@ -511,8 +508,12 @@ impl<C: Connector> Client<C> {
         self.routing().ring().cloned()
     }
 
-    /// The ring the client routes by, asking the endpoints for it if it is not known yet.
+    /// The ring the client routes by, asking the endpoints for it if it is not known yet
+    /// ([`Error::Unreachable`] when none answers with it).
     pub async fn load_ring(&self) -> Result<Ring> {
+        if let Some(ring) = self.ring() {
+            return Ok(ring);
+        }
         *self
             .ring_fetch_failed_at
             .lock()
