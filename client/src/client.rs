@@ -59,7 +59,10 @@ pub struct ClientConfig {
     /// Talk to the one endpoint given and no other: no leader discovery, no redirects. A
     /// `NotLeader` answer becomes [`Error::NotLeader`] instead of a redirect. This is what a
     /// client stuck on one side of a network partition sees (`ringleader ... --pin`); it needs
-    /// exactly one endpoint.
+    /// exactly one endpoint. Requests go with epoch 0: the node routes each one, and forwards
+    /// it to the shard's leader when it holds no replica of the shard (the receipt's
+    /// `forwarded_by` names it). The client still learns the ring from that node, to open each
+    /// write's session in the key's group.
     pub pinned: bool,
 }
 
