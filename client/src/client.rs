@@ -59,7 +59,10 @@ pub struct ClientConfig {
     /// Talk to the one endpoint given and no other: no leader discovery, no redirects. A
     /// `NotLeader` answer becomes [`Error::NotLeader`] instead of a redirect. This is what a
     /// client stuck on one side of a network partition sees (`ringleader ... --pin`); it needs
-    /// exactly one endpoint.
+    /// exactly one endpoint. Requests go with epoch 0: the node routes each one, and forwards
+    /// it to the shard's leader when it holds no replica of the shard (the receipt's
+    /// `forwarded_by` names it). The client still learns the ring from that node, to open each
+    /// write's session in the key's group.
     pub pinned: bool,
 }
 
@@ -397,14 +400,11 @@ impl<C: Connector> Client<C> {
         }
         let prefix = prefix.into();
         for _ in 0..MAX_REGROUPS {
-            self.ensure_ring().await;
-            let (epoch, groups) = {
-                let routing = self.routing();
-                let groups: Vec<GroupId> = routing.ring().map_or(vec![ONLY_GROUP], |ring| {
-                    ring.shards().iter().map(|shard| shard.group).collect()
-                });
-                (routing.epoch(), groups)
-            };
+            // Without the ring the client cannot know the shards: a scan of group 0 alone
+            // would silently miss the others.
+            let ring = self.load_ring().await?;
+            let epoch = ring.epoch();
+            let groups: Vec<GroupId> = ring.shards().iter().map(|shard| shard.group).collect();
             let parts: Vec<Scanned> = futures::stream::iter(groups)
                 .map(|group| self.scan_group(group, &prefix, limit, level))
                 .buffer_unordered(MAX_CONCURRENT_SHARD_SCANS)
@@ -511,8 +511,12 @@ impl<C: Connector> Client<C> {
         self.routing().ring().cloned()
     }
 
-    /// The ring the client routes by, asking the endpoints for it if it is not known yet.
+    /// The ring the client routes by, asking the endpoints for it if it is not known yet
+    /// ([`Error::Unreachable`] when none answers with it).
     pub async fn load_ring(&self) -> Result<Ring> {
+        if let Some(ring) = self.ring() {
+            return Ok(ring);
+        }
         *self
             .ring_fetch_failed_at
             .lock()
@@ -1124,6 +1128,8 @@ mod tests {
                     id: 0,
                     addr: addr.clone(),
                     log_bytes: 0,
+                    log_batches: 0,
+                    log_group_writes: 0,
                     ring: cluster.ring.lock().unwrap().clone(),
                     groups: Vec::new(),
                 })))
@@ -1540,5 +1546,71 @@ mod tests {
             ],
             "each group's session numbers its own writes, a resend keeps its seq"
         );
+    }
+
+    /// A scan asks every shard, page after page (continuing after the last key while the page
+    /// says there is more), and merges the shards' keys in order, cut at the limit.
+    #[tokio::test(start_paused = true)]
+    async fn a_scan_pages_through_every_shard_and_merges_in_key_order() {
+        let spec = sharded_spec(4, 1);
+        let ring = Ring::new(spec.clone()).unwrap();
+        let keys: Vec<String> = (0..40).map(|i| format!("p/{i:02}")).collect();
+        let by_group = {
+            let ring = ring.clone();
+            let keys = keys.clone();
+            move |group: u64| -> Vec<Vec<u8>> {
+                keys.iter()
+                    .filter(|k| ring.shard_for_key(k.as_bytes()) == group)
+                    .map(|k| k.clone().into_bytes())
+                    .collect()
+            }
+        };
+        // Each node answers at most 3 entries a page, whatever the limit asked.
+        let cluster = FakeCluster::with_headers(move |_, header, request| match request {
+            Request::Scan {
+                start_after, limit, ..
+            } => {
+                let rest: Vec<Vec<u8>> = by_group(header.group)
+                    .into_iter()
+                    .filter(|k| start_after.as_ref().is_none_or(|after| k > after))
+                    .collect();
+                let page = rest.len().min(3).min(*limit as usize);
+                Some(Response::Entries {
+                    entries: rest[..page]
+                        .iter()
+                        .map(|k| {
+                            let value = Versioned {
+                                value: k.clone(),
+                                version: 1,
+                            };
+                            (k.clone(), value)
+                        })
+                        .collect(),
+                    more: rest.len() > page,
+                })
+            }
+            _ => Some(refusal(ErrorKind::Invalid)),
+        });
+        *cluster.ring.lock().unwrap() = spec;
+        let client = cluster.client(&["a"]);
+        let all = client
+            .scan("p/", 1000, ReadLevel::Linearizable)
+            .await
+            .unwrap();
+        let expected: Vec<Vec<u8>> = keys.iter().map(|k| k.clone().into_bytes()).collect();
+        let got: Vec<Vec<u8>> = all.entries.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(got, expected);
+        assert!(!all.truncated);
+        let scans = cluster
+            .received()
+            .iter()
+            .filter(|(_, r)| matches!(r, Request::Scan { .. }))
+            .count();
+        assert!(scans > 4, "paged: {scans} requests for 4 shards");
+
+        let cut = client.scan("p/", 7, ReadLevel::Linearizable).await.unwrap();
+        let got: Vec<Vec<u8>> = cut.entries.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(got, expected[..7]);
+        assert!(cut.truncated);
     }
 }

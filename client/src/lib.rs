@@ -1,8 +1,10 @@
 //! The async Rust client for ringleader.
 //!
-//! Give it any node addresses; it finds the leader, follows redirects, retries through elections
-//! until a per-request deadline, and makes writes exactly-once with a session id and sequence
-//! numbers, so a retried write is never applied twice.
+//! Give it any node addresses; it learns the cluster's ring (which shard holds a key, and which
+//! nodes replicate each shard) from one of them, sends each request straight to the leader of its
+//! key's shard, follows redirects and ring changes, retries through elections until a per-request
+//! deadline, and makes writes exactly-once with a session per shard and sequence numbers, so a
+//! retried write is never applied twice. [`Client::scan`] reads a key prefix over every shard.
 //!
 //! ```no_run
 //! use ringleader_client::{Client, ClientConfig, Expect, CasOutcome};

@@ -242,3 +242,52 @@ async fn sessions_are_per_group_and_each_group_applies_a_resent_write_once() {
         assert_eq!(value.value, b"once", "applied once in group {group}");
     }
 }
+
+/// Figures, not a check: the mean put latency of a client that routes by the ring and of one
+/// pinned to node 1 (forwarded for the shards node 1 does not host), 400 sequential puts, twice
+/// each.
+/// Run: `cargo test -p ringleader-client --release --test sharded -- --ignored --nocapture`
+#[ignore = "a measurement; run it by hand (see the doc comment)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measure_routed_and_forwarded_put_latency() {
+    let cluster = start_cluster().await;
+    let routed = cluster.client();
+    let pinned = cluster.pinned(1);
+    // Warm up: elections, sessions in every group, the ring.
+    for i in 0..64 {
+        routed.put(key(i), "warm").await.expect("put");
+    }
+    let ring = routed.ring().expect("ring");
+    let hosted = ring.groups_on(1);
+    let remote: Vec<String> = (0..)
+        .map(key)
+        .filter(|k| !hosted.contains(&ring.shard_for_key(k.as_bytes())))
+        .take(400)
+        .collect();
+    for k in remote.iter().take(16) {
+        pinned.put(k.as_str(), "warm").await.expect("put");
+    }
+    // Alternated, twice, so that neither order nor the machine's other load favours one.
+    let rounds = [
+        ("routed", &routed),
+        ("pinned to node 1", &pinned),
+        ("pinned to node 1", &pinned),
+        ("routed", &routed),
+    ];
+    for (name, client) in rounds {
+        let started = std::time::Instant::now();
+        let mut forwarded = 0;
+        for k in &remote {
+            let written = client
+                .put_with(k.as_str(), "v", WriteAck::Majority)
+                .await
+                .expect("put");
+            forwarded += usize::from(written.receipt.and_then(|r| r.forwarded_by).is_some());
+        }
+        let mean_us = started.elapsed().as_micros() / remote.len() as u128;
+        println!(
+            "{name}: {} puts to shards node 1 does not host, mean {mean_us} us, {forwarded} forwarded",
+            remote.len()
+        );
+    }
+}

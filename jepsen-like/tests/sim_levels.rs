@@ -163,8 +163,9 @@ fn on_the_minority_side_stale_reads_answer_where_linearizable_ones_fail() {
 
 /// Seeds in which the leader nemesis makes a leader-acknowledged write lost: of seeds 0..30
 /// (1000 operations, `--consistency mix --nemesis leader`), these three lost one each (re-measured
-/// when issue 15's heartbeat echo shifted every seed: of seeds 0..41).
-const LEADER_LOSS_SEEDS: [u64; 3] = [3, 10, 17];
+/// when issue 15's heartbeat echo shifted every seed, and again when issue 16's ring-learning
+/// client and batched peer writes did: of seeds 0..45, seeds 8, 35 and 38 lose one each).
+const LEADER_LOSS_SEEDS: [u64; 3] = [8, 35, 38];
 
 #[test]
 fn leader_acks_lose_writes_when_the_leader_crashes_and_majority_and_all_never_do() {

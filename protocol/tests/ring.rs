@@ -437,3 +437,22 @@ proptest! {
         }
     }
 }
+
+/// Replicas per node, by shard count, on 5 nodes with 3 replicas (measurement, not a test:
+/// `cargo test -p ringleader-protocol --test ring -- --ignored --nocapture replica_counts_table`).
+#[test]
+#[ignore]
+fn replica_counts_table() {
+    for shards in [5, 10, 16, 64, 256, 1024] {
+        let ring = ring(spec(1..=5, shards, 3));
+        let counts: Vec<usize> = (1..=5).map(|node| ring.groups_on(node).len()).collect();
+        let mean = f64::from(shards) * 3.0 / 5.0;
+        let max = *counts.iter().max().unwrap_or(&0) as f64;
+        let min = *counts.iter().min().unwrap_or(&0) as f64;
+        println!(
+            "shards {shards:>5}: replicas per node {counts:?}, max/mean {:.2}, min/mean {:.2}",
+            max / mean,
+            min / mean
+        );
+    }
+}

@@ -89,6 +89,21 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print the keys starting with PREFIX and their values, in key order, one `KEY<TAB>VALUE`
+    /// per line (`--json`: an array). Fans out to every shard and merges; each shard is read
+    /// at the consistency asked, but the shards at different moments (not a snapshot of the
+    /// whole store: docs/sharding.md). Exit 0 even when nothing matches.
+    Scan {
+        /// The prefix; empty ("") for every key.
+        prefix: String,
+        /// At most this many keys (1..=10000); the rest are left out and said so on stderr.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(ringleader_protocol::message::MAX_SCAN_LIMIT)))]
+        limit: u32,
+        #[command(flatten)]
+        read: ReadArgs,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Delete KEY. Exit 1 when it did not exist.
     Delete {
         key: String,
@@ -639,6 +654,43 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Scan {
+            prefix,
+            limit,
+            read,
+            target,
+        } => {
+            let prefix_bytes = target.bytes("prefix", &prefix, false)?;
+            let scanned = target
+                .client()?
+                .scan(prefix_bytes, limit as usize, read.level()?)
+                .await?;
+            let encoding = target.encoding();
+            if target.json {
+                let entries: Vec<serde_json::Value> = scanned
+                    .entries
+                    .iter()
+                    .map(|(key, found)| {
+                        let (key_name, key_json) = target.json_bytes("key", key);
+                        let (value_name, value_json) = target.json_bytes("value", &found.value);
+                        json!({key_name: key_json, value_name: value_json, "version": found.version})
+                    })
+                    .collect();
+                out.json(&json!({"entries": entries, "truncated": scanned.truncated}))?;
+            } else {
+                for (key, found) in &scanned.entries {
+                    let mut line = encoding.encode(key);
+                    line.push(b'\t');
+                    line.extend_from_slice(&encoding.encode(&found.value));
+                    line.push(b'\n');
+                    out.bytes(&line)?;
+                }
+            }
+            if scanned.truncated {
+                eprintln!("(more keys after the first {limit}: raise --limit)");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Delete { key, write, target } => {
             let key_bytes = target.bytes("key", &key, true)?;

@@ -1,6 +1,7 @@
 //! Raw frames to the real binary, bypassing the client and its own checks: the node's limits and
 //! its answers to malformed frames, checked by decoding the exact typed error it sends back, and
-//! that nothing was written; the group/epoch header (group 0 only) and an old protocol version.
+//! that nothing was written; the group/epoch header (checked against the node's ring) and an old
+//! protocol version.
 //! (The client refuses an oversized key before sending it, so a test through the client never
 //! reaches the node's limit.)
 
@@ -229,16 +230,18 @@ async fn the_node_refuses_oversized_keys_and_values_and_malformed_frames_with_ty
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_node_serves_group_0_only_ignores_the_epoch_and_refuses_an_old_protocol_version() {
+async fn the_node_checks_groups_and_ring_epochs_and_refuses_an_old_protocol_version() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_ports(1);
     let _node = KillOnDrop(serve(dir.path(), base, 1, 1, &[]));
     let endpoints = vec![addr(base, 1)];
     wait_for_leader(&endpoints, 0, Duration::from_secs(10)).await;
     let before = status(&endpoints).await;
-
-    // A write for a group the node does not host: refused, not applied, and the connection
-    // keeps serving; the response's header names the group asked for.
+    assert_eq!(
+        (before.ring.epoch, before.ring.shards),
+        (1, 1),
+        "{before:?}"
+    );
     let mut stream = handshaken(&endpoints[0]).await;
     let put = |key: &str| Request::Put {
         key: key.as_bytes().to_vec(),
@@ -246,42 +249,69 @@ async fn the_node_serves_group_0_only_ignores_the_epoch_and_refuses_an_old_proto
         session: None,
         ack: ringleader_protocol::WriteAck::Majority,
     };
-    let elsewhere = RequestFrame {
-        header: Header { group: 7, epoch: 0 },
+    let unchanged = |after: &ringleader_client::NodeStatus| {
+        (group0(after).keys, group0(after).last_index)
+            == (group0(&before).keys, group0(&before).last_index)
+    };
+
+    // Routed by the node's ring (epoch 1) to a group that does not hold the key: refused, not
+    // applied, and the connection keeps serving; the response's header names the group asked.
+    let misrouted = RequestFrame {
+        header: Header { group: 7, epoch: 1 },
         ..RequestFrame::new(1, put("elsewhere"))
     };
-    send_body(&mut stream, &encode_frame(&elsewhere).unwrap()).await;
+    send_body(&mut stream, &encode_frame(&misrouted).unwrap()).await;
     let refused = receive(&mut stream).await;
     assert_error(
         &refused,
         1,
         ErrorKind::Invalid,
-        &["unknown group 7", "group 0 only"],
+        &["belongs to group 0", "not to group 7"],
     );
-    assert_eq!(refused.header.group, 7);
-    let after = status(&endpoints).await;
-    assert_eq!(
-        (group0(&after).keys, group0(&after).last_index),
-        (group0(&before).keys, group0(&before).last_index),
-        "nothing proposed"
+    assert_eq!(refused.header, Header { group: 7, epoch: 1 });
+    // A group off the ring, for a request without a key: refused the same way.
+    let off_ring = RequestFrame {
+        header: Header { group: 7, epoch: 0 },
+        ..RequestFrame::new(2, Request::RegisterSession)
+    };
+    send_body(&mut stream, &encode_frame(&off_ring).unwrap()).await;
+    assert_error(
+        &receive(&mut stream).await,
+        2,
+        ErrorKind::Invalid,
+        &["unknown group 7"],
     );
 
-    // Group 0 at any epoch is served as today (nothing routes by the epoch yet).
+    // Routed by another ring's epoch: answered with the node's ring, nothing done.
     let stale_epoch = RequestFrame {
         header: Header {
             group: ONLY_GROUP,
             epoch: 41,
         },
-        ..RequestFrame::new(2, put("here"))
+        ..RequestFrame::new(3, put("stale"))
     };
     send_body(&mut stream, &encode_frame(&stale_epoch).unwrap()).await;
+    let redirected = receive(&mut stream).await;
+    assert_eq!(redirected.id, 3);
+    match &redirected.response {
+        Response::RingChanged { ring } => assert_eq!(ring, &before.ring),
+        other => panic!("expected RingChanged, got {other:?}"),
+    }
+    assert!(unchanged(&status(&endpoints).await), "nothing proposed");
+
+    // Not routed (epoch 0): the node finds the key's group itself, whatever the header says.
+    let unrouted = RequestFrame {
+        header: Header { group: 7, epoch: 0 },
+        ..RequestFrame::new(4, put("here"))
+    };
+    send_body(&mut stream, &encode_frame(&unrouted).unwrap()).await;
     let written = receive(&mut stream).await;
-    assert_eq!(written.id, 2);
+    assert_eq!(written.id, 4);
     assert!(
         matches!(written.response, Response::Written { .. }),
         "{written:?}"
     );
-    assert_eq!(written.header, Header::default());
+    assert_eq!(written.header, Header { group: 0, epoch: 1 });
     drop(stream);
 
     // A version-4 client (frames without the header): the node answers with its own version,

@@ -32,6 +32,8 @@ use ringleader_protocol::ring::Ring;
 
 /// How often, in election timeouts, the host asks which groups pin the shared log.
 const PINNING_CHECK_EVERY_TIMEOUTS: u64 = 20;
+/// The shared log's size, in segments, beyond which groups pinning it are asked to snapshot.
+const PINNED_LOG_BUDGET_SEGMENTS: u64 = 4;
 /// Inputs queued for the node at most; senders wait beyond it.
 pub const NODE_INPUT_QUEUE: usize = 4096;
 /// Inputs handled before the node processes a Ready: the upper bound of one group commit.
@@ -211,9 +213,14 @@ impl Host {
         self.catch_up_ticks();
         self.ticks += 1;
         let every = u64::from(self.config.election_timeout_ticks) * PINNING_CHECK_EVERY_TIMEOUTS;
-        if self.replicas.len() > 1 && self.ticks.is_multiple_of(every) {
-            // A group that writes little keeps its old entries (it never reaches its snapshot
-            // interval), and with them every later segment of the log all groups share.
+        // A group that writes little keeps its old entries (it never reaches its snapshot
+        // interval), and with them every later segment of the log all groups share. Only once
+        // the log is over a few segments: a busy group below its interval is named too.
+        let log_budget_bytes = self.config.wal.segment_max_bytes * PINNED_LOG_BUDGET_SEGMENTS;
+        if self.replicas.len() > 1
+            && self.ticks.is_multiple_of(every)
+            && self.io.log.wal().size_bytes() > log_budget_bytes
+        {
             for group in self.io.log.groups_pinning_the_log() {
                 if let Some(replica) = self.replicas.get_mut(&group) {
                     tracing::debug!(group, "its entries pin the shared log: snapshot requested");
