@@ -339,8 +339,9 @@ pub struct Shared {
     pub phase: Phase,
     /// Per group, the highest-term leader any node reported: `(term, id)`.
     pub leaders: BTreeMap<GroupId, (u64, u64)>,
-    /// Every change of a group's leader the monitor saw, in order. One entry per group and
-    /// monitor poll at most, while the workload runs: bounded by the run's length.
+    /// Every change of a group's leader the monitor saw, in order. At most one entry per
+    /// group, node and monitor poll (every 200 ms while the workload runs): bounded by the
+    /// run's length, which is bounded (every operation has a deadline).
     pub leader_log: Vec<LeaderSeen>,
     /// Set when the recovery check is over; then the clients start their after-heal operations.
     pub recovery: Option<Recovery>,
