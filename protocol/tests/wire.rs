@@ -19,22 +19,23 @@ fn handshake_round_trips_and_rejects_garbage() {
 #[test]
 fn an_old_version_handshake_is_refused_with_a_clear_error() {
     assert_eq!(Handshake::new(Role::Client).check_version(), Ok(()));
-    // Version 5's status had no groups: a client of version 5 would misread a node's status.
+    // Version 6 had no ring: a client of version 6 would send every key to group 0 and misread
+    // a node's status.
     let mut old = Handshake::new(Role::Client).encode();
-    old[3] = 5;
+    old[3] = 6;
     let old = Handshake::decode(&old).expect("the bytes of an old handshake still parse");
-    assert_eq!(old.version, 5);
+    assert_eq!(old.version, 6);
     let refused = old.check_version().unwrap_err();
     assert_eq!(
         refused,
         HandshakeError::Version {
-            theirs: 5,
+            theirs: 6,
             ours: PROTOCOL_VERSION
         }
     );
     let message = refused.to_string();
     assert!(
-        message.contains("protocol version 5") && message.contains("version 6"),
+        message.contains("protocol version 6") && message.contains("version 7"),
         "{message}"
     );
     // A newer version is refused the same way.

@@ -1149,12 +1149,7 @@ async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<
         for node in &nodes {
             let addr = node["addr"].as_str().unwrap_or_default();
             if node["up"] == false {
-                out.line(format!(
-                    "{:<4} {:<22} DOWN: {}",
-                    "-",
-                    addr,
-                    node["error"].as_str().unwrap_or_default()
-                ))?;
+                out.line(down_line(node))?;
                 continue;
             }
             let number = |name: &str| {
@@ -1193,6 +1188,16 @@ async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<
     Ok(ExitCode::from(code))
 }
 
+/// A node that did not answer `status`, as a line of its table.
+fn down_line(node: &serde_json::Value) -> String {
+    format!(
+        "{:<4} {:<22} DOWN: {}",
+        "-",
+        node["addr"].as_str().unwrap_or_default(),
+        node["error"].as_str().unwrap_or_default()
+    )
+}
+
 /// The human `status` of a sharded cluster: the nodes and what they lead, then the shards.
 fn print_shards(
     nodes: &[serde_json::Value],
@@ -1216,12 +1221,7 @@ fn print_shards(
     for node in nodes {
         let addr = node["addr"].as_str().unwrap_or_default();
         if node["up"] == false {
-            out.line(format!(
-                "{:<4} {:<22} DOWN: {}",
-                "-",
-                addr,
-                node["error"].as_str().unwrap_or_default()
-            ))?;
+            out.line(down_line(node))?;
             continue;
         }
         let count = |name: &str| node[name].as_array().map_or(0, Vec::len);

@@ -243,21 +243,7 @@ impl LogStore {
                 marker = Some(newest);
             }
         }
-        let (wal, recovered) = match Wal::open(fs.clone(), &wal_dir, options) {
-            Err(StorageError::Damaged(mut report)) => {
-                // Name the entry before the damage, so the operator knows which index it is.
-                report.after_entry = report
-                    .previous_record
-                    .as_deref()
-                    .and_then(|bytes| codec::decode::<LogRecord>(bytes, "log record").ok())
-                    .and_then(|record| match record {
-                        LogRecord::Entry(entry) => Some(entry.index),
-                        _ => None,
-                    });
-                return Err(StorageError::Damaged(report));
-            }
-            other => other?,
-        };
+        let (wal, recovered) = open_wal(fs.clone(), &wal_dir, options)?;
         let mut hard_state = HardState::default();
         // Replay by index: an entry replaces the one at its index and every later one. The oldest
         // segment kept after a purge may begin with dead entries (overwritten later by a new
@@ -632,4 +618,27 @@ pub(crate) fn write_repair_marker(
         .map_err(|e| StorageError::io("rename", &temp, e))?;
     fs.sync_dir(dir)
         .map_err(|e| StorageError::io("sync directory", dir, e))
+}
+
+/// Opens the WAL of a log; damage is reported with the index of the entry before it, so the
+/// operator knows where the log breaks.
+pub(crate) fn open_wal(
+    fs: SharedFs,
+    wal_dir: &Path,
+    options: WalOptions,
+) -> Result<(Wal, crate::wal::Recovered)> {
+    match Wal::open(fs, wal_dir, options) {
+        Err(StorageError::Damaged(mut report)) => {
+            report.after_entry = report
+                .previous_record
+                .as_deref()
+                .and_then(|bytes| codec::decode::<LogRecord>(bytes, "log record").ok())
+                .and_then(|record| match record {
+                    LogRecord::Entry(entry) => Some(entry.index),
+                    _ => None,
+                });
+            Err(StorageError::Damaged(report))
+        }
+        other => other,
+    }
 }

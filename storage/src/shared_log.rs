@@ -38,7 +38,7 @@ use crate::codec;
 use crate::error::{Result, StorageError};
 use crate::fs::SharedFs;
 use crate::log_store::{
-    encode_borrowed_entry, encode_stored_entry, read_repair_marker, replayed_tail,
+    encode_borrowed_entry, encode_stored_entry, open_wal, read_repair_marker, replayed_tail,
     write_repair_marker, HardState, LogRecord, RecoveredLog, RepairMarker, StoredEntry,
     StoredEntryRef, REPAIR_MARKER,
 };
@@ -173,6 +173,24 @@ struct EncodedWrite {
     records: Vec<Vec<u8>>,
 }
 
+impl EncodedWrite {
+    /// Encodes one group's entries (each with `encode`) as the records of a batch.
+    fn new<E>(
+        group: GroupId,
+        hard_state: Option<HardState>,
+        entries: &[E],
+        index_of: impl Fn(&E) -> u64,
+        encode: impl Fn(&E) -> Result<Vec<u8>>,
+    ) -> Result<EncodedWrite> {
+        Ok(EncodedWrite {
+            group,
+            hard_state,
+            indexes: entries.iter().map(&index_of).collect(),
+            records: entries.iter().map(encode).collect::<Result<_>>()?,
+        })
+    }
+}
+
 /// The durable logs of every Raft group a node hosts, in one [`Wal`].
 pub struct SharedLog {
     wal: Wal,
@@ -249,21 +267,7 @@ impl SharedLog {
                 }
             }
         }
-        let (wal, recovered) = match Wal::open(fs.clone(), &wal_dir, options) {
-            Err(StorageError::Damaged(mut report)) => {
-                // Name the entry before the damage, so the operator knows which index it is.
-                report.after_entry = report
-                    .previous_record
-                    .as_deref()
-                    .and_then(|bytes| codec::decode::<LogRecord>(bytes, "log record").ok())
-                    .and_then(|record| match record {
-                        LogRecord::Entry(entry) => Some(entry.index),
-                        _ => None,
-                    });
-                return Err(StorageError::Damaged(report));
-            }
-            other => other?,
-        };
+        let (wal, recovered) = open_wal(fs.clone(), &wal_dir, options)?;
         refuse_unhosted_records(&wal, &recovered.records, &hosted)?;
 
         let mut replays: BTreeMap<GroupId, Replay> = hosted
@@ -388,41 +392,35 @@ impl SharedLog {
     /// the batch is in the log and no group's state changed. A group not hosted is an error
     /// ([`StorageError::UnknownGroup`]) before anything is written.
     pub fn append_batch<P: Serialize>(&mut self, batch: &[GroupWrite<'_, P>]) -> Result<()> {
-        let mut encoded = Vec::with_capacity(batch.len());
-        for write in batch {
-            let mut records = Vec::with_capacity(write.entries.len() + 1);
-            let mut indexes = Vec::with_capacity(write.entries.len());
-            for entry in write.entries {
-                records.push(encode_borrowed_entry(entry)?);
-                indexes.push(entry.index);
-            }
-            encoded.push(EncodedWrite {
-                group: write.group,
-                hard_state: write.hard_state,
-                indexes,
-                records,
-            });
-        }
+        let encoded = batch
+            .iter()
+            .map(|write| {
+                EncodedWrite::new(
+                    write.group,
+                    write.hard_state,
+                    write.entries,
+                    |entry| entry.index,
+                    encode_borrowed_entry,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         self.append_encoded(encoded)
     }
 
     /// [`SharedLog::append_batch`] for entries whose payloads are already encoded.
     pub fn append_stored_batch(&mut self, batch: &[StoredGroupWrite<'_>]) -> Result<()> {
-        let mut encoded = Vec::with_capacity(batch.len());
-        for write in batch {
-            let mut records = Vec::with_capacity(write.entries.len() + 1);
-            let mut indexes = Vec::with_capacity(write.entries.len());
-            for entry in write.entries {
-                records.push(encode_stored_entry(entry)?);
-                indexes.push(entry.index);
-            }
-            encoded.push(EncodedWrite {
-                group: write.group,
-                hard_state: write.hard_state,
-                indexes,
-                records,
-            });
-        }
+        let encoded = batch
+            .iter()
+            .map(|write| {
+                EncodedWrite::new(
+                    write.group,
+                    write.hard_state,
+                    write.entries,
+                    |entry| entry.index,
+                    encode_stored_entry,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         self.append_encoded(encoded)
     }
 
