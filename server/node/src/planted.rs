@@ -233,7 +233,7 @@ pub const CATALOGUE: &[Entry] = &[
         nemeses: "all",
         swarm: true,
         consistency: "linearizable",
-        seed_budget: 60,
+        seed_budget: 200,
     },
     Entry {
         bug: PlantedBug::UnconfirmedReads,
@@ -257,7 +257,7 @@ pub const CATALOGUE: &[Entry] = &[
         nemeses: "all",
         swarm: true,
         consistency: "linearizable",
-        seed_budget: 5,
+        seed_budget: 35,
     },
     Entry {
         bug: PlantedBug::VoteNotPersisted,
