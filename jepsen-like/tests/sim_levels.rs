@@ -15,12 +15,16 @@
 //! Sized for CI (test profile): a few seeds of 1000 operations each. The release-mode soaks
 //! behind these figures are the `ringleader sim --seeds` commands in docs/testing.md.
 
+mod common;
+
 use jepsen_like::levels::Level;
-use jepsen_like::sim::{
-    run, write_outputs, Availability, Consistency, Floors, Nemesis, SimOptions, SimReport,
-};
+use jepsen_like::sim::{run, Availability, Consistency, Nemesis, SimOptions, SimReport};
 
 const CI_OPS: usize = 1000;
+
+fn assert_passes(options: &SimOptions) -> SimReport {
+    common::assert_passes(options, &options.consistency.to_string())
+}
 
 fn options(seed: u64, consistency: Consistency, nemeses: &[Nemesis]) -> SimOptions {
     SimOptions {
@@ -29,28 +33,6 @@ fn options(seed: u64, consistency: Consistency, nemeses: &[Nemesis]) -> SimOptio
         nemeses: nemeses.to_vec(),
         ..SimOptions::new(seed)
     }
-}
-
-/// Runs `options` and asserts the run found nothing wrong (every checker, the recovery, the
-/// floors); returns its report.
-fn assert_passes(options: &SimOptions) -> SimReport {
-    let report = run(options).expect("the simulation could not run");
-    let shortfalls = report.floor_shortfalls(&Floors::default());
-    if !report.passed() || !shortfalls.is_empty() {
-        let dir = std::env::temp_dir().join(format!(
-            "ringleader-sim-{}-seed-{}",
-            options.consistency, options.seed
-        ));
-        let written = write_outputs(&report, &dir).map(|_| dir.display().to_string());
-        panic!(
-            "{}\nbelow the floors:\n  {}\nfaults:\n{}files: {written:?}",
-            report.summary(),
-            shortfalls.join("\n  "),
-            report.fault_log()
-        );
-    }
-    println!("{}", report.summary());
-    report
 }
 
 fn add(total: &mut Availability, more: Option<&Availability>) {

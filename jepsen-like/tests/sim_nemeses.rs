@@ -10,21 +10,12 @@
 //! writes the history, the fault log and the HTML report to DIR/seed-SEED/.
 //! The long run is `long_run_many_seeds` (ignored; see its doc).
 
-use jepsen_like::sim::{run, write_outputs, Floors, Nemesis, SimOptions, SimReport};
+mod common;
+
+use jepsen_like::sim::{Nemesis, SimOptions, SimReport};
 
 fn assert_passes(options: &SimOptions) -> SimReport {
-    let report = run(options).expect("the simulation could not run");
-    let shortfalls = report.floor_shortfalls(&Floors::default());
-    if !report.passed() || !shortfalls.is_empty() {
-        let dir = std::env::temp_dir().join(format!("ringleader-sim-seed-{}", options.seed));
-        let written = write_outputs(&report, &dir).map(|_| dir.display().to_string());
-        panic!(
-            "{}\nbelow the floors:\n  {}\nfaults:\n{}files: {written:?}",
-            report.summary(),
-            shortfalls.join("\n  "),
-            report.fault_log()
-        );
-    }
+    let report = common::assert_passes(options, "nemeses");
     assert!(report.digests_match, "{}", report.summary());
     assert!(
         report.faults.iter().any(|f| f.starts),

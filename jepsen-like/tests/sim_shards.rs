@@ -15,15 +15,19 @@
 //! seeds is `sharded_soak` (ignored; its command is in its comment), and the release figures
 //! are `ringleader sim --seeds 1..51 --shards 8` (docs/testing.md).
 
-use jepsen_like::sim::{
-    run, write_outputs, Floors, Nemesis, PlantedBug, SimOptions, SimReport, Verdict,
-};
+mod common;
+
+use jepsen_like::sim::{run, Nemesis, PlantedBug, SimOptions, SimReport, Verdict};
 
 /// Operations per CI run, and seeds per test.
 const CI_OPS: usize = 2_000;
 const CI_SEEDS: u64 = 10;
 /// The shape the issue names: 5 nodes, 8 shards of 3 replicas.
 const SHARDS: u32 = 8;
+
+fn assert_passes(options: &SimOptions) -> SimReport {
+    common::assert_passes(options, &format!("shards-{}", options.shards))
+}
 
 fn sharded(seed: u64, nemeses: &[Nemesis]) -> SimOptions {
     SimOptions {
@@ -32,28 +36,6 @@ fn sharded(seed: u64, nemeses: &[Nemesis]) -> SimOptions {
         nemeses: nemeses.to_vec(),
         ..SimOptions::new(seed)
     }
-}
-
-/// Runs `options` and asserts the run found nothing wrong (every checker, the recovery, the
-/// floors); returns its report.
-fn assert_passes(options: &SimOptions) -> SimReport {
-    let report = run(options).expect("the simulation could not run");
-    let shortfalls = report.floor_shortfalls(&Floors::default());
-    if !report.passed() || !shortfalls.is_empty() {
-        let dir = std::env::temp_dir().join(format!(
-            "ringleader-sim-shards-{}-seed-{}",
-            options.shards, options.seed
-        ));
-        let written = write_outputs(&report, &dir).map(|_| dir.display().to_string());
-        panic!(
-            "{}\nbelow the floors:\n  {}\nfaults:\n{}files: {written:?}",
-            report.summary(),
-            shortfalls.join("\n  "),
-            report.fault_log()
-        );
-    }
-    println!("{}", report.summary());
-    report
 }
 
 #[test]
