@@ -277,7 +277,7 @@ pub struct ReplicaStatus {
 }
 
 /// A node's answer to [`Request::Status`]: the node itself, then one entry per Raft group it
-/// hosts (group 0 only until sharding).
+/// hosts.
 ///
 /// Only what a client may see: server-side details such as the data directory stay in the
 /// node's logs (protocol version 6 removed `data_dir`).

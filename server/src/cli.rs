@@ -1095,13 +1095,14 @@ async fn status(target: &Target, max_lag_entries: u64, out: &mut Out) -> Result<
             "groups": groups_json,
         }));
     }
+    // Built once: a ring is thousands of hashed tokens.
+    let placement = ring.and_then(|ring| ringleader_protocol::ring::Ring::new(ring.clone()).ok());
     let shards: Vec<serde_json::Value> = groups
         .iter()
         .map(|view| {
-            let placed = ring.and_then(|ring| {
-                let ring = ringleader_protocol::ring::Ring::new(ring.clone()).ok()?;
-                ring.shard(view.group).cloned()
-            });
+            let placed = placement
+                .as_ref()
+                .and_then(|ring| ring.shard(view.group).cloned());
             let newest = view.leader.or_else(|| view.views.first().copied());
             json!({
                 "group": view.group,

@@ -87,19 +87,14 @@ impl<C: Connector> Forwarder<C> {
         let Some(shard) = self.ring.shard(group) else {
             return Vec::new();
         };
-        let mut order = Vec::with_capacity(shard.replicas.len() + 1);
-        if let Some(leader) = self.state().leaders.get(&group) {
-            order.push(*leader);
-        }
-        order.push(shard.preferred_leader);
-        order.extend(shard.replicas.iter().copied());
-        let mut seen = Vec::with_capacity(order.len());
-        order.retain(|node| {
-            *node != self.self_id && !seen.contains(node) && {
-                seen.push(*node);
-                true
+        let cached_leader = self.state().leaders.get(&group).copied();
+        let mut order = Vec::with_capacity(shard.replicas.len());
+        let preferred = cached_leader.into_iter().chain([shard.preferred_leader]);
+        for node in preferred.chain(shard.replicas.iter().copied()) {
+            if node != self.self_id && !order.contains(&node) {
+                order.push(node);
             }
-        });
+        }
         order
     }
 

@@ -1,13 +1,14 @@
 //! The host: the one task per node that owns the node's durable log, its peer transport, its
-//! clock, and the replicas of the Raft groups the node belongs to (group 0 only, today).
+//! clock, and the replicas of the Raft groups the ring places on the node.
 //!
 //! Data flows one way: requests and peer messages arrive on one bounded channel
 //! ([`NodeInput`]), already routed to a group by the [`crate::router`]; the host hands each to
 //! that group's [`Replica`]. Then, for every replica with a `Ready`, it does the I/O in the order
 //! Raft requires:
 //!
-//! 1. persist the Ready to the [`storage::LogStore`] with one write and one fsync (so every
-//!    request that arrived while the previous fsync ran shares the next one: group commit);
+//! 1. persist the Readies of every group to the one [`storage::SharedLog`] with one write and
+//!    one fsync (so every request that arrived, in any group, while the previous fsync ran
+//!    shares the next one: group commit);
 //! 2. send its messages to the peers;
 //! 3. hand it back to the replica, which applies the committed entries to its state machine and
 //!    answers the waiting clients.

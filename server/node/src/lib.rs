@@ -5,7 +5,8 @@
 //! - [`service`] accepts client and peer connections; [`router`] tells it which Raft group a
 //!   request or a peer's message is for, and [`auth`]/[`budget`] guard the door;
 //! - [`host`] is the one task that owns the node's log, clock and transport, and the
-//!   [`replica`]s of its groups (group 0 only, until sharding);
+//!   [`replica`]s of the groups the ring places on it ([`forward`] sends on what it does not
+//!   host);
 //! - a [`replica`] is one group's Raft and key-value state machine, with no I/O: a write is
 //!   proposed, committed and applied there;
 //! - [`peer`] tasks carry Raft messages to the other nodes, as [`chunk`]ed envelopes.
