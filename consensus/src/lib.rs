@@ -44,6 +44,12 @@
 //! }
 //! ```
 //!
+//! **Sending before persisting.** A leader need not wait for its own disk before sending its
+//! appends and heartbeats: `raft.take_messages_to_send_now()` hands out those messages at any
+//! time, even while a `Ready` is being persisted, so the followers write in parallel with the
+//! leader and a slow fsync holds back no heartbeat (Raft thesis §10.2.1). A driver that never
+//! calls it gets them in the next `Ready`'s `messages`, as before.
+//!
 //! **The advance contract.** `advance()` (no arguments) tells the core that *everything* in the
 //! last `Ready` was done: state persisted, messages sent, entries applied. Until then `has_ready`
 //! returns false and `ready` must not be called again; `step`, `tick`, `propose` and the other
@@ -90,7 +96,7 @@ pub use message::{
 pub use planted::RaftBug;
 pub use progress::ReplicationState;
 pub use raft::{
-    CompactError, PeerStatus, ProposeError, Raft, ReadError, Ready, Restored, Role, Status,
-    TransferError,
+    Abandoned, CompactError, PeerStatus, ProposeError, Raft, ReadError, Ready, Restored, Role,
+    Status, TransferError,
 };
 pub use read::{ReadMode, ReadPath, ReadState};

@@ -345,8 +345,14 @@ impl RaftLog {
     /// already have counted some as committed (it learned the leader's commit index); that
     /// local knowledge goes too, and the leader will teach it again. Committed entries handed out
     /// but not applied will be handed out again.
-    pub(crate) fn abandon_unpersisted(&mut self, first: Option<Index>) {
-        if let Some(first) = first.filter(|&first| first > self.snapshot_index) {
+    pub(crate) fn abandon_unpersisted(&mut self, first: Option<Index>) -> Option<Index> {
+        // Everything not durable goes: the abandoned Ready's entries and any appended since.
+        let first = first
+            .unwrap_or(self.unstable_from)
+            .min(self.unstable_from)
+            .max(self.snapshot_index + 1);
+        let dropped_from = (first <= self.last_index()).then_some(first);
+        if let Some(first) = dropped_from {
             debug_assert!(first > self.applied_index, "applied entries were persisted");
             let keep = (first - self.offset_index - 1) as usize;
             self.entries.truncate(keep);
@@ -356,6 +362,7 @@ impl RaftLog {
         self.persisted_index = self.persisted_index.min(last_index);
         self.unstable_from = last_index + 1;
         self.applying_index = self.applied_index;
+        dropped_from
     }
 
     pub(crate) fn commit_to(&mut self, index: Index) -> bool {

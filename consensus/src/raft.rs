@@ -108,6 +108,30 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
 }
 
+/// What [`Raft::abandon_ready`] dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Abandoned {
+    /// The first entry index dropped from the log (every later one went too); `None` if no
+    /// entry was dropped.
+    pub dropped_from: Option<Index>,
+    /// The leader had already sent some dropped entries to followers and stepped down: those
+    /// entries may still commit under another leader.
+    pub stepped_down: bool,
+}
+
+/// Whether a message may leave before this node's own unpersisted state is durable: the
+/// leader-only messages, which promise nothing about the sender's disk. Votes, vote requests
+/// (the term and vote must be durable first) and every acknowledgement must wait.
+fn needs_no_local_durability(body: &MessageBody) -> bool {
+    matches!(
+        body,
+        MessageBody::AppendEntries { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. }
+            | MessageBody::TimeoutNow
+    )
+}
+
 impl Ready {
     pub fn is_empty(&self) -> bool {
         *self == Ready::default()
@@ -202,6 +226,10 @@ pub struct Raft {
     reads: ReadTracker,
     read_states: Vec<ReadState>,
     messages: Vec<Message>,
+    /// The highest entry index this leader sent (in `take_messages_to_send_now`) before its own
+    /// log held it durably: entries up to here may sit on followers even if the local write
+    /// fails, so they must never be replaced in this term (see `abandon_ready`).
+    sent_before_persisted: Index,
     rng: Prng,
     /// The hard state last handed out in a Ready.
     handed_hard_state: HardState,
@@ -251,6 +279,7 @@ impl Raft {
             reads: ReadTracker::default(),
             read_states: Vec::new(),
             messages: Vec::new(),
+            sent_before_persisted: 0,
             rng: Prng::new(config.seed),
             handed_hard_state: HardState::default(),
             in_flight_ready: None,
@@ -628,23 +657,77 @@ impl Raft {
         }
     }
 
+    /// The messages that need not wait for this node's disk: a leader's appends, heartbeats,
+    /// snapshots and `TimeoutNow`. None of them promises anything about the local log (the
+    /// leader's term became durable before any vote for it was asked, and it counts its own log
+    /// toward a quorum only once `advance` says it is durable), so the driver may send them at
+    /// once, while its write of the same entries is still running, even while a `Ready` is in
+    /// flight: the followers write in parallel with the leader (Raft thesis §10.2.1), and a slow
+    /// fsync does not hold back heartbeats. Whatever the driver does not take here comes out,
+    /// in order, in the next `Ready`'s `messages`.
+    pub fn take_messages_to_send_now(&mut self) -> Vec<Message> {
+        if self.role == Role::Leader && self.read_round_wanted() {
+            // One heartbeat per peer confirms every read registered since the last one left.
+            self.broadcast_heartbeat();
+        }
+        let mut now = Vec::new();
+        let mut later = Vec::with_capacity(self.messages.len());
+        for message in std::mem::take(&mut self.messages) {
+            if needs_no_local_durability(&message.body) {
+                now.push(message);
+            } else {
+                later.push(message);
+            }
+        }
+        self.messages = later;
+        let persisted = self.log.persisted_index();
+        for message in &now {
+            if let MessageBody::AppendEntries { entries, .. } = &message.body {
+                if let Some(last) = entries.last().filter(|last| last.index > persisted) {
+                    self.sent_before_persisted = self.sent_before_persisted.max(last.index);
+                }
+            }
+        }
+        now
+    }
+
     /// The application could not persist the last `Ready` (its disk is full) and acted on none
-    /// of it: no message sent, nothing applied. Forgets what that Ready handed out so that
-    /// nothing unpersisted is ever counted durable: its entries leave the log (a leader's own
-    /// proposals are lost, and its clients must hear so; a follower's are re-sent by the leader),
-    /// its committed entries will be handed out again, and so will its hard state. A leader
-    /// re-probes every follower, since the appends it meant to send never left, and drops its
-    /// pending reads, whose confirming heartbeats never left either.
+    /// of it: no message of its `messages` sent, nothing applied. Forgets everything not yet
+    /// durable so that nothing unpersisted is ever counted durable: those entries leave the log
+    /// (a follower's are re-sent by the leader), its committed entries will be handed out again,
+    /// and so will its hard state.
+    ///
+    /// A leader whose dropped entries never left the node keeps leading: it re-probes every
+    /// follower, since the appends it meant to send never left, and drops its pending reads,
+    /// whose confirming heartbeats never left either; its clients' proposals are certainly lost.
+    /// A leader that already sent some of them early (`take_messages_to_send_now`) steps down
+    /// instead, staying in its term: followers may hold those entries durably and commit them
+    /// under the next leader, and a leader that wrote other entries at the same indexes in the
+    /// same term would break Log Matching. Its clients' outcome is then unknown.
     ///
     /// Not for a Ready that carried a snapshot: an installed snapshot replaced the log in memory
     /// and cannot be undone here.
-    pub fn abandon_ready(&mut self) {
+    pub fn abandon_ready(&mut self) -> Abandoned {
         let Some(record) = self.in_flight_ready.take() else {
             debug_assert!(false, "abandon_ready() without a ready()");
-            return;
+            return Abandoned::default();
         };
         self.handed_hard_state = record.previous_hard_state;
-        self.log.abandon_unpersisted(record.first_entry);
+        let dropped_from = self.log.abandon_unpersisted(record.first_entry);
+        let sent_early = dropped_from.is_some_and(|first| self.sent_before_persisted >= first);
+        self.sent_before_persisted = self.sent_before_persisted.min(self.log.last_index());
+        if self.role == Role::Leader && sent_early {
+            tracing::warn!(
+                id = self.id,
+                term = self.term,
+                "could not persist entries already sent to followers: stepping down"
+            );
+            self.become_follower(self.term, None);
+            return Abandoned {
+                dropped_from,
+                stepped_down: true,
+            };
+        }
         if self.role == Role::Leader {
             for pr in self.progress.values_mut() {
                 pr.become_probe();
@@ -658,6 +741,10 @@ impl Raft {
             }
         }
         debug_assert!(self.log.commit_index() <= self.log.last_index());
+        Abandoned {
+            dropped_from,
+            stepped_down: false,
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -1542,6 +1629,10 @@ impl Raft {
     }
 
     fn send_at(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        debug_assert!(
+            !needs_no_local_durability(&body) || (self.role == Role::Leader && term == self.term),
+            "only a leader sends messages that need no local durability, in its own term"
+        );
         self.messages.push(Message {
             from: self.id,
             to,

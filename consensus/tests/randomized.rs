@@ -1,8 +1,10 @@
 //! Randomized simulation: 3- and 5-node clusters under message loss, duplication, reordering and
 //! delay, partitions, slow disks (Ready handled late) and crash-restarts that lose everything not
-//! persisted. After every step the harness checks election safety, log matching, leader
-//! completeness, state machine safety and linearizable read indexes; at the end of each run the
-//! faults stop and a leader must be elected and commit a proposal within a bound (liveness).
+//! persisted; on half the seeds leaders send their appends before persisting them, as a node with
+//! an asynchronous log writer does. After every step the harness checks election safety, log
+//! matching, leader completeness, state machine safety and linearizable read indexes; at the end
+//! of each run the faults stop and a leader must be elected and commit a proposal within a bound
+//! (liveness).
 //!
 //! A failure prints its seed. Replay one seed with `RAFT_SEED=<seed>`; run more seeds with
 //! `RAFT_SEEDS=<count>` (default 1000) and longer runs with `RAFT_STEPS=<steps>` (default 1500).
@@ -56,6 +58,10 @@ fn new_run(seed: u64) -> Run {
     });
     let mut cluster = cluster;
     cluster.auto_ready = false;
+    // Half the seeds drive their leaders as a node with an asynchronous log writer does: appends
+    // and heartbeats leave before the leader's own write (from the seed, not the rng, so the
+    // other choices of each seed stay what they were).
+    cluster.send_early = seed % 2 == 1;
     Run {
         cluster,
         rng,

@@ -974,3 +974,178 @@ fn a_restarted_follower_ignores_ticks_echoed_from_its_previous_life() {
         cluster.status_lines(None)
     );
 }
+
+/// The messages `id` may send before persisting, taken as an asynchronous driver takes them.
+fn taken_early(cluster: &mut Cluster, id: u64) -> Vec<Message> {
+    cluster.raft_mut(id).take_messages_to_send_now()
+}
+
+#[test]
+fn a_leader_sends_appends_before_its_own_write_and_counts_itself_only_once_durable() {
+    let mut cluster = Cluster::new(3, classic);
+    elect(&mut cluster, 1);
+    cluster.auto_ready = false;
+    let index = cluster.propose(1, "early").unwrap();
+    // The appends leave at once, and the leader's write of the entry starts (a Ready not yet
+    // advanced).
+    let early = taken_early(&mut cluster, 1);
+    let ready = cluster.raft_mut(1).ready();
+    assert_eq!(ready.entries.last().map(|e| e.index), Some(index));
+    assert!(!cluster.raft(1).has_ready(), "one Ready in flight at a time");
+    let carrying: Vec<u64> = early
+        .iter()
+        .filter(|m| {
+            matches!(&m.body, MessageBody::AppendEntries { entries, .. }
+                if entries.iter().any(|e| e.index == index))
+        })
+        .map(|m| m.to)
+        .collect();
+    assert_eq!(carrying, vec![2, 3], "both followers get the entry early");
+    assert!(
+        ready.messages.iter().all(|m| !matches!(
+            &m.body,
+            MessageBody::AppendEntries { entries, .. } if !entries.is_empty()
+        )),
+        "taken once: the Ready does not repeat them"
+    );
+    // One follower persists and acknowledges: with the leader's own write still running, one
+    // acknowledgement is not a quorum of durable logs.
+    cluster.network.extend(early);
+    cluster.deliver_round();
+    cluster.handle_ready(2);
+    let acks: Vec<Message> = std::mem::take(&mut cluster.network)
+        .into_iter()
+        .filter(|m| m.from == 2)
+        .collect();
+    assert!(!acks.is_empty());
+    for ack in acks {
+        cluster.deliver(ack);
+    }
+    assert!(
+        cluster.raft(1).log().commit_index() < index,
+        "the leader's own log counts only once its write is durable"
+    );
+    // The leader's write completes: now it is a quorum.
+    cluster.nodes.get_mut(&1).unwrap().disk.append(&ready.entries);
+    cluster.raft_mut(1).advance();
+    assert_eq!(cluster.raft(1).log().commit_index(), index);
+    cluster.auto_ready = true;
+    tick_and_settle(&mut cluster, 3);
+}
+
+#[test]
+fn followers_commit_an_early_sent_entry_without_the_leaders_disk() {
+    let mut cluster = Cluster::new(3, classic);
+    elect(&mut cluster, 1);
+    cluster.auto_ready = false;
+    let index = cluster.propose(1, "both followers").unwrap();
+    let early = taken_early(&mut cluster, 1);
+    let _stuck = cluster.raft_mut(1).ready();
+    cluster.network.extend(early);
+    cluster.deliver_round();
+    cluster.handle_ready(2);
+    cluster.handle_ready(3);
+    cluster.deliver_round();
+    assert_eq!(
+        cluster.raft(1).log().commit_index(),
+        index,
+        "two durable followers are a quorum of three (thesis §10.2.1)"
+    );
+}
+
+#[test]
+fn votes_and_acknowledgements_never_leave_before_the_write() {
+    let mut cluster = Cluster::new(3, classic);
+    cluster.auto_ready = false;
+    cluster.campaign(1);
+    assert!(
+        taken_early(&mut cluster, 1).is_empty(),
+        "a vote request waits for the durable term and self-vote"
+    );
+    cluster.handle_ready(1);
+    cluster.deliver_round();
+    for follower in [2, 3] {
+        assert!(
+            taken_early(&mut cluster, follower).is_empty(),
+            "a granted vote waits for the durable vote"
+        );
+    }
+    cluster.handle_all_ready();
+    cluster.auto_ready = true;
+    cluster.settle();
+    assert_eq!(cluster.raft(1).role(), Role::Leader);
+    cluster.auto_ready = false;
+    cluster.propose(1, "x").unwrap();
+    cluster.send_now(1);
+    cluster.deliver_round();
+    assert!(
+        taken_early(&mut cluster, 2).is_empty(),
+        "an append acknowledgement promises a durable entry: it waits"
+    );
+}
+
+#[test]
+fn heartbeats_leave_while_the_leaders_write_is_in_flight() {
+    let mut cluster = Cluster::new(3, classic);
+    elect(&mut cluster, 1);
+    cluster.auto_ready = false;
+    cluster.propose(1, "slow disk").unwrap();
+    taken_early(&mut cluster, 1);
+    let _stuck = cluster.raft_mut(1).ready();
+    let mut heartbeats = 0;
+    for _ in 0..10 {
+        cluster.raft_mut(1).tick();
+        heartbeats += taken_early(&mut cluster, 1)
+            .iter()
+            .filter(|m| matches!(m.body, MessageBody::Heartbeat { .. }))
+            .count();
+    }
+    assert!(heartbeats >= 2, "heartbeats flow during a slow fsync: {heartbeats}");
+}
+
+#[test]
+fn a_leader_that_cannot_persist_entries_it_already_sent_steps_down_and_they_survive() {
+    let mut cluster = Cluster::new(3, classic);
+    elect(&mut cluster, 1);
+    let term = cluster.raft(1).term();
+    cluster.auto_ready = false;
+    let index = cluster.propose(1, "sent then disk full").unwrap();
+    let early = taken_early(&mut cluster, 1);
+    let _lost = cluster.raft_mut(1).ready();
+    cluster.network.extend(early);
+    cluster.deliver_round();
+    cluster.handle_ready(2);
+    cluster.handle_ready(3);
+    // The leader's disk is full: its write of the entry fails.
+    let abandoned = cluster.raft_mut(1).abandon_ready();
+    assert_eq!(abandoned.dropped_from, Some(index));
+    assert!(abandoned.stepped_down);
+    assert_eq!(cluster.raft(1).role(), Role::Follower);
+    assert_eq!(
+        cluster.raft(1).term(),
+        term,
+        "stays in its term: it can no longer write another entry at that index in it"
+    );
+    assert!(
+        cluster.raft_mut(1).propose(b"reuse".to_vec()).is_err(),
+        "no longer accepts proposals"
+    );
+    cluster.network.clear(); // the followers' acknowledgements reach no leader
+    cluster.auto_ready = true;
+    for _ in 0..60 {
+        cluster.tick_all();
+        cluster.settle();
+        cluster.check().unwrap();
+    }
+    let leader = cluster.leader().expect("a new leader");
+    assert!(cluster.raft(leader).term() > term);
+    for id in 1..=3 {
+        let entry = cluster.raft(id).log().entry(index).expect("entry kept");
+        assert_eq!(
+            entry.payload,
+            EntryPayload::Command(b"sent then disk full".to_vec()),
+            "node {id}: the followers' copy committed under the next leader"
+        );
+        assert!(cluster.raft(id).log().commit_index() >= index);
+    }
+}

@@ -54,7 +54,7 @@ pub struct Disk {
 }
 
 impl Disk {
-    fn append(&mut self, entries: &[Entry]) {
+    pub fn append(&mut self, entries: &[Entry]) {
         let Some(first) = entries.first() else {
             return;
         };
@@ -147,6 +147,9 @@ pub struct Cluster {
     groups: Option<Vec<BTreeSet<NodeId>>>,
     /// Process each node's Ready right after every input (off to model slow disks).
     pub auto_ready: bool,
+    /// After every input, send at once what a leader need not persist first
+    /// (`take_messages_to_send_now`), as a driver with an asynchronous log writer does.
+    pub send_early: bool,
     /// Human-readable effects (applies, role changes) for the golden scenarios.
     pub events: Vec<String>,
     pub checker: Checker,
@@ -178,6 +181,7 @@ impl Cluster {
             network: Vec::new(),
             groups: None,
             auto_ready: true,
+            send_early: false,
             events: Vec::new(),
             checker: Checker::default(),
             read_results: Vec::new(),
@@ -219,8 +223,19 @@ impl Cluster {
     }
 
     fn after_input(&mut self, id: NodeId) {
+        if self.send_early {
+            self.send_now(id);
+        }
         if self.auto_ready {
             self.handle_ready(id);
+        }
+    }
+
+    /// Sends what node `id` may send before persisting (see `Raft::take_messages_to_send_now`).
+    pub fn send_now(&mut self, id: NodeId) {
+        if let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+            let messages = raft.take_messages_to_send_now();
+            self.network.extend(messages);
         }
     }
 
