@@ -991,7 +991,10 @@ fn a_leader_sends_appends_before_its_own_write_and_counts_itself_only_once_durab
     let early = taken_early(&mut cluster, 1);
     let ready = cluster.raft_mut(1).ready();
     assert_eq!(ready.entries.last().map(|e| e.index), Some(index));
-    assert!(!cluster.raft(1).has_ready(), "one Ready in flight at a time");
+    assert!(
+        !cluster.raft(1).has_ready(),
+        "one Ready in flight at a time"
+    );
     let carrying: Vec<u64> = early
         .iter()
         .filter(|m| {
@@ -1026,7 +1029,12 @@ fn a_leader_sends_appends_before_its_own_write_and_counts_itself_only_once_durab
         "the leader's own log counts only once its write is durable"
     );
     // The leader's write completes: now it is a quorum.
-    cluster.nodes.get_mut(&1).unwrap().disk.append(&ready.entries);
+    cluster
+        .nodes
+        .get_mut(&1)
+        .unwrap()
+        .disk
+        .append(&ready.entries);
     cluster.raft_mut(1).advance();
     assert_eq!(cluster.raft(1).log().commit_index(), index);
     cluster.auto_ready = true;
@@ -1100,7 +1108,10 @@ fn heartbeats_leave_while_the_leaders_write_is_in_flight() {
             .filter(|m| matches!(m.body, MessageBody::Heartbeat { .. }))
             .count();
     }
-    assert!(heartbeats >= 2, "heartbeats flow during a slow fsync: {heartbeats}");
+    assert!(
+        heartbeats >= 2,
+        "heartbeats flow during a slow fsync: {heartbeats}"
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! A file system that fails on demand, for tests of what the engine and the node do when the
 //! disk does: [`FaultyFs`] wraps another [`FileSystem`] and, while its [`DiskFault`] says so,
 //! refuses writes with `ENOSPC` the way a full disk does (part of the buffer may land first,
-//! as with a real short write), or fails `fdatasync`; it also counts the syncs that succeeded.
+//! as with a real short write), fails `fdatasync`, or makes every `fdatasync` slow (a disk
+//! under load, a cloud volume out of burst credits); it also counts the syncs that succeeded.
 //!
 //! Nothing in production uses it; it lives in the library (not under `tests/`) so that the node's
 //! and the simulation's tests can plug it in through [`SharedFs`].
@@ -23,6 +24,8 @@ const EIO: i32 = 5;
 pub struct DiskFault {
     full: AtomicBool,
     failing_sync: AtomicBool,
+    /// Milliseconds every file `fdatasync` takes on top of the real one.
+    sync_delay_ms: AtomicU64,
     /// Successful file `fdatasync`s so far (directory syncs not counted), for tests that count
     /// how many requests share one sync.
     file_syncs: AtomicU64,
@@ -37,6 +40,12 @@ impl DiskFault {
     /// From now on every `fdatasync` fails with `EIO`, until cleared.
     pub fn set_failing_sync(&self, failing: bool) {
         self.failing_sync.store(failing, Ordering::SeqCst);
+    }
+
+    /// From now on every file `fdatasync` blocks its caller `delay` longer, until set to zero.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.sync_delay_ms.store(millis, Ordering::SeqCst);
     }
 
     /// How many file `fdatasync`s succeeded through this file system so far.
@@ -96,6 +105,10 @@ impl StorageFile for FaultyFile {
     fn sync_data(&mut self) -> io::Result<()> {
         if self.fault.sync_fails() {
             return Err(io::Error::from_raw_os_error(EIO));
+        }
+        let delay_ms = self.fault.sync_delay_ms.load(Ordering::SeqCst);
+        if delay_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         }
         self.inner.sync_data()?;
         self.fault.file_syncs.fetch_add(1, Ordering::SeqCst);

@@ -16,6 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringleader_client::GroupId;
+use ringleader_node::log_writer::WriterMode;
 use ringleader_node::NodeConfig;
 use ringleader_protocol::ring::Ring;
 use storage::fs::SimFs;
@@ -144,6 +145,8 @@ pub fn run(options: &SimOptions) -> Result<SimReport, SimError> {
         config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
         config.net.cluster_secret = Some(simulation_secret());
         config.log_tail_entries = LOG_TAIL_ENTRIES;
+        // Inline: a writer thread would run outside turmoil's control (and its clock).
+        config.log_writer = WriterMode::Inline;
         // Every start of the host is a new life of the node, with its own boot id.
         let starts = Rc::new(std::cell::Cell::new(0u64));
         sim.host(node_host(id).as_str(), move || {

@@ -17,10 +17,14 @@
 //! - `0`: a whole envelope follows (bincode of [`Envelope`]);
 //! - `1`: a chunk: the whole message's length (`u64` big-endian), then the chunk's bytes. The
 //!   chunks of one message are consecutive frames on one connection; the message is complete
-//!   when their bytes add up to the announced length.
+//!   when their bytes add up to the announced length;
+//! - `2`: coalesced heartbeats (bincode of `CoalescedHeartbeats`): the heartbeats, or their
+//!   answers, of every group the two nodes share, sent together, with the sender and receiver
+//!   named once: one frame to encode and decode per pair of nodes and tick, instead of one
+//!   per group (CockroachDB's coalesced heartbeats). The receiver unpacks them into envelopes.
 
 use bytes::{BufMut, Bytes};
-use consensus::{Message, NodeId};
+use consensus::{Message, MessageBody, NodeId, Term};
 #[cfg(test)]
 use ringleader_protocol::ONLY_GROUP;
 use ringleader_protocol::{decode_large_frame, encode_frame, GroupId};
@@ -38,6 +42,9 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
 const TAG_WHOLE: u8 = 0;
 const TAG_CHUNK: u8 = 1;
+const TAG_HEARTBEATS: u8 = 2;
+/// Heartbeats in one coalesced frame at most (a peer sends fewer: one per shared group).
+pub const MAX_COALESCED_HEARTBEATS: usize = 4096;
 const CHUNK_HEADER_BYTES: usize = 1 + 8;
 
 /// Why a peer frame or message was refused.
@@ -69,6 +76,8 @@ pub enum ChunkError {
     },
     #[error("undecodable message of {len} bytes: {error}")]
     Decode { len: usize, error: String },
+    #[error("malformed coalesced heartbeats: {0}")]
+    MalformedHeartbeats(String),
 }
 
 /// One Raft message between peers, with the group it belongs to.
@@ -76,6 +85,93 @@ pub enum ChunkError {
 pub struct Envelope {
     pub group: GroupId,
     pub message: Message,
+}
+
+/// Whether a message travels in a coalesced heartbeat frame: a heartbeat or its answer.
+pub fn is_heartbeat(message: &Message) -> bool {
+    matches!(
+        message.body,
+        MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse { .. }
+    )
+}
+
+/// The heartbeats of several groups from one node to another, in one frame.
+#[derive(Debug, Serialize, Deserialize)]
+struct CoalescedHeartbeats {
+    from: NodeId,
+    to: NodeId,
+    beats: Vec<GroupBeat>,
+}
+
+/// One group's heartbeat (or answer) in a [`CoalescedHeartbeats`].
+#[derive(Debug, Serialize, Deserialize)]
+struct GroupBeat {
+    group: GroupId,
+    term: Term,
+    body: MessageBody,
+}
+
+/// Encodes heartbeats of several groups, all from one node to one other, as one frame.
+/// Anything else in `envelopes` (or a second pair of nodes) is a bug of the caller.
+pub fn encode_heartbeats(envelopes: &[Envelope]) -> Result<Bytes, ChunkError> {
+    let Some(first) = envelopes.first() else {
+        return Err(ChunkError::MalformedHeartbeats("no heartbeats".into()));
+    };
+    let (from, to) = (first.message.from, first.message.to);
+    debug_assert!(envelopes.len() <= MAX_COALESCED_HEARTBEATS);
+    debug_assert!(envelopes
+        .iter()
+        .all(|e| is_heartbeat(&e.message) && (e.message.from, e.message.to) == (from, to)));
+    let coalesced = CoalescedHeartbeats {
+        from,
+        to,
+        beats: envelopes
+            .iter()
+            .map(|envelope| GroupBeat {
+                group: envelope.group,
+                term: envelope.message.term,
+                body: envelope.message.body.clone(),
+            })
+            .collect(),
+    };
+    let body = encode_frame(&coalesced).map_err(ChunkError::Encode)?;
+    let mut frame = Vec::with_capacity(1 + body.len());
+    frame.push(TAG_HEARTBEATS);
+    frame.extend_from_slice(&body);
+    Ok(Bytes::from(frame))
+}
+
+/// Unpacks a coalesced heartbeat frame's body into one envelope per group.
+fn decode_heartbeats(body: &[u8]) -> Result<Vec<Envelope>, ChunkError> {
+    let coalesced: CoalescedHeartbeats = decode(body)?;
+    if coalesced.beats.len() > MAX_COALESCED_HEARTBEATS {
+        return Err(ChunkError::MalformedHeartbeats(format!(
+            "{} heartbeats in one frame (at most {MAX_COALESCED_HEARTBEATS})",
+            coalesced.beats.len()
+        )));
+    }
+    let (from, to) = (coalesced.from, coalesced.to);
+    coalesced
+        .beats
+        .into_iter()
+        .map(|beat| {
+            let message = Message {
+                from,
+                to,
+                term: beat.term,
+                body: beat.body,
+            };
+            if !is_heartbeat(&message) {
+                return Err(ChunkError::MalformedHeartbeats(format!(
+                    "a coalesced message that is not a heartbeat: {message}"
+                )));
+            }
+            Ok(Envelope {
+                group: beat.group,
+                message,
+            })
+        })
+        .collect()
 }
 
 /// Encodes `message` of group [`ONLY_GROUP`] as the peer frames that carry it (see
@@ -152,18 +248,20 @@ impl Reassembler {
         }
     }
 
-    /// Takes one peer frame; returns an envelope once one is complete.
-    pub fn push(&mut self, frame: &[u8]) -> Result<Option<Envelope>, ChunkError> {
+    /// Takes one peer frame; returns the envelopes it completes: none (a chunk of a message not
+    /// yet whole), one, or one per group (coalesced heartbeats).
+    pub fn push(&mut self, frame: &[u8]) -> Result<Vec<Envelope>, ChunkError> {
         let (&tag, rest) = frame.split_first().ok_or(ChunkError::Empty)?;
-        match tag {
-            TAG_WHOLE => {
-                if let Some(partial) = &self.partial {
-                    return Err(ChunkError::Interleaved {
-                        expected_bytes: partial.expected_bytes,
-                    });
-                }
-                decode(rest).map(Some)
+        if tag != TAG_CHUNK {
+            if let Some(partial) = &self.partial {
+                return Err(ChunkError::Interleaved {
+                    expected_bytes: partial.expected_bytes,
+                });
             }
+        }
+        match tag {
+            TAG_WHOLE => decode(rest).map(|envelope| vec![envelope]),
+            TAG_HEARTBEATS => decode_heartbeats(rest),
             TAG_CHUNK => {
                 if rest.len() < 8 {
                     return Err(ChunkError::MalformedChunk("short header".into()));
@@ -199,13 +297,13 @@ impl Reassembler {
                 }
                 partial.bytes.extend_from_slice(data);
                 if partial.bytes.len() < announced {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 let Some(done) = self.partial.take() else {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 };
                 // The budget is held until the message is decoded; `done` drops after.
-                decode(&done.bytes).map(Some)
+                decode(&done.bytes).map(|envelope| vec![envelope])
             }
             other => Err(ChunkError::UnknownTag(other)),
         }
@@ -231,7 +329,7 @@ impl Reassembler {
     }
 }
 
-fn decode(body: &[u8]) -> Result<Envelope, ChunkError> {
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ChunkError> {
     decode_large_frame(body).map_err(|error| ChunkError::Decode {
         len: body.len(),
         error,
@@ -278,10 +376,10 @@ mod tests {
         for (i, frame) in frames.iter().enumerate() {
             let out = reassembler.push(frame).unwrap();
             if i + 1 < frames.len() {
-                assert!(out.is_none());
+                assert!(out.is_empty());
                 assert!(peer.available_bytes() < 64 * 1024 * 1024 - 20 * 1024 * 1024);
             } else {
-                received = out;
+                received = out.into_iter().next();
             }
         }
         assert_eq!(received.map(|e| e.message), Some(message));
@@ -298,8 +396,11 @@ mod tests {
         let mut reassembler = Reassembler::new(1, peer, total);
         let envelope = reassembler.push(&frames[0]).unwrap();
         assert_eq!(
-            envelope.map(|e| (e.group, e.message)),
-            Some((ONLY_GROUP, message))
+            envelope
+                .into_iter()
+                .map(|e| (e.group, e.message))
+                .collect::<Vec<_>>(),
+            vec![(ONLY_GROUP, message)]
         );
     }
 
@@ -348,5 +449,69 @@ mod tests {
         assert!(r.push(&[1, 0, 0]).is_err());
         drop(r);
         assert_eq!(peer.available_bytes(), 64 * 1024 * 1024, "all returned");
+    }
+
+    fn heartbeat(group: GroupId, commit: u64) -> Envelope {
+        Envelope {
+            group,
+            message: Message {
+                from: 1,
+                to: 2,
+                term: 4,
+                body: MessageBody::Heartbeat {
+                    commit,
+                    sent_tick: 9,
+                    read_ctx: Some(group),
+                    freshness: None,
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn the_heartbeats_of_many_groups_cross_as_one_frame_and_unpack_per_group() {
+        let beats: Vec<Envelope> = (0..50).map(|group| heartbeat(group, group * 10)).collect();
+        let frame = encode_heartbeats(&beats).unwrap();
+        let separately: usize = beats
+            .iter()
+            .map(|beat| encode_envelope(beat).unwrap()[0].len())
+            .sum();
+        assert!(
+            frame.len() < separately,
+            "one frame of {} bytes against {separately} bytes in 50 frames",
+            frame.len()
+        );
+        let (peer, total) = budgets(0);
+        let mut reassembler = Reassembler::new(1, peer, total);
+        assert_eq!(reassembler.push(&frame).unwrap(), beats);
+    }
+
+    #[test]
+    fn a_coalesced_frame_carries_only_heartbeats_and_never_splits_a_chunked_message() {
+        let not_a_heartbeat = CoalescedHeartbeats {
+            from: 1,
+            to: 2,
+            beats: vec![GroupBeat {
+                group: 0,
+                term: 1,
+                body: MessageBody::TimeoutNow,
+            }],
+        };
+        let mut frame = vec![TAG_HEARTBEATS];
+        frame.extend_from_slice(&encode_frame(&not_a_heartbeat).unwrap());
+        let (peer, total) = budgets(64 * 1024 * 1024);
+        let mut r = Reassembler::new(1, peer.clone(), total.clone());
+        assert!(matches!(
+            r.push(&frame),
+            Err(ChunkError::MalformedHeartbeats(_))
+        ));
+        let chunks = encode_message(&snapshot_message(3 * 1024 * 1024)).unwrap();
+        let beats = encode_heartbeats(&[heartbeat(0, 1)]).unwrap();
+        let mut r = Reassembler::new(1, peer, total);
+        r.push(&chunks[0]).unwrap();
+        assert!(matches!(
+            r.push(&beats),
+            Err(ChunkError::Interleaved { .. })
+        ));
     }
 }

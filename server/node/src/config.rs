@@ -12,6 +12,7 @@ use ringleader_protocol::{GroupId, Limits};
 use storage::{SharedFs, WalOptions};
 
 use crate::faults::TransportFaults;
+use crate::log_writer::WriterMode;
 use crate::planted::PlantedBug;
 use crate::replica::ReplicaConfig;
 
@@ -54,6 +55,9 @@ pub struct NodeConfig {
     /// The simulation's fault seam between Raft and the peer transport (see [`crate::faults`]);
     /// `None` in production.
     pub transport_faults: Option<Arc<dyn TransportFaults>>,
+    /// Where the log writer runs: its own thread (the default), or inline on the node's task
+    /// (the simulation, whose disk has no latency and whose runs must be deterministic).
+    pub log_writer: WriterMode,
 }
 
 impl NodeConfig {
@@ -87,6 +91,7 @@ impl NodeConfig {
             planted_bug: PlantedBug::None,
             net: crate::budget::NetConfig::default(),
             transport_faults: None,
+            log_writer: WriterMode::Thread,
         }
     }
 

@@ -1,17 +1,19 @@
-//! The host: the one task per node that owns the node's durable log, its peer transport, its
-//! clock, and the replicas of the Raft groups the ring places on the node.
+//! The host: the one task per node that owns the node's peer transport, its clock, and the
+//! replicas of the Raft groups the ring places on the node; its durable log belongs to the
+//! [`LogWriter`] it feeds.
 //!
 //! Data flows one way: requests and peer messages arrive on one bounded channel
 //! ([`NodeInput`]), already routed to a group by the [`crate::router`]; the host hands each to
-//! that group's [`Replica`]. Then, for every replica with a `Ready`, it does the I/O in the order
-//! Raft requires:
+//! that group's [`Replica`]. Then it does the I/O in the order Raft requires:
 //!
-//! 1. persist the Readies of every group to the one [`storage::SharedLog`] with one write and
-//!    one fsync (so every request that arrived, in any group, while the previous fsync ran
-//!    shares the next one: group commit);
-//! 2. send its messages to the peers;
-//! 3. hand it back to the replica, which applies the committed entries to its state machine and
-//!    answers the waiting clients.
+//! 1. at once, whatever a leader may send before its own write (appends, heartbeats), so the
+//!    followers write in parallel with the leader and a slow fsync holds back no heartbeat;
+//! 2. when no write is in flight, every group's `Ready` goes to the writer as one round: one
+//!    write and one fsync of the shared log (so everything that arrived, in any group, while the
+//!    previous fsync ran shares the next one: group commit);
+//! 3. when the writer reports the round durable, the messages that waited for it (votes,
+//!    acknowledgements) are sent, and each replica applies its committed entries and answers
+//!    the waiting clients; snapshots are saved by the writer too, off this loop.
 //!
 //! A write is answered only after its entry is committed by a quorum of durable logs and applied.
 //! Nothing here reads a clock directly: ticks come from `tokio::time`, which turmoil simulates.
@@ -21,11 +23,11 @@ use std::time::Duration;
 
 use consensus::{Message, Ready};
 use ringleader_protocol::{ErrorKind, GroupId, NodeStatus, Request, Response};
-use storage::{GroupWrite, SharedLog, SyncPolicy, WalOptions};
+use storage::{SharedLog, SnapshotPoint, SyncPolicy, WalOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NodeConfig;
-use crate::mapping;
+use crate::log_writer::{Completion, GroupAppend, Job, LogWriter, Outcome};
 use crate::peer::PeerSenders;
 use crate::planted::PlantedBug;
 use crate::replica::{Replica, ReplyTo};
@@ -70,6 +72,8 @@ pub enum NodeError {
     Ring(#[from] ringleader_protocol::ring::RingError),
     #[error("{0}")]
     RingFile(#[from] crate::ring_file::RingFileError),
+    #[error("could not start the log writer thread: {0}")]
+    WriterThread(std::io::Error),
     #[error("the log store recovered no state for group {group}, which this node hosts")]
     MissingGroup { group: GroupId },
 }
@@ -88,8 +92,18 @@ pub struct Host {
 
 /// What the host does I/O with, apart from the replicas it does it for.
 struct Io {
-    /// The durable log of every hosted group: one WAL for all of them.
-    log: SharedLog,
+    /// The owner of the durable log of every hosted group (one WAL for all of them).
+    writer: LogWriter,
+    /// The round the writer is making durable: each group's Ready, whose entries and received
+    /// snapshot it holds until the completion hands them back. At most one at a time.
+    writing: Option<Vec<(GroupId, Ready)>>,
+    /// Groups whose own snapshot the writer is saving.
+    snapshotting: BTreeSet<GroupId>,
+    /// A `Job::Sync` or `Job::FindPinningGroups` is outstanding.
+    syncing: bool,
+    finding_pinning_groups: bool,
+    /// The log's size, as of the writer's last report.
+    log_bytes: u64,
     writes_per_fsync: WritesPerFsync,
     peers: PeerSenders,
     /// The groups repairing a damaged log (`serve --repair`) until Raft says it is whole again.
@@ -128,11 +142,21 @@ impl Host {
             let replica = Replica::recover(config.replica(&ring, group), &recovered)?;
             replicas.insert(group, replica);
         }
+        let log_bytes = log.wal().size_bytes();
+        // One append round, one snapshot and one repair per group, a sync and a pinning query.
+        let max_outstanding_jobs = 4 + 2 * replicas.len();
+        let writer = LogWriter::new(log, config.log_writer, max_outstanding_jobs)
+            .map_err(NodeError::WriterThread)?;
         Ok(Host {
             config,
             ring,
             io: Io {
-                log,
+                writer,
+                writing: None,
+                snapshotting: BTreeSet::new(),
+                syncing: false,
+                finding_pinning_groups: false,
+                log_bytes,
                 writes_per_fsync: WritesPerFsync::default(),
                 peers,
                 repairing,
@@ -170,17 +194,16 @@ impl Host {
         loop {
             if let Err(error) = self.process_ready() {
                 // The disk failed: nothing more can be made durable. Stop rather than lie.
-                tracing::error!(%error, "storage failure: the node stops");
-                self.fail_all_pending(ErrorKind::Internal, &format!("storage failure: {error}"));
+                self.stop_on_storage_failure(&error);
                 return;
             }
             tokio::select! {
                 biased;
                 _ = ticker.tick() => self.tick(),
-                _ = sync_timer.tick(), if sync_every.is_some() => {
-                    if let Err(error) = self.io.log.sync() {
-                        tracing::error!(%error, "storage failure: the node stops");
-                        self.fail_all_pending(ErrorKind::Internal, &format!("storage failure: {error}"));
+                _ = sync_timer.tick(), if sync_every.is_some() => self.io.submit_sync(),
+                completion = self.io.writer.next_completion(), if self.io.writer.outstanding() > 0 => {
+                    if let Err(error) = self.io.complete(&mut self.replicas, completion) {
+                        self.stop_on_storage_failure(&error);
                         return;
                     }
                 }
@@ -205,6 +228,11 @@ impl Host {
         }
     }
 
+    fn stop_on_storage_failure(&mut self, error: &storage::StorageError) {
+        tracing::error!(%error, "storage failure: the node stops");
+        self.fail_all_pending(ErrorKind::Internal, &format!("storage failure: {error}"));
+    }
+
     /// One tick of the logical clock, for every replica. While the simulation holds this node's
     /// clock stopped, its ticks are counted, not delivered; when it runs again they are all
     /// delivered (a process pause: the monotonic clock ran on) or dropped (a clock stall), as
@@ -220,14 +248,12 @@ impl Host {
         let log_budget_bytes = self.config.wal.segment_max_bytes * PINNED_LOG_BUDGET_SEGMENTS;
         if self.replicas.len() > 1
             && self.ticks.is_multiple_of(every)
-            && self.io.log.wal().size_bytes() > log_budget_bytes
+            && self.io.log_bytes > log_budget_bytes
+            && !self.io.finding_pinning_groups
         {
-            for group in self.io.log.groups_pinning_the_log() {
-                if let Some(replica) = self.replicas.get_mut(&group) {
-                    tracing::debug!(group, "its entries pin the shared log: snapshot requested");
-                    replica.request_snapshot();
-                }
-            }
+            // The writer answers; `Io::complete` asks the groups it names to snapshot.
+            self.io.finding_pinning_groups = true;
+            self.io.writer.submit(Job::FindPinningGroups);
         }
     }
 
@@ -338,6 +364,11 @@ impl Host {
                 tokio::select! {
                     biased;
                     _ = ticker.tick() => self.replicas.values_mut().for_each(Replica::tick),
+                    completion = self.io.writer.next_completion(), if self.io.writer.outstanding() > 0 => {
+                        if self.io.complete(&mut self.replicas, completion).is_err() {
+                            break;
+                        }
+                    }
                     Some(input) = inputs.recv() => match input {
                         NodeInput::Peer { group, message } => {
                             if let Some(replica) = self.replicas.get_mut(&group) {
@@ -358,12 +389,32 @@ impl Host {
                 }
             }
         }
-        let _ = self.process_ready();
-        if let Err(error) = self.io.log.sync() {
+        if let Err(error) = self.finish_writing().await {
             tracing::error!(%error, "final log sync failed");
         }
         self.fail_all_pending(ErrorKind::ShuttingDown, "the node is shutting down");
         tracing::info!(id = self.config.id, "node stopped");
+    }
+
+    /// Lets the writer finish what it holds (and what that releases), then syncs the log.
+    async fn finish_writing(&mut self) -> Result<(), storage::StorageError> {
+        // Each pass either completes a job or ends; a few rounds drain what completions release.
+        for _ in 0..16 {
+            self.process_ready()?;
+            if self.io.writer.outstanding() == 0 {
+                break;
+            }
+            while self.io.writer.outstanding() > 0 {
+                let completion = self.io.writer.next_completion().await;
+                self.io.complete(&mut self.replicas, completion)?;
+            }
+        }
+        self.io.submit_sync();
+        while self.io.writer.outstanding() > 0 {
+            let completion = self.io.writer.next_completion().await;
+            self.io.complete(&mut self.replicas, completion)?;
+        }
+        Ok(())
     }
 
     /// The node's status: its own, and each hosted group's.
@@ -372,7 +423,7 @@ impl Host {
             id: self.config.id,
             addr: self.config.addr(),
             ring: self.ring.spec().clone(),
-            log_bytes: self.io.log.wal().size_bytes(),
+            log_bytes: self.io.log_bytes,
             log_batches: self.io.writes_per_fsync.batches,
             log_group_writes: self.io.writes_per_fsync.group_writes,
             groups: self
@@ -385,22 +436,37 @@ impl Host {
 }
 
 impl Io {
-    /// Persists, sends, applies and answers everything the replicas have ready: every group's
-    /// Ready of a round goes to the shared log in one batch, one write and one fsync (group
-    /// commit across groups); then each group's messages are sent and its entries applied.
+    /// Does what can be done now: handles the writer's completions already in, sends what
+    /// leaders may send before their own write, and hands the writer the next round of every
+    /// group's Ready if none is being written. Inline (turmoil, unit tests), the writer does each
+    /// round at once, so this persists, sends, applies and answers everything ready.
     fn process_ready(
         &mut self,
         replicas: &mut BTreeMap<GroupId, Replica>,
     ) -> Result<(), storage::StorageError> {
         loop {
+            let mut disk_full = false;
+            while let Some(completion) = self.writer.try_completion() {
+                disk_full |= self.complete(replicas, Some(completion))? == Written::DiskFull;
+            }
+            for (group, replica) in replicas.iter_mut() {
+                for message in replica.take_messages_to_send_now() {
+                    self.peers.send(*group, message);
+                }
+            }
+            // After a full disk, the next round waits for the next input or tick.
+            if self.writing.is_some() || disk_full {
+                break;
+            }
             let readies: Vec<(GroupId, Ready)> = replicas
                 .iter_mut()
                 .filter(|(_, replica)| replica.has_ready())
                 .map(|(group, replica)| (*group, replica.ready()))
                 .collect();
-            if readies.is_empty() || !self.persist(replicas, readies)? {
+            if readies.is_empty() {
                 break;
             }
+            self.submit_round(readies);
         }
         replicas
             .values_mut()
@@ -408,37 +474,124 @@ impl Io {
         Ok(())
     }
 
-    /// The I/O of one round of Readies, in Raft's order: durable first (a message may promise
-    /// that this state is on disk), then the messages, then back to each replica to apply.
-    /// Returns false if the disk was full and the round was abandoned.
-    fn persist(
+    /// Hands the writer one round: each group's hard state, entries and received snapshot,
+    /// lent from its Ready until the completion.
+    fn submit_round(&mut self, mut readies: Vec<(GroupId, Ready)>) {
+        debug_assert!(self.writing.is_none(), "one round in flight at a time");
+        let appends = readies
+            .iter_mut()
+            .map(|(group, ready)| GroupAppend {
+                group: *group,
+                hard_state: ready.hard_state,
+                entries: std::mem::take(&mut ready.entries),
+                received_snapshot: ready.snapshot.as_mut().map(|snapshot| {
+                    let point = SnapshotPoint {
+                        last_index: snapshot.meta.last_index,
+                        last_term: snapshot.meta.last_term,
+                    };
+                    (point, std::mem::take(&mut snapshot.data))
+                }),
+            })
+            .collect();
+        self.writing = Some(readies);
+        self.writer.submit(Job::Append(appends));
+    }
+
+    /// Acts on one of the writer's completions (`None`: the writer thread is gone).
+    fn complete(
         &mut self,
         replicas: &mut BTreeMap<GroupId, Replica>,
-        readies: Vec<(GroupId, Ready)>,
-    ) -> Result<bool, storage::StorageError> {
-        // A snapshot from a leader replaces a group's log: saved first, on its own (rare).
-        for (group, ready) in &readies {
-            if let Some(snapshot) = &ready.snapshot {
-                let point = storage::SnapshotPoint {
-                    last_index: snapshot.meta.last_index,
-                    last_term: snapshot.meta.last_term,
-                };
-                self.log
-                    .save_snapshot(*group, point, &snapshot.data, true)?;
-                if let Some(replica) = replicas.get_mut(group) {
-                    replica.snapshot_installed(point.last_index);
+        completion: Option<Completion>,
+    ) -> Result<Written, storage::StorageError> {
+        let Some(Completion {
+            job,
+            outcome,
+            pinning_groups,
+            log_bytes,
+            groups_written,
+        }) = completion
+        else {
+            return Err(writer_gone());
+        };
+        self.log_bytes = log_bytes;
+        match job {
+            Job::Append(appends) => {
+                return self.round_written(replicas, appends, outcome, groups_written);
+            }
+            Job::SaveSnapshot { group, point, data } => {
+                self.snapshotting.remove(&group);
+                let replica = replicas.get_mut(&group);
+                match (outcome, replica) {
+                    (Outcome::Done, Some(replica)) => replica.snapshot_saved(point, data),
+                    // Compaction can wait for space; the log stays whole meanwhile.
+                    (Outcome::DiskFull(error), Some(replica)) => {
+                        tracing::warn!(%error, group, "disk full: snapshot postponed");
+                        replica.snapshot_postponed(point);
+                    }
+                    (Outcome::Failed(error), _) => return Err(error),
+                    (_, None) => debug_assert!(false, "a snapshot of a hosted group"),
+                }
+            }
+            Job::FinishRepair { group } => match outcome {
+                Outcome::Done => tracing::info!(
+                    group,
+                    "repair complete: the log is whole again; voting resumes"
+                ),
+                // The marker stays; the next round tries again.
+                Outcome::DiskFull(_) => {
+                    self.repairing.insert(group);
+                }
+                Outcome::Failed(error) => return Err(error),
+            },
+            Job::Sync => {
+                self.syncing = false;
+                if let Outcome::DiskFull(error) | Outcome::Failed(error) = outcome {
+                    return Err(error);
+                }
+            }
+            Job::FindPinningGroups => {
+                self.finding_pinning_groups = false;
+                for group in pinning_groups {
+                    if let Some(replica) = replicas.get_mut(&group) {
+                        tracing::debug!(
+                            group,
+                            "its entries pin the shared log: snapshot requested"
+                        );
+                        replica.request_snapshot();
+                    }
                 }
             }
         }
-        let wrote = match self.append_round(&readies) {
-            Ok(wrote) => wrote,
-            Err(error) => {
-                let recoverable = error.is_disk_full()
-                    && !self.log.wal().is_poisoned()
-                    && readies.iter().all(|(_, ready)| ready.snapshot.is_none());
-                if !recoverable {
-                    return Err(error);
-                }
+        Ok(Written::Done)
+    }
+
+    /// A round came back from the writer: on success, in Raft's order, the messages that waited
+    /// for it leave, then each replica applies and answers; on a full disk, each replica forgets
+    /// its part of the round.
+    fn round_written(
+        &mut self,
+        replicas: &mut BTreeMap<GroupId, Replica>,
+        appends: Vec<GroupAppend>,
+        outcome: Outcome,
+        groups_written: usize,
+    ) -> Result<Written, storage::StorageError> {
+        let Some(mut readies) = self.writing.take() else {
+            debug_assert!(false, "a round completed that was not in flight");
+            return Ok(Written::Done);
+        };
+        // Take back what was lent to the writer.
+        for ((_, ready), append) in readies.iter_mut().zip(appends) {
+            ready.entries = append.entries;
+            if let (Some(snapshot), Some((_, data))) =
+                (&mut ready.snapshot, append.received_snapshot)
+            {
+                snapshot.data = data;
+            }
+        }
+        match outcome {
+            Outcome::Done => {}
+            Outcome::Failed(error) => return Err(error),
+            Outcome::DiskFull(error) => {
                 // The WAL put itself back as it was: nothing of this round is on disk. Forget
                 // it, tell its writers, and try the disk again on the next input or tick.
                 tracing::warn!(%error, "disk full: refusing writes, serving reads");
@@ -448,17 +601,23 @@ impl Io {
                     }
                 }
                 self.disk_full_until = Some(tokio::time::Instant::now() + DISK_FULL_BACKOFF);
-                return Ok(false);
+                return Ok(Written::DiskFull);
             }
-        };
-        if wrote && self.disk_full_until.take().is_some() {
-            tracing::info!("the disk accepts writes again");
+        }
+        if groups_written > 0 {
+            self.writes_per_fsync.record(groups_written);
+            if self.disk_full_until.take().is_some() {
+                tracing::info!("the disk accepts writes again");
+            }
         }
         for (group, mut ready) in readies {
             let Some(replica) = replicas.get_mut(&group) else {
                 debug_assert!(false, "a Ready comes from a hosted replica");
                 continue;
             };
+            if let Some(snapshot) = &ready.snapshot {
+                replica.snapshot_installed(snapshot.meta.last_index);
+            }
             replica.entries_durable(&ready.entries);
             for message in std::mem::take(&mut ready.messages) {
                 self.peers.send(group, message);
@@ -467,67 +626,52 @@ impl Io {
             self.maybe_snapshot(replica)?;
             if self.repairing.contains(&group) && !replica.is_repairing() {
                 // Everything up to the old commit index is durable here again.
-                self.log.finish_repair(group)?;
                 self.repairing.remove(&group);
-                tracing::info!(
-                    group,
-                    last_index = self.log.last_index(group),
-                    "repair complete: the log is whole again; voting resumes"
-                );
+                self.writer.submit(Job::FinishRepair { group });
             }
         }
-        Ok(true)
+        Ok(Written::Done)
     }
 
-    /// Appends every group's hard state and entries of a round with one write and one fsync;
-    /// whether there was anything to write.
-    fn append_round(
-        &mut self,
-        readies: &[(GroupId, Ready)],
-    ) -> Result<bool, storage::StorageError> {
-        let entries: Vec<Vec<_>> = readies
-            .iter()
-            .map(|(_, ready)| {
-                ready
-                    .entries
-                    .iter()
-                    .map(mapping::to_stored_entry_ref)
-                    .collect()
-            })
-            .collect();
-        let writes: Vec<GroupWrite<'_, _>> = readies
-            .iter()
-            .zip(&entries)
-            .map(|((group, ready), entries)| GroupWrite {
-                group: *group,
-                hard_state: ready.hard_state.as_ref().map(mapping::to_stored_hard_state),
-                entries,
-            })
-            .filter(|write| write.hard_state.is_some() || !write.entries.is_empty())
-            .collect();
-        if writes.is_empty() {
-            return Ok(false);
-        }
-        self.log.append_batch(&writes)?;
-        self.writes_per_fsync.record(writes.len());
-        Ok(true)
-    }
-
-    /// Saves the snapshot a replica cut, if one is due, and lets Raft compact its log to it.
+    /// Hands the writer the snapshot a replica cut, if one is due and none of its group is being
+    /// saved; Raft compacts its log to it once saved.
     fn maybe_snapshot(&mut self, replica: &mut Replica) -> Result<(), storage::StorageError> {
+        if self.snapshotting.contains(&replica.group()) {
+            return Ok(());
+        }
         let Some((point, data)) = replica.snapshot_due()? else {
             return Ok(());
         };
-        match self.log.save_snapshot(replica.group(), point, &data, false) {
-            Ok(()) => replica.snapshot_saved(point, data),
-            // Compaction can wait for space; the log stays whole meanwhile.
-            Err(error) if error.is_disk_full() && !self.log.wal().is_poisoned() => {
-                tracing::warn!(%error, "disk full: snapshot postponed");
-                replica.snapshot_postponed(point);
-            }
-            Err(error) => return Err(error),
-        }
+        self.snapshotting.insert(replica.group());
+        self.writer.submit(Job::SaveSnapshot {
+            group: replica.group(),
+            point,
+            data,
+        });
         Ok(())
+    }
+
+    /// Asks the writer to sync the log (under `SyncPolicy::Interval`), unless it already is.
+    fn submit_sync(&mut self) {
+        if !self.syncing {
+            self.syncing = true;
+            self.writer.submit(Job::Sync);
+        }
+    }
+}
+
+/// Whether a completion found the disk full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    Done,
+    DiskFull,
+}
+
+fn writer_gone() -> storage::StorageError {
+    storage::StorageError::Io {
+        action: "write with the log writer thread, which stopped:",
+        path: std::path::PathBuf::from("(the node's log)"),
+        source: std::io::Error::other("the log writer thread is gone"),
     }
 }
 
@@ -575,7 +719,13 @@ mod tests {
     use ringleader_protocol::{WriteAck, ONLY_GROUP};
 
     use super::*;
+    use crate::log_writer::WriterMode;
     use crate::replica::Reply;
+
+    /// The node's log (its writer runs inline in these tests).
+    fn log_of(node: &Host) -> &SharedLog {
+        node.io.writer.inline_log().expect("an inline writer")
+    }
 
     impl Host {
         /// The replica of group 0.
@@ -588,7 +738,8 @@ mod tests {
         let peers: BTreeMap<NodeId, String> = (1..=3)
             .map(|id| (id, format!("127.0.0.1:{}", 1 + id)))
             .collect();
-        let config = NodeConfig::new(2, peers, dir.to_path_buf(), storage::StdFs::shared());
+        let mut config = NodeConfig::new(2, peers, dir.to_path_buf(), storage::StdFs::shared());
+        config.log_writer = WriterMode::Inline;
         Host::open(config, PeerSenders::default()).expect("open")
     }
 
@@ -631,7 +782,7 @@ mod tests {
             assert_eq!(node.group0().snapshots_installed, 0);
             assert_eq!(node.group0().machine.applied_index(), 0);
             assert_eq!(
-                node.io.log.snapshot_point(ONLY_GROUP).last_index,
+                log_of(&node).snapshot_point(ONLY_GROUP).last_index,
                 0,
                 "nothing saved"
             );
@@ -641,7 +792,7 @@ mod tests {
         node.process_ready().expect("install");
         assert_eq!(node.group0().snapshots_installed, 1);
         assert_eq!(node.group0().machine.applied_index(), 7);
-        assert_eq!(node.io.log.snapshot_point(ONLY_GROUP).last_index, 7);
+        assert_eq!(log_of(&node).snapshot_point(ONLY_GROUP).last_index, 7);
         assert_eq!(node.group0().raft.leader(), Some(1));
     }
 
@@ -662,6 +813,7 @@ mod tests {
             .map(|id| (id, format!("127.0.0.1:{}", 7000 + id)))
             .collect();
         let mut config = NodeConfig::new(1, peers, dir.to_path_buf(), fs);
+        config.log_writer = WriterMode::Inline;
         adjust(&mut config);
         Host::open(config, PeerSenders::default()).expect("open")
     }
@@ -818,7 +970,8 @@ mod tests {
     /// A single node hosting `shards` single-replica groups, each elected.
     fn sharded_single_leader(dir: &std::path::Path, fs: SharedFs, shards: u32) -> Host {
         let peers: BTreeMap<NodeId, String> = BTreeMap::from([(1, "127.0.0.1:7001".into())]);
-        let config = NodeConfig::new(1, peers, dir.to_path_buf(), fs).with_shards(shards, 1);
+        let mut config = NodeConfig::new(1, peers, dir.to_path_buf(), fs).with_shards(shards, 1);
+        config.log_writer = WriterMode::Inline;
         let mut node = Host::open(config, PeerSenders::default()).expect("open");
         node.replicas.values_mut().for_each(Replica::campaign);
         node.process_ready().expect("persist the elections");
@@ -994,7 +1147,7 @@ mod tests {
             node.process_ready().expect("persist");
             assert!(matches!(answered(&mut answer), Response::Written { .. }));
         }
-        let saved = node.io.log.snapshot_point(ONLY_GROUP).last_index;
+        let saved = log_of(&node).snapshot_point(ONLY_GROUP).last_index;
         // 26 entries (a no-op, then the puts): the last snapshot is less than one interval
         // (at most 10, staggered down to 8) behind.
         assert!(saved > 26 - 10, "snapshots taken: the last at {saved}");

@@ -4,9 +4,9 @@
 //!
 //! - [`service`] accepts client and peer connections; [`router`] tells it which Raft group a
 //!   request or a peer's message is for, and [`auth`]/[`budget`] guard the door;
-//! - [`host`] is the one task that owns the node's log, clock and transport, and the
-//!   [`replica`]s of the groups the ring places on it ([`forward`] sends on what it does not
-//!   host);
+//! - [`host`] is the one task that owns the node's clock and transport, and the [`replica`]s of
+//!   the groups the ring places on it ([`forward`] sends on what it does not host); its
+//!   [`log_writer`] owns the node's one log and does every write and fsync off the host's loop;
 //! - a [`replica`] is one group's Raft and key-value state machine, with no I/O: a write is
 //!   proposed, committed and applied there;
 //! - [`peer`] tasks carry Raft messages to the other nodes, as [`chunk`]ed envelopes.
@@ -25,6 +25,7 @@ pub mod forward;
 pub mod host;
 pub mod injected;
 pub mod lag;
+pub mod log_writer;
 pub mod mapping;
 pub mod network;
 pub mod peer;

@@ -3,8 +3,9 @@
 //!
 //! One connection carries the messages of every Raft group the two nodes share, each in an
 //! [`Envelope`] naming its group. The task takes everything queued for the peer at once and
-//! writes it with one flush (one `write` on the socket for a round of heartbeats of all the
-//! groups, instead of one per group: the batching half of CockroachDB's coalesced heartbeats).
+//! writes it with one flush (one `write` on the socket, instead of one per message), and the
+//! heartbeats (or answers) of all the groups in it go as one coalesced frame, which the peer
+//! decodes once (CockroachDB's coalesced heartbeats; see [`crate::chunk`]).
 //!
 //! Raft tolerates lost messages, so the outbound queue is bounded and a full queue drops the
 //! message (the leader resends on its next heartbeat) rather than blocking the node. At most one
@@ -27,8 +28,8 @@ use tokio_util::codec::Framed;
 
 use crate::auth::{self, ClusterSecret};
 use crate::budget::FrameCodec;
-use crate::chunk::Envelope;
 pub use crate::chunk::MAX_PEER_FRAME_BYTES;
+use crate::chunk::{encode_heartbeats, is_heartbeat, Envelope};
 use crate::faults::{TransportFaults, MAX_DELAYED_MESSAGES};
 use crate::network::Network;
 
@@ -235,6 +236,10 @@ async fn run_peer<N: Network>(network: N, link: PeerLink, mut messages: mpsc::Re
                 return;
             }
             let mut sent = true;
+            let heartbeats = take_heartbeats_to_coalesce(&mut batch);
+            if !heartbeats.is_empty() {
+                sent = feed_heartbeats(&mut framed, peer_id, &heartbeats).await;
+            }
             for envelope in batch.drain(..) {
                 sent = sent && feed_message(&mut framed, peer_id, &envelope).await;
                 link.done_with(&envelope.message);
@@ -248,12 +253,55 @@ async fn run_peer<N: Network>(network: N, link: PeerLink, mut messages: mpsc::Re
     }
 }
 
+/// Takes the heartbeats (and answers) out of `batch` when there are several: they go in one
+/// coalesced frame. A lone heartbeat stays, to go as it is.
+fn take_heartbeats_to_coalesce(batch: &mut Vec<Envelope>) -> Vec<Envelope> {
+    if batch.iter().filter(|e| is_heartbeat(&e.message)).count() < 2 {
+        return Vec::new();
+    }
+    let (heartbeats, rest) = std::mem::take(batch)
+        .into_iter()
+        .partition(|envelope| is_heartbeat(&envelope.message));
+    *batch = rest;
+    heartbeats
+}
+
+/// Buffers the coalesced frame of `heartbeats` for the next flush; false when the connection
+/// is lost.
+async fn feed_heartbeats<S>(
+    framed: &mut Framed<S, FrameCodec>,
+    peer_id: NodeId,
+    heartbeats: &[Envelope],
+) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let frame = match encode_heartbeats(heartbeats) {
+        Ok(frame) => frame,
+        Err(error) => {
+            tracing::warn!(peer = peer_id, %error, "cannot send heartbeats: dropped");
+            return true;
+        }
+    };
+    send_in_time(peer_id, framed.feed(frame)).await
+}
+
 /// Flushes what [`feed_message`] buffered; false when the connection is lost.
 async fn flush<S>(framed: &mut Framed<S, FrameCodec>, peer_id: NodeId) -> bool
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(SEND_TIMEOUT, framed.flush()).await {
+    send_in_time(peer_id, framed.flush()).await
+}
+
+/// Awaits one send or flush, giving up after [`SEND_TIMEOUT`]: a silent partition can stall a
+/// send for the kernel's retransmission timeout, so reconnect sooner (Raft resends what
+/// matters). False when the connection is lost.
+async fn send_in_time<E: std::fmt::Display>(
+    peer_id: NodeId,
+    send: impl std::future::Future<Output = Result<(), E>>,
+) -> bool {
+    match tokio::time::timeout(SEND_TIMEOUT, send).await {
         Ok(Ok(())) => true,
         Ok(Err(error)) => {
             tracing::debug!(peer = peer_id, %error, "peer connection lost");
@@ -287,9 +335,7 @@ where
     for frame in frames {
         // A chunked message's chunks are each sent and awaited: that is the flow control, TCP's
         // window paces a snapshot and nothing is buffered ahead of the socket. A small message
-        // is only buffered (`feed`), to go with the batch's one flush. A silent partition can
-        // stall a send for the kernel's retransmission timeout: give up sooner and reconnect
-        // (Raft resends what matters).
+        // is only buffered (`feed`), to go with the batch's one flush.
         let write = async {
             if chunked {
                 framed.send(frame).await
@@ -297,16 +343,8 @@ where
                 framed.feed(frame).await
             }
         };
-        match tokio::time::timeout(SEND_TIMEOUT, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::debug!(peer = peer_id, %error, "peer connection lost");
-                return false;
-            }
-            Err(_) => {
-                tracing::debug!(peer = peer_id, "peer send timed out: reconnecting");
-                return false;
-            }
+        if !send_in_time(peer_id, write).await {
+            return false;
         }
     }
     true
@@ -444,5 +482,39 @@ mod tests {
         link.done_with(&first);
         senders.send(0, snapshot_to(2));
         assert!(is_snapshot(&receiver.try_recv().unwrap().message));
+    }
+
+    fn beat(group: GroupId) -> Envelope {
+        Envelope {
+            group,
+            message: Message {
+                from: 1,
+                to: 2,
+                term: 1,
+                body: MessageBody::HeartbeatResponse {
+                    sent_tick: 1,
+                    read_ctx: None,
+                    applied_index: 5,
+                    follower_tick: 3,
+                    follower_boot: 1,
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_sends_the_heartbeats_of_all_its_groups_as_one_frame() {
+        let snapshot = Envelope {
+            group: 3,
+            message: snapshot_to(2),
+        };
+        let mut batch: Vec<Envelope> = (0..8).map(beat).collect();
+        batch.insert(4, snapshot.clone());
+        let coalesced = take_heartbeats_to_coalesce(&mut batch);
+        assert_eq!(coalesced, (0..8).map(beat).collect::<Vec<_>>());
+        assert_eq!(batch, vec![snapshot], "the rest goes as it is");
+        let mut lone = vec![beat(0)];
+        assert!(take_heartbeats_to_coalesce(&mut lone).is_empty());
+        assert_eq!(lone, vec![beat(0)], "a lone heartbeat is not wrapped");
     }
 }

@@ -377,6 +377,9 @@ impl Replica {
             }
         }
         self.raft.step(message);
+        // An answer may say a peer applied more: writes waiting for every replica may be done
+        // (without a Ready: the leader may have nothing to persist).
+        self.settle_awaiting_all();
     }
 
     /// The answer that sends a client to the leader, if one is known.
@@ -680,13 +683,21 @@ impl Replica {
         self.snapshots_installed += 1;
     }
 
+    /// The messages Raft lets go before this node's own write (a leader's appends and
+    /// heartbeats): the host sends them at once, even while a write is in flight.
+    pub fn take_messages_to_send_now(&mut self) -> Vec<consensus::Message> {
+        self.raft.take_messages_to_send_now()
+    }
+
     /// The host could not persist `ready` because the disk is full: nothing of it is on disk.
-    /// Raft forgets it; its writers get `refusal`, and the reads it was to confirm `Unavailable`
-    /// (the client retries).
+    /// Raft forgets everything not durable; the writers of dropped entries get `refusal`, and
+    /// the reads it was to confirm `Unavailable` (the client retries). If the leader had already
+    /// sent some of those entries to followers, it stepped down instead: they may still commit,
+    /// so their writers hear `Unknown` when the host notices the lost leadership.
     pub fn abandon_ready(&mut self, ready: Ready, refusal: impl Fn() -> Response) {
-        self.raft.abandon_ready();
-        for entry in &ready.entries {
-            if let Some(write) = self.pending_writes.remove(&entry.index) {
+        let abandoned = self.raft.abandon_ready();
+        if let Some(first_dropped) = abandoned.dropped_from.filter(|_| !abandoned.stepped_down) {
+            for (_, write) in self.pending_writes.split_off(&first_dropped) {
                 answer(write.reply, refusal());
             }
         }

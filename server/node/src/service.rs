@@ -352,44 +352,46 @@ async fn serve_peer<S>(
                 return;
             }
         };
-        let envelope = match reassembler.push(&bytes) {
-            Ok(Some(envelope)) => envelope,
-            Ok(None) => continue,
+        let envelopes = match reassembler.push(&bytes) {
+            Ok(envelopes) => envelopes,
             Err(error) => {
                 tracing::warn!(peer = peer_id, %error, "undecodable peer frame: closing");
                 return;
             }
         };
-        // A message for a group with no replica here (a peer running a newer placement) is
-        // dropped: Raft tolerates lost messages.
-        if !shared.router.hosts(envelope.group) {
-            tracing::warn!(
-                peer = peer_id,
-                group = envelope.group,
-                "a peer message for a group this node does not host: dropped"
-            );
-            continue;
-        }
-        let crate::chunk::Envelope { group, message } = envelope;
-        // An operator's cut (`--allow-faults`) drops what arrives from across it, as a network
-        // partition would.
-        if shared.faults.as_ref().is_some_and(|f| f.cuts(peer_id)) {
-            continue;
-        }
-        if message.from != peer_id || message.to != self_id {
-            tracing::warn!(
-                peer = peer_id,
-                from = message.from,
-                to = message.to,
-                "misaddressed peer message: closing"
-            );
-            return;
-        }
-        ticket.slot.in_flight.store(1, Ordering::Relaxed);
-        let sent = shared.node.send(NodeInput::Peer { group, message }).await;
-        ticket.slot.in_flight.store(0, Ordering::Relaxed);
-        if sent.is_err() {
-            return;
+        // One frame holds one message, or the coalesced heartbeats of many groups.
+        for envelope in envelopes {
+            // A message for a group with no replica here (a peer running a newer placement) is
+            // dropped: Raft tolerates lost messages.
+            if !shared.router.hosts(envelope.group) {
+                tracing::warn!(
+                    peer = peer_id,
+                    group = envelope.group,
+                    "a peer message for a group this node does not host: dropped"
+                );
+                continue;
+            }
+            let crate::chunk::Envelope { group, message } = envelope;
+            // An operator's cut (`--allow-faults`) drops what arrives from across it, as a
+            // network partition would.
+            if shared.faults.as_ref().is_some_and(|f| f.cuts(peer_id)) {
+                continue;
+            }
+            if message.from != peer_id || message.to != self_id {
+                tracing::warn!(
+                    peer = peer_id,
+                    from = message.from,
+                    to = message.to,
+                    "misaddressed peer message: closing"
+                );
+                return;
+            }
+            ticket.slot.in_flight.store(1, Ordering::Relaxed);
+            let sent = shared.node.send(NodeInput::Peer { group, message }).await;
+            ticket.slot.in_flight.store(0, Ordering::Relaxed);
+            if sent.is_err() {
+                return;
+            }
         }
     }
 }

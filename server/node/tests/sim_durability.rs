@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringleader_node::host::{Host, NodeInput, NODE_INPUT_QUEUE};
+use ringleader_node::log_writer::WriterMode;
 use ringleader_node::peer::PeerSenders;
 use ringleader_node::NodeConfig;
 use ringleader_protocol::{ReadConsistency, Request, Response};
@@ -58,6 +59,8 @@ fn config(sync: SyncPolicy) -> NodeConfig {
     let peers = BTreeMap::from([(1, "node:7001".to_string())]);
     let mut config = NodeConfig::new(1, peers, PathBuf::from("/data/node-1"), SimFs::shared());
     config.wal.sync = sync;
+    // Turmoil's disk lives in the simulation's thread: the writer runs on the node's task.
+    config.log_writer = WriterMode::Inline;
     config
 }
 

@@ -4,6 +4,10 @@
 //! disk fills falls behind and catches up. (A failed fsync is different: the node stops.)
 //! Faults come from `storage::fault::FaultyFs` over the real disk; `server/tests/tmpfs_full.rs`
 //! does the same on a real full tmpfs.
+//!
+//! A slow disk delays only what waits for it: the leader's writer thread sits in a long fsync
+//! while the node goes on heartbeating, answering status and saving snapshots off its loop, so
+//! no follower starts an election and the writes complete once the fsyncs do.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,6 +42,18 @@ async fn start_cluster(
     BTreeMap<u64, Arc<DiskFault>>,
     Vec<String>,
 ) {
+    start_cluster_with(dir, nodes, |_| {}).await
+}
+
+async fn start_cluster_with(
+    dir: &std::path::Path,
+    nodes: u64,
+    configure: impl Fn(&mut NodeConfig),
+) -> (
+    BTreeMap<u64, RunningNode>,
+    BTreeMap<u64, Arc<DiskFault>>,
+    Vec<String>,
+) {
     let peers: BTreeMap<u64, String> = (1..=nodes).map(|id| (id, free_addr())).collect();
     let mut running = BTreeMap::new();
     let mut faults = BTreeMap::new();
@@ -51,6 +67,7 @@ async fn start_cluster(
             )
             .expect("a long enough secret"),
         );
+        configure(&mut config);
         let node = ringleader_node::start(TokioConnector, config)
             .await
             .expect("node starts");
@@ -246,4 +263,62 @@ async fn wait_leader(client: &Client<TokioConnector>, endpoints: &[String]) -> u
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("no leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_fsync_on_the_leader_costs_no_election_and_snapshots_are_saved_off_the_loop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Elections after 100-200 ms of silence; snapshots every few entries.
+    let (nodes, faults, endpoints) = start_cluster_with(dir.path(), 3, |config| {
+        config.snapshot_every_entries = 4;
+    })
+    .await;
+    let client = client(endpoints.clone());
+    put_eventually(&client, "first", "1").await;
+    let leader = wait_leader(&client, &endpoints).await;
+    let leader_endpoint = endpoints[(leader - 1) as usize].clone();
+    let term_before = group0(&client.status_of(&leader_endpoint).await.expect("status")).term;
+
+    // Every fsync of the leader now takes 600 ms: three to six election timeouts.
+    faults[&leader].set_sync_delay(Duration::from_millis(600));
+    let mut writes = Vec::new();
+    for i in 0..8 {
+        let client = client.clone();
+        writes.push(tokio::spawn(async move {
+            client.put(format!("slow-{i}"), "v").await
+        }));
+    }
+    // While the leader's writer sits in fsyncs (snapshot saves among them), the node answers
+    // status at once and every node keeps the same leader in the same term.
+    let stall_ends = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while tokio::time::Instant::now() < stall_ends {
+        for endpoint in &endpoints {
+            let status = client
+                .status_of(endpoint)
+                .await
+                .expect("status during the stall");
+            let group = group0(&status);
+            assert_eq!(
+                (group.term, group.leader),
+                (term_before, Some(leader)),
+                "node {}: a slow fsync on the leader caused an election",
+                status.id
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for write in writes {
+        write
+            .await
+            .expect("task")
+            .expect("the write completes once its fsync does");
+    }
+    faults[&leader].set_sync_delay(Duration::ZERO);
+    let status = client.status_of(&leader_endpoint).await.expect("status");
+    assert!(
+        group0(&status).snapshot_index > 0,
+        "the leader saved snapshots during the stall: {:?}",
+        group0(&status)
+    );
+    drop(nodes);
 }
