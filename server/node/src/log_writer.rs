@@ -14,7 +14,7 @@
 //!
 //! Under turmoil the writer runs inline ([`WriterMode::Inline`]): each job is done at once, on
 //! the host's task, so the simulation stays deterministic; its simulated disk has no latency to
-//! hide anyway. Both modes run the same [`run_job`].
+//! hide anyway. Both modes run the same `run_job`.
 //!
 //! At most one append round is in flight (the host waits for its completion before building the
 //! next), plus at most one snapshot save per group and a few small jobs: the job queue is bounded
