@@ -108,10 +108,20 @@ fn random_step(run: &mut Run) {
                 }
             }
         }
-        // A slow disk catching up.
+        // A slow disk catching up. With an asynchronous writer (send_early seeds), its write
+        // is sometimes only begun, to complete at a later step: messages arrive and leave while
+        // it is in flight.
         60..=69 => {
             let id = random_node(run);
-            run.cluster.handle_ready(id);
+            if run.cluster.send_early && run.rng.chance(50) {
+                if run.rng.chance(50) {
+                    run.cluster.begin_write(id);
+                } else {
+                    run.cluster.finish_write(id);
+                }
+            } else {
+                run.cluster.handle_ready(id);
+            }
         }
         70..=79 => {
             let id = match run.cluster.leader() {

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use consensus::{
     Config, Entry, EntryPayload, HardState, Index, Message, NodeId, ProposeError, Raft, ReadError,
-    ReadMode, ReadPath, ReadState, Restored, Role, Snapshot, SnapshotMeta, Term,
+    ReadMode, ReadPath, ReadState, Ready, Restored, Role, Snapshot, SnapshotMeta, Term,
 };
 
 /// splitmix64, for the harness's own choices (network faults, random actions).
@@ -150,6 +150,8 @@ pub struct Cluster {
     /// After every input, send at once what a leader need not persist first
     /// (`take_messages_to_send_now`), as a driver with an asynchronous log writer does.
     pub send_early: bool,
+    /// Readies being written (`begin_write`), with the role and term when they were taken.
+    pub writing: BTreeMap<NodeId, (Ready, (Role, Term))>,
     /// Human-readable effects (applies, role changes) for the golden scenarios.
     pub events: Vec<String>,
     pub checker: Checker,
@@ -182,6 +184,7 @@ impl Cluster {
             groups: None,
             auto_ready: true,
             send_early: false,
+            writing: BTreeMap::new(),
             events: Vec::new(),
             checker: Checker::default(),
             read_results: Vec::new(),
@@ -240,12 +243,11 @@ impl Cluster {
     }
 
     /// Runs the driver loop once for `id`: persist, send, apply, advance (repeated while ready).
+    /// A write begun by `begin_write` completes first.
     pub fn handle_ready(&mut self, id: NodeId) {
+        self.finish_write(id);
         loop {
-            let Some(node) = self.nodes.get_mut(&id) else {
-                return;
-            };
-            let Some(raft) = node.raft.as_mut() else {
+            let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) else {
                 return;
             };
             if !raft.has_ready() {
@@ -253,93 +255,126 @@ impl Cluster {
             }
             let before = (raft.role(), raft.term());
             let ready = raft.ready();
-            // 1. Persist.
-            if let Some(hs) = ready.hard_state {
-                assert!(
-                    hs.term >= node.disk.hard_state.term,
-                    "n{id}: term went backwards"
-                );
-                assert!(
-                    hs.commit >= node.disk.hard_state.commit,
-                    "n{id}: commit regressed"
-                );
-                node.disk.hard_state = hs;
-            }
-            if let Some(snapshot) = &ready.snapshot {
-                node.disk.snapshot = Some(snapshot.clone());
-                node.disk.entries.clear();
-            }
-            node.disk.append(&ready.entries);
-            // 2. Send.
-            self.network.extend(ready.messages);
-            // 3. Apply.
-            if let Some(snapshot) = &ready.snapshot {
-                let sm = StateMachine::decode(&snapshot.data);
-                if let Some(&hash) = self.checker.applied_hash.get(&sm.applied_index) {
-                    assert_eq!(
-                        hash, sm.hash,
-                        "n{id}: snapshot state differs from applied state"
-                    );
-                }
-                self.events.push(format!(
-                    "n{id} installed snapshot {}@{}",
-                    sm.applied_index, sm.applied_term
-                ));
-                node.sm = sm;
-            }
-            for entry in &ready.committed_entries {
+            self.complete_ready(id, ready, before);
+        }
+    }
+
+    /// Takes node `id`'s Ready and holds it, as an asynchronous log writer does while its fsync
+    /// runs: inputs keep arriving, and early messages keep leaving, until `finish_write`.
+    pub fn begin_write(&mut self, id: NodeId) {
+        if self.writing.contains_key(&id) {
+            return;
+        }
+        if self.send_early {
+            self.send_now(id);
+        }
+        let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) else {
+            return;
+        };
+        if raft.has_ready() {
+            let before = (raft.role(), raft.term());
+            let ready = raft.ready();
+            self.writing.insert(id, (ready, before));
+        }
+    }
+
+    /// Completes the write `begin_write` started for `id`, if any: persist, send, apply, advance.
+    pub fn finish_write(&mut self, id: NodeId) {
+        if let Some((ready, before)) = self.writing.remove(&id) {
+            self.complete_ready(id, ready, before);
+        }
+    }
+
+    fn complete_ready(&mut self, id: NodeId, ready: Ready, before: (Role, Term)) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        // 1. Persist.
+        if let Some(hs) = ready.hard_state {
+            assert!(
+                hs.term >= node.disk.hard_state.term,
+                "n{id}: term went backwards"
+            );
+            assert!(
+                hs.commit >= node.disk.hard_state.commit,
+                "n{id}: commit regressed"
+            );
+            node.disk.hard_state = hs;
+        }
+        if let Some(snapshot) = &ready.snapshot {
+            node.disk.snapshot = Some(snapshot.clone());
+            node.disk.entries.clear();
+        }
+        node.disk.append(&ready.entries);
+        // 2. Send.
+        self.network.extend(ready.messages);
+        // 3. Apply.
+        if let Some(snapshot) = &ready.snapshot {
+            let sm = StateMachine::decode(&snapshot.data);
+            if let Some(&hash) = self.checker.applied_hash.get(&sm.applied_index) {
                 assert_eq!(
-                    node.sm.applied_index + 1,
-                    entry.index,
-                    "n{id}: applied out of order"
+                    hash, sm.hash,
+                    "n{id}: snapshot state differs from applied state"
                 );
-                let hash = chain(node.sm.hash, entry);
-                let recorded = *self.checker.applied_hash.entry(entry.index).or_insert(hash);
-                assert_eq!(
-                    recorded, hash,
-                    "n{id}: State Machine Safety violated at index {}",
-                    entry.index
-                );
-                node.sm = StateMachine {
-                    applied_index: entry.index,
-                    applied_term: entry.term,
-                    hash,
-                };
-                self.events.push(format!("n{id} applied {entry}"));
             }
-            for read in &ready.read_states {
-                if let Some(required) = self.checker.reads.remove(&(id, read.request_id)) {
-                    assert!(
-                        read.index >= required,
-                        "n{id}: read {} at index {} misses committed index {required}",
-                        read.request_id,
-                        read.index
-                    );
+            self.events.push(format!(
+                "n{id} installed snapshot {}@{}",
+                sm.applied_index, sm.applied_term
+            ));
+            node.sm = sm;
+        }
+        for entry in &ready.committed_entries {
+            assert_eq!(
+                node.sm.applied_index + 1,
+                entry.index,
+                "n{id}: applied out of order"
+            );
+            let hash = chain(node.sm.hash, entry);
+            let recorded = *self.checker.applied_hash.entry(entry.index).or_insert(hash);
+            assert_eq!(
+                recorded, hash,
+                "n{id}: State Machine Safety violated at index {}",
+                entry.index
+            );
+            node.sm = StateMachine {
+                applied_index: entry.index,
+                applied_term: entry.term,
+                hash,
+            };
+            self.events.push(format!("n{id} applied {entry}"));
+        }
+        for read in &ready.read_states {
+            if let Some(required) = self.checker.reads.remove(&(id, read.request_id)) {
+                assert!(
+                    read.index >= required,
+                    "n{id}: read {} at index {} misses committed index {required}",
+                    read.request_id,
+                    read.index
+                );
+            }
+            self.read_results.push((id, *read));
+            let path = match read.served {
+                ReadPath::Quorum => String::new(),
+                ReadPath::Lease { remaining_ticks } => {
+                    format!(" by lease ({remaining_ticks} ticks left)")
                 }
-                self.read_results.push((id, *read));
-                let path = match read.served {
-                    ReadPath::Quorum => String::new(),
-                    ReadPath::Lease { remaining_ticks } => {
-                        format!(" by lease ({remaining_ticks} ticks left)")
-                    }
-                };
-                self.events.push(format!(
-                    "n{id} read {} ready at index {}{path}",
-                    read.request_id, read.index
-                ));
-            }
-            // 4. Acknowledge.
-            let raft = self
-                .nodes
-                .get_mut(&id)
-                .and_then(|n| n.raft.as_mut())
-                .expect("up");
-            raft.advance();
-            let after = (raft.role(), raft.term());
-            if before != after {
-                self.events
-                    .push(format!("n{id} is {:?} at term {}", after.0, after.1));
-            }
+            };
+            self.events.push(format!(
+                "n{id} read {} ready at index {}{path}",
+                read.request_id, read.index
+            ));
+        }
+        // 4. Acknowledge.
+        let raft = self
+            .nodes
+            .get_mut(&id)
+            .and_then(|n| n.raft.as_mut())
+            .expect("up");
+        raft.advance();
+        let after = (raft.role(), raft.term());
+        if before != after {
+            self.events
+                .push(format!("n{id} is {:?} at term {}", after.0, after.1));
         }
     }
 
@@ -471,6 +506,8 @@ impl Cluster {
     }
 
     pub fn crash(&mut self, id: NodeId) {
+        // A write in flight is lost with the process.
+        self.writing.remove(&id);
         if let Some(node) = self.nodes.get_mut(&id) {
             node.raft = None;
             node.sm = StateMachine::default();
