@@ -65,6 +65,15 @@ pub struct StoredGroupWrite<'a> {
     pub entries: &'a [StoredEntry],
 }
 
+/// Whether an append syncs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sync {
+    /// As the log's `SyncPolicy` says (`Always`: before the append returns).
+    PerPolicy,
+    /// With the next synced batch.
+    Later,
+}
+
 /// Where `group`'s snapshots live under the data directory `dir`.
 pub fn snapshot_dir(dir: &Path, group: GroupId) -> PathBuf {
     if group == GROUP_ZERO {
@@ -392,6 +401,35 @@ impl SharedLog {
     /// the batch is in the log and no group's state changed. A group not hosted is an error
     /// ([`StorageError::UnknownGroup`]) before anything is written.
     pub fn append_batch<P: Serialize>(&mut self, batch: &[GroupWrite<'_, P>]) -> Result<()> {
+        self.append_batch_with(batch, Sync::PerPolicy)
+    }
+
+    /// [`SharedLog::append_batch`] without an fsync: the records become durable with the next
+    /// synced batch (or segment roll, compaction, [`SharedLog::sync`]). For batches that hold
+    /// nothing a crash may not lose: hard states whose term and vote are unchanged (only the
+    /// commit index moved, which Raft relearns from the leader). etcd skips the sync in the same
+    /// case (`raft.MustSync`).
+    pub fn append_batch_without_sync<P: Serialize>(
+        &mut self,
+        batch: &[GroupWrite<'_, P>],
+    ) -> Result<()> {
+        debug_assert!(
+            batch.iter().all(|write| write.entries.is_empty()
+                && write.hard_state.is_none_or(|state| {
+                    self.groups.get(&write.group).is_none_or(|log| {
+                        (log.hard_state.term, log.hard_state.vote) == (state.term, state.vote)
+                    })
+                })),
+            "only a commit index may go unsynced"
+        );
+        self.append_batch_with(batch, Sync::Later)
+    }
+
+    fn append_batch_with<P: Serialize>(
+        &mut self,
+        batch: &[GroupWrite<'_, P>],
+        sync: Sync,
+    ) -> Result<()> {
         let encoded = batch
             .iter()
             .map(|write| {
@@ -404,7 +442,7 @@ impl SharedLog {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        self.append_encoded(encoded)
+        self.append_encoded(encoded, sync)
     }
 
     /// [`SharedLog::append_batch`] for entries whose payloads are already encoded.
@@ -421,7 +459,7 @@ impl SharedLog {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        self.append_encoded(encoded)
+        self.append_encoded(encoded, Sync::PerPolicy)
     }
 
     /// One group's [`SharedLog::append_stored_batch`], as [`crate::LogStore::append`].
@@ -440,7 +478,7 @@ impl SharedLog {
 
     /// Appends the encoded writes as one WAL batch; the in-memory state changes only once the
     /// batch is in the log.
-    fn append_encoded(&mut self, mut writes: Vec<EncodedWrite>) -> Result<()> {
+    fn append_encoded(&mut self, mut writes: Vec<EncodedWrite>, sync: Sync) -> Result<()> {
         for write in &writes {
             self.group_log(write.group)?;
         }
@@ -478,7 +516,10 @@ impl SharedLog {
         }
         let mut lsn = match mixed.is_empty() {
             true => self.wal.next_lsn(),
-            false => *self.wal.append_mixed(&mixed)?.start(),
+            false => match sync {
+                Sync::PerPolicy => *self.wal.append_mixed(&mixed)?.start(),
+                Sync::Later => *self.wal.append_mixed_without_sync(&mixed)?.start(),
+            },
         };
         for (write, written) in writes.iter().zip(hard_state_written) {
             let Some(log) = self.groups.get_mut(&write.group) else {

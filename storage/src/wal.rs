@@ -474,7 +474,11 @@ impl Wal {
         group: GroupId,
         payloads: &[P],
     ) -> Result<RangeInclusive<Lsn>> {
-        self.append_batch(payloads.iter().map(|payload| (group, payload.as_ref())))
+        let sync = self.options.sync == SyncPolicy::Always;
+        self.append_batch(
+            payloads.iter().map(|payload| (group, payload.as_ref())),
+            sync,
+        )
     }
 
     /// Like [`Wal::append`], for a batch whose records belong to different groups (one write and
@@ -483,16 +487,34 @@ impl Wal {
         &mut self,
         records: &[(GroupId, P)],
     ) -> Result<RangeInclusive<Lsn>> {
+        let sync = self.options.sync == SyncPolicy::Always;
         self.append_batch(
             records
                 .iter()
                 .map(|(group, payload)| (*group, payload.as_ref())),
+            sync,
+        )
+    }
+
+    /// Like [`Wal::append_mixed`], but never syncs: the records become durable with the next
+    /// sync (of a later batch, a segment roll, or [`Wal::sync`]). For what may be lost in a
+    /// crash without harm, such as a Raft hard state whose only change is the commit index.
+    pub fn append_mixed_without_sync<P: AsRef<[u8]>>(
+        &mut self,
+        records: &[(GroupId, P)],
+    ) -> Result<RangeInclusive<Lsn>> {
+        self.append_batch(
+            records
+                .iter()
+                .map(|(group, payload)| (*group, payload.as_ref())),
+            false,
         )
     }
 
     fn append_batch<'a>(
         &mut self,
         records: impl Iterator<Item = (GroupId, &'a [u8])> + Clone,
+        sync: bool,
     ) -> Result<RangeInclusive<Lsn>> {
         if self.poisoned {
             return Err(StorageError::Poisoned {
@@ -516,12 +538,17 @@ impl Wal {
         for (group, payload) in records {
             encode_record(group, payload, self.durable_before, &mut buffer);
         }
-        let result = self.write_batch(&buffer, count);
+        let result = self.write_batch(&buffer, count, sync);
         self.batch_buffer = buffer;
         result
     }
 
-    fn write_batch(&mut self, buffer: &[u8], count: u64) -> Result<RangeInclusive<Lsn>> {
+    fn write_batch(
+        &mut self,
+        buffer: &[u8],
+        count: u64,
+        sync: bool,
+    ) -> Result<RangeInclusive<Lsn>> {
         if self.active_format() != RecordFormat::V3 {
             self.upgrade_active_segment()?;
         }
@@ -541,7 +568,7 @@ impl Wal {
         self.active_len += buffer.len() as u64;
         let first = self.next_lsn;
         self.next_lsn += count;
-        if self.options.sync == SyncPolicy::Always {
+        if sync {
             self.sync()?;
         }
         Ok(first..=self.next_lsn - 1)

@@ -167,6 +167,38 @@ fn one_batch_of_three_groups_is_one_fsync() {
     }
 }
 
+#[test]
+fn a_commit_index_alone_is_written_without_a_sync_and_rides_the_next_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, fault) = FaultyFs::wrap(StdFs::shared());
+    let (mut log, _) =
+        SharedLog::open(fs, dir.path(), WalOptions::default(), &[1, 2]).expect("open");
+    let no_entries: Vec<StoredEntryRef<&Vec<u8>>> = Vec::new();
+    let write = |group: GroupId, hard_state: HardState| GroupWrite {
+        group,
+        hard_state: Some(hard_state),
+        entries: &no_entries,
+    };
+    log.append_batch(&[write(1, state(2, 0)), write(2, state(2, 0))])
+        .expect("a new term, synced");
+    let syncs = fault.file_syncs();
+    log.append_batch_without_sync(&[write(1, state(2, 7))])
+        .expect("a commit index alone");
+    assert_eq!(fault.file_syncs(), syncs, "no fsync of its own");
+    assert_eq!(log.hard_state(1), state(2, 7));
+    log.append_batch(&[write(2, state(3, 0))])
+        .expect("a new term");
+    assert_eq!(fault.file_syncs(), syncs + 1);
+    drop(log);
+    let (_, recovered) = open(dir.path(), &[1, 2]);
+    assert_eq!(
+        recovered[&1].hard_state,
+        state(2, 7),
+        "written with the later sync"
+    );
+    assert_eq!(recovered[&2].hard_state, state(3, 0));
+}
+
 /// Group 1 is busy and snapshots often, group 2 wrote a few entries once and went idle.
 #[test]
 fn an_idle_group_pins_the_log_until_it_snapshots() {

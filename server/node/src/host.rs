@@ -508,7 +508,7 @@ impl Io {
             outcome,
             pinning_groups,
             log_bytes,
-            groups_written,
+            groups_synced,
         }) = completion
         else {
             return Err(writer_gone());
@@ -516,7 +516,7 @@ impl Io {
         self.log_bytes = log_bytes;
         match job {
             Job::Append(appends) => {
-                return self.round_written(replicas, appends, outcome, groups_written);
+                return self.round_written(replicas, appends, outcome, groups_synced);
             }
             Job::SaveSnapshot { group, point, data } => {
                 self.snapshotting.remove(&group);
@@ -573,7 +573,7 @@ impl Io {
         replicas: &mut BTreeMap<GroupId, Replica>,
         appends: Vec<GroupAppend>,
         outcome: Outcome,
-        groups_written: usize,
+        groups_synced: usize,
     ) -> Result<Written, storage::StorageError> {
         let Some(mut readies) = self.writing.take() else {
             debug_assert!(false, "a round completed that was not in flight");
@@ -604,8 +604,8 @@ impl Io {
                 return Ok(Written::DiskFull);
             }
         }
-        if groups_written > 0 {
-            self.writes_per_fsync.record(groups_written);
+        if groups_synced > 0 {
+            self.writes_per_fsync.record(groups_synced);
             if self.disk_full_until.take().is_some() {
                 tracing::info!("the disk accepts writes again");
             }
@@ -930,6 +930,36 @@ mod tests {
 
     fn counting_fs() -> (SharedFs, std::sync::Arc<DiskFault>) {
         FaultyFs::wrap(StdFs::shared())
+    }
+
+    #[test]
+    fn a_write_costs_one_fsync_and_the_commit_index_rides_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fs, disk) = counting_fs();
+        let before_election = disk.file_syncs();
+        let mut node = single_leader(dir.path(), fs);
+        assert!(
+            disk.file_syncs() > before_election,
+            "the new term and the vote were synced before anything depended on them"
+        );
+        for i in 0..3 {
+            let before = disk.file_syncs();
+            let mut answer = put(&mut node, &format!("k{i}"), "v");
+            node.process_ready().expect("persist");
+            assert!(matches!(answered(&mut answer), Response::Written { .. }));
+            assert_eq!(
+                disk.file_syncs() - before,
+                1,
+                "the entry's fsync only: its commit index alone is written unsynced"
+            );
+        }
+        // Written all the same (a power loss could take it until the next fsync; a process
+        // exit does not): a restart finds it.
+        let commit = node.group0().raft.status().commit_index;
+        drop(node);
+        let (fs, _disk) = counting_fs();
+        let restarted = node_1(dir.path(), 1, fs, |_| {});
+        assert_eq!(log_of(&restarted).hard_state(ONLY_GROUP).commit, commit);
     }
 
     #[test]

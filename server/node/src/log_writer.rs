@@ -89,9 +89,11 @@ pub struct Completion {
     pub outcome: Outcome,
     /// Answer to [`Job::FindPinningGroups`] (empty otherwise).
     pub pinning_groups: Vec<GroupId>,
-    /// The log's size after the job, and how many groups an append batch held (0: none written).
+    /// The log's size after the job.
     pub log_bytes: u64,
-    pub groups_written: usize,
+    /// How many groups an append batch that was fsynced held (0: nothing written, or written
+    /// without a sync).
+    pub groups_synced: usize,
 }
 
 /// The writer, seen from the host.
@@ -233,9 +235,9 @@ fn write_until_closed(
 /// Does one job on the log: the same code inline and on the thread.
 fn run_job(log: &mut SharedLog, job: Job) -> Completion {
     let mut pinning_groups = Vec::new();
-    let mut groups_written = 0;
+    let mut groups_synced = 0;
     let result = match &job {
-        Job::Append(groups) => append(log, groups).map(|written| groups_written = written),
+        Job::Append(groups) => append(log, groups).map(|synced| groups_synced = synced),
         Job::SaveSnapshot { group, point, data } => log.save_snapshot(*group, *point, data, false),
         Job::FinishRepair { group } => log.finish_repair(*group),
         Job::Sync => log.sync(),
@@ -263,12 +265,13 @@ fn run_job(log: &mut SharedLog, job: Job) -> Completion {
         outcome,
         pinning_groups,
         log_bytes: log.wal().size_bytes(),
-        groups_written,
+        groups_synced,
     }
 }
 
 /// An append round: received snapshots, then one batch (one write, one fsync) of every group's
-/// hard state and entries. How many groups the batch held (0: nothing to write).
+/// hard state and entries. How many groups the batch held if it was synced (0: nothing to
+/// write, or nothing that needed a sync).
 fn append(log: &mut SharedLog, groups: &[GroupAppend]) -> Result<usize, StorageError> {
     for group in groups {
         if let Some((point, data)) = &group.received_snapshot {
@@ -298,6 +301,22 @@ fn append(log: &mut SharedLog, groups: &[GroupAppend]) -> Result<usize, StorageE
     if writes.is_empty() {
         return Ok(0);
     }
-    log.append_batch(&writes)?;
-    Ok(writes.len())
+    // Only new entries, a received snapshot, or a new term or vote must be on disk before the
+    // messages that wait for this round leave; a commit index alone rides the next fsync
+    // (Raft's commit index is volatile state: after a crash the leader teaches it again).
+    let must_sync = groups.iter().any(|group| {
+        let written = log.hard_state(group.group);
+        !group.entries.is_empty()
+            || group.received_snapshot.is_some()
+            || group
+                .hard_state
+                .is_some_and(|state| (state.term, state.vote) != (written.term, written.vote))
+    });
+    if must_sync {
+        log.append_batch(&writes)?;
+        Ok(writes.len())
+    } else {
+        log.append_batch_without_sync(&writes)?;
+        Ok(0)
+    }
 }
