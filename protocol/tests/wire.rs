@@ -19,23 +19,23 @@ fn handshake_round_trips_and_rejects_garbage() {
 #[test]
 fn an_old_version_handshake_is_refused_with_a_clear_error() {
     assert_eq!(Handshake::new(Role::Client).check_version(), Ok(()));
-    // Version 6 had no ring: a client of version 6 would send every key to group 0 and misread
-    // a node's status.
+    // Version 7 had no coalesced heartbeats: a peer of version 7 cannot read the frame that
+    // carries a round of heartbeats of many groups.
     let mut old = Handshake::new(Role::Client).encode();
-    old[3] = 6;
+    old[3] = 7;
     let old = Handshake::decode(&old).expect("the bytes of an old handshake still parse");
-    assert_eq!(old.version, 6);
+    assert_eq!(old.version, 7);
     let refused = old.check_version().unwrap_err();
     assert_eq!(
         refused,
         HandshakeError::Version {
-            theirs: 6,
+            theirs: 7,
             ours: PROTOCOL_VERSION
         }
     );
     let message = refused.to_string();
     assert!(
-        message.contains("protocol version 6") && message.contains("version 7"),
+        message.contains("protocol version 7") && message.contains("version 8"),
         "{message}"
     );
     // A newer version is refused the same way.
