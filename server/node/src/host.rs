@@ -466,6 +466,16 @@ impl Io {
             if readies.is_empty() {
                 break;
             }
+            let nothing_to_write = readies.iter().all(|(_, ready)| {
+                ready.hard_state.is_none() && ready.entries.is_empty() && ready.snapshot.is_none()
+            });
+            if nothing_to_write {
+                // Messages and applies only (a follower's heartbeat answers, say): nothing to
+                // wait for, so no trip through the writer and back.
+                self.writing = Some(readies);
+                self.round_written(replicas, Vec::new(), Outcome::Done, 0)?;
+                continue;
+            }
             self.submit_round(readies);
         }
         replicas
