@@ -570,6 +570,16 @@ impl Report<'_> {
     fn text(&self) -> String {
         let args = self.args;
         let read_percent = args.workload.read_fraction() * 100.0;
+        let mix = match args.workload {
+            Workload::Read | Workload::C => format!("reads at {}", self.consistency()),
+            Workload::Write => format!("writes acked {}", self.ack()),
+            Workload::A | Workload::B => format!(
+                "{read_percent:.0}% reads at {}, {:.0}% writes acked {}",
+                self.consistency(),
+                100.0 - read_percent,
+                self.ack()
+            ),
+        };
         let keys = match args.distribution {
             Distribution::Uniform => format!("{} keys, uniform", args.keys),
             Distribution::Zipfian => format!(
@@ -580,12 +590,8 @@ impl Report<'_> {
             ),
         };
         let mut text = format!(
-            "workload {} ({read_percent:.0}% reads at {}, {:.0}% writes acked {}), {keys}, \
-             seed {}, {} clients\n",
+            "workload {} ({mix}), {keys}, seed {}, {} clients\n",
             args.workload.name(),
-            self.consistency(),
-            100.0 - read_percent,
-            self.ack(),
             args.seed,
             args.clients,
         );
