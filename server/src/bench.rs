@@ -328,10 +328,22 @@ async fn load(
             }
         }));
     }
-    for task in tasks {
-        task.await.context("a loading client panicked")??;
+    let mut outcome = Ok(());
+    for task in &mut tasks {
+        outcome = task
+            .await
+            .context("a loading client panicked")
+            .and_then(|loaded| loaded);
+        if outcome.is_err() {
+            break;
+        }
+    }
+    // One failed put ends the load: the other clients stop instead of loading on unseen.
+    for task in &tasks {
+        task.abort();
     }
     progress.finish_and_clear();
+    outcome?;
     Ok(started.elapsed())
 }
 
