@@ -140,8 +140,8 @@ enum Command {
     Check(crate::verify::CheckArgs),
     /// Run the deterministic simulation of a cluster under faults and check its history.
     Sim(crate::verify::SimArgs),
-    /// Drive a running cluster with concurrent clients; print throughput and latency
-    /// percentiles for one operation at one consistency level.
+    /// Drive a running cluster with concurrent clients (YCSB workloads A, B, C, or reads or
+    /// writes only); print throughput and latency percentiles, reads and writes apart.
     Bench(crate::bench::BenchArgs),
     /// Every node's own view (role, term, leader, commit, applied and last index); a node that
     /// does not answer is shown as down, with why. Exit 0 healthy, 1 degraded (no leader, a node
