@@ -10,6 +10,8 @@
 # temporary directory and to loopback ports 7301-7305.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 BIN=${BIN:-target/release/ringleader}
 SHARDS=${SHARDS:-10}
 CLIENTS=${CLIENTS:-64}
@@ -23,13 +25,7 @@ trap '"$BIN" cluster down --dir "$WORK/cluster" >/dev/null 2>&1 || true; rm -rf 
 # One round: a fresh cluster of `shards` shards, a write workload, the status before and after.
 round() {
     local shards=$1 name=$2
-    rm -rf "$WORK/cluster"
-    "$BIN" cluster up --nodes 5 --replicas 3 --shards "$shards" --dir "$WORK/cluster" \
-        --base-port "$BASE_PORT" >"$WORK/up.log" 2>&1 &
-    for _ in $(seq 100); do
-        if "$BIN" status --endpoints "$ENDPOINTS" >/dev/null 2>&1; then break; fi
-        sleep 0.2
-    done
+    cluster_up "$BIN" 5 "$shards" "$WORK/cluster" "$BASE_PORT" "$ENDPOINTS" "$WORK/up.log"
     sleep 2 # leadership settles on the ring's preferences
     "$BIN" status --json --endpoints "$ENDPOINTS" >"$WORK/before.json" || true
     "$BIN" bench --workload write --clients "$CLIENTS" --duration "$DURATION" --keys 10000 \

@@ -12,6 +12,8 @@
 # Needs python3. Writes only to a temporary directory and to loopback ports 7401 and up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 OLD=${OLD:?set OLD to the old ringleader binary}
 NEW=${NEW:-target/release/ringleader}
 NODES=${NODES:-3}
@@ -30,13 +32,7 @@ trap cleanup EXIT
 
 round() {
     local bin=$1 name=$2
-    rm -rf "$WORK/cluster"
-    "$bin" cluster up --nodes "$NODES" --replicas 3 --shards "$SHARDS" --dir "$WORK/cluster" \
-        --base-port "$BASE_PORT" >"$WORK/up.log" 2>&1 &
-    for _ in $(seq 100); do
-        if "$bin" status --endpoints "$ENDPOINTS" >/dev/null 2>&1; then break; fi
-        sleep 0.2
-    done
+    cluster_up "$bin" "$NODES" "$SHARDS" "$WORK/cluster" "$BASE_PORT" "$ENDPOINTS" "$WORK/up.log"
     sleep 2 # leadership settles
     "$bin" bench --workload write --clients "$CLIENTS" --duration "$DURATION" --keys 10000 \
         --value-bytes 256 --json --endpoints "$ENDPOINTS" >"$WORK/$name.json"
