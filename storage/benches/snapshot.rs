@@ -1,8 +1,8 @@
-//! What a snapshot costs, in the two halves the node splits it into: encoding the state machine
-//! (`StateMachine::to_snapshot`, still on the node's event loop: the map cannot be shared with
-//! another thread without a copy) and saving the bytes (`SnapshotStore::save`: write and
-//! fdatasync, done by the log writer off the loop). Run with `cargo bench -p storage --bench
-//! snapshot`; compare the two lines of each size, measured side by side in one run.
+//! What a snapshot costs, and what of it the node's event loop pays: cutting it (a clone of the
+//! state machine, whose map is persistent: O(1), on the loop), encoding it
+//! (`StateMachine::to_snapshot`) and saving the bytes (`SnapshotStore::save`: write and
+//! fdatasync), both done by the log writer off the loop. Run with `cargo bench -p storage --bench
+//! snapshot`; compare the lines of each size, measured side by side in one run.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use storage::kv::{Command, Proposal, StateMachine};
@@ -34,12 +34,12 @@ fn snapshot_halves(c: &mut Criterion) {
         let bytes = machine.to_snapshot().expect("encode");
         group.throughput(Throughput::Bytes(bytes.len() as u64));
         group.bench_with_input(
-            BenchmarkId::new("encode_on_the_loop", keys),
+            BenchmarkId::new("encode_off_the_loop", keys),
             &machine,
             |b, machine| b.iter(|| machine.to_snapshot().expect("encode")),
         );
         group.bench_with_input(
-            BenchmarkId::new("clone_on_the_loop", keys),
+            BenchmarkId::new("cut_on_the_loop", keys),
             &machine,
             |b, machine| b.iter(|| machine.clone()),
         );

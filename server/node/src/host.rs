@@ -27,7 +27,7 @@ use storage::{SharedLog, SnapshotPoint, SyncPolicy, WalOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NodeConfig;
-use crate::log_writer::{Completion, GroupAppend, Job, LogWriter, Outcome};
+use crate::log_writer::{Completion, GroupAppend, Job, LogWriter, Outcome, SnapshotState};
 use crate::peer::PeerSenders;
 use crate::planted::PlantedBug;
 use crate::replica::{Replica, ReplyTo};
@@ -528,18 +528,24 @@ impl Io {
             Job::Append(appends) => {
                 return self.round_written(replicas, appends, outcome, groups_synced);
             }
-            Job::SaveSnapshot { group, point, data } => {
+            Job::SaveSnapshot {
+                group,
+                point,
+                state,
+            } => {
                 self.snapshotting.remove(&group);
                 let replica = replicas.get_mut(&group);
-                match (outcome, replica) {
-                    (Outcome::Done, Some(replica)) => replica.snapshot_saved(point, data),
+                match (outcome, replica, state) {
+                    (Outcome::Done, Some(replica), SnapshotState::Encoded(data)) => {
+                        replica.snapshot_saved(point, data)
+                    }
                     // Compaction can wait for space; the log stays whole meanwhile.
-                    (Outcome::DiskFull(error), Some(replica)) => {
+                    (Outcome::DiskFull(error), Some(replica), _) => {
                         tracing::warn!(%error, group, "disk full: snapshot postponed");
                         replica.snapshot_postponed(point);
                     }
-                    (Outcome::Failed(error), _) => return Err(error),
-                    (_, None) => debug_assert!(false, "a snapshot of a hosted group"),
+                    (Outcome::Failed(error), _, _) => return Err(error),
+                    _ => debug_assert!(false, "a saved snapshot of a hosted group is encoded"),
                 }
             }
             Job::FinishRepair { group } => match outcome {
@@ -633,7 +639,7 @@ impl Io {
                 self.peers.send(group, message);
             }
             replica.apply_ready(ready)?;
-            self.maybe_snapshot(replica)?;
+            self.maybe_snapshot(replica);
             if self.repairing.contains(&group) && !replica.is_repairing() {
                 // Everything up to the old commit index is durable here again.
                 self.repairing.remove(&group);
@@ -644,21 +650,21 @@ impl Io {
     }
 
     /// Hands the writer the snapshot a replica cut, if one is due and none of its group is being
-    /// saved; Raft compacts its log to it once saved.
-    fn maybe_snapshot(&mut self, replica: &mut Replica) -> Result<(), storage::StorageError> {
+    /// saved: the writer encodes and saves it off this loop; Raft compacts its log to it once
+    /// saved.
+    fn maybe_snapshot(&mut self, replica: &mut Replica) {
         if self.snapshotting.contains(&replica.group()) {
-            return Ok(());
+            return;
         }
-        let Some((point, data)) = replica.snapshot_due()? else {
-            return Ok(());
+        let Some((point, machine)) = replica.snapshot_due() else {
+            return;
         };
         self.snapshotting.insert(replica.group());
         self.writer.submit(Job::SaveSnapshot {
             group: replica.group(),
             point,
-            data,
+            state: SnapshotState::Cut(Box::new(machine)),
         });
-        Ok(())
     }
 
     /// Asks the writer to sync the log (under `SyncPolicy::Interval`), unless it already is.

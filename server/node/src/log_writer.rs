@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 
 use consensus::{Entry, HardState};
 use ringleader_protocol::GroupId;
+use storage::kv::StateMachine;
 use storage::{GroupWrite, SharedLog, SnapshotPoint, StorageError};
 use tokio::sync::mpsc;
 
@@ -57,11 +58,11 @@ pub enum Job {
     /// Make a round of every group's changes durable: received snapshots first, then every
     /// hard state and entry with one write and one fsync.
     Append(Vec<GroupAppend>),
-    /// Save a snapshot the group's replica cut, and compact the log to it.
+    /// Encode and save a snapshot the group's replica cut, and compact the log to it.
     SaveSnapshot {
         group: GroupId,
         point: SnapshotPoint,
-        data: Vec<u8>,
+        state: SnapshotState,
     },
     /// A repaired group's log is whole again: remove its repair marker.
     FinishRepair { group: GroupId },
@@ -69,6 +70,15 @@ pub enum Job {
     Sync,
     /// Name the groups whose old entries keep segments of the log alive.
     FindPinningGroups,
+}
+
+/// A snapshot's state in a [`Job::SaveSnapshot`]: the state machine as cut (a persistent map,
+/// cloned in O(1) on the host's loop), then, in the completion, its encoding (which the replica
+/// keeps to send to lagging followers).
+#[derive(Debug)]
+pub enum SnapshotState {
+    Cut(Box<StateMachine>),
+    Encoded(Vec<u8>),
 }
 
 /// How a job ended.
@@ -233,12 +243,16 @@ fn write_until_closed(
 }
 
 /// Does one job on the log: the same code inline and on the thread.
-fn run_job(log: &mut SharedLog, job: Job) -> Completion {
+fn run_job(log: &mut SharedLog, mut job: Job) -> Completion {
     let mut pinning_groups = Vec::new();
     let mut groups_synced = 0;
-    let result = match &job {
+    let result = match &mut job {
         Job::Append(groups) => append(log, groups).map(|synced| groups_synced = synced),
-        Job::SaveSnapshot { group, point, data } => log.save_snapshot(*group, *point, data, false),
+        Job::SaveSnapshot {
+            group,
+            point,
+            state,
+        } => encode_and_save(log, *group, *point, state),
         Job::FinishRepair { group } => log.finish_repair(*group),
         Job::Sync => log.sync(),
         Job::FindPinningGroups => {
@@ -266,6 +280,22 @@ fn run_job(log: &mut SharedLog, job: Job) -> Completion {
         pinning_groups,
         log_bytes: log.wal().size_bytes(),
         groups_synced,
+    }
+}
+
+/// Encodes a cut snapshot (off the host's loop), then saves it.
+fn encode_and_save(
+    log: &mut SharedLog,
+    group: GroupId,
+    point: SnapshotPoint,
+    state: &mut SnapshotState,
+) -> Result<(), StorageError> {
+    if let SnapshotState::Cut(machine) = state {
+        *state = SnapshotState::Encoded(machine.to_snapshot()?);
+    }
+    match state {
+        SnapshotState::Encoded(data) => log.save_snapshot(group, point, data, false),
+        SnapshotState::Cut(_) => unreachable!("encoded just above"),
     }
 }
 

@@ -994,23 +994,22 @@ impl Replica {
 
     /// A snapshot of the state machine to save, when enough entries have been applied since
     /// the last one: the point it covers and its bytes.
-    pub fn snapshot_due(&self) -> Result<Option<(SnapshotPoint, Vec<u8>)>, StorageError> {
+    pub fn snapshot_due(&self) -> Option<(SnapshotPoint, StateMachine)> {
         let applied = self.machine.applied_index();
         let requested = self.snapshot_requested && applied > self.last_snapshot_index;
         if (applied < self.last_snapshot_index + self.snapshot_interval_entries && !requested)
             || applied < self.snapshot_retry_at
         {
-            return Ok(None);
+            return None;
         }
-        let Some(term) = self.raft.log().term(applied) else {
-            return Ok(None);
-        };
-        let data = self.machine.to_snapshot()?;
+        let term = self.raft.log().term(applied)?;
         let point = SnapshotPoint {
             last_index: applied,
             last_term: term,
         };
-        Ok(Some((point, data)))
+        // A persistent map: the copy shares the state's nodes, and the writer encodes it off
+        // the host's loop while applying goes on here.
+        Some((point, self.machine.clone()))
     }
 
     /// Asks for a snapshot at the next chance, before the interval is reached: the group's
