@@ -230,6 +230,10 @@ pub struct Raft {
     /// log held it durably: entries up to here may sit on followers even if the local write
     /// fails, so they must never be replaced in this term (see `abandon_ready`).
     sent_before_persisted: Index,
+    /// Proposals were appended since the last appends went out: the next
+    /// `take_messages_to_send_now` or `ready` sends each follower ONE append carrying all of
+    /// them, instead of one append per proposal.
+    appends_pending: bool,
     rng: Prng,
     /// The hard state last handed out in a Ready.
     handed_hard_state: HardState,
@@ -280,6 +284,7 @@ impl Raft {
             read_states: Vec::new(),
             messages: Vec::new(),
             sent_before_persisted: 0,
+            appends_pending: false,
             rng: Prng::new(config.seed),
             handed_hard_state: HardState::default(),
             in_flight_ready: None,
@@ -471,7 +476,8 @@ impl Raft {
             return Err(ProposeError::Backpressure { uncommitted });
         }
         let index = self.append_entry(EntryPayload::Command(command));
-        self.broadcast_append(false);
+        // Sent with the next batch of messages, together with every proposal until then.
+        self.appends_pending = true;
         Ok(index)
     }
 
@@ -607,6 +613,7 @@ impl Raft {
             self.in_flight_ready.is_none(),
             "ready() called again before advance()"
         );
+        self.send_pending_appends();
         if self.read_round_wanted() {
             // One heartbeat per peer confirms every read registered since the last one left.
             self.broadcast_heartbeat();
@@ -666,6 +673,7 @@ impl Raft {
     /// fsync does not hold back heartbeats. Whatever the driver does not take here comes out,
     /// in order, in the next `Ready`'s `messages`.
     pub fn take_messages_to_send_now(&mut self) -> Vec<Message> {
+        self.send_pending_appends();
         if self.role == Role::Leader && self.read_round_wanted() {
             // One heartbeat per peer confirms every read registered since the last one left.
             self.broadcast_heartbeat();
@@ -1386,6 +1394,13 @@ impl Raft {
                     freshness,
                 },
             );
+        }
+    }
+
+    /// Sends the proposals appended since the last batch of messages: one append per follower.
+    fn send_pending_appends(&mut self) {
+        if std::mem::take(&mut self.appends_pending) && self.role == Role::Leader {
+            self.broadcast_append(false);
         }
     }
 

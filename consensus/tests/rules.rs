@@ -1160,3 +1160,28 @@ fn a_leader_that_cannot_persist_entries_it_already_sent_steps_down_and_they_surv
         assert!(cluster.raft(id).log().commit_index() >= index);
     }
 }
+
+#[test]
+fn proposals_between_two_batches_reach_each_follower_in_one_append() {
+    let mut cluster = Cluster::new(3, classic);
+    elect(&mut cluster, 1);
+    cluster.auto_ready = false;
+    let first = cluster.propose(1, "a").unwrap();
+    for command in ["b", "c", "d", "e"] {
+        cluster.propose(1, command).unwrap();
+    }
+    let appends: Vec<(u64, Vec<u64>)> = taken_early(&mut cluster, 1)
+        .into_iter()
+        .filter_map(|m| match m.body {
+            MessageBody::AppendEntries { entries, .. } => {
+                Some((m.to, entries.iter().map(|e| e.index).collect()))
+            }
+            _ => None,
+        })
+        .collect();
+    let all: Vec<u64> = (first..first + 5).collect();
+    assert_eq!(appends, vec![(2, all.clone()), (3, all)]);
+    cluster.auto_ready = true;
+    tick_and_settle(&mut cluster, 3);
+    assert_eq!(cluster.raft(3).log().commit_index(), first + 4);
+}
