@@ -15,6 +15,7 @@
 //! N operations are attempted in total (ok + failed = N): clients claim them from one counter.
 
 pub mod distribution;
+mod etcd;
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -98,6 +99,9 @@ const DEFAULT_SEED: u64 = 1;
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// The system to drive: ringleader, or etcd (bench/etcd.rs; a build with `--features etcd`).
+    #[arg(long, value_enum, default_value_t = etcd::Target::Ringleader)]
+    target: etcd::Target,
     /// Node addresses (HOST:PORT), comma-separated.
     #[arg(
         long,
@@ -164,6 +168,9 @@ enum Stop {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.target == etcd::Target::Etcd {
+        return etcd::run(args).await;
+    }
     if args.clients == 0 || args.keys == 0 {
         bail!("--clients and --keys must be above zero");
     }
