@@ -205,14 +205,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     for (worker, client) in clients.iter().enumerate() {
         let worker = Worker {
             client: client.clone(),
-            chooser: chooser.clone(),
-            rng: SplitMix64::new(args.seed, worker as u64),
-            read_fraction: args.workload.read_fraction(),
             read_level: read_level(args.consistency),
             ack: write_ack(args.ack),
             value: vec![b'v'; args.value_bytes],
-            ops_limit: args.ops,
-            shared: shared.clone(),
+            ops: OpLoop::for_client(&args, &chooser, worker, &shared),
         };
         tasks.push(tokio::spawn(worker.drive()));
     }
@@ -408,22 +404,74 @@ struct Shared {
     failed: AtomicU64,
 }
 
-/// One client's state: its own connections, generator and histograms.
+/// One client's state: its own connections, and the loop that draws its operations.
 struct Worker {
     client: Arc<Client<TokioConnector>>,
-    chooser: KeyChooser,
-    rng: SplitMix64,
-    read_fraction: f64,
     read_level: ReadLevel,
     ack: WriteAck,
     value: Vec<u8>,
-    ops_limit: Option<u64>,
-    shared: Arc<Shared>,
+    ops: OpLoop,
 }
 
 impl Worker {
     /// Operations back to back until the time is up or no operation is left to claim.
-    async fn drive(mut self) -> Result<Outcome> {
+    async fn drive(self) -> Result<Outcome> {
+        let Worker {
+            client,
+            read_level,
+            ack,
+            value,
+            ops,
+        } = self;
+        ops.run(move |is_read, key| {
+            // Owned copies (an `Arc` and the value): the operation's future must be `Send`.
+            let (client, value) = (client.clone(), value.clone());
+            async move {
+                if is_read {
+                    client.read(key, read_level).await.is_ok()
+                } else {
+                    client.put_with(key, value, ack).await.is_ok()
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// The part of every client's loop that does not depend on the store it drives: when to stop,
+/// which kind of operation and which key come next, and what is recorded. Every target runs
+/// the same draws in the same order, so a seed gives the same keys against ringleader and etcd.
+struct OpLoop {
+    chooser: KeyChooser,
+    rng: SplitMix64,
+    read_fraction: f64,
+    ops_limit: Option<u64>,
+    shared: Arc<Shared>,
+}
+
+impl OpLoop {
+    /// The loop of client number `client` of the run `args` describes.
+    fn for_client(
+        args: &BenchArgs,
+        chooser: &KeyChooser,
+        client: usize,
+        shared: &Arc<Shared>,
+    ) -> Self {
+        OpLoop {
+            chooser: chooser.clone(),
+            rng: SplitMix64::new(args.seed, client as u64),
+            read_fraction: args.workload.read_fraction(),
+            ops_limit: args.ops,
+            shared: shared.clone(),
+        }
+    }
+
+    /// Runs `operation(is_read, key)`, which says whether it succeeded, back to back until the
+    /// time is up or no operation is left to claim; records the latency of each success.
+    async fn run(
+        mut self,
+        mut operation: impl AsyncFnMut(bool, String) -> bool,
+    ) -> Result<Outcome> {
         let (mut reads, mut writes) = (new_histogram()?, new_histogram()?);
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
@@ -439,13 +487,7 @@ impl Worker {
             let is_read = self.rng.next_f64() < self.read_fraction;
             let key = key_name(self.chooser.next(&mut self.rng));
             let started = Instant::now();
-            let ok = if is_read {
-                self.client.read(key, self.read_level).await.is_ok()
-            } else {
-                let value = self.value.clone();
-                self.client.put_with(key, value, self.ack).await.is_ok()
-            };
-            if ok {
+            if operation(is_read, key).await {
                 let micros = started.elapsed().as_micros() as u64;
                 let histogram = if is_read { &mut reads } else { &mut writes };
                 histogram.saturating_record(micros.clamp(1, MAX_LATENCY_US));

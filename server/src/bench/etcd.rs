@@ -44,10 +44,10 @@ mod with_client {
     use etcd_client::{Client, ConnectOptions, GetOptions};
     use serde_json::json;
 
-    use super::super::distribution::{KeyChooser, SplitMix64};
+    use super::super::distribution::KeyChooser;
     use super::super::{
         key_name, new_histogram, BenchAck, BenchArgs, BenchConsistency, Distribution, Figures,
-        Outcome, Report, Shared, MAX_LATENCY_US,
+        OpLoop, Outcome, Report, Shared,
     };
 
     /// A request that takes this long counts as failed, as a ringleader client's own deadline
@@ -113,13 +113,9 @@ mod with_client {
         for (worker, client) in clients.into_iter().enumerate() {
             let worker = Worker {
                 client,
-                chooser: chooser.clone(),
-                rng: SplitMix64::new(args.seed, worker as u64),
-                read_fraction: args.workload.read_fraction(),
                 serializable,
                 value: vec![b'v'; args.value_bytes],
-                ops_limit: args.ops,
-                shared: shared.clone(),
+                ops: OpLoop::for_client(&args, &chooser, worker, &shared),
             };
             tasks.push(tokio::spawn(worker.drive()));
         }
@@ -162,55 +158,35 @@ mod with_client {
     /// One client's state, as the ringleader bench's `Worker` with an etcd connection.
     struct Worker {
         client: Client,
-        chooser: KeyChooser,
-        rng: SplitMix64,
-        read_fraction: f64,
         serializable: bool,
         value: Vec<u8>,
-        ops_limit: Option<u64>,
-        shared: Arc<Shared>,
+        ops: OpLoop,
     }
 
     impl Worker {
         /// Operations back to back until the time is up or no operation is left to claim; the
         /// same draws in the same order as the ringleader bench, so a seed gives the same keys.
-        async fn drive(mut self) -> Result<Outcome> {
-            let (mut reads, mut writes) = (new_histogram()?, new_histogram()?);
-            loop {
-                if self.shared.stop.load(Ordering::Acquire) {
-                    break;
-                }
-                if let Some(limit) = self.ops_limit {
-                    if self.shared.claimed.fetch_add(1, Ordering::AcqRel) >= limit {
-                        break;
+        async fn drive(self) -> Result<Outcome> {
+            let Worker {
+                client,
+                serializable,
+                value,
+                ops,
+            } = self;
+            ops.run(move |is_read, key| {
+                // Owned copies (the client is a handle to shared channels): the operation's
+                // future must be `Send`.
+                let (mut client, value) = (client.clone(), value.clone());
+                async move {
+                    if is_read {
+                        let options = serializable.then(|| GetOptions::new().with_serializable());
+                        client.get(key, options).await.is_ok()
+                    } else {
+                        client.put(key, value, None).await.is_ok()
                     }
                 }
-                let is_read = self.rng.next_f64() < self.read_fraction;
-                let key = key_name(self.chooser.next(&mut self.rng));
-                let started = Instant::now();
-                let ok = if is_read {
-                    let options = self
-                        .serializable
-                        .then(|| GetOptions::new().with_serializable());
-                    self.client.get(key, options).await.is_ok()
-                } else {
-                    let value = self.value.clone();
-                    self.client.put(key, value, None).await.is_ok()
-                };
-                if ok {
-                    let micros = started.elapsed().as_micros() as u64;
-                    let histogram = if is_read { &mut reads } else { &mut writes };
-                    histogram.saturating_record(micros.clamp(1, MAX_LATENCY_US));
-                } else {
-                    self.shared.failed.fetch_add(1, Ordering::AcqRel);
-                }
-                self.shared.completed.fetch_add(1, Ordering::AcqRel);
-            }
-            Ok(Outcome {
-                reads,
-                writes,
-                finished: Instant::now(),
             })
+            .await
         }
     }
 }
