@@ -94,6 +94,8 @@ pub struct Host {
 struct Io {
     /// The owner of the durable log of every hosted group (one WAL for all of them).
     writer: LogWriter,
+    /// Where that log lives (for errors).
+    data_dir: std::path::PathBuf,
     /// The round the writer is making durable: each group's Ready, whose entries and received
     /// snapshot it holds until the completion hands them back. At most one at a time.
     writing: Option<Vec<(GroupId, Ready)>>,
@@ -147,11 +149,13 @@ impl Host {
         let max_outstanding_jobs = 4 + 2 * replicas.len();
         let writer = LogWriter::new(log, config.log_writer, max_outstanding_jobs)
             .map_err(NodeError::WriterThread)?;
+        let data_dir = config.data_dir.clone();
         Ok(Host {
             config,
             ring,
             io: Io {
                 writer,
+                data_dir,
                 writing: None,
                 snapshotting: BTreeSet::new(),
                 syncing: false,
@@ -521,7 +525,7 @@ impl Io {
             groups_synced,
         }) = completion
         else {
-            return Err(writer_gone());
+            return Err(writer_gone(&self.data_dir));
         };
         self.log_bytes = log_bytes;
         match job {
@@ -683,11 +687,12 @@ enum Written {
     DiskFull,
 }
 
-fn writer_gone() -> storage::StorageError {
+/// The writer thread ended (it only does when it panics): nothing more can be made durable.
+fn writer_gone(data_dir: &std::path::Path) -> storage::StorageError {
     storage::StorageError::Io {
-        action: "write with the log writer thread, which stopped:",
-        path: std::path::PathBuf::from("(the node's log)"),
-        source: std::io::Error::other("the log writer thread is gone"),
+        action: "hand a write to the log writer thread of",
+        path: data_dir.to_path_buf(),
+        source: std::io::Error::other("the log writer thread stopped"),
     }
 }
 
