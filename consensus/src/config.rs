@@ -32,6 +32,11 @@ pub struct Config {
     /// Proposals are refused with `ProposeError::Backpressure` while the leader holds this many
     /// uncommitted entries. Default 10 000.
     pub max_uncommitted_entries: u64,
+    /// Proposals are refused with `ProposeError::BytesBackpressure` while the commands this
+    /// leader proposed and has not seen commit hold this many bytes (one is always let through
+    /// when none is uncommitted). Bounds the leader's memory under overload whatever the
+    /// command size. Default 64 MiB.
+    pub max_uncommitted_bytes: u64,
     /// ReadIndex requests waiting for a heartbeat quorum. Default 4096.
     pub max_pending_reads: usize,
     /// Run a PreVote round before incrementing the term (thesis §9.6). Default true.
@@ -65,6 +70,9 @@ pub struct Config {
     /// sent entries rather than the whole snapshot. Costs that many entries of memory. Zero drops
     /// everything the snapshot covers. Default 5 000.
     pub compaction_tail_entries: u64,
+    /// And at most this many bytes of commands: with large values, `compaction_tail_entries`
+    /// alone would keep gigabytes in memory. Default 32 MiB.
+    pub compaction_tail_bytes: u64,
     /// A deliberate bug, for the simulation's planted-bug catalogue. Ignored (the correct code
     /// runs) unless the crate is built with the `planted-bugs` feature. Default `None`.
     pub planted_bug: Option<crate::planted::RaftBug>,
@@ -86,6 +94,7 @@ impl Config {
             max_bytes_per_append: 1 << 20,
             max_committed_entries_per_ready: 1024,
             max_uncommitted_entries: 10_000,
+            max_uncommitted_bytes: 64 << 20,
             max_pending_reads: 4096,
             pre_vote: true,
             check_quorum: true,
@@ -94,6 +103,7 @@ impl Config {
             seed: id,
             boot_id: 0,
             compaction_tail_entries: DEFAULT_COMPACTION_TAIL_ENTRIES,
+            compaction_tail_bytes: 32 << 20,
             planted_bug: None,
         }
     }
@@ -159,6 +169,7 @@ impl Config {
             || self.max_bytes_per_append == 0
             || self.max_committed_entries_per_ready == 0
             || self.max_uncommitted_entries == 0
+            || self.max_uncommitted_bytes == 0
         {
             return Err(ConfigError::ZeroLimit);
         }

@@ -398,13 +398,23 @@ impl RaftLog {
     /// The application checkpointed its state machine at `snapshot.meta.last_index` (which the
     /// caller checked is applied and in the log): hold the snapshot, and forget the entries it
     /// covers except the last `tail_entries` of them, which lagging followers can still be sent.
-    pub(crate) fn compact(&mut self, snapshot: Snapshot, tail_entries: u64) {
+    pub(crate) fn compact(&mut self, snapshot: Snapshot, tail_entries: u64, tail_bytes: u64) {
         let last_index = snapshot.meta.last_index;
         debug_assert!(last_index > self.snapshot_index && last_index <= self.applied_index);
+        // The tail is at most `tail_entries` long and holds at most `tail_bytes` of commands.
+        let mut tail_start = last_index.saturating_sub(tail_entries);
+        let mut kept_bytes = 0u64;
+        let mut index = last_index;
+        while index > tail_start {
+            kept_bytes += self.entry(index).map_or(0, Entry::command_bytes);
+            if kept_bytes > tail_bytes {
+                tail_start = index;
+                break;
+            }
+            index -= 1;
+        }
         // Never moves back: entries already dropped stay dropped.
-        let new_offset = last_index
-            .saturating_sub(tail_entries)
-            .max(self.offset_index);
+        let new_offset = tail_start.max(self.offset_index);
         if new_offset > self.offset_index {
             let new_offset_term = self.term(new_offset);
             debug_assert!(new_offset_term.is_some(), "the new offset is in the log");
@@ -554,7 +564,7 @@ mod tests {
         let mut log = log_with_terms(&[1, 1, 1, 2, 2, 2, 2, 2, 3, 3]);
         log.commit_to(10);
         log.applied_to(10);
-        log.compact(snapshot_at(8, 2), 3);
+        log.compact(snapshot_at(8, 2), 3, u64::MAX);
         assert_eq!(log.snapshot_index(), 8);
         assert_eq!(
             log.first_index(),
@@ -565,10 +575,32 @@ mod tests {
         assert_eq!(log.term(4), None);
         assert_eq!(log.entries_from(6, 10, usize::MAX).len(), 5);
         // A later compaction never brings dropped entries back, and a zero tail drops all.
-        log.compact(snapshot_at(9, 3), 0);
+        log.compact(snapshot_at(9, 3), 0, u64::MAX);
         assert_eq!(log.first_index(), 10);
         assert_eq!(log.term(9), Some(3));
         assert_eq!(log.last_index(), 10);
+    }
+
+    #[test]
+    fn compact_keeps_no_more_command_bytes_behind_the_snapshot_than_its_budget() {
+        // Entries 1..=10, each a command of 100 bytes.
+        let entries = (1..=10)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                payload: EntryPayload::Command(vec![7; 100]),
+            })
+            .collect();
+        let mut log = RaftLog::restore(None, entries, 10, 0);
+        log.applied_to(10);
+        // Five entries allowed, but only 250 bytes: entries 7 and 8 (200 bytes) are kept.
+        log.compact(snapshot_at(8, 1), 5, 250);
+        assert_eq!(log.first_index(), 7);
+        assert_eq!(log.entries_from(7, 10, usize::MAX).len(), 4);
+        // A budget below one command keeps none of those the snapshot covers.
+        log.compact(snapshot_at(10, 1), 5, 50);
+        assert_eq!(log.first_index(), 11);
+        assert_eq!(log.term(10), Some(1), "the offset keeps its term");
     }
 
     #[test]

@@ -26,7 +26,18 @@ pub enum EntryPayload {
     /// commits, the leader knows every entry committed by earlier terms.
     Noop,
     /// An opaque command for the application's state machine.
-    Command(Vec<u8>),
+    Command(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+impl Entry {
+    /// The bytes of the entry's command (zero for a no-op): what the memory and
+    /// backpressure budgets count.
+    pub fn command_bytes(&self) -> u64 {
+        match &self.payload {
+            EntryPayload::Command(command) => command.len() as u64,
+            EntryPayload::Noop => 0,
+        }
+    }
 }
 
 /// One log entry. `(index, term)` identifies it uniquely across the cluster (Log Matching).
@@ -74,6 +85,7 @@ pub struct SnapshotMeta {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub meta: SnapshotMeta,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 

@@ -56,6 +56,10 @@ pub enum ProposeError {
     TransferInProgress,
     #[error("too many uncommitted entries ({uncommitted}); retry later")]
     Backpressure { uncommitted: u64 },
+    /// The commands proposed in this term and not yet committed already hold the byte budget
+    /// ([`Config::max_uncommitted_bytes`]).
+    #[error("uncommitted commands hold {uncommitted_bytes} bytes, the budget; retry later")]
+    BytesBackpressure { uncommitted_bytes: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -234,6 +238,9 @@ pub struct Raft {
     /// `take_messages_to_send_now` or `ready` sends each follower ONE append carrying all of
     /// them, instead of one append per proposal.
     appends_pending: bool,
+    /// Bytes of the commands this leader proposed and has not yet seen commit (etcd's
+    /// `uncommittedSize`), bounded by [`Config::max_uncommitted_bytes`]. Zero when not leading.
+    uncommitted_bytes: u64,
     rng: Prng,
     /// The hard state last handed out in a Ready.
     handed_hard_state: HardState,
@@ -285,6 +292,7 @@ impl Raft {
             messages: Vec::new(),
             sent_before_persisted: 0,
             appends_pending: false,
+            uncommitted_bytes: 0,
             rng: Prng::new(config.seed),
             handed_hard_state: HardState::default(),
             in_flight_ready: None,
@@ -475,6 +483,17 @@ impl Raft {
         if uncommitted >= self.config.max_uncommitted_entries {
             return Err(ProposeError::Backpressure { uncommitted });
         }
+        // One command is always let through when nothing is uncommitted, however large, so a
+        // command within the size limits can always make progress (as etcd).
+        let command_bytes = command.len() as u64;
+        if self.uncommitted_bytes > 0
+            && self.uncommitted_bytes + command_bytes > self.config.max_uncommitted_bytes
+        {
+            return Err(ProposeError::BytesBackpressure {
+                uncommitted_bytes: self.uncommitted_bytes,
+            });
+        }
+        self.uncommitted_bytes += command_bytes;
         let index = self.append_entry(EntryPayload::Command(command));
         // Sent with the next batch of messages, together with every proposal until then.
         self.appends_pending = true;
@@ -587,8 +606,11 @@ impl Raft {
                 term: snapshot.meta.last_term,
             });
         }
-        self.log
-            .compact(snapshot, self.config.compaction_tail_entries);
+        self.log.compact(
+            snapshot,
+            self.config.compaction_tail_entries,
+            self.config.compaction_tail_bytes,
+        );
         Ok(())
     }
 
@@ -1109,6 +1131,7 @@ impl Raft {
         self.leader_ticks = 0;
         self.heartbeat_elapsed = 0;
         self.reads.reset();
+        self.uncommitted_bytes = 0;
         self.reset_election_timer();
     }
 
@@ -1613,10 +1636,21 @@ impl Raft {
             let before = self.log.commit_index();
             self.log.commit_to(quorum_index);
             debug_assert!(self.log.commit_index() > before);
+            self.release_uncommitted_bytes(before + 1..=quorum_index);
             true
         } else {
             false
         }
+    }
+
+    /// Returns the byte budget of newly committed commands. Commands of earlier terms were never
+    /// counted (the count starts at zero with leadership), hence the saturation.
+    fn release_uncommitted_bytes(&mut self, committed: std::ops::RangeInclusive<Index>) {
+        let released: u64 = committed
+            .filter_map(|index| self.log.entry(index))
+            .map(Entry::command_bytes)
+            .sum();
+        self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(released);
     }
 
     fn commit_unknown_to(&self, peer: NodeId) -> bool {

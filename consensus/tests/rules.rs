@@ -760,6 +760,36 @@ fn appends_in_flight_per_follower_are_bounded() {
 }
 
 #[test]
+fn uncommitted_command_bytes_are_bounded_and_freed_by_commit() {
+    let mut cluster = Cluster::new(3, |c| c.max_uncommitted_bytes = 100);
+    elect(&mut cluster, 1);
+    let sixty = format!("put k={}", "v".repeat(54));
+    assert_eq!(sixty.len(), 60);
+    cluster.propose(1, &sixty).unwrap();
+    assert_eq!(
+        cluster.propose(1, &sixty),
+        Err(ProposeError::BytesBackpressure {
+            uncommitted_bytes: 60
+        }),
+        "60 + 60 bytes would pass the 100-byte budget"
+    );
+    cluster.settle();
+    // Committing gave the bytes back.
+    cluster.propose(1, &sixty).unwrap();
+    cluster.settle();
+    // A command larger than the whole budget still goes through when nothing is uncommitted.
+    let large = format!("put big={}", "v".repeat(200));
+    cluster.propose(1, &large).unwrap();
+    assert!(matches!(
+        cluster.propose(1, "put k=v"),
+        Err(ProposeError::BytesBackpressure { .. })
+    ));
+    cluster.settle();
+    cluster.check().unwrap();
+    assert_eq!(cluster.nodes[&3].sm.applied_index, 4);
+}
+
+#[test]
 fn a_repairing_node_neither_votes_nor_campaigns_until_its_log_is_resent() {
     let mut cluster = Cluster::new(3, classic);
     elect(&mut cluster, 1);

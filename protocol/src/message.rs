@@ -104,7 +104,7 @@ pub struct Receipt {
 /// What a compare-and-swap requires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expect {
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     Version(u64),
     Absent,
 }
@@ -125,7 +125,9 @@ pub enum Request {
         consistency: ReadConsistency,
     },
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         session: Option<Session>,
         ack: WriteAck,
@@ -138,6 +140,7 @@ pub enum Request {
     Cas {
         key: Vec<u8>,
         expect: Expect,
+        #[serde(with = "serde_bytes")]
         new_value: Vec<u8>,
         session: Option<Session>,
         ack: WriteAck,
@@ -236,6 +239,7 @@ impl Request {
 /// A value with the version (log index) of the write that set it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Versioned {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub version: u64,
 }

@@ -68,3 +68,50 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T
     }
     Ok(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct ElementByElement {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct AsOneSlice {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    }
+
+    /// The byte strings of log entries, snapshots and frames are marked `serde_bytes` (one
+    /// `memcpy` instead of a visit per byte, 60% of a loaded leader's CPU before): the encoding
+    /// must stay the one logs and peers of earlier versions wrote, both ways.
+    #[test]
+    fn byte_strings_encode_the_same_as_one_slice_or_element_by_element() {
+        for len in [0, 1, 127, 128, 250, 251, 300, 65_535, 65_536, 300_000] {
+            let value: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let plain = ElementByElement {
+                key: b"k".to_vec(),
+                value: value.clone(),
+            };
+            let sliced = AsOneSlice {
+                key: b"k".to_vec(),
+                value,
+            };
+            let plain_bytes = encode(&plain, "test").unwrap();
+            let sliced_bytes = encode(&sliced, "test").unwrap();
+            assert_eq!(plain_bytes, sliced_bytes, "length {len}");
+            assert_eq!(decode::<AsOneSlice>(&plain_bytes, "test").unwrap(), sliced);
+            assert_eq!(
+                decode::<ElementByElement>(&sliced_bytes, "test").unwrap(),
+                plain
+            );
+        }
+    }
+}

@@ -32,6 +32,7 @@ pub const MAX_SESSION_WINDOW: u64 = 1024;
 /// A value and the version (log index) of the write that set it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Versioned {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub version: u64,
 }
@@ -40,7 +41,7 @@ pub struct Versioned {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expectation {
     /// The key holds exactly this value.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The key exists at exactly this version.
     Version(u64),
     /// The key does not exist.
@@ -56,7 +57,9 @@ pub enum Command {
         key: Vec<u8>,
     },
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     Delete {
@@ -66,6 +69,7 @@ pub enum Command {
     Cas {
         key: Vec<u8>,
         expect: Expectation,
+        #[serde(with = "serde_bytes")]
         new_value: Vec<u8>,
     },
     /// Open a client session; its id is this entry's log index (unique, the same on every replica).

@@ -39,6 +39,7 @@ use crate::wal::{Lsn, Wal, WalOptions};
 pub struct StoredEntry {
     pub index: u64,
     pub term: u64,
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 

@@ -54,6 +54,11 @@ pub struct NetConfig {
     pub small_frame_bytes: usize,
     /// Bytes all client connections together may hold in large frames being received.
     pub client_frame_budget_bytes: usize,
+    /// Bytes of client requests received and not yet handled by the node (queued for it, or
+    /// waiting to be queued). A connection whose next request does not fit waits, reading
+    /// nothing more: TCP pushes back on the client. Past the node, Raft bounds what it holds
+    /// (`consensus::Config::max_uncommitted_bytes`).
+    pub queued_request_budget_bytes: usize,
     /// Bytes one peer may hold in a partly received (chunked) message.
     pub peer_reassembly_budget_bytes: usize,
     /// Bytes all peers together may hold in partly received messages.
@@ -74,6 +79,7 @@ impl Default for NetConfig {
             check_interval: Duration::from_millis(500),
             small_frame_bytes: 64 * 1024,
             client_frame_budget_bytes: 64 * 1024 * 1024,
+            queued_request_budget_bytes: 64 * 1024 * 1024,
             peer_reassembly_budget_bytes: crate::chunk::MAX_PEER_MESSAGE_BYTES,
             total_reassembly_budget_bytes: crate::chunk::MAX_PEER_MESSAGE_BYTES,
         }
@@ -94,6 +100,17 @@ impl ByteBudget {
         ByteBudget {
             semaphore: Arc::new(Semaphore::new(total_bytes)),
             total_bytes,
+        }
+    }
+
+    /// Takes `bytes` from the budget, waiting until they are free. A request for more than the
+    /// whole budget takes all of it (it waits for everything else to be returned).
+    pub async fn take(&self, bytes: usize) -> OwnedSemaphorePermit {
+        let bytes = bytes.clamp(1, self.total_bytes.max(1)) as u32;
+        // The semaphore is never closed, so acquiring only ever waits.
+        match self.semaphore.clone().acquire_many_owned(bytes).await {
+            Ok(permit) => permit,
+            Err(_) => unreachable!("a byte budget's semaphore is never closed"),
         }
     }
 

@@ -36,10 +36,17 @@ pub struct NodeConfig {
     pub heartbeat_interval_ticks: u32,
     /// Take a snapshot (and compact the log) after this many applied entries.
     pub snapshot_every_entries: u64,
+    /// Or after this many bytes of applied commands, whichever comes first: Raft keeps the log
+    /// since the last snapshot in memory, so with large values a count alone would let it grow
+    /// to gigabytes. Default 64 MiB.
+    pub snapshot_every_bytes: u64,
     /// Entries a snapshot keeps behind it, in memory and on disk, so that a follower at most
     /// this far behind is sent entries instead of the whole snapshot (Raft's
     /// `compaction_tail_entries`). Default 5 000, as etcd.
     pub log_tail_entries: u64,
+    /// And at most this many bytes of commands kept in memory (Raft's
+    /// `compaction_tail_bytes`). Default 32 MiB.
+    pub log_tail_bytes: u64,
     /// Seeds Raft's election timer.
     pub seed: u64,
     /// Differs every time the node starts (the binary draws it from the clock and process id;
@@ -85,7 +92,9 @@ impl NodeConfig {
             election_timeout_ticks: 10,
             heartbeat_interval_ticks: 2,
             snapshot_every_entries: 10_000,
+            snapshot_every_bytes: 64 << 20,
             log_tail_entries: consensus::DEFAULT_COMPACTION_TAIL_ENTRIES,
+            log_tail_bytes: 32 << 20,
             seed: id,
             boot_id: 0,
             planted_bug: PlantedBug::None,
@@ -148,7 +157,9 @@ impl NodeConfig {
             election_timeout_ticks: self.election_timeout_ticks,
             heartbeat_interval_ticks: self.heartbeat_interval_ticks,
             snapshot_every_entries: self.snapshot_every_entries,
+            snapshot_every_bytes: self.snapshot_every_bytes,
             log_tail_entries: self.log_tail_entries,
+            log_tail_bytes: self.log_tail_bytes,
             // Group 0 keeps the node's seed (the simulation's seeds replay as before).
             seed: self
                 .seed

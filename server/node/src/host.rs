@@ -54,11 +54,34 @@ pub enum NodeInput {
         group: GroupId,
         request: Request,
         reply: ReplyTo,
+        /// The request's share of the service's budget of queued request bytes, returned
+        /// once the node has handled it (proposed, refused or answered).
+        held: HeldBytes,
     },
     /// A Raft message from a peer, for the replica of `group`.
     Peer { group: GroupId, message: Message },
     /// Stop: hand leadership over if leading, sync the log, answer what is pending, exit.
     Shutdown { done: oneshot::Sender<()> },
+}
+
+/// Bytes of a budget held while an input waits for the node (see
+/// `NetConfig::queued_request_budget_bytes`); returned when dropped. Inputs that no budget
+/// covers (tests, the simulation's clients) hold [`HeldBytes::none`].
+#[derive(Debug, Default)]
+pub struct HeldBytes {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl HeldBytes {
+    pub fn none() -> Self {
+        HeldBytes { _permit: None }
+    }
+
+    pub fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        HeldBytes {
+            _permit: Some(permit),
+        }
+    }
 }
 
 /// Why a node could not start.
@@ -293,7 +316,11 @@ impl Host {
                 group,
                 request,
                 reply,
-            } => self.handle_request(group, request, reply),
+                held,
+            } => {
+                self.handle_request(group, request, reply);
+                drop(held);
+            }
             NodeInput::Shutdown { done } => return Some(done),
         }
         None
@@ -909,7 +936,8 @@ mod tests {
             .handle(NodeInput::Client {
                 group: ONLY_GROUP,
                 request,
-                reply
+                reply,
+                held: HeldBytes::none(),
             })
             .is_none());
         answer
@@ -1050,6 +1078,7 @@ mod tests {
             group,
             request,
             reply,
+            held: HeldBytes::none(),
         });
         answer
     }
@@ -1228,6 +1257,41 @@ mod tests {
             }
         }
         assert_eq!(node.group0().machine.len(), 25);
+    }
+
+    #[test]
+    fn large_values_bring_a_snapshot_before_the_entry_count_and_the_log_in_memory_stays_small() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let by_bytes = |config: &mut NodeConfig| {
+            config.snapshot_every_entries = 1_000_000;
+            config.snapshot_every_bytes = 64 * 1024;
+            config.log_tail_entries = 1_000;
+            config.log_tail_bytes = 32 * 1024;
+        };
+        let mut node = node_1(dir.path(), 1, StdFs::shared(), by_bytes);
+        node.group0().raft.campaign();
+        node.process_ready().expect("persist");
+        let value = "v".repeat(10 * 1024);
+        for i in 0..40 {
+            let mut answer = put(&mut node, &format!("k{i}"), &value);
+            node.process_ready().expect("persist");
+            assert!(matches!(answered(&mut answer), Response::Written { .. }));
+        }
+        // 400 KiB applied: snapshots every 64 KiB, though the entry count is far off.
+        let saved = node.group0().last_snapshot_index;
+        assert!(saved > 41 - 8, "the last snapshot is at {saved}");
+        let held: u64 = node
+            .group0()
+            .raft
+            .log()
+            .entries()
+            .iter()
+            .map(Entry::command_bytes)
+            .sum();
+        assert!(
+            held <= 64 * 1024 + 32 * 1024 + 11 * 1024,
+            "Raft holds {held} bytes of commands in memory"
+        );
     }
 
     // --- Consistency levels and receipts. ---

@@ -87,8 +87,12 @@ pub struct ReplicaConfig {
     pub heartbeat_interval_ticks: u32,
     /// Take a snapshot (and compact the log) after this many applied entries.
     pub snapshot_every_entries: u64,
+    /// Or after this many bytes of applied commands, whichever comes first.
+    pub snapshot_every_bytes: u64,
     /// Entries a snapshot keeps behind it (Raft's `compaction_tail_entries`).
     pub log_tail_entries: u64,
+    /// And at most this many bytes of commands (Raft's `compaction_tail_bytes`).
+    pub log_tail_bytes: u64,
     /// Seeds Raft's election timer.
     pub seed: u64,
     /// Differs every time the node starts (see `NodeConfig::boot_id`).
@@ -171,6 +175,9 @@ pub struct Replica {
     /// (which apply the same entries at the same moment) and the groups of a node do not all
     /// write their snapshots at once.
     snapshot_interval_entries: u64,
+    /// Bytes of commands applied since the last snapshot (see
+    /// `ReplicaConfig::snapshot_every_bytes`).
+    applied_bytes_since_snapshot: u64,
     /// The host asked for a snapshot before the interval is reached (this group's old entries
     /// keep log segments every other group is done with).
     snapshot_requested: bool,
@@ -213,6 +220,7 @@ impl Replica {
         raft_config.seed = config.seed;
         raft_config.boot_id = config.boot_id;
         raft_config.compaction_tail_entries = config.log_tail_entries;
+        raft_config.compaction_tail_bytes = config.log_tail_bytes;
         raft_config.planted_bug = config.planted_bug.raft_bug();
         // Leases stay allowed (Raft's default): each read chooses its mode (`start_read`), and
         // the vote fences that make them safe are on with CheckQuorum regardless.
@@ -252,6 +260,7 @@ impl Replica {
             was_leader: false,
             snapshot_retry_at: 0,
             snapshot_interval_entries,
+            applied_bytes_since_snapshot: 0,
             snapshot_requested: false,
             received_snapshot: None,
             lag: LagTracker::default(),
@@ -680,6 +689,7 @@ impl Replica {
     /// The host saved the snapshot of a Ready (received from the leader).
     pub fn snapshot_installed(&mut self, last_index: u64) {
         self.last_snapshot_index = last_index;
+        self.applied_bytes_since_snapshot = 0;
         self.snapshots_installed += 1;
     }
 
@@ -822,6 +832,7 @@ impl Replica {
                 None
             }
             EntryPayload::Command(bytes) => {
+                self.applied_bytes_since_snapshot += bytes.len() as u64;
                 let proposal: Proposal = codec::decode(bytes, "proposal")?;
                 let planted = self.config.planted_bug.storage_bug();
                 Some(self.machine.apply_planted(entry.index, &proposal, planted))
@@ -996,7 +1007,9 @@ impl Replica {
     /// the last one: the point it covers and its bytes.
     pub fn snapshot_due(&self) -> Option<(SnapshotPoint, StateMachine)> {
         let applied = self.machine.applied_index();
-        let requested = self.snapshot_requested && applied > self.last_snapshot_index;
+        let requested = (self.snapshot_requested
+            || self.applied_bytes_since_snapshot >= self.config.snapshot_every_bytes)
+            && applied > self.last_snapshot_index;
         if (applied < self.last_snapshot_index + self.snapshot_interval_entries && !requested)
             || applied < self.snapshot_retry_at
         {
@@ -1030,6 +1043,9 @@ impl Replica {
             tracing::warn!(%error, "raft refused the snapshot");
         }
         self.last_snapshot_index = point.last_index;
+        // Counted again from here (what was applied while the snapshot was saved is not: an
+        // undercount of at most one save's worth).
+        self.applied_bytes_since_snapshot = 0;
         tracing::info!(
             group = self.config.group,
             index = point.last_index,
@@ -1261,7 +1277,9 @@ mod tests {
             election_timeout_ticks: 10,
             heartbeat_interval_ticks: 2,
             snapshot_every_entries: every,
+            snapshot_every_bytes: u64::MAX,
             log_tail_entries: 0,
+            log_tail_bytes: u64::MAX,
             seed: id,
             boot_id: 0,
             planted_bug: PlantedBug::None,

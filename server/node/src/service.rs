@@ -34,7 +34,7 @@ use crate::auth;
 use crate::budget::{ByteBudget, ConnRegistry, FrameCodec, FrameError, NetConfig, Shed, Ticket};
 use crate::chunk::{Reassembler, MAX_PEER_FRAME_BYTES};
 use crate::forward::Forward;
-use crate::host::NodeInput;
+use crate::host::{HeldBytes, NodeInput};
 use crate::injected::InjectedFaults;
 use crate::network::Network;
 use crate::replica::Reply;
@@ -62,6 +62,9 @@ struct Shared {
     clients: Arc<ConnRegistry>,
     peers: BTreeMap<NodeId, Arc<ConnRegistry>>,
     client_frame_budget: ByteBudget,
+    /// Bytes of requests received and not yet handled by the node (see
+    /// [`NetConfig::queued_request_budget_bytes`]).
+    queued_request_budget: ByteBudget,
     peer_reassembly_budgets: BTreeMap<NodeId, ByteBudget>,
     total_reassembly_budget: ByteBudget,
     /// The operator's fault rules; `None` unless the node runs with `--allow-faults`.
@@ -119,6 +122,7 @@ pub async fn accept_loop<N: Network>(
         total_reassembly_budget: ByteBudget::new(net.total_reassembly_budget_bytes),
         clients: ConnRegistry::new(net.max_client_connections, Shed::OldestIdle),
         client_frame_budget: ByteBudget::new(net.client_frame_budget_bytes),
+        queued_request_budget: ByteBudget::new(net.queued_request_budget_bytes),
         peer_ids,
         limits,
         net,
@@ -513,9 +517,13 @@ async fn serve_client<S>(
                     }
                     Some(Ok(frame)) => frame,
                 };
+                // Held from here until the node has handled the request: while the node is
+                // behind, the requests waiting for it stay within the budget and this
+                // connection reads nothing more (TCP pushes back on the client).
+                let held = shared.queued_request_budget.take(frame.bytes.len()).await;
                 let decoded = decode_frame::<RequestFrame>(&frame.bytes);
-                // The frame's share of the byte budget is returned here: the request is now as
-                // large as its own fields, bounded by the node's input queue.
+                // The frame's share of the frame budget is returned here: the request is now
+                // as large as its own fields, covered by `held`.
                 drop(frame);
                 let RequestFrame { id, header, request } = match decoded {
                     Ok(frame) => frame,
@@ -544,7 +552,8 @@ async fn serve_client<S>(
                 match route {
                     Route::Local(group) => {
                         let (reply, answer) = oneshot::channel();
-                        if node.send(NodeInput::Client { group, request, reply }).await.is_err() {
+                        let input = NodeInput::Client { group, request, reply, held: HeldBytes::new(held) };
+                        if node.send(input).await.is_err() {
                             let _ = framed.send(error_frame(id, ErrorKind::ShuttingDown, "the node stopped".into())).await;
                             break;
                         }
@@ -563,9 +572,19 @@ async fn serve_client<S>(
                             continue;
                         }
                         let forwarded = shared.forwarder.clone().forward(group, request);
-                        in_flight.push(Box::pin(async move { (id, group, forwarded.await) }) as InFlight);
+                        in_flight.push(Box::pin(async move {
+                            let reply = forwarded.await;
+                            drop(held);
+                            (id, group, reply)
+                        }) as InFlight);
                     }
                 }
+                // One request per turn: a connection with many requests queued in its socket
+                // would otherwise run one after another for a whole scheduling budget while the
+                // node's loop and the peer connections (heartbeats) wait for a thread. Under a
+                // flood of clients that starved the leader of its followers (it lost
+                // leadership); see server/tests/overload.rs.
+                tokio::task::yield_now().await;
             }
         }
     }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringleader_node::host::{Host, NodeInput, NODE_INPUT_QUEUE};
+use ringleader_node::host::{HeldBytes, Host, NodeInput, NODE_INPUT_QUEUE};
 use ringleader_node::log_writer::WriterMode;
 use ringleader_node::peer::PeerSenders;
 use ringleader_node::NodeConfig;
@@ -72,6 +72,7 @@ async fn call(inputs: &mpsc::Sender<NodeInput>, request: Request) -> Option<Resp
             group: ringleader_protocol::ONLY_GROUP,
             request,
             reply,
+            held: HeldBytes::none(),
         })
         .await
         .ok()?;
