@@ -5,6 +5,8 @@
 #
 #   OLD=/tmp/rl-old NEW=target/release/ringleader bench/versions.sh
 #   NODES=5 SHARDS=10 CLIENTS=64 DURATION=10s ROUNDS=3 OLD=... NEW=... bench/versions.sh
+#   CLIENTS=64 CONNECTIONS=1 OLD=... NEW=... bench/versions.sh   (64 requests pipelined on one
+#   connection; both clusters driven by NEW's bench, which knows --connections)
 #
 # Build the old one from a worktree of the old commit into the same target directory:
 #   git worktree add --detach /tmp/old <commit>
@@ -19,6 +21,7 @@ NEW=${NEW:-target/release/ringleader}
 NODES=${NODES:-3}
 SHARDS=${SHARDS:-1}
 CLIENTS=${CLIENTS:-1}
+CONNECTIONS=${CONNECTIONS:-$CLIENTS}
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-2}
 BASE_PORT=${BASE_PORT:-7401}
@@ -34,8 +37,11 @@ round() {
     local bin=$1 name=$2
     cluster_up "$bin" "$NODES" "$SHARDS" "$WORK/cluster" "$BASE_PORT" "$ENDPOINTS" "$WORK/up.log"
     sleep 2 # leadership settles
-    "$bin" bench --workload write --clients "$CLIENTS" --duration "$DURATION" --keys 10000 \
-        --value-bytes 256 --json --endpoints "$ENDPOINTS" >"$WORK/$name.json"
+    local connections=()
+    if [ "$CONNECTIONS" != "$CLIENTS" ]; then connections=(--connections "$CONNECTIONS"); fi
+    # The load is driven by NEW's bench for both (the cluster under test is what differs).
+    "$NEW" bench --workload write --clients "$CLIENTS" "${connections[@]}" --duration "$DURATION" \
+        --keys 10000 --value-bytes 256 --json --endpoints "$ENDPOINTS" >"$WORK/$name.json"
     "$bin" cluster down --dir "$WORK/cluster" >/dev/null 2>&1
     wait || true
     python3 - "$WORK/$name.json" "$name" <<'PY'

@@ -114,9 +114,14 @@ pub struct BenchArgs {
     /// kind only.
     #[arg(long, value_enum, default_value_t = Workload::Write)]
     workload: Workload,
-    /// Concurrent clients, each with its own connections, one operation at a time.
+    /// Concurrent clients, one operation at a time each.
     #[arg(long, default_value_t = 16)]
     clients: usize,
+    /// Client libraries (each with its own connections) the clients share, round robin: with
+    /// fewer connections than clients, several requests are in flight on one connection (as
+    /// in an application with one `Client` and many tasks). Default: one per client.
+    #[arg(long)]
+    connections: Option<usize>,
     /// How long to run (after `--load`), e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = crate::cli::parse_timeout)]
     duration: Duration,
@@ -177,6 +182,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if args.ops == Some(0) {
         bail!("--ops must be above zero");
     }
+    let connections = args.connections.unwrap_or(args.clients);
+    if connections == 0 || connections > args.clients {
+        bail!(
+            "--connections must be between 1 and --clients ({})",
+            args.clients
+        );
+    }
     let chooser = match args.distribution {
         Distribution::Uniform => KeyChooser::uniform(args.keys),
         Distribution::Zipfian => {
@@ -189,9 +201,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     };
     let show_progress = !args.json && std::io::stderr().is_terminal();
     let config = ClientConfig::new(args.endpoints.clone());
-    let clients = (0..args.clients)
+    let libraries = (0..connections)
         .map(|_| Client::new(config.clone()).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
+    let clients: Vec<_> = (0..args.clients)
+        .map(|worker| libraries[worker % connections].clone())
+        .collect();
 
     let load_elapsed = if args.load {
         Some(load(&clients, args.keys, args.value_bytes, show_progress).await?)
@@ -616,7 +631,9 @@ impl Report<'_> {
             "distribution": format!("{:?}", args.distribution).to_lowercase(),
             "zipf_theta": (args.distribution == Distribution::Zipfian).then_some(args.zipf_theta),
             "seed": args.seed, "keys": args.keys, "value_bytes": args.value_bytes,
-            "clients": args.clients, "load_secs": self.load_secs,
+            "clients": args.clients,
+            "connections": args.connections.unwrap_or(args.clients),
+            "load_secs": self.load_secs,
             "elapsed_secs": self.elapsed_secs,
             // The totals, at the top level as before reads and writes were told apart.
             "ops": self.total.ops, "failed": self.failed,

@@ -130,6 +130,36 @@ async fn ycsb_workloads_count_reads_and_writes_apart() {
     assert_eq!(number(&report["writes"], "ops"), 0.0, "{report}");
     assert!(number(&report, "load_secs") > 0.0, "{report}");
     assert_eq!(report["level"], "lease");
+
+    // Eight clients sharing two connections: requests pipelined on each.
+    let (code, stdout, stderr) = cli(
+        &[
+            "bench",
+            "--workload",
+            "a",
+            "--ops",
+            "200",
+            "--clients",
+            "8",
+            "--connections",
+            "2",
+            "--keys",
+            "50",
+            "--json",
+        ],
+        &e,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let report = json(&stdout);
+    assert_eq!(number(&report, "ops"), 200.0, "{report}");
+    assert_eq!(number(&report, "connections"), 2.0, "{report}");
+    assert_eq!(number(&report, "failed"), 0.0, "{report}");
+    let (code, _, stderr) = cli(&["bench", "--clients", "2", "--connections", "3"], &e);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("--connections must be between 1 and --clients"),
+        "{stderr}"
+    );
 }
 
 /// The exact invocation of bench/shards.sh and bench/versions.sh, and the fields they read.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use consensus::NodeId;
 use futures::stream::FuturesUnordered;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use ringleader_protocol::admin::{AdminRequest, AdminResponse, MAX_ADMIN_FRAME_BYTES};
 use ringleader_protocol::{
     decode_frame, encode_frame, frame_codec, ErrorKind, Handshake, Header, Limits, RequestFrame,
@@ -45,6 +45,8 @@ type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, u64, Re
 
 /// Requests one client connection may have in flight; the server stops reading beyond it.
 pub const MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION: usize = 256;
+/// Answers written to a client's socket before one flush, at most.
+const MAX_ANSWERS_PER_FLUSH: usize = 64;
 
 /// Authenticated admin connections served at once; past it a new one is closed after its
 /// authentication (an operator tool opens one per node and command).
@@ -472,13 +474,28 @@ async fn serve_client<S>(
         }
         tokio::select! {
             biased;
-            Some((id, group, reply)) = in_flight.next(), if !in_flight.is_empty() => {
-                let Reply { response, receipt } = reply;
-                let header = Header { group, epoch: router.ring().epoch() };
-                let frame = ResponseFrame { id, header, response, receipt };
-                let Ok(body) = encode_frame(&frame) else { break };
+            Some(answered) = in_flight.next(), if !in_flight.is_empty() => {
+                // Every answer ready now goes out with ONE flush (one `write` on the socket for
+                // a pipelining client, instead of one per answer).
+                let mut next = Some(answered);
+                let mut fed = 0;
+                let mut failed = false;
+                while let Some((id, group, reply)) = next.take() {
+                    let Reply { response, receipt } = reply;
+                    let header = Header { group, epoch: router.ring().epoch() };
+                    let frame = ResponseFrame { id, header, response, receipt };
+                    let Ok(body) = encode_frame(&frame) else { failed = true; break };
+                    if framed.feed(Bytes::from(body)).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                    fed += 1;
+                    if fed < MAX_ANSWERS_PER_FLUSH {
+                        next = in_flight.next().now_or_never().flatten();
+                    }
+                }
                 ticket.slot.touch();
-                if framed.send(Bytes::from(body)).await.is_err() {
+                if failed || framed.flush().await.is_err() {
                     break;
                 }
             }
