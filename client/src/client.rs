@@ -11,11 +11,15 @@
 //! be reached is skipped for the next replica; everything stops at the per-request deadline. A
 //! one-shard ring is served over the configured endpoints exactly as before sharding.
 //!
-//! Every write carries a session of its group (sessions are per group: an id the group assigns
-//! when the client registers there, before its first write to it, and a per-group sequence
-//! number), so the client can resend a write after a timeout or a lost connection, to the same
-//! node or to a new leader, and the group's replicated state machine applies it once (Raft thesis
-//! §6.3).
+//! Every write carries a session of its group (sessions are per group: an id and a per-group
+//! sequence number), so the client can resend a write after a timeout or a lost connection, to
+//! the same node or to a new leader, and the group's replicated state machine applies it once
+//! (Raft thesis §6.3). The client chooses the id itself (at or above
+//! [`CLIENT_CHOSEN_SESSION_IDS`], from a seed) and its first write to a group opens the session
+//! in the same log entry, naming a log index of the group it saw before (`opened_after`: from
+//! the status it learned the ring from, or its replies), so that a retry of that first write
+//! after its session was evicted is refused rather than applied twice (`storage::kv`).
+//! Until a write of the session is answered, every write carries the opening.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +35,7 @@ use ringleader_protocol::net::{Connector, TokioConnector};
 use ringleader_protocol::ring::Ring;
 use ringleader_protocol::{
     ErrorKind, Expect, GroupId, Header, Limits, NodeStatus, ReadConsistency, Receipt, Request,
-    Response, ServedAt, Session, Versioned, WriteAck, ONLY_GROUP,
+    Response, ServedAt, Session, Versioned, WriteAck, CLIENT_CHOSEN_SESSION_IDS, ONLY_GROUP,
 };
 
 /// How a client behaves.
@@ -64,6 +68,10 @@ pub struct ClientConfig {
     /// `forwarded_by` names it). The client still learns the ring from that node, to open each
     /// write's session in the key's group.
     pub pinned: bool,
+    /// Seeds the session ids this client chooses; clients of one cluster need different seeds.
+    /// `None` (the default): a random seed (the process's random hash keys), as applications
+    /// want; the simulation gives each client its own seed so that runs repeat.
+    pub session_id_seed: Option<u64>,
 }
 
 impl ClientConfig {
@@ -79,6 +87,7 @@ impl ClientConfig {
             connect_retry_window: Duration::from_secs(1),
             limits: Limits::default(),
             pinned: false,
+            session_id_seed: None,
         }
     }
 }
@@ -145,6 +154,42 @@ pub struct Client<C: Connector = TokioConnector> {
     sessions: Arc<Mutex<BTreeMap<GroupId, SessionState>>>,
     /// Per group, the session position (see [`Client::session_position_in`]).
     positions: Arc<Mutex<BTreeMap<GroupId, u64>>>,
+    /// Per group, the highest commit index a status showed (a session's `opened_after`).
+    commit_seen: Arc<Mutex<BTreeMap<GroupId, u64>>>,
+    /// Where the next session id comes from.
+    session_ids: Arc<Mutex<SessionIds>>,
+}
+
+/// The session ids a client chooses: a seeded sequence of 63-bit draws, each at or above
+/// [`CLIENT_CHOSEN_SESSION_IDS`] (below are the ids the log assigns).
+struct SessionIds {
+    seed: u64,
+    drawn: u64,
+}
+
+impl SessionIds {
+    fn new(seed: Option<u64>) -> Self {
+        let seed = seed.unwrap_or_else(|| {
+            use std::hash::{BuildHasher, Hasher};
+            // Keyed from the OS's randomness, differently in every process.
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(0x5e55_10e5);
+            hasher.finish()
+        });
+        SessionIds { seed, drawn: 0 }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.drawn += 1;
+        // splitmix64: consecutive inputs give unrelated outputs.
+        let mut z = self
+            .seed
+            .wrapping_add(self.drawn.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        CLIENT_CHOSEN_SESSION_IDS | (z >> 1)
+    }
 }
 
 /// Writes whose outcome stayed unknown are remembered (so the cluster keeps their outcome, and so
@@ -158,11 +203,14 @@ const MAX_REGROUPS: usize = 3;
 /// Shards a scan asks at the same time; the others wait for one of them to finish.
 const MAX_CONCURRENT_SHARD_SCANS: usize = 8;
 
-/// The exactly-once session of one group: the id the group gave it (none until registered),
-/// the next sequence number, and the writes not yet answered. `first_unacked_seq` is the
+/// The exactly-once session of one group: the id the client chose, whether the group holds it
+/// yet, the next sequence number, and the writes not yet answered. `first_unacked_seq` is the
 /// smallest of `in_flight` and `unknown`.
 struct SessionState {
-    client_id: Option<u64>,
+    client_id: u64,
+    /// `None` once a write of the session was answered (the group holds it); until then every
+    /// write carries the opening, with this index (see the module's documentation).
+    opened_after: Option<u64>,
     next_seq: u64,
     /// Writes being sent right now (never forgotten while in flight).
     in_flight: BTreeSet<u64>,
@@ -171,9 +219,10 @@ struct SessionState {
 }
 
 impl SessionState {
-    fn new(client_id: Option<u64>) -> Self {
+    fn new(client_id: u64, opened_after: u64) -> Self {
         SessionState {
             client_id,
+            opened_after: Some(opened_after),
             next_seq: 1,
             in_flight: BTreeSet::new(),
             unknown: BTreeSet::new(),
@@ -226,12 +275,14 @@ impl<C: Connector> Client<C> {
             )));
         }
         Ok(Client {
-            config: Arc::new(config),
             connector,
             routing: Arc::new(Mutex::new(Routing::new())),
             ring_fetch_failed_at: Arc::default(),
+            session_ids: Arc::new(Mutex::new(SessionIds::new(config.session_id_seed))),
+            config: Arc::new(config),
             sessions: Arc::default(),
             positions: Arc::default(),
+            commit_seen: Arc::default(),
         })
     }
 
@@ -558,17 +609,36 @@ impl<C: Connector> Client<C> {
         }
     }
 
-    /// The session id of group 0's session; `None` before the first write there registers one.
+    /// The session id of group 0's session; `None` before the first write there opens one.
     pub fn client_id(&self) -> Option<u64> {
         self.client_id_in(ONLY_GROUP)
     }
 
-    /// The session id writes to `group` carry; `None` before the first write to it registers
-    /// one (sessions are per group: each group's state machine knows only its own).
+    /// The session id writes to `group` carry; `None` before the first write to it opens one
+    /// (sessions are per group: each group's state machine knows only its own).
     pub fn client_id_in(&self, group: GroupId) -> Option<u64> {
-        self.sessions()
+        self.sessions().get(&group).map(|state| state.client_id)
+    }
+
+    /// The highest index of `group` this client has seen: in a status, or in its replies.
+    fn index_seen_in(&self, group: GroupId) -> u64 {
+        let from_status = self
+            .commit_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .get(&group)
-            .and_then(|state| state.client_id)
+            .copied()
+            .unwrap_or(0);
+        from_status.max(self.session_position_in(group))
+    }
+
+    /// Remembers the commit index of every group a status shows.
+    fn note_commit_indexes(&self, status: &NodeStatus) {
+        let mut seen = self.commit_seen.lock().unwrap_or_else(|p| p.into_inner());
+        for group in &status.groups {
+            let index = seen.entry(group.group).or_insert(0);
+            *index = (*index).max(group.commit_index);
+        }
     }
 
     /// Learns the ring if it is not known: asks the endpoints in turn for their status, for at
@@ -605,6 +675,9 @@ impl<C: Connector> Client<C> {
             None
         })
         .await;
+        if let Ok(Some((_, status))) = &asked {
+            self.note_commit_indexes(status);
+        }
         let learned = match asked {
             Ok(Some((addr, status))) => match self.routing().learn(&status) {
                 Ok(()) => {
@@ -632,50 +705,31 @@ impl<C: Connector> Client<C> {
         self.routing().group_for_key(key)
     }
 
-    /// Opens a session with `group` (one log entry there) unless one is open already.
-    async fn ensure_session(&self, group: GroupId) -> Result<u64> {
-        if let Some(client_id) = self.client_id_in(group) {
-            return Ok(client_id);
-        }
-        let client_id = match self
-            .call_to(Dest::Group(group), Request::RegisterSession)
-            .await?
-        {
-            Outcome::Answered((Response::SessionRegistered { client_id }, _)) => client_id,
-            Outcome::Answered((other, _)) => return Err(unexpected(other)),
-            Outcome::Moved => return Err(ring_kept_changing()),
-        };
-        // Concurrent first writes may both register: the first id stored wins, the other
-        // session is simply never used (and expires).
-        let mut sessions = self.sessions();
-        let state = sessions
-            .entry(group)
-            .or_insert_with(|| SessionState::new(None));
-        Ok(*state.client_id.get_or_insert(client_id))
-    }
-
-    /// Sends a write of `key` made by `make` with the session of the key's group (registered
-    /// on the first write there) and the group's next sequence number.
+    /// Sends a write of `key` made by `make` with the session of the key's group (opened by
+    /// the first write there, in the same entry) and the group's next sequence number.
     async fn write(&self, key: &[u8], make: impl Fn(Session) -> Request) -> Result<Answer> {
         for _ in 0..MAX_REGROUPS {
             let group = self.group_of(key).await;
-            let session = loop {
-                let client_id = self.ensure_session(group).await?;
+            let opened_after = self.index_seen_in(group);
+            let session = {
                 let mut sessions = self.sessions();
-                let state = sessions
-                    .entry(group)
-                    .or_insert_with(|| SessionState::new(None));
-                if state.client_id != Some(client_id) {
-                    continue; // renewed meanwhile: register again
-                }
+                let state = sessions.entry(group).or_insert_with(|| {
+                    let client_id = self
+                        .session_ids
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .next();
+                    SessionState::new(client_id, opened_after)
+                });
                 let seq = state.next_seq;
                 state.next_seq += 1;
                 state.in_flight.insert(seq);
-                break Session {
-                    client_id,
+                Session {
+                    client_id: state.client_id,
                     seq,
                     first_unacked_seq: state.first_unacked_seq(),
-                };
+                    opened_after: state.opened_after,
+                }
             };
             let result = self
                 .call_to(Dest::KeyInGroup(key, group), make(session))
@@ -684,8 +738,12 @@ impl<C: Connector> Client<C> {
                 let mut sessions = self.sessions();
                 if let Some(state) = sessions
                     .get_mut(&group)
-                    .filter(|state| state.client_id == Some(session.client_id))
+                    .filter(|state| state.client_id == session.client_id)
                 {
+                    if matches!(result, Ok(Outcome::Answered(_))) {
+                        // Applied in the session: the group holds it now.
+                        state.opened_after = None;
+                    }
                     // A definite answer lets the cluster forget this write's outcome; an
                     // unknown one (or one sent before the ring moved its key) is kept
                     // unacknowledged (bounded), so the cluster keeps its outcome for a retry.
@@ -699,8 +757,9 @@ impl<C: Connector> Client<C> {
                         }
                     }
                     if matches!(result, Err(Error::SessionExpired)) {
-                        // The group forgot this session: the next write registers a new one.
-                        *state = SessionState::new(None);
+                        // The group forgot this session (or could not open it): the next write
+                        // opens a new one.
+                        sessions.remove(&group);
                     }
                 }
             }
@@ -1167,10 +1226,6 @@ mod tests {
         }
     }
 
-    fn registered(client_id: u64) -> Option<Response> {
-        Some(Response::SessionRegistered { client_id })
-    }
-
     /// Pinned to "a": its NotLeader answer is the result, the leader it names ("b") is never
     /// contacted, and a stale read "a" can answer is answered by "a".
     #[tokio::test(start_paused = true)]
@@ -1234,7 +1289,6 @@ mod tests {
     async fn follows_a_redirect_to_a_leader_it_was_not_configured_with() {
         // "b" leads but is not among the endpoints: only the redirect from "a" leads there.
         let cluster = FakeCluster::new(|addr, request| match (addr, request) {
-            ("b", Request::RegisterSession) => registered(7),
             ("b", _) => Some(Response::Written { version: 3 }),
             ("a", _) => Some(Response::NotLeader {
                 leader: Some(2),
@@ -1250,13 +1304,17 @@ mod tests {
         assert_eq!(client.put("k", "v2").await, Ok(3));
         let addrs: Vec<String> = cluster.received().into_iter().map(|(a, _)| a).collect();
         // Redirected once, then the leader is remembered: no request to a follower again.
-        assert_eq!(addrs, ["a", "b", "b", "b"]);
-        let seqs: Vec<(u64, u64)> = cluster
+        assert_eq!(addrs, ["a", "b", "b"]);
+        let id = client.client_id().expect("a session");
+        assert!(id >= CLIENT_CHOSEN_SESSION_IDS, "the client chose its id");
+        let seqs: Vec<(u64, u64, Option<u64>)> = cluster
             .write_sessions()
             .iter()
-            .map(|s| (s.client_id, s.seq))
+            .map(|s| (s.client_id, s.seq, s.opened_after))
             .collect();
-        assert_eq!(seqs, [(7, 1), (7, 2)]);
+        // The first write (sent twice: to "a", then to "b") opens the session; the next one,
+        // after an answer showed the group holds it, does not.
+        assert_eq!(seqs, [(id, 1, Some(0)), (id, 1, Some(0)), (id, 2, None)]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1265,7 +1323,6 @@ mod tests {
         let refusals = Arc::new(AtomicU64::new(3));
         let left = refusals.clone();
         let cluster = FakeCluster::new(move |_, request| match request {
-            Request::RegisterSession => registered(1),
             _ if left.load(Ordering::SeqCst) > 0 => {
                 left.fetch_sub(1, Ordering::SeqCst);
                 Some(refusal(ErrorKind::Unavailable))
@@ -1276,10 +1333,7 @@ mod tests {
         assert_eq!(cluster.write_sessions().len(), 4, "3 refusals, 1 success");
 
         // Unavailable for ever: retried until the deadline, and certainly not applied.
-        let cluster = FakeCluster::new(|_, request| match request {
-            Request::RegisterSession => registered(1),
-            _ => Some(refusal(ErrorKind::Unavailable)),
-        });
+        let cluster = FakeCluster::new(|_, _| Some(refusal(ErrorKind::Unavailable)));
         let error = cluster.client(&["a"]).put("k", "v").await.unwrap_err();
         assert!(
             matches!(
@@ -1299,14 +1353,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn registers_a_new_session_after_the_cluster_expired_the_old_one() {
-        let next_id = Arc::new(AtomicU64::new(1));
-        let cluster = FakeCluster::new(move |_, request| match request {
-            Request::RegisterSession => registered(next_id.fetch_add(1, Ordering::SeqCst)),
-            _ => match session_of(request) {
-                Some(session) if session.client_id == 1 => Some(refusal(ErrorKind::SessionExpired)),
-                _ => Some(Response::Written { version: 4 }),
-            },
+    async fn opens_a_new_session_after_the_cluster_expired_the_old_one() {
+        // The first session the client opens is refused (expired, or not openable).
+        let first_id = Arc::new(Mutex::new(None));
+        let cluster = FakeCluster::new(move |_, request| {
+            let session = session_of(request)?;
+            let mut first = first_id.lock().unwrap();
+            if *first.get_or_insert(session.client_id) == session.client_id {
+                Some(refusal(ErrorKind::SessionExpired))
+            } else {
+                Some(Response::Written { version: 4 })
+            }
         });
         let client = cluster.client(&["a"]);
         let error = client.put("k", "v").await.unwrap_err();
@@ -1317,27 +1374,28 @@ mod tests {
         );
         assert_eq!(client.client_id(), None, "the expired session is dropped");
         assert_eq!(client.put("k", "v").await, Ok(4));
-        assert_eq!(client.client_id(), Some(2));
         let sessions = cluster.write_sessions();
-        let last = sessions.last().unwrap();
+        let (first, last) = (sessions[0], *sessions.last().unwrap());
+        assert_ne!(first.client_id, last.client_id, "a new id");
+        assert_eq!(client.client_id(), Some(last.client_id));
         assert_eq!(
-            (last.client_id, last.seq, last.first_unacked_seq),
-            (2, 1, 1),
-            "a fresh session starts at sequence 1"
+            (last.seq, last.first_unacked_seq, last.opened_after),
+            (1, 1, Some(0)),
+            "a fresh session starts at sequence 1, opened by its first write"
         );
-        let registrations = cluster
-            .received()
-            .iter()
-            .filter(|(_, r)| matches!(r, Request::RegisterSession))
-            .count();
-        assert_eq!(registrations, 2);
+        assert!(
+            !cluster
+                .received()
+                .iter()
+                .any(|(_, r)| matches!(r, Request::RegisterSession)),
+            "no registration round trip"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn maybe_applied_is_set_once_a_write_may_have_reached_a_node() {
         // The node takes the write but never learns whether it committed (`Unknown`), for ever.
         let cluster = FakeCluster::new(|_, request| match (request, session_of(request)) {
-            (Request::RegisterSession, _) => registered(5),
             (_, Some(session)) if session.seq == 1 => Some(refusal(ErrorKind::Unknown)),
             _ => Some(Response::Written { version: 8 }),
         });
@@ -1366,10 +1424,7 @@ mod tests {
         assert_eq!((last.seq, last.first_unacked_seq), (2, 1));
 
         // The connection drops after the node read the write: the write may have applied.
-        let cluster = FakeCluster::new(|_, request| match request {
-            Request::RegisterSession => registered(5),
-            _ => None,
-        });
+        let cluster = FakeCluster::new(|_, _| None);
         let error = cluster.client(&["a"]).put("k", "v").await.unwrap_err();
         assert!(
             matches!(
@@ -1411,16 +1466,13 @@ mod tests {
     async fn a_ring_changed_answer_makes_the_client_route_again_by_the_new_ring() {
         let new_spec = sharded_spec(4, 2);
         let new_ring = Ring::new(new_spec.clone()).unwrap();
-        let cluster = FakeCluster::with_headers(move |_, header, request| {
+        let cluster = FakeCluster::with_headers(move |_, header, _request| {
             if header.epoch != 2 {
                 return Some(Response::RingChanged {
                     ring: new_spec.clone(),
                 });
             }
-            match request {
-                Request::RegisterSession => registered(100 + header.group),
-                _ => Some(Response::Written { version: 7 }),
-            }
+            Some(Response::Written { version: 7 })
         });
         *cluster.ring.lock().unwrap() = RingSpec {
             epoch: 1,
@@ -1445,12 +1497,19 @@ mod tests {
             Header { group, epoch: 2 },
             "the write went to its group on the new ring"
         );
+        let id = client
+            .client_id_in(group)
+            .expect("a session in the new group");
         assert_eq!(
-            session_of(last).map(|s| (s.client_id, s.seq)),
-            Some((100 + group, 1)),
-            "with the session of that group: {received:?}"
+            session_of(last).map(|s| (s.client_id, s.seq, s.opened_after.is_some())),
+            Some((id, 1, true)),
+            "with a session of that group, opened by this write: {received:?}"
         );
-        assert_eq!(client.client_id_in(group), Some(100 + group));
+        assert_ne!(
+            client.client_id_in(0),
+            Some(id),
+            "sessions are per group: group 0's first write had its own"
+        );
     }
 
     /// On a sharded ring, stale reads of one key go round-robin over its group's replicas; a
@@ -1486,26 +1545,24 @@ mod tests {
         assert_eq!(asked, expected);
     }
 
-    /// Writes to two groups register a session in each (with that group in the header) and
-    /// number each session's writes from 1; a write whose answer is lost is resent with the
-    /// same session and sequence number of its own group.
+    /// Writes to two groups open a session in each (with that group in the header) and number
+    /// each session's writes from 1; a write whose answer is lost is resent with the same
+    /// session and sequence number of its own group (and, as the group has not yet answered a
+    /// write of it, still opening it).
     #[tokio::test(start_paused = true)]
     async fn sessions_are_per_group_and_a_lost_answer_is_resent_with_the_same_seq() {
         let spec = sharded_spec(4, 1);
         let ring = Ring::new(spec.clone()).unwrap();
         let lost = Arc::new(Mutex::new(BTreeSet::new()));
-        let cluster = FakeCluster::with_headers(move |_, header, request| match request {
-            Request::RegisterSession => registered(100 + header.group),
-            _ => {
-                let session = session_of(request).unwrap();
-                // The first answer of each session is lost (the connection drops).
-                if lost.lock().unwrap().insert(session.client_id) {
-                    return None;
-                }
-                Some(Response::Written {
-                    version: 10 * session.client_id + session.seq,
-                })
+        let cluster = FakeCluster::with_headers(move |_, _, request| {
+            let session = session_of(request).unwrap();
+            // The first answer of each session is lost (the connection drops).
+            if lost.lock().unwrap().insert(session.client_id) {
+                return None;
             }
+            Some(Response::Written {
+                version: session.seq,
+            })
         });
         *cluster.ring.lock().unwrap() = spec;
         let client = cluster.client(&["a"]);
@@ -1518,31 +1575,35 @@ mod tests {
             ring.shard_for_key(one.as_bytes()),
             ring.shard_for_key(other.as_bytes()),
         );
-        assert_eq!(client.put(one.as_str(), "v").await, Ok(10 * (100 + g1) + 1));
-        assert_eq!(
-            client.put(other.as_str(), "v").await,
-            Ok(10 * (100 + g2) + 1)
+        assert_eq!(client.put(one.as_str(), "v").await, Ok(1));
+        assert_eq!(client.put(other.as_str(), "v").await, Ok(1));
+        assert_eq!(client.put(one.as_str(), "w").await, Ok(2));
+        let (id1, id2) = (
+            client.client_id_in(g1).unwrap(),
+            client.client_id_in(g2).unwrap(),
         );
-        assert_eq!(client.put(one.as_str(), "w").await, Ok(10 * (100 + g1) + 2));
+        assert_ne!(id1, id2);
         let received = cluster.received_with_headers();
-        let registrations: Vec<u64> = received
+        assert!(
+            !received
+                .iter()
+                .any(|(_, _, r)| *r == Request::RegisterSession),
+            "sessions open with their first write"
+        );
+        let writes: Vec<(u64, u64, u64, bool)> = received
             .iter()
-            .filter(|(_, _, r)| *r == Request::RegisterSession)
-            .map(|(_, header, _)| header.group)
-            .collect();
-        assert_eq!(registrations, [g1, g2]);
-        let writes: Vec<(u64, u64, u64)> = received
-            .iter()
-            .filter_map(|(_, header, r)| session_of(r).map(|s| (header.group, s.client_id, s.seq)))
+            .filter_map(|(_, header, r)| {
+                session_of(r).map(|s| (header.group, s.client_id, s.seq, s.opened_after.is_some()))
+            })
             .collect();
         assert_eq!(
             writes,
             [
-                (g1, 100 + g1, 1),
-                (g1, 100 + g1, 1),
-                (g2, 100 + g2, 1),
-                (g2, 100 + g2, 1),
-                (g1, 100 + g1, 2)
+                (g1, id1, 1, true),
+                (g1, id1, 1, true),
+                (g2, id2, 1, true),
+                (g2, id2, 1, true),
+                (g1, id1, 2, false)
             ],
             "each group's session numbers its own writes, a resend keeps its seq"
         );

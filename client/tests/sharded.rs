@@ -225,6 +225,7 @@ async fn sessions_are_per_group_and_each_group_applies_a_resent_write_once() {
                 client_id,
                 seq: 1,
                 first_unacked_seq: 1,
+                opened_after: None,
             }),
             ack: WriteAck::Majority,
         };

@@ -5,7 +5,7 @@
 //! upgrade.
 
 /// Bumped whenever a frame's encoding changes; a peer speaking another version is refused.
-pub const PROTOCOL_VERSION: u8 = 8;
+pub const PROTOCOL_VERSION: u8 = 9;
 const MAGIC: &[u8; 3] = b"RLG";
 /// Bytes of a handshake.
 pub const HANDSHAKE_BYTES: usize = 13;

@@ -42,6 +42,6 @@ pub use handshake::{Handshake, HandshakeError, Role, HANDSHAKE_BYTES, PROTOCOL_V
 pub use message::{
     ErrorKind, Expect, GroupId, GroupStatus, Header, Limits, NodeStatus, ReadConsistency, Receipt,
     ReplicaStatus, Request, RequestFrame, Response, ResponseFrame, ServedAt, Session, Versioned,
-    WriteAck, ONLY_GROUP,
+    WriteAck, CLIENT_CHOSEN_SESSION_IDS, ONLY_GROUP,
 };
 pub use net::{Connector, TokioConnector};

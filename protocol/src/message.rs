@@ -109,12 +109,23 @@ pub enum Expect {
     Absent,
 }
 
+/// Session ids from here up are chosen by clients (see [`Session::opened_after`]); ids below
+/// are the log indexes of [`Request::RegisterSession`] entries. The same constant as
+/// `storage::kv::CLIENT_CHOSEN_SESSION_IDS`, which the node checks when it compiles.
+pub const CLIENT_CHOSEN_SESSION_IDS: u64 = 1 << 63;
+
 /// Exactly-once identity of a write (Raft thesis §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     pub client_id: u64,
     pub seq: u64,
     pub first_unacked_seq: u64,
+    /// `Some(index)`: the client chose `client_id` itself (at or above
+    /// [`CLIENT_CHOSEN_SESSION_IDS`]) and this write opens the session if the group
+    /// does not hold it, in the same log entry; `index` is a log index of the group the client
+    /// saw before it first sent the write. `None`: the session must exist already (registered
+    /// with [`Request::RegisterSession`], or opened by an earlier write).
+    pub opened_after: Option<u64>,
 }
 
 /// An operation a client asks for.

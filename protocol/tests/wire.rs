@@ -58,6 +58,7 @@ fn request_and_response_frames_carry_a_group_and_epoch_header() {
                 client_id: 9,
                 seq: 2,
                 first_unacked_seq: 1,
+                opened_after: Some(4),
             }),
             ack: WriteAck::All,
         },

@@ -78,6 +78,30 @@ async fn json_on_every_client_command() {
     );
 }
 
+/// A one-shot `put` costs one log entry: its session opens with the write, in the same entry,
+/// not with a registration entry first (two entries, and a round trip, before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_put_is_one_log_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, e) = single_node(dir.path()).await;
+    let commit_index = || {
+        let (code, stdout, stderr) = cli(&["status", "--json"], &e);
+        assert_eq!(code, 0, "{stderr}");
+        let status = json(&stdout);
+        status["commit_index"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("a commit index in {status}"))
+    };
+    let before = commit_index();
+    for i in 0..3 {
+        let (code, stdout, stderr) = cli(&["put", &format!("k{i}"), "v", "--json"], &e);
+        assert_eq!(code, 0, "{stderr}");
+        // The write's version is its entry's index: right after the one before.
+        assert_eq!(json(&stdout)["version"], before + 1 + i);
+    }
+    assert_eq!(commit_index(), before + 3, "three puts, three entries");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_keys_and_values_from_hex_base64_and_stdin() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,19 @@
 //! [`Outcome::SessionExpired`], never executed: it may be the retry of a write applied before
 //! the session expired. Sessions expire deterministically: at most [`MAX_SESSIONS`] are kept, and
 //! the one least recently used (by log index) is evicted first.
+//!
+//! A session can also open with its first write, in the same entry
+//! ([`Command::OpenSessionWith`]): the client chooses the id (at or above
+//! [`CLIENT_CHOSEN_SESSION_IDS`], below which ids are log indexes), so it can retry that first
+//! write under the same id. One case needs care: a retry arriving after the session was
+//! applied *and evicted* would open it afresh and apply the write twice. The request therefore
+//! names `opened_after`, a log index the client saw before it first sent the write, so the write
+//! can only have applied after it. No eviction has happened while fewer than [`MAX_SESSIONS`]
+//! sessions are held (eviction only makes room in a full table), and every evicted session was
+//! last active at or before the least recently active session still held (each eviction took
+//! the least recent); so a session is opened only if the table is not full or `opened_after`
+//! is at least that least recent activity. Otherwise the write is refused with
+//! [`Outcome::SessionExpired`], never executed.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -28,6 +41,9 @@ use crate::error::Result;
 pub const MAX_SESSIONS: usize = 10_000;
 /// Outcomes a session may hold unacknowledged (a client's writes in flight at once).
 pub const MAX_SESSION_WINDOW: u64 = 1024;
+/// Session ids from here up are chosen by clients ([`Command::OpenSessionWith`]); ids below are
+/// the log indexes of [`Command::RegisterSession`] entries, so the two never collide.
+pub const CLIENT_CHOSEN_SESSION_IDS: u64 = 1 << 63;
 
 /// A value and the version (log index) of the write that set it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,6 +90,13 @@ pub enum Command {
     },
     /// Open a client session; its id is this entry's log index (unique, the same on every replica).
     RegisterSession,
+    /// Open the proposal's session (an id the client chose) unless it is open, then run
+    /// `command` in it: a session and its first write in one entry. `opened_after` is a log
+    /// index the client saw before it first sent the write (see the module's documentation).
+    OpenSessionWith {
+        opened_after: u64,
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -227,6 +250,21 @@ impl StateMachine {
         if !proposal.command.is_deduplicated_by_session() {
             return self.execute(index, &proposal.command);
         }
+        let command = match &proposal.command {
+            Command::OpenSessionWith {
+                opened_after,
+                command,
+            } => {
+                if !self.sessions.contains_key(&session_ref.client_id) {
+                    if !self.may_open(session_ref.client_id, *opened_after) {
+                        return Outcome::SessionExpired;
+                    }
+                    self.open_session(session_ref.client_id, index);
+                }
+                command.as_ref()
+            }
+            command => command,
+        };
         // Sessions exist only once registered: an unknown one was never opened or has expired,
         // and executing the write could apply it a second time.
         let Some(session) = self.sessions.get_mut(&session_ref.client_id) else {
@@ -246,7 +284,7 @@ impl StateMachine {
         if session_ref.seq >= session.first_unacked_seq + MAX_SESSION_WINDOW {
             return Outcome::SessionWindowFull;
         }
-        let outcome = self.execute(index, &proposal.command);
+        let outcome = self.execute(index, command);
         // Planted (thesis §6.3): the outcome is not cached, so a retry executes again.
         let forget = crate::planted::active(
             planted_bug,
@@ -260,6 +298,37 @@ impl StateMachine {
             session.outcomes.insert(session_ref.seq, outcome.clone());
         }
         outcome
+    }
+
+    /// Whether a session the client named `client_id` may be opened by a write it first sent
+    /// after seeing `opened_after`: only if that write cannot have been applied already under
+    /// a session since evicted (see the module's documentation).
+    fn may_open(&self, client_id: u64, opened_after: u64) -> bool {
+        if client_id < CLIENT_CHOSEN_SESSION_IDS {
+            return false; // an id the log assigns: not the client's to open
+        }
+        if self.sessions.len() < MAX_SESSIONS {
+            return true; // never full, so nothing was ever evicted
+        }
+        let least_recent = self
+            .sessions
+            .values()
+            .map(|session| session.last_active_index)
+            .min()
+            .unwrap_or(0);
+        opened_after >= least_recent
+    }
+
+    fn open_session(&mut self, client_id: u64, index: u64) {
+        self.evict_sessions_beyond(MAX_SESSIONS - 1);
+        self.sessions.insert(
+            client_id,
+            Session {
+                outcomes: BTreeMap::new(),
+                first_unacked_seq: 1,
+                last_active_index: index,
+            },
+        );
     }
 
     fn evict_sessions_beyond(&mut self, keep: usize) {
@@ -279,17 +348,12 @@ impl StateMachine {
     fn execute(&mut self, index: u64, command: &Command) -> Outcome {
         match command {
             Command::RegisterSession => {
-                self.evict_sessions_beyond(MAX_SESSIONS - 1);
-                self.sessions.insert(
-                    index,
-                    Session {
-                        outcomes: BTreeMap::new(),
-                        first_unacked_seq: 1,
-                        last_active_index: index,
-                    },
-                );
+                self.open_session(index, index);
                 Outcome::SessionRegistered { client_id: index }
             }
+            // Opening needs the proposal's session (see `apply_planted`); without one, or
+            // nested, it is refused, never executed.
+            Command::OpenSessionWith { .. } => Outcome::SessionExpired,
             Command::Get { key } => Outcome::Value(self.data.get(key).cloned()),
             Command::Put { key, value } => self.write(index, key, value),
             Command::Delete { key } => Outcome::Deleted {
@@ -419,11 +483,15 @@ mod tests {
             },
             Command::Delete { key: key.clone() },
             Command::Cas {
-                key,
+                key: key.clone(),
                 expect: Expectation::Absent,
                 new_value: vec![],
             },
             Command::RegisterSession,
+            Command::OpenSessionWith {
+                opened_after: 0,
+                command: Box::new(Command::Delete { key }),
+            },
         ];
         for (tag, command) in commands.iter().enumerate() {
             let bytes = crate::codec::encode(command, "command").unwrap();
@@ -433,6 +501,121 @@ mod tests {
             .iter()
             .map(Command::is_deduplicated_by_session)
             .collect();
-        assert_eq!(dedup, [false, true, true, true, true]);
+        assert_eq!(dedup, [false, true, true, true, true, true]);
+    }
+}
+
+#[cfg(test)]
+mod opening_tests {
+    use super::*;
+
+    const CHOSEN: u64 = CLIENT_CHOSEN_SESSION_IDS + 42;
+
+    fn opening(client_id: u64, seq: u64, opened_after: u64, key: &str, value: &str) -> Proposal {
+        Proposal {
+            session: Some(SessionRef {
+                client_id,
+                seq,
+                first_unacked_seq: 1,
+            }),
+            command: Command::OpenSessionWith {
+                opened_after,
+                command: Box::new(Command::Put {
+                    key: key.as_bytes().to_vec(),
+                    value: value.as_bytes().to_vec(),
+                }),
+            },
+        }
+    }
+
+    fn register(machine: &mut StateMachine, index: u64) {
+        let proposal = Proposal {
+            session: None,
+            command: Command::RegisterSession,
+        };
+        machine.apply(index, &proposal);
+    }
+
+    #[test]
+    fn a_session_opens_with_its_first_write_in_one_entry_and_a_retry_is_answered_not_rerun() {
+        let mut machine = StateMachine::new();
+        let first = opening(CHOSEN, 1, 0, "k", "v");
+        assert_eq!(machine.apply(1, &first), Outcome::Written { version: 1 });
+        // The reply was lost: the client sends the same request again.
+        assert_eq!(machine.apply(2, &first), Outcome::Written { version: 1 });
+        assert_eq!(machine.get(b"k").map(|v| v.version), Some(1));
+        // Later writes of the session need no opening.
+        let second = Proposal {
+            session: Some(SessionRef {
+                client_id: CHOSEN,
+                seq: 2,
+                first_unacked_seq: 2,
+            }),
+            command: Command::Put {
+                key: b"k".to_vec(),
+                value: b"w".to_vec(),
+            },
+        };
+        assert_eq!(machine.apply(3, &second), Outcome::Written { version: 3 });
+        // Two first writes sent at once, the second arriving first: both open the same session.
+        let (a, b) = (
+            opening(CHOSEN + 1, 1, 0, "a", "1"),
+            opening(CHOSEN + 1, 2, 0, "b", "2"),
+        );
+        assert_eq!(machine.apply(4, &b), Outcome::Written { version: 4 });
+        assert_eq!(machine.apply(5, &a), Outcome::Written { version: 5 });
+        assert_eq!(machine.apply(6, &b), Outcome::Written { version: 4 });
+    }
+
+    #[test]
+    fn ids_the_log_assigns_cannot_be_opened_by_a_client() {
+        let mut machine = StateMachine::new();
+        let proposal = opening(7, 1, 0, "k", "v");
+        assert_eq!(machine.apply(1, &proposal), Outcome::SessionExpired);
+        assert_eq!(machine.get(b"k"), None);
+        // Nor can an opening run without a session.
+        let sessionless = Proposal {
+            session: None,
+            ..opening(CHOSEN, 1, 0, "k", "v")
+        };
+        assert_eq!(machine.apply(2, &sessionless), Outcome::SessionExpired);
+        assert_eq!(machine.get(b"k"), None);
+    }
+
+    #[test]
+    fn a_retried_first_write_whose_session_was_evicted_is_refused_not_applied_twice() {
+        let mut machine = StateMachine::new();
+        // The first write applies at index 10 (the client saw index 5 before sending it)...
+        machine.applied_index = 9;
+        let first = opening(CHOSEN, 1, 5, "k", "v");
+        assert_eq!(machine.apply(10, &first), Outcome::Written { version: 10 });
+        // ...then enough other sessions open to fill the table and evict it.
+        let mut index = 10;
+        for _ in 0..MAX_SESSIONS {
+            index += 1;
+            register(&mut machine, index);
+        }
+        assert_eq!(machine.sessions.len(), MAX_SESSIONS);
+        assert!(!machine.sessions.contains_key(&CHOSEN), "evicted");
+        // Its retry arrives: it might have applied (it did), so it is refused.
+        index += 1;
+        assert_eq!(machine.apply(index, &first), Outcome::SessionExpired);
+        assert_eq!(
+            machine.get(b"k").map(|v| v.version),
+            Some(10),
+            "not applied twice"
+        );
+        // A new client that saw a recent index opens its session in the full table.
+        index += 1;
+        let fresh = opening(CHOSEN + 1, 1, index - 1, "n", "v");
+        assert_eq!(
+            machine.apply(index, &fresh),
+            Outcome::Written { version: index }
+        );
+        // One that saw only an index older than every session still held is refused.
+        index += 1;
+        let stale = opening(CHOSEN + 2, 1, 5, "s", "v");
+        assert_eq!(machine.apply(index, &stale), Outcome::SessionExpired);
+        assert_eq!(machine.get(b"s"), None);
     }
 }

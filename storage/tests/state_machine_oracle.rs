@@ -17,6 +17,12 @@
 //!   outcome for a seq it has seen (a retry is not applied twice), refuses a seq at or beyond
 //!   `first_unacked_seq + MAX_SESSION_WINDOW` (`SessionWindowFull`, not remembered), and executes
 //!   anything else once, remembering the outcome;
+//! - `OpenSessionWith { opened_after, command }` under a session the machine does not hold opens
+//!   it (evicting as a registration does) and runs `command` in it, but only if the id is at or
+//!   above `CLIENT_CHOSEN_SESSION_IDS` and the table is not full or `opened_after` is at least the
+//!   least recent activity of the sessions held; otherwise it is refused (`SessionExpired`) and
+//!   not executed. Under a session held, it is `command` with that session. Without a session
+//!   it is refused;
 //! - reads ignore the session; a no-op entry consumes its index and changes nothing;
 //! - a machine restored from its snapshot carries on exactly where it was (sessions included).
 //!
@@ -30,8 +36,8 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use storage::kv::{
-    Command, Expectation, Outcome, Proposal, SessionRef, StateMachine, Versioned, MAX_SESSIONS,
-    MAX_SESSION_WINDOW,
+    Command, Expectation, Outcome, Proposal, SessionRef, StateMachine, Versioned,
+    CLIENT_CHOSEN_SESSION_IDS, MAX_SESSIONS, MAX_SESSION_WINDOW,
 };
 
 /// Keys drawn from a handful, so that operations collide.
@@ -106,24 +112,28 @@ impl Model {
                 }
             }
             Command::RegisterSession => {
-                if self.sessions.len() >= MAX_SESSIONS {
-                    let (&oldest_at, &victim) =
-                        self.by_recency.iter().next().expect("a full table");
-                    self.by_recency.remove(&oldest_at);
-                    self.last_active.remove(&victim);
-                    self.sessions.remove(&victim);
-                }
-                self.sessions.insert(
-                    index,
-                    ModelSession {
-                        acked_below: 1,
-                        remembered: BTreeMap::new(),
-                    },
-                );
-                self.touch(index, index);
+                self.open(index, index);
                 Outcome::SessionRegistered { client_id: index }
             }
+            Command::OpenSessionWith { .. } => Outcome::SessionExpired,
         }
+    }
+
+    fn open(&mut self, client_id: u64, index: u64) {
+        if self.sessions.len() >= MAX_SESSIONS {
+            let (&oldest_at, &victim) = self.by_recency.iter().next().expect("a full table");
+            self.by_recency.remove(&oldest_at);
+            self.last_active.remove(&victim);
+            self.sessions.remove(&victim);
+        }
+        self.sessions.insert(
+            client_id,
+            ModelSession {
+                acked_below: 1,
+                remembered: BTreeMap::new(),
+            },
+        );
+        self.touch(client_id, index);
     }
 
     fn apply(&mut self, index: u64, proposal: &Proposal) -> Outcome {
@@ -133,6 +143,24 @@ impl Model {
         if matches!(proposal.command, Command::Get { .. }) {
             return self.run(index, &proposal.command);
         }
+        let command = match &proposal.command {
+            Command::OpenSessionWith {
+                opened_after,
+                command,
+            } => {
+                if !self.sessions.contains_key(&session.client_id) {
+                    let least_recent = self.by_recency.keys().next().copied().unwrap_or(0);
+                    let may_open = session.client_id >= CLIENT_CHOSEN_SESSION_IDS
+                        && (self.sessions.len() < MAX_SESSIONS || *opened_after >= least_recent);
+                    if !may_open {
+                        return Outcome::SessionExpired;
+                    }
+                    self.open(session.client_id, index);
+                }
+                command.as_ref()
+            }
+            command => command,
+        };
         if !self.sessions.contains_key(&session.client_id) {
             return Outcome::SessionExpired;
         }
@@ -153,7 +181,7 @@ impl Model {
         if session.seq - state.acked_below >= MAX_SESSION_WINDOW {
             return Outcome::SessionWindowFull;
         }
-        let outcome = self.run(index, &proposal.command);
+        let outcome = self.run(index, command);
         self.sessions
             .get_mut(&session.client_id)
             .expect("a write does not evict")
@@ -198,6 +226,9 @@ struct SessionChoice {
     slot: usize,
     first_unacked_seq: u64,
     seq_offset: u64,
+    /// The write opens a session the client chose: which of a few ids, and how far before the
+    /// entry's index the client's `opened_after` is (past the index: 0).
+    opening: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -237,13 +268,21 @@ fn session_choice() -> impl Strategy<Value = SessionChoice> {
         // The window's edge: the last seq accepted and the first refused.
         1 => (MAX_SESSION_WINDOW - 2)..(MAX_SESSION_WINDOW + 2),
     ];
-    (0usize..8, 1u64..4, seq_offset).prop_map(|(slot, first_unacked_seq, seq_offset)| {
-        SessionChoice {
+    let opening = prop::option::weighted(
+        0.3,
+        (
+            0u64..4,
+            prop_oneof![Just(0u64), Just(1), 2u64..20, Just(u64::MAX)],
+        ),
+    );
+    (0usize..8, 1u64..4, seq_offset, opening).prop_map(
+        |(slot, first_unacked_seq, seq_offset, opening)| SessionChoice {
             slot,
             first_unacked_seq,
             seq_offset,
-        }
-    })
+            opening,
+        },
+    )
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -289,7 +328,7 @@ fn check_against_model(
     steps: &[Step],
     start_full: bool,
     restore_at: Option<usize>,
-) -> Result<(usize, usize), TestCaseError> {
+) -> Result<Reached, TestCaseError> {
     let (mut machine, mut model, mut index, mut slots) = if start_full {
         let (machine, model) = prefilled().clone();
         let slots: Vec<u64> = (1..=PREFILLED_SLOTS).collect();
@@ -297,7 +336,7 @@ fn check_against_model(
     } else {
         (StateMachine::new(), Model::default(), 0, Vec::new())
     };
-    let (mut evicted_refusals, mut window_full) = (0, 0);
+    let mut reached = Reached::default();
     for (position, step) in steps.iter().enumerate() {
         if restore_at == Some(position) {
             let bytes = machine.to_snapshot().expect("encode a snapshot");
@@ -340,15 +379,30 @@ fn check_against_model(
             }
         };
         // Registrations go without a session, as the client sends them.
-        let session = match (&step.session, &command) {
-            (Some(choice), c) if *c != Command::RegisterSession && !slots.is_empty() => {
-                Some(SessionRef {
-                    client_id: slots[choice.slot % slots.len()],
-                    seq: choice.first_unacked_seq + choice.seq_offset,
-                    first_unacked_seq: choice.first_unacked_seq,
-                })
-            }
-            _ => None,
+        let (session, command) = match (&step.session, command) {
+            (Some(choice), c) if c != Command::RegisterSession => match choice.opening {
+                Some((id, before)) => (
+                    Some(SessionRef {
+                        client_id: CLIENT_CHOSEN_SESSION_IDS + id,
+                        seq: choice.first_unacked_seq + choice.seq_offset,
+                        first_unacked_seq: choice.first_unacked_seq,
+                    }),
+                    Command::OpenSessionWith {
+                        opened_after: index.saturating_sub(before),
+                        command: Box::new(c),
+                    },
+                ),
+                None if !slots.is_empty() => (
+                    Some(SessionRef {
+                        client_id: slots[choice.slot % slots.len()],
+                        seq: choice.first_unacked_seq + choice.seq_offset,
+                        first_unacked_seq: choice.first_unacked_seq,
+                    }),
+                    c,
+                ),
+                None => (None, c),
+            },
+            (_, c) => (None, c),
         };
         let proposal = Proposal { session, command };
         let known_before = session.is_some_and(|s| model.sessions.contains_key(&s.client_id));
@@ -362,10 +416,24 @@ fn check_against_model(
             index,
             proposal
         );
+        let opened = session.filter(|s| {
+            s.client_id >= CLIENT_CHOSEN_SESSION_IDS && model.sessions.contains_key(&s.client_id)
+        });
+        if let Some(opened) = opened.filter(|s| !known_before && !slots.contains(&s.client_id)) {
+            slots.push(opened.client_id);
+        }
+        let opening = matches!(proposal.command, Command::OpenSessionWith { .. });
         match &expected {
             Outcome::SessionRegistered { client_id } => slots.push(*client_id),
-            Outcome::SessionExpired if !known_before => evicted_refusals += 1,
-            Outcome::SessionWindowFull => window_full += 1,
+            Outcome::SessionExpired
+                if !known_before && opening && model.sessions.len() >= MAX_SESSIONS =>
+            {
+                reached.openings_refused_in_a_full_table += 1;
+            }
+            Outcome::SessionExpired if !known_before && opening => {}
+            Outcome::SessionExpired if !known_before => reached.evicted_refusals += 1,
+            Outcome::SessionWindowFull => reached.window_full += 1,
+            _ if !known_before && opening => reached.openings += 1,
             _ => {}
         }
         for key in KEYS {
@@ -380,7 +448,19 @@ fn check_against_model(
         prop_assert_eq!(machine.len(), model.data.len());
     }
     prop_assert_eq!(machine.applied_index(), index);
-    Ok((evicted_refusals, window_full))
+    Ok(reached)
+}
+
+/// What a run reached, for `the_generator_reaches_eviction_and_a_full_window`.
+#[derive(Debug, Default)]
+struct Reached {
+    /// Writes to a session evicted (or never held) refused as `SessionExpired`.
+    evicted_refusals: usize,
+    window_full: usize,
+    /// Writes that opened their session.
+    openings: usize,
+    /// Openings refused because the table was full and `opened_after` too old.
+    openings_refused_in_a_full_table: usize,
 }
 
 proptest! {
@@ -408,19 +488,25 @@ fn the_generator_reaches_eviction_and_a_full_window() {
         TestRng::from_seed(RngAlgorithm::ChaCha, &[12; 32]),
     );
     let strategy = (prop::collection::vec(step(), 1..120), Just(true));
-    let (mut evicted_refusals, mut window_full) = (0, 0);
+    let mut total = Reached::default();
     for _ in 0..64 {
         let (steps, start_full) = strategy.new_tree(&mut runner).expect("generate").current();
-        let (evicted, full) =
-            check_against_model(&steps, start_full, None).expect("the model agrees");
-        evicted_refusals += evicted;
-        window_full += full;
+        let reached = check_against_model(&steps, start_full, None).expect("the model agrees");
+        total.evicted_refusals += reached.evicted_refusals;
+        total.window_full += reached.window_full;
+        total.openings += reached.openings;
+        total.openings_refused_in_a_full_table += reached.openings_refused_in_a_full_table;
     }
     assert!(
-        evicted_refusals > 0,
+        total.evicted_refusals > 0,
         "no write to an evicted session was generated"
     );
-    assert!(window_full > 0, "no SessionWindowFull was generated");
+    assert!(total.window_full > 0, "no SessionWindowFull was generated");
+    assert!(total.openings > 0, "no write opened its session: {total:?}");
+    assert!(
+        total.openings_refused_in_a_full_table > 0,
+        "no opening was refused in a full table: {total:?}"
+    );
 }
 
 /// Hand-written cases for the rules the random runs must not be the only witness of.

@@ -455,8 +455,8 @@ async fn read_back_unique_writes(
     if writes.is_empty() {
         return Ok(());
     }
-    let client = new_client(&config.endpoints, config.op_timeout)?;
     let process = config.clients as u64;
+    let client = new_client(&config.endpoints, config.op_timeout, process)?;
     for (key, write) in writes {
         if !write.acknowledged {
             continue;
@@ -714,14 +714,17 @@ fn write_error(error: &Error) -> (CompletionType, Json, Option<String>) {
     (kind, Json::Null, Some(error_label(error)))
 }
 
-/// A client; it registers its own session with the cluster before its first write.
+/// A client; its first write to a group opens its session there. Its session ids are seeded
+/// by its process number: distinct per client, the same in every run of a seed.
 fn new_client(
     endpoints: &[String],
     request_timeout: Duration,
+    process: u64,
 ) -> Result<Client<TurmoilNetwork>, Error> {
     let config = ClientConfig {
         request_timeout,
         connect_timeout: Duration::from_millis(500),
+        session_id_seed: Some(process),
         ..ClientConfig::new(endpoints.to_vec())
     };
     Client::with_connector(config, TurmoilNetwork)
@@ -735,7 +738,7 @@ async fn worker(
     process: u64,
     mut rng: ChaCha8Rng,
 ) -> Result<(Client<TurmoilNetwork>, ChaCha8Rng), Error> {
-    let client = new_client(&config.endpoints, config.op_timeout)?;
+    let client = new_client(&config.endpoints, config.op_timeout, process)?;
     let think_ms_max = 2 * config.think_time_mean.as_millis() as u64;
     // Set after a successful write that the next operation reads back at once.
     let mut read_back: Option<String> = None;
@@ -987,7 +990,8 @@ async fn perform(
 async fn check_recovery(endpoints: &[String], ring: &Ring) -> turmoil::Result<Recovery> {
     let healed_ms = now_ms();
     let deadline = tokio::time::Instant::now() + RECOVERY_BOUND;
-    let client = new_client(endpoints, Duration::from_secs(1))?;
+    // Seeded apart from every worker's process number.
+    let client = new_client(endpoints, Duration::from_secs(1), u64::MAX)?;
     let mut recovery = Recovery::default();
     let mut probe = 0u64;
     let probes = probe_keys(ring);

@@ -76,6 +76,11 @@ pub fn to_expectation(expect: Expect) -> Expectation {
 }
 
 /// A request's session as the state machine de-duplicates by it.
+// The client and the state machine must agree where client-chosen session ids begin.
+const _: () = assert!(
+    ringleader_protocol::CLIENT_CHOSEN_SESSION_IDS == storage::kv::CLIENT_CHOSEN_SESSION_IDS
+);
+
 pub fn to_session_ref(session: Session) -> SessionRef {
     SessionRef {
         client_id: session.client_id,

@@ -495,6 +495,14 @@ impl Replica {
                 return;
             }
         }
+        // A write that may open its session carries the opening in its own entry.
+        let command = match session.and_then(|session| session.opened_after) {
+            Some(opened_after) => Command::OpenSessionWith {
+                opened_after,
+                command: Box::new(command),
+            },
+            None => command,
+        };
         let proposal = Proposal {
             session: session.map(mapping::to_session_ref),
             command,
