@@ -19,23 +19,22 @@ fn handshake_round_trips_and_rejects_garbage() {
 #[test]
 fn an_old_version_handshake_is_refused_with_a_clear_error() {
     assert_eq!(Handshake::new(Role::Client).check_version(), Ok(()));
-    // Version 7 had no coalesced heartbeats: a peer of version 7 cannot read the frame that
-    // carries a round of heartbeats of many groups.
+    // Version 8 had no `Session::opened_after`: its requests do not decode as version 9's.
     let mut old = Handshake::new(Role::Client).encode();
-    old[3] = 7;
+    old[3] = 8;
     let old = Handshake::decode(&old).expect("the bytes of an old handshake still parse");
-    assert_eq!(old.version, 7);
+    assert_eq!(old.version, 8);
     let refused = old.check_version().unwrap_err();
     assert_eq!(
         refused,
         HandshakeError::Version {
-            theirs: 7,
+            theirs: 8,
             ours: PROTOCOL_VERSION
         }
     );
     let message = refused.to_string();
     assert!(
-        message.contains("protocol version 7") && message.contains("version 8"),
+        message.contains("protocol version 8") && message.contains("version 9"),
         "{message}"
     );
     // A newer version is refused the same way.

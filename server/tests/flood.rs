@@ -47,21 +47,6 @@ fn raise_fd_limit(want: u64) -> u64 {
     limit.rlim_cur
 }
 
-/// A field of /proc/PID/status in bytes (VmRSS, VmHWM).
-fn proc_status_bytes(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = text
-        .lines()
-        .find(|line| line.starts_with(field))
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 async fn idle_client(addr: String) -> Option<tokio::net::TcpStream> {
     let mut stream = tokio::net::TcpStream::connect(&addr).await.ok()?;
     stream

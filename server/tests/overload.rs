@@ -43,21 +43,6 @@ const FLOOD_FOR: Duration = Duration::from_secs(4);
 /// decoded request per connection, and the allocator's slack (peaks of 390-510 MiB measured).
 const MAX_NODE_HWM_BYTES: u64 = 640 * 1024 * 1024;
 
-/// A field of /proc/PID/status in bytes (VmRSS, VmHWM).
-fn proc_status_bytes(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = text
-        .lines()
-        .find(|line| line.starts_with(field))
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 #[derive(Default)]
 struct Tally {
     written: AtomicU64,

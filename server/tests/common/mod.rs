@@ -186,3 +186,18 @@ pub fn wait_within(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A field of /proc/PID/status in bytes (VmRSS, VmHWM).
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib * 1024
+}
