@@ -6,7 +6,8 @@
 #   OLD=/tmp/rl-old NEW=target/release/ringleader bench/versions.sh
 #   NODES=5 SHARDS=10 CLIENTS=64 DURATION=10s ROUNDS=3 OLD=... NEW=... bench/versions.sh
 #   CLIENTS=64 CONNECTIONS=1 OLD=... NEW=... bench/versions.sh   (64 requests pipelined on one
-#   connection; both clusters driven by NEW's bench, which knows --connections)
+#   connection; both clusters driven by NEW's bench, which knows --connections: the two builds
+#   must then speak the same protocol version)
 #
 # Build the old one from a worktree of the old commit into the same target directory:
 #   git worktree add --detach /tmp/old <commit>
@@ -37,10 +38,11 @@ round() {
     local bin=$1 name=$2
     cluster_up "$bin" "$NODES" "$SHARDS" "$WORK/cluster" "$BASE_PORT" "$ENDPOINTS" "$WORK/up.log"
     sleep 2 # leadership settles
-    local connections=()
-    if [ "$CONNECTIONS" != "$CLIENTS" ]; then connections=(--connections "$CONNECTIONS"); fi
-    # The load is driven by NEW's bench for both (the cluster under test is what differs).
-    "$NEW" bench --workload write --clients "$CLIENTS" "${connections[@]}" --duration "$DURATION" \
+    # Each build's own bench drives its cluster (they may speak different protocol versions),
+    # except with CONNECTIONS, which only a newer bench knows.
+    local driver=$bin connections=()
+    if [ "$CONNECTIONS" != "$CLIENTS" ]; then driver=$NEW connections=(--connections "$CONNECTIONS"); fi
+    "$driver" bench --workload write --clients "$CLIENTS" "${connections[@]}" --duration "$DURATION" \
         --keys 10000 --value-bytes 256 --json --endpoints "$ENDPOINTS" >"$WORK/$name.json"
     "$bin" cluster down --dir "$WORK/cluster" >/dev/null 2>&1
     wait || true
