@@ -16,10 +16,12 @@
 //! the same node or to a new leader, and the group's replicated state machine applies it once
 //! (Raft thesis §6.3). The client chooses the id itself (at or above
 //! [`CLIENT_CHOSEN_SESSION_IDS`], from a seed) and its first write to a group opens the session
-//! in the same log entry, naming a log index of the group it saw before (`opened_after`: from
-//! the status it learned the ring from, or its replies), so that a retry of that first write
-//! after its session was evicted is refused rather than applied twice (`storage::kv`).
-//! Until a write of the session is answered, every write carries the opening.
+//! in the same log entry, naming a log index of the group it saw before (`opened_after`: a commit
+//! index from a status at most [`OPENED_AFTER_FRESHNESS`] old, asked again if older), so that a
+//! retry of that first write after its session was evicted is refused rather than applied twice
+//! (`storage::kv`). Only a commit index will do: a reply's index may be a leader-acknowledged
+//! entry that never commits, or (routed by a node) another group's. Until a write of the session
+//! is answered with a committed outcome, every write carries the opening.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -154,8 +156,9 @@ pub struct Client<C: Connector = TokioConnector> {
     sessions: Arc<Mutex<BTreeMap<GroupId, SessionState>>>,
     /// Per group, the session position (see [`Client::session_position_in`]).
     positions: Arc<Mutex<BTreeMap<GroupId, u64>>>,
-    /// Per group, the highest commit index a status showed (a session's `opened_after`).
-    commit_seen: Arc<Mutex<BTreeMap<GroupId, u64>>>,
+    /// Per group, the highest commit index a status showed, and when (a new session's
+    /// `opened_after`).
+    commit_seen: Arc<Mutex<BTreeMap<GroupId, (u64, tokio::time::Instant)>>>,
     /// Where the next session id comes from.
     session_ids: Arc<Mutex<SessionIds>>,
 }
@@ -191,6 +194,11 @@ impl SessionIds {
         CLIENT_CHOSEN_SESSION_IDS | (z >> 1)
     }
 }
+
+/// A new session's `opened_after` comes from a status at most this old; an older one is asked
+/// again. The older it is, the likelier the group evicted every session active since, and then
+/// the opening is refused (`SessionExpired`).
+pub const OPENED_AFTER_FRESHNESS: Duration = Duration::from_secs(1);
 
 /// Writes whose outcome stayed unknown are remembered (so the cluster keeps their outcome, and so
 /// a session whose first write never arrived still gets created) for at most this many.
@@ -598,7 +606,10 @@ impl<C: Connector> Client<C> {
         })
         .await;
         match response {
-            Ok(Ok((Response::Status(status), _))) => Ok(*status),
+            Ok(Ok((Response::Status(status), _))) => {
+                self.note_commit_indexes(&status);
+                Ok(*status)
+            }
             Ok(Ok((other, _))) => Err(unexpected(other)),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(Error::Timeout {
@@ -620,24 +631,39 @@ impl<C: Connector> Client<C> {
         self.sessions().get(&group).map(|state| state.client_id)
     }
 
-    /// The highest index of `group` this client has seen: in a status, or in its replies.
-    fn index_seen_in(&self, group: GroupId) -> u64 {
-        let from_status = self
-            .commit_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&group)
-            .copied()
-            .unwrap_or(0);
-        from_status.max(self.session_position_in(group))
+    /// A commit index of `group` at most [`OPENED_AFTER_FRESHNESS`] old, for a new session's
+    /// `opened_after`: the last one a status showed, or a fresh status from a replica of the
+    /// group. 0 when none answers (the opening then works while the group has never evicted a
+    /// session).
+    async fn commit_index_for_opening(&self, group: GroupId) -> u64 {
+        let noted = |client: &Self| {
+            client
+                .commit_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&group)
+                .copied()
+        };
+        if let Some((index, at)) = noted(self) {
+            if at.elapsed() <= OPENED_AFTER_FRESHNESS {
+                return index;
+            }
+        }
+        let (addr, _) = self.target(group, false);
+        let asked = tokio::time::timeout(self.config.attempt_timeout, self.status_of(&addr)).await;
+        if let Ok(Err(error)) = &asked {
+            tracing::debug!(node = %addr, %error, "no commit index for a new session");
+        }
+        noted(self).map_or(0, |(index, _)| index)
     }
 
     /// Remembers the commit index of every group a status shows.
     fn note_commit_indexes(&self, status: &NodeStatus) {
+        let now = tokio::time::Instant::now();
         let mut seen = self.commit_seen.lock().unwrap_or_else(|p| p.into_inner());
         for group in &status.groups {
-            let index = seen.entry(group.group).or_insert(0);
-            *index = (*index).max(group.commit_index);
+            let noted = seen.entry(group.group).or_insert((0, now));
+            *noted = (noted.0.max(group.commit_index), now);
         }
     }
 
@@ -675,9 +701,6 @@ impl<C: Connector> Client<C> {
             None
         })
         .await;
-        if let Ok(Some((_, status))) = &asked {
-            self.note_commit_indexes(status);
-        }
         let learned = match asked {
             Ok(Some((addr, status))) => match self.routing().learn(&status) {
                 Ok(()) => {
@@ -710,7 +733,10 @@ impl<C: Connector> Client<C> {
     async fn write(&self, key: &[u8], make: impl Fn(Session) -> Request) -> Result<Answer> {
         for _ in 0..MAX_REGROUPS {
             let group = self.group_of(key).await;
-            let opened_after = self.index_seen_in(group);
+            let opened_after = match self.client_id_in(group) {
+                Some(_) => 0, // the session exists here: its own opened_after is kept
+                None => self.commit_index_for_opening(group).await,
+            };
             let session = {
                 let mut sessions = self.sessions();
                 let state = sessions.entry(group).or_insert_with(|| {
@@ -740,9 +766,12 @@ impl<C: Connector> Client<C> {
                     .get_mut(&group)
                     .filter(|state| state.client_id == session.client_id)
                 {
-                    if matches!(result, Ok(Outcome::Answered(_))) {
-                        // Applied in the session: the group holds it now.
-                        state.opened_after = None;
+                    // Applied and committed in the session: the group holds it now. (A write
+                    // acknowledged by the leader alone may not commit, its session with it.)
+                    if let Ok(Outcome::Answered((_, receipt))) = &result {
+                        if receipt.is_none_or(|r| r.served_at != ServedAt::Leader) {
+                            state.opened_after = None;
+                        }
                     }
                     // A definite answer lets the cluster forget this write's outcome; an
                     // unknown one (or one sent before the ring moved its key) is kept
@@ -1084,8 +1113,8 @@ mod tests {
 
     use ringleader_protocol::ring::RingSpec;
     use ringleader_protocol::{
-        decode_frame, encode_frame, frame_codec, Handshake, RequestFrame, ResponseFrame, Role,
-        HANDSHAKE_BYTES,
+        decode_frame, encode_frame, frame_codec, GroupStatus, Handshake, RequestFrame,
+        ResponseFrame, Role, HANDSHAKE_BYTES,
     };
 
     /// How the fake node at an address answers a request sent with a header: `Some(answer)`,
@@ -1183,14 +1212,37 @@ mod tests {
             let frame: RequestFrame = decode_frame(&bytes).unwrap();
             let response = if frame.request == Request::Status {
                 cluster.statuses.fetch_add(1, Ordering::SeqCst);
+                let ring = cluster.ring.lock().unwrap().clone();
                 Some(Response::Status(Box::new(NodeStatus {
                     id: 0,
                     addr: addr.clone(),
                     log_bytes: 0,
                     log_batches: 0,
                     log_group_writes: 0,
-                    ring: cluster.ring.lock().unwrap().clone(),
-                    groups: Vec::new(),
+                    // Every group of the ring, with a commit index (a new session's
+                    // `opened_after`) that grows with each status asked.
+                    groups: (0..u64::from(ring.shards))
+                        .map(|group| GroupStatus {
+                            group,
+                            range: ringleader_protocol::ring::HashRange {
+                                start: 0,
+                                end_inclusive: u64::MAX,
+                            },
+                            epoch: 0,
+                            role: "leader".into(),
+                            term: 1,
+                            leader: None,
+                            commit_index: 10 * cluster.statuses.load(Ordering::SeqCst),
+                            applied_index: 0,
+                            last_index: 0,
+                            snapshot_index: 0,
+                            snapshots_installed: 0,
+                            keys: 0,
+                            digest: 0,
+                            replicas: Vec::new(),
+                        })
+                        .collect(),
+                    ring,
                 })))
             } else {
                 cluster.received.lock().unwrap().push((
@@ -1314,7 +1366,8 @@ mod tests {
             .collect();
         // The first write (sent twice: to "a", then to "b") opens the session; the next one,
         // after an answer showed the group holds it, does not.
-        assert_eq!(seqs, [(id, 1, Some(0)), (id, 1, Some(0)), (id, 2, None)]);
+        // `opened_after`: the commit index of the status the client learned the ring from.
+        assert_eq!(seqs, [(id, 1, Some(10)), (id, 1, Some(10)), (id, 2, None)]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1373,15 +1426,26 @@ mod tests {
             "an expired session's write may have applied"
         );
         assert_eq!(client.client_id(), None, "the expired session is dropped");
+        assert_eq!(cluster.statuses.load(Ordering::SeqCst), 1);
+        // Later than a status's freshness: the new session asks the group's commit index
+        // again (an old one might be older than every session the group still holds).
+        tokio::time::advance(OPENED_AFTER_FRESHNESS * 2).await;
         assert_eq!(client.put("k", "v").await, Ok(4));
+        assert_eq!(cluster.statuses.load(Ordering::SeqCst), 2);
         let sessions = cluster.write_sessions();
         let (first, last) = (sessions[0], *sessions.last().unwrap());
         assert_ne!(first.client_id, last.client_id, "a new id");
+        assert_eq!(
+            first.opened_after,
+            Some(10),
+            "the first status's commit index"
+        );
         assert_eq!(client.client_id(), Some(last.client_id));
         assert_eq!(
             (last.seq, last.first_unacked_seq, last.opened_after),
-            (1, 1, Some(0)),
-            "a fresh session starts at sequence 1, opened by its first write"
+            (1, 1, Some(20)),
+            "a fresh session starts at sequence 1, opened by its first write, after the \
+             fresh commit index"
         );
         assert!(
             !cluster
@@ -1485,8 +1549,9 @@ mod tests {
         assert_eq!(client.ring().map(|ring| ring.epoch()), Some(2));
         assert_eq!(
             cluster.statuses.load(Ordering::SeqCst),
-            1,
-            "the answer carried the ring"
+            2,
+            "the answer carried the ring; the one status more is the new group's commit index, \
+             for its session's opening"
         );
         let received = cluster.received_with_headers();
         let (_, first_header, _) = &received[0];

@@ -767,6 +767,13 @@ impl Raft {
                 pr.become_probe();
             }
             self.reads.reset();
+            // The dropped commands will never commit: count only those still in the log.
+            let term = self.term;
+            self.uncommitted_bytes = (self.log.commit_index() + 1..=self.log.last_index())
+                .filter_map(|index| self.log.entry(index))
+                .filter(|entry| entry.term == term)
+                .map(Entry::command_bytes)
+                .sum();
             if self.log.last_term() < self.term {
                 // Its first entry of the term was abandoned: without one it can neither commit
                 // nor confirm reads (Raft §5.4.2, §8), so it appends another.
@@ -1643,13 +1650,21 @@ impl Raft {
         }
     }
 
-    /// Returns the byte budget of newly committed commands. Commands of earlier terms were never
-    /// counted (the count starts at zero with leadership), hence the saturation.
+    /// Returns the byte budget of newly committed commands. Only this term's count: commands
+    /// of earlier terms were never counted (the count starts at zero with leadership), and
+    /// subtracting them would let the leader hold more than its budget.
     fn release_uncommitted_bytes(&mut self, committed: std::ops::RangeInclusive<Index>) {
+        let term = self.term;
         let released: u64 = committed
             .filter_map(|index| self.log.entry(index))
+            .filter(|entry| entry.term == term)
             .map(Entry::command_bytes)
             .sum();
+        debug_assert!(
+            released <= self.uncommitted_bytes,
+            "released {released} of {} uncommitted bytes",
+            self.uncommitted_bytes
+        );
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(released);
     }
 

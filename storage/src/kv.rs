@@ -117,7 +117,8 @@ impl Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRef {
     /// The session id: the log index of the entry that registered the session
-    /// (`Command::RegisterSession`), so unique and the same on every replica.
+    /// (`Command::RegisterSession`), or, at or above [`CLIENT_CHOSEN_SESSION_IDS`], an id the
+    /// client chose and opened with a write (`Command::OpenSessionWith`).
     pub client_id: u64,
     /// This request's number; a retry reuses it.
     pub seq: u64,

@@ -103,14 +103,21 @@ impl ByteBudget {
         }
     }
 
-    /// Takes `bytes` from the budget, waiting until they are free. A request for more than the
-    /// whole budget takes all of it (it waits for everything else to be returned).
-    pub async fn take(&self, bytes: usize) -> OwnedSemaphorePermit {
+    /// Takes `bytes` from the budget, waiting until they are free (in the order asked). A
+    /// request for more than the whole budget takes all of it (it waits for everything else to
+    /// be returned). The future owns what it needs, so a caller can keep it across other work.
+    pub fn take(
+        &self,
+        bytes: usize,
+    ) -> impl std::future::Future<Output = OwnedSemaphorePermit> + Send + 'static {
         let bytes = bytes.clamp(1, self.total_bytes.max(1)) as u32;
-        // The semaphore is never closed, so acquiring only ever waits.
-        match self.semaphore.clone().acquire_many_owned(bytes).await {
-            Ok(permit) => permit,
-            Err(_) => unreachable!("a byte budget's semaphore is never closed"),
+        let semaphore = self.semaphore.clone();
+        async move {
+            // The semaphore is never closed, so acquiring only ever waits.
+            match semaphore.acquire_many_owned(bytes).await {
+                Ok(permit) => permit,
+                Err(_) => unreachable!("a byte budget's semaphore is never closed"),
+            }
         }
     }
 

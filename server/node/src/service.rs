@@ -31,7 +31,9 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::codec::Framed;
 
 use crate::auth;
-use crate::budget::{ByteBudget, ConnRegistry, FrameCodec, FrameError, NetConfig, Shed, Ticket};
+use crate::budget::{
+    ByteBudget, ConnRegistry, Frame, FrameCodec, FrameError, NetConfig, Shed, Ticket,
+};
 use crate::chunk::{Reassembler, MAX_PEER_FRAME_BYTES};
 use crate::forward::Forward;
 use crate::host::{HeldBytes, NodeInput};
@@ -42,6 +44,10 @@ use crate::router::{Route, Router};
 
 /// A request being answered: by this node's replica, or forwarded to another node.
 type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, u64, Reply)> + Send>>;
+
+/// A frame's wait for its share of the queued-request budget.
+type PayingFor =
+    std::pin::Pin<Box<dyn std::future::Future<Output = tokio::sync::OwnedSemaphorePermit> + Send>>;
 
 /// Requests one client connection may have in flight; the server stops reading beyond it.
 pub const MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION: usize = 256;
@@ -460,6 +466,10 @@ async fn serve_client<S>(
 {
     let mut framed = Framed::new(stream, client_codec(shared, Some(&ticket)));
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    // A frame read and waiting for its share of the queued-request budget. The wait is one
+    // branch of the loop, not an await inside one: answers in flight (forwarded requests hold
+    // budget until they are answered) keep being polled and sent while it lasts.
+    let mut paying: Option<(Frame, PayingFor)> = None;
     let mut reading = true;
     let mut watchdog = tokio::time::interval(shared.net.check_interval);
     let node = &shared.node;
@@ -469,7 +479,7 @@ async fn serve_client<S>(
             .slot
             .in_flight
             .store(in_flight.len(), Ordering::Relaxed);
-        if !reading && in_flight.is_empty() {
+        if !reading && in_flight.is_empty() && paying.is_none() {
             break;
         }
         tokio::select! {
@@ -518,9 +528,9 @@ async fn serve_client<S>(
                     reading = false;
                 }
             }
-            frame = framed.next(), if reading && in_flight.len() < MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION => {
-                let frame = match frame {
-                    None => { reading = false; continue; }
+            frame = framed.next(), if reading && paying.is_none() && in_flight.len() < MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION => {
+                match frame {
+                    None => reading = false,
                     Some(Err(error)) => {
                         // Oversized length, no memory budget left or a broken stream: refuse the
                         // frame whole, then close.
@@ -530,14 +540,24 @@ async fn serve_client<S>(
                         };
                         let _ = framed.send(error_frame(0, kind, format!("bad frame: {error}"))).await;
                         reading = false;
-                        continue;
                     }
-                    Some(Ok(frame)) => frame,
-                };
-                // Held from here until the node has handled the request: while the node is
-                // behind, the requests waiting for it stay within the budget and this
-                // connection reads nothing more (TCP pushes back on the client).
-                let held = shared.queued_request_budget.take(frame.bytes.len()).await;
+                    // Paid for before it is decoded and handed on; until then this connection
+                    // reads nothing more (TCP pushes back on the client).
+                    Some(Ok(frame)) => {
+                        let take = Box::pin(shared.queued_request_budget.take(frame.bytes.len()));
+                        paying = Some((frame, take));
+                    }
+                }
+            }
+            held = async {
+                match paying.as_mut() {
+                    Some((_, take)) => take.await,
+                    None => std::future::pending().await,
+                }
+            }, if paying.is_some() => {
+                let Some((frame, _)) = paying.take() else { continue };
+                // `held` is kept until the node has handled the request: while the node is
+                // behind, the requests waiting for it stay within the budget.
                 let decoded = decode_frame::<RequestFrame>(&frame.bytes);
                 // The frame's share of the frame budget is returned here: the request is now
                 // as large as its own fields, covered by `held`.
@@ -936,5 +956,153 @@ mod tests {
             matches!(&input, Some(NodeInput::Peer { message: m, .. }) if *m == ours),
             "the first message to reach the node is group 0's (term 2), not group 7's"
         );
+    }
+
+    /// Node 2 stand-in: takes client connections and answers every request `Written`, as a
+    /// leader of a group node 1 does not host would answer node 1's forwards.
+    async fn answering_node(listener: tokio::net::TcpListener) {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut hello = [0u8; HANDSHAKE_BYTES];
+                stream.read_exact(&mut hello).await?;
+                stream
+                    .write_all(&Handshake::new(Role::Peer { node_id: 2 }).encode())
+                    .await?;
+                loop {
+                    let mut length = [0u8; 4];
+                    stream.read_exact(&mut length).await?;
+                    let mut body = vec![0u8; u32::from_be_bytes(length) as usize];
+                    stream.read_exact(&mut body).await?;
+                    let request: RequestFrame = decode_frame(&body).expect("a request frame");
+                    let answer = ResponseFrame {
+                        id: request.id,
+                        header: request.header,
+                        response: Response::Written { version: 1 },
+                        receipt: None,
+                    };
+                    let body = encode_frame(&answer).expect("encode");
+                    stream.write_all(&(body.len() as u32).to_be_bytes()).await?;
+                    stream.write_all(&body).await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), std::io::Error>(())
+            });
+        }
+    }
+
+    /// A forwarded request holds its share of the queued-request budget until its answer
+    /// arrives, and only the connection's loop polls that answer. When the loop waited for
+    /// budget inside its read branch, a connection pipelining more forwarded requests than the
+    /// budget covers waited for ever (and, the budget's waiters being served in order, so did
+    /// every other connection): a node that did not host the key's group stalled. Now the wait is
+    /// a branch of the loop and the answers keep flowing.
+    #[tokio::test]
+    async fn pipelined_forwarded_requests_past_the_queued_budget_are_all_answered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let node_2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node_2_addr = node_2.local_addr().unwrap().to_string();
+        tokio::spawn(answering_node(node_2));
+        // Eight shards, one replica each: node 1 hosts some, node 2 the others.
+        let nodes = [(1, addr.clone()), (2, node_2_addr)];
+        let spec = ringleader_protocol::ring::RingSpec {
+            replicas: 1,
+            ..ringleader_protocol::ring::RingSpec::new(nodes.into_iter().collect(), 8)
+        };
+        let ring = ringleader_protocol::ring::Ring::new(spec).expect("ring");
+        let remote_group = (0..8)
+            .find(|group| {
+                ring.shard(*group)
+                    .is_some_and(|shard| !shard.replicas.contains(&1))
+            })
+            .expect("a group node 1 does not host");
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|key| ring.shard_for_key(key.as_bytes()) == remote_group)
+            .unwrap();
+        let (inputs, _node_inputs) = mpsc::channel(64);
+        let (_shutdown, shutdown_receiver) = watch::channel(false);
+        let value = vec![7u8; 1000];
+        let frame_bytes = encode_frame(&RequestFrame {
+            id: 0,
+            header: Header {
+                group: remote_group,
+                epoch: ring.epoch(),
+            },
+            request: Request::Put {
+                key: key.clone().into_bytes(),
+                value: value.clone(),
+                session: None,
+                ack: ringleader_protocol::WriteAck::Majority,
+            },
+        })
+        .unwrap()
+        .len();
+        tokio::spawn(accept_loop(
+            TokioConnector,
+            listener,
+            ServiceConfig {
+                self_id: 1,
+                peer_ids: [1, 2].into_iter().collect(),
+                limits: Limits::default(),
+                net: NetConfig {
+                    // Room for three requests waiting at once.
+                    queued_request_budget_bytes: 3 * frame_bytes,
+                    ..net()
+                },
+                router: Router::new(ring.clone(), 1),
+                forwarder: Arc::new(crate::forward::Forwarder::new(
+                    TokioConnector,
+                    1,
+                    ring.clone(),
+                    Limits::default().max_frame_bytes,
+                )),
+                faults: None,
+            },
+            inputs,
+            shutdown_receiver,
+        ));
+        let mut stream = client(&addr).await;
+        const REQUESTS: u64 = 20;
+        for id in 1..=REQUESTS {
+            let body = encode_frame(&RequestFrame {
+                id,
+                header: Header {
+                    group: remote_group,
+                    epoch: ring.epoch(),
+                },
+                request: Request::Put {
+                    key: key.clone().into_bytes(),
+                    value: value.clone(),
+                    session: None,
+                    ack: ringleader_protocol::WriteAck::Majority,
+                },
+            })
+            .unwrap();
+            stream
+                .write_all(&(body.len() as u32).to_be_bytes())
+                .await
+                .unwrap();
+            stream.write_all(&body).await.unwrap();
+        }
+        let mut answered = Vec::new();
+        for _ in 0..REQUESTS {
+            let answer = tokio::time::timeout(Duration::from_secs(10), async {
+                let mut length = [0u8; 4];
+                stream.read_exact(&mut length).await.unwrap();
+                let mut body = vec![0u8; u32::from_be_bytes(length) as usize];
+                stream.read_exact(&mut body).await.unwrap();
+                decode_frame::<ResponseFrame>(&body).unwrap()
+            })
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {} answers", answered.len()));
+            assert!(
+                matches!(answer.response, Response::Written { .. }),
+                "{answer:?}"
+            );
+            answered.push(answer.id);
+        }
+        answered.sort_unstable();
+        assert_eq!(answered, (1..=REQUESTS).collect::<Vec<_>>());
     }
 }
