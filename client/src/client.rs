@@ -1255,7 +1255,27 @@ mod tests {
             let Some(response) = response else {
                 return; // drop the connection with the request unanswered
             };
-            let body = encode_frame(&ResponseFrame::new(frame.id, response)).unwrap();
+            let mut answer = ResponseFrame::new(frame.id, response);
+            // A write acknowledged by the leader alone says so, with its entry's index (which
+            // may never commit).
+            if let (
+                Request::Put {
+                    ack: WriteAck::Leader,
+                    ..
+                },
+                Response::Written { version },
+            ) = (&frame.request, &answer.response)
+            {
+                answer.receipt = Some(Receipt {
+                    served_at: ServedAt::Leader,
+                    node: 1,
+                    term: 1,
+                    index: *version,
+                    staleness_bound_ms: None,
+                    forwarded_by: None,
+                });
+            }
+            let body = encode_frame(&answer).unwrap();
             if framed.send(Bytes::from(body)).await.is_err() {
                 return;
             }
@@ -1403,6 +1423,37 @@ mod tests {
         // 1 s of deadline at a 50 ms backoff: about 20 attempts, all of them the same write.
         assert!(attempts >= 10, "retried {attempts} times only");
         assert!(cluster.write_sessions().iter().all(|s| s.seq == 1));
+    }
+
+    /// A write acknowledged by the leader alone may never commit, and the session it opened
+    /// with it: the opening goes on until a committed answer, and its index, which never
+    /// committed, is never taken for a later session's `opened_after` (it could be above
+    /// entries that will commit, and let a retried first write open an evicted session again).
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_only_answer_neither_ends_the_opening_nor_feeds_opened_after() {
+        let cluster = FakeCluster::new(|_, request| match request {
+            Request::Put {
+                ack: WriteAck::Leader,
+                ..
+            } => Some(Response::Written { version: 1_000_000 }),
+            _ => Some(Response::Written { version: 5 }),
+        });
+        let client = cluster.client(&["a"]);
+        let leader_only = client.put_with("k", "v", WriteAck::Leader).await.unwrap();
+        assert_eq!(leader_only.version, 1_000_000);
+        assert_eq!(client.put("k", "w").await, Ok(5));
+        assert_eq!(client.put("k", "x").await, Ok(5));
+        let opened_after: Vec<Option<u64>> = cluster
+            .write_sessions()
+            .iter()
+            .map(|session| session.opened_after)
+            .collect();
+        assert_eq!(
+            opened_after,
+            [Some(10), Some(10), None],
+            "still opening after the leader-only answer; the status's commit index, never the \
+             leader-only entry's"
+        );
     }
 
     #[tokio::test(start_paused = true)]
