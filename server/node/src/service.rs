@@ -1022,22 +1022,23 @@ mod tests {
             .unwrap();
         let (inputs, _node_inputs) = mpsc::channel(64);
         let (_shutdown, shutdown_receiver) = watch::channel(false);
-        let value = vec![7u8; 1000];
-        let frame_bytes = encode_frame(&RequestFrame {
-            id: 0,
-            header: Header {
-                group: remote_group,
-                epoch: ring.epoch(),
-            },
-            request: Request::Put {
-                key: key.clone().into_bytes(),
-                value: value.clone(),
-                session: None,
-                ack: ringleader_protocol::WriteAck::Majority,
-            },
-        })
-        .unwrap()
-        .len();
+        let put_in_remote_group = |id| {
+            encode_frame(&RequestFrame {
+                id,
+                header: Header {
+                    group: remote_group,
+                    epoch: ring.epoch(),
+                },
+                request: Request::Put {
+                    key: key.clone().into_bytes(),
+                    value: vec![7u8; 1000],
+                    session: None,
+                    ack: ringleader_protocol::WriteAck::Majority,
+                },
+            })
+            .unwrap()
+        };
+        let frame_bytes = put_in_remote_group(0).len();
         tokio::spawn(accept_loop(
             TokioConnector,
             listener,
@@ -1065,20 +1066,7 @@ mod tests {
         let mut stream = client(&addr).await;
         const REQUESTS: u64 = 20;
         for id in 1..=REQUESTS {
-            let body = encode_frame(&RequestFrame {
-                id,
-                header: Header {
-                    group: remote_group,
-                    epoch: ring.epoch(),
-                },
-                request: Request::Put {
-                    key: key.clone().into_bytes(),
-                    value: value.clone(),
-                    session: None,
-                    ack: ringleader_protocol::WriteAck::Majority,
-                },
-            })
-            .unwrap();
+            let body = put_in_remote_group(id);
             stream
                 .write_all(&(body.len() as u32).to_be_bytes())
                 .await
