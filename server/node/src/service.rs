@@ -652,11 +652,21 @@ mod tests {
     async fn start(net: NetConfig) -> Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let (inputs, node_inputs) = mpsc::channel(64);
-        let (shutdown, shutdown_receiver) = watch::channel(false);
         let nodes = [(1, addr.clone()), (2, "127.0.0.1:9".to_string())];
         let spec = ringleader_protocol::ring::RingSpec::new(nodes.into_iter().collect(), 1);
         let ring = ringleader_protocol::ring::Ring::new(spec).expect("ring");
+        serve_as_node_1(listener, ring, net)
+    }
+
+    /// Node 1's service on `listener`, routing by `ring`, forwarding what it does not host.
+    fn serve_as_node_1(
+        listener: tokio::net::TcpListener,
+        ring: ringleader_protocol::ring::Ring,
+        net: NetConfig,
+    ) -> Harness {
+        let addr = listener.local_addr().unwrap().to_string();
+        let (inputs, node_inputs) = mpsc::channel(64);
+        let (shutdown, shutdown_receiver) = watch::channel(false);
         tokio::spawn(accept_loop(
             TokioConnector,
             listener,
@@ -1020,8 +1030,6 @@ mod tests {
             .map(|i| format!("k{i}"))
             .find(|key| ring.shard_for_key(key.as_bytes()) == remote_group)
             .unwrap();
-        let (inputs, _node_inputs) = mpsc::channel(64);
-        let (_shutdown, shutdown_receiver) = watch::channel(false);
         let put_in_remote_group = |id| {
             encode_frame(&RequestFrame {
                 id,
@@ -1039,31 +1047,16 @@ mod tests {
             .unwrap()
         };
         let frame_bytes = put_in_remote_group(0).len();
-        tokio::spawn(accept_loop(
-            TokioConnector,
+        let node_1 = serve_as_node_1(
             listener,
-            ServiceConfig {
-                self_id: 1,
-                peer_ids: [1, 2].into_iter().collect(),
-                limits: Limits::default(),
-                net: NetConfig {
-                    // Room for three requests waiting at once.
-                    queued_request_budget_bytes: 3 * frame_bytes,
-                    ..net()
-                },
-                router: Router::new(ring.clone(), 1),
-                forwarder: Arc::new(crate::forward::Forwarder::new(
-                    TokioConnector,
-                    1,
-                    ring.clone(),
-                    Limits::default().max_frame_bytes,
-                )),
-                faults: None,
+            ring.clone(),
+            NetConfig {
+                // Room for three requests waiting at once.
+                queued_request_budget_bytes: 3 * frame_bytes,
+                ..net()
             },
-            inputs,
-            shutdown_receiver,
-        ));
-        let mut stream = client(&addr).await;
+        );
+        let mut stream = client(&node_1.addr).await;
         const REQUESTS: u64 = 20;
         for id in 1..=REQUESTS {
             let body = put_in_remote_group(id);
